@@ -1,0 +1,40 @@
+# sf_hf: every target bootstraps .venv by itself.
+#   make pretrain   train the embedded default model (offline, CPU, <10 min)
+#   make test       install everything and run the test suite
+#   make bench      optimizer-step and trainer-throughput benchmarks
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+# The CPU build of torch. GPU users: `make install TORCH_SPEC=torch` (or preinstall the
+# CUDA build of torch into .venv first: `make install` keeps an installed torch).
+TORCH_SPEC ?= torch==2.13.0
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test pretrain bench paper lint clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)"
+	$(PIP) install -e ".[dev]"
+	touch $(STAMP)
+
+test: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -ra
+
+pretrain: install
+	HF_HUB_OFFLINE=1 $(VENV)/bin/accelerate launch --num_processes 1 --cpu recipes/pretrain.py
+
+bench: install
+	$(PY) benchmarks/optimizer_step.py
+	$(PY) benchmarks/trainer_throughput.py
+
+paper: install
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/paper_claims.py
+
+lint: install
+	$(VENV)/bin/ruff check sf_hf recipes tests benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info
