@@ -1,0 +1,270 @@
+"""Schedule-Free AdamW (Defazio et al. 2024) and its refined variant (Song et al. 2025).
+
+    from sf_hf import RefinedScheduleFreeAdamW
+    optimizer = RefinedScheduleFreeAdamW(model.parameters(), lr=2e-3, warmup_steps=100)
+    optimizer.train()            # parameters hold y: train here
+    ...
+    optimizer.eval()             # parameters hold x: evaluate, checkpoint and publish here
+
+The contract: the parameters hold y (the point where gradients are taken) in train mode and x
+(the average you evaluate, save and publish) in eval mode. `step()` is only valid in train mode and
+raises otherwise. A new optimizer starts in eval mode, like the reference `schedulefree` package:
+call `train()` before the first step.
+
+Memory: the only per-parameter state is z and the second moment `exp_avg_sq` (8 bytes per float32
+parameter, as AdamW). For bf16/fp16 parameters both are kept in float32 (z accumulates updates far
+below bf16's resolution), the update is computed in float32 and y is rounded to the parameter's
+dtype; mixed-precision training with float32 master weights (autocast, DeepSpeed) avoids that
+rounding altogether.
+
+Non-finite gradients: if any gradient of the step holds NaN or inf, the whole step is skipped
+before any state is touched (parameters, z, v, counters and averaging sums stay bitwise as they
+were), a warning is logged and `skipped_steps` of every group is incremented.
+
+State names follow `schedulefree.AdamWScheduleFree` (`z`, `exp_avg_sq`, group keys `k`,
+`weight_sum`, `lr_max`, `scheduled_lr`, `train_mode`), so its state dicts can be read by the tools
+in `sf_hf.pipeline`.
+"""
+
+import logging
+import math
+from typing import Callable, Iterable, Optional, Tuple
+
+import torch
+
+from .conversion import x_to_y_, y_to_x_
+from .kernels import StepScalars, foreach_step, fused_available, fused_step
+
+logger = logging.getLogger(__name__)
+
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def _check_range(name: str, value, valid: Callable[[float], bool], description: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not valid(value):
+        raise ValueError(f"Invalid {name}: {value!r}. {name} must be {description}.")
+
+
+def validate_hyperparameters(group: dict) -> None:
+    """Raises a `ValueError` naming the argument, its value and the valid range for any bad hyperparameter."""
+    _check_range("lr", group["lr"], lambda v: v >= 0, "a finite number >= 0")
+    _check_range("eps", group["eps"], lambda v: v > 0, "a finite number > 0 (it keeps 0 / 0 out of the update)")
+    _check_range("weight_decay", group["weight_decay"], lambda v: v >= 0, "a finite number >= 0")
+    betas = group["betas"]
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"Invalid betas: {betas!r}. betas must be a pair (beta1, beta2).")
+    _check_range("beta1", betas[0], lambda v: 0 < v < 1,
+                 "in the open interval (0, 1): x = (y - (1 - beta1) z) / beta1 is undefined at 0")
+    _check_range("beta2", betas[1], lambda v: 0 <= v < 1, "in [0, 1)")
+    warmup = group["warmup_steps"]
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(
+            f"Invalid warmup_steps: {warmup!r}. warmup_steps must be an integer >= 0; a warmup ratio must be "
+            "turned into steps first (e.g. math.ceil(ratio * max_steps))."
+        )
+    _check_range("r", group["r"], lambda v: v >= 0, "a finite number >= 0")
+    _check_range("weight_lr_power", group["weight_lr_power"], lambda v: v >= 0, "a finite number >= 0")
+
+
+class ScheduleFreeAdamW(torch.optim.Optimizer):
+    r"""Schedule-Free AdamW (Algorithm 1 of ../shared/PAPER.md), memory-efficient: parameters hold y or x.
+
+    Args:
+        params (`Iterable`): parameters or parameter-group dicts.
+        lr (`float`, defaults to 2e-3): peak learning rate. The paper's setting for LM pretraining with
+            SF-AdamW (the reference package uses 2.5e-3).
+        betas (`Tuple[float, float]`, defaults to `(0.95, 0.99)`): b1 is the interpolation weight of y
+            between z and x (there is no first-moment EMA), b2 the second-moment decay. The paper's
+            LM setting; the reference package uses (0.9, 0.999).
+        eps (`float`, defaults to 1e-8): added to sqrt(v_hat); must be > 0.
+        weight_decay (`float`, defaults to 0.0): decoupled decay, taken at y and scaled by the lr.
+            0 as in the reference; the paper uses 0.1 on linear weights (`ScheduleFreeConfig` sets it).
+        warmup_steps (`int`, defaults to 0): linear warmup inside the optimizer, lr_t = lr * min(1, t / warmup).
+            Use it instead of an lr scheduler.
+        r (`float`, defaults to 0.0): polynomial weighting t^r of the average (reference default).
+        weight_lr_power (`float`, defaults to 2.0): the average weights steps by max lr^power, so warmup
+            steps count little (reference default).
+        fused (`bool`, *optional*): use the compiled single-pass step (`sf_hf.optim.kernels.fused_step`).
+            `None` picks it when it compiles on the parameters' device, else the foreach reference twin.
+    """
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 2e-3,
+        betas: Tuple[float, float] = (0.95, 0.99),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        r: float = 0.0,
+        weight_lr_power: float = 2.0,
+        fused: Optional[bool] = None,
+        **extra_defaults,
+    ):
+        defaults = dict(
+            lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, warmup_steps=warmup_steps, r=r,
+            weight_lr_power=weight_lr_power, **extra_defaults,
+            k=0, train_mode=False, weight_sum=0.0, lr_max=-1.0, scheduled_lr=0.0, averaging_weight=0.0,
+            skipped_steps=0,
+        )
+        super().__init__(params, defaults)
+        self.fused = fused
+
+    # ----------------------------------------------------------------- groups and modes
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Adds a group (validated); it joins in the optimizer's current mode."""
+        mode = self.train_mode if self.param_groups else False
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        group["betas"] = tuple(group["betas"])
+        self.validate_group(group)
+        group["train_mode"] = mode
+
+    def validate_group(self, group: dict) -> None:
+        """Raises `ValueError` for invalid hyperparameters of one group."""
+        validate_hyperparameters(group)
+
+    @property
+    def train_mode(self) -> bool:
+        """True when the parameters hold y (training), False when they hold x (evaluation)."""
+        return all(group["train_mode"] for group in self.param_groups)
+
+    @torch.no_grad()
+    def eval(self) -> None:
+        """Puts x into the parameters. Idempotent."""
+        for group in self.param_groups:
+            if group["train_mode"]:
+                params, zs = self._params_with_state(group)
+                y_to_x_(params, zs, group["betas"][0])
+                group["train_mode"] = False
+
+    @torch.no_grad()
+    def train(self) -> None:
+        """Puts y into the parameters. Idempotent."""
+        for group in self.param_groups:
+            if not group["train_mode"]:
+                params, zs = self._params_with_state(group)
+                x_to_y_(params, zs, group["betas"][0])
+                group["train_mode"] = True
+
+    def _params_with_state(self, group: dict):
+        pairs = [(p, self.state[p]["z"]) for p in group["params"] if "z" in self.state[p]]
+        return [p for p, _ in pairs], [z for _, z in pairs]
+
+    # ----------------------------------------------------------------- the schedule
+
+    def averaging_weight(self, group: dict, weight: float, weight_sum: float) -> float:
+        """c_{t+1}: the weight of z_{t+1} in x_{t+1}. Vanilla Schedule-Free: w_t / sum_{i<=t} w_i."""
+        return weight / weight_sum if weight_sum > 0 else 0.0
+
+    def _advance_schedule(self, group: dict) -> StepScalars:
+        k = group["k"]
+        beta1, beta2 = group["betas"]
+        warmup = group["warmup_steps"]
+        lr = group["lr"] * ((k + 1) / warmup if k < warmup else 1.0)
+        lr_max = group["lr_max"] = max(lr, group["lr_max"])
+        weight = ((k + 1) ** group["r"]) * (lr_max ** group["weight_lr_power"])
+        weight_sum = group["weight_sum"] = group["weight_sum"] + weight
+        c = self.averaging_weight(group, weight, weight_sum)
+        group["k"] = k + 1
+        group["scheduled_lr"] = lr
+        group["averaging_weight"] = c
+        return StepScalars(lr, c, beta1, beta2, 1 - beta2 ** (k + 1), group["eps"], group["weight_decay"])
+
+    # ----------------------------------------------------------------- the step
+
+    def _use_fused(self, example: torch.Tensor) -> bool:
+        if self.fused is None:
+            return fused_available(example)
+        return self.fused
+
+    @staticmethod
+    def _grads_finite(grads) -> bool:
+        if not grads:
+            return True
+        return bool(torch.stack(torch._foreach_norm(grads, float("inf"))).isfinite().all())
+
+    def _state_for(self, p: torch.Tensor) -> dict:
+        state = self.state[p]
+        if "z" not in state:
+            state_dtype = torch.float32 if p.dtype in LOW_PRECISION else p.dtype
+            state["z"] = p.detach().to(state_dtype, memory_format=torch.preserve_format, copy=True)
+            state["exp_avg_sq"] = torch.zeros_like(p, dtype=state_dtype, memory_format=torch.preserve_format)
+        return state
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:
+        """Performs one optimization step (train mode only; see the class docstring).
+
+        Args:
+            closure (`Callable`, *optional*): re-evaluates the model and returns the loss.
+        """
+        if not self.train_mode:
+            raise RuntimeError(
+                "ScheduleFreeAdamW.step() was called in eval mode (the parameters hold x). Call "
+                "optimizer.train() before training steps and optimizer.eval() before evaluating or saving."
+            )
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        active = [[p for p in group["params"] if p.grad is not None] for group in self.param_groups]
+        if any(p.grad.is_sparse for params in active for p in params):
+            raise RuntimeError("ScheduleFreeAdamW does not support sparse gradients.")
+        if not self._grads_finite([p.grad for params in active for p in params]):
+            for group in self.param_groups:
+                group["skipped_steps"] += 1
+            logger.warning(
+                "sf_hf: non-finite gradient at step %d; the step was skipped and no state was changed.",
+                self.param_groups[0]["k"] + 1,
+            )
+            return loss
+
+        for group, params in zip(self.param_groups, active):
+            scalars = self._advance_schedule(group)
+            if not params:
+                continue
+            states = [self._state_for(p) for p in params]
+            ys, gs = params, [p.grad for p in params]
+            zs, vs = [s["z"] for s in states], [s["exp_avg_sq"] for s in states]
+            if self._use_fused(params[0]):
+                is_flat = [y.is_contiguous() and z.is_contiguous() for y, z in zip(ys, zs)]
+                contiguous = [i for i, flat in enumerate(is_flat) if flat]
+                strided = [i for i, flat in enumerate(is_flat) if not flat]
+                fused_step(*[[t[i] for i in contiguous] for t in (ys, zs, vs, gs)], scalars)
+                if strided:
+                    foreach_step(*[[t[i] for i in strided] for t in (ys, zs, vs, gs)], scalars)
+            else:
+                foreach_step(ys, zs, vs, gs, scalars)
+        return loss
+
+
+class RefinedScheduleFreeAdamW(ScheduleFreeAdamW):
+    r"""Refined Schedule-Free AdamW (Algorithm 2, Song et al. 2025): a decoupled averaging window.
+
+    Identical to `ScheduleFreeAdamW` except the averaging weight,
+    c_{t+1} = min((1 - b1) * C * w_t / sum_{i<=t} w_i, 1), so the window of x (~T/C steps) is set by C
+    independently of the momentum b1. `decoupling_c = 1 / (1 - b1)` is exactly (bitwise) vanilla
+    Schedule-Free.
+
+    Args:
+        decoupling_c (`float`, defaults to 200.0): the paper's C. 200 is the paper's choice for its
+            0.5M-token batch; larger batches want 200-500.
+        **kwargs: as for `ScheduleFreeAdamW`.
+    """
+
+    def __init__(self, params: Iterable, decoupling_c: float = 200.0, **kwargs):
+        super().__init__(params, decoupling_c=decoupling_c, **kwargs)
+
+    def validate_group(self, group: dict) -> None:
+        super().validate_group(group)
+        _check_range("decoupling_c", group["decoupling_c"], lambda v: v > 0, "a finite number > 0")
+
+    def averaging_weight(self, group: dict, weight: float, weight_sum: float) -> float:
+        vanilla = super().averaging_weight(group, weight, weight_sum)
+        scale = (1 - group["betas"][0]) * group["decoupling_c"]
+        if math.isclose(scale, 1.0, rel_tol=1e-12):  # C = 1 / (1 - b1): the vanilla algorithm, bit for bit
+            return vanilla
+        return min(scale * vanilla, 1.0)
