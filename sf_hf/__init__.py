@@ -1,5 +1,6 @@
 """sf_hf: Schedule-Free AdamW and refined Schedule-Free AdamW for the Hugging Face stack."""
 
+from .configs import ScheduleFreeConfig
 from .optim import (
     ReferenceScheduleFreeAdamW,
     RefinedScheduleFreeAdamW,
@@ -7,10 +8,17 @@ from .optim import (
     x_from_y,
     y_from_x,
 )
+from .registry import OPTIMIZERS, get_optimizer_spec, optimizer_cls_and_kwargs
+from .trainer import ScheduleFreeTrainer
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "OPTIMIZERS",
+    "ScheduleFreeConfig",
+    "ScheduleFreeTrainer",
+    "get_optimizer_spec",
+    "optimizer_cls_and_kwargs",
     "RefinedScheduleFreeAdamW",
     "ReferenceScheduleFreeAdamW",
     "ScheduleFreeAdamW",

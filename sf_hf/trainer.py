@@ -1,0 +1,172 @@
+"""`ScheduleFreeTrainer`: a `transformers.Trainer` that trains at y and evaluates, saves and publishes x.
+
+    from sf_hf import ScheduleFreeConfig, ScheduleFreeTrainer
+    args = ScheduleFreeConfig(output_dir="out", optimizer_name="sf_adamw_refined", learning_rate=2e-3, max_steps=1000)
+    trainer = ScheduleFreeTrainer(model=model, args=args, train_dataset=train, eval_dataset=valid)
+    trainer.train()          # returns with the model at x
+
+This file is the one place where the weights' mode is decided: `use_training_weights()` before every
+training step, `use_averaged_weights()` before every evaluation, prediction, checkpoint, `save_model`,
+`push_to_hub`, best-model reload and when `train()` returns. The switch back to y happens lazily at
+the next training step, so an evaluation followed by a checkpoint is one switch, and a run resumed
+from a checkpoint (which holds x) rebuilds exactly the y of an uninterrupted run.
+"""
+
+import logging
+import os
+from typing import Optional
+
+import torch
+from torch import nn
+from transformers import Trainer
+from transformers.optimization import get_scheduler
+
+from .configs import ScheduleFreeConfig
+from .metadata import optimizer_hyperparameters, write_metadata
+from .registry import get_optimizer_spec, resolve_warmup_steps
+
+logger = logging.getLogger(__name__)
+
+
+def linear_weight_names(model: nn.Module) -> list:
+    """Names of the weights of every `nn.Linear` (the paper's weight-decay set)."""
+    return [f"{name}.weight" if name else "weight" for name, module in model.named_modules()
+            if isinstance(module, nn.Linear)]
+
+
+class ScheduleFreeTrainer(Trainer):
+    """`Trainer` for the optimizers of `sf_hf.registry` (see the module docstring).
+
+    Args:
+        args (`ScheduleFreeConfig`): training arguments with the Schedule-Free fields.
+        **kwargs: as for `transformers.Trainer`; `optimizers` and `optimizer_cls_and_kwargs` are not accepted
+            (the optimizer is chosen by `args.optimizer_name`).
+    """
+
+    def __init__(self, *args, **kwargs):
+        training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
+        if not isinstance(training_args, ScheduleFreeConfig):
+            raise TypeError("ScheduleFreeTrainer needs args=ScheduleFreeConfig(...), not plain TrainingArguments.")
+        if kwargs.get("optimizer_cls_and_kwargs") is not None or kwargs.get("optimizers", (None, None))[0] is not None:
+            raise ValueError("ScheduleFreeTrainer builds its optimizer from args.optimizer_name; do not pass one.")
+        super().__init__(*args, **kwargs)
+        self._num_training_steps: Optional[int] = None
+
+    # ------------------------------------------------------------------ optimizer and scheduler
+
+    def create_optimizer_and_scheduler(self, num_training_steps: int) -> None:
+        self._num_training_steps = num_training_steps
+        super().create_optimizer_and_scheduler(num_training_steps)
+
+    def get_optimizer_cls_and_kwargs(self, args, model=None):
+        spec = get_optimizer_spec(args.optimizer_name)
+        return spec.build(args, self._num_training_steps)
+
+    def get_decay_parameter_names(self, model: nn.Module) -> list:
+        if self.args.weight_decay_params == "linear":
+            return linear_weight_names(model)
+        return super().get_decay_parameter_names(model)
+
+    def create_scheduler(self, num_training_steps: int, optimizer: Optional[torch.optim.Optimizer] = None):
+        if self.lr_scheduler is None:
+            spec = get_optimizer_spec(self.args.optimizer_name)
+            name, kwargs = spec.scheduler(self.args, num_training_steps)
+            warmup = 0 if spec.schedule_free else resolve_warmup_steps(self.args, num_training_steps)
+            self.lr_scheduler = get_scheduler(
+                name, optimizer=optimizer or self.optimizer, num_warmup_steps=warmup,
+                num_training_steps=num_training_steps, scheduler_specific_kwargs={**kwargs, **self._user_kwargs()},
+            )
+            self._created_lr_scheduler = True
+            self._log_schedule(spec, num_training_steps, warmup)
+        return self.lr_scheduler
+
+    def _user_kwargs(self) -> dict:
+        kwargs = self.args.lr_scheduler_kwargs
+        return kwargs if isinstance(kwargs, dict) else {}
+
+    def _log_schedule(self, spec, num_training_steps: int, scheduler_warmup: int) -> None:
+        group = self._base_optimizer().param_groups[0]
+        window = ""
+        if "decoupling_c" in group:
+            window = f", averaging window ~T/C = {num_training_steps / group['decoupling_c']:.1f} steps"
+        elif spec.schedule_free:
+            window = f", averaging window ~T (b1={group['betas'][0]})"
+        logger.info(
+            "sf_hf: %s for %d steps, warmup %d steps (%s)%s", spec.name, num_training_steps,
+            group.get("warmup_steps", scheduler_warmup), "in the optimizer" if spec.schedule_free else "scheduler",
+            window,
+        )
+
+    def _base_optimizer(self) -> torch.optim.Optimizer:
+        optimizer = self.optimizer
+        while hasattr(optimizer, "optimizer") and not hasattr(optimizer, "train_mode"):
+            optimizer = optimizer.optimizer
+        return optimizer
+
+    # ------------------------------------------------------------------ the one place modes are decided
+
+    def use_training_weights(self) -> None:
+        """Puts y into the model (no-op for optimizers without modes)."""
+        optimizer = self._base_optimizer()
+        if optimizer is not None and hasattr(optimizer, "train_mode"):
+            optimizer.train()
+
+    def use_averaged_weights(self) -> None:
+        """Puts x (the EMA for adamw_ema) into the model (no-op for optimizers without modes)."""
+        optimizer = self._base_optimizer()
+        if optimizer is not None and hasattr(optimizer, "train_mode"):
+            optimizer.eval()
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self.use_training_weights()
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def evaluate(self, *args, **kwargs):
+        self.use_averaged_weights()
+        return super().evaluate(*args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        self.use_averaged_weights()
+        return super().predict(*args, **kwargs)
+
+    def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:
+        self.use_averaged_weights()
+        output_dir = output_dir or self.args.output_dir
+        super().save_model(output_dir, _internal_call=_internal_call)
+        if self.args.should_save:
+            self._write_metadata(output_dir)
+
+    def _load_best_model(self) -> None:
+        self.use_averaged_weights()
+        super()._load_best_model()
+
+    def train(self, *args, **kwargs):
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            self.use_averaged_weights()
+
+    def _write_metadata(self, output_dir: str) -> None:
+        optimizer = self._base_optimizer()
+        os.makedirs(output_dir, exist_ok=True)
+        write_metadata(
+            output_dir, weights="x", optimizer_name=self.args.optimizer_name, global_step=self.state.global_step,
+            hyperparameters=optimizer_hyperparameters(optimizer) if optimizer is not None else {},
+            extra=dict(
+                train_batch_size=self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
+                * self.args.world_size,
+                num_training_steps=self._num_training_steps,
+                tokens_seen=self.state.num_input_tokens_seen or None,
+            ),
+        )
+
+    # ------------------------------------------------------------------ logging
+
+    def log(self, logs: dict, start_time: Optional[float] = None) -> None:
+        """Adds the optimizer's scheduled lr and averaging weight c to training logs (train loss is at y)."""
+        optimizer = self._base_optimizer()
+        if "loss" in logs and optimizer is not None and "scheduled_lr" in optimizer.param_groups[0]:
+            group = optimizer.param_groups[0]
+            logs["learning_rate"] = group["scheduled_lr"]
+            logs["averaging_weight"] = group["averaging_weight"]
+        super().log(logs, start_time)
