@@ -78,7 +78,9 @@ class ScheduleFreeConfig(TrainingArguments):
                 f"lr_scheduler_type={self.lr_scheduler_type!r} contradicts it. Leave lr_scheduler_type unset."
             )
         if self.weight_decay_params not in WEIGHT_DECAY_PARAMS:
-            raise ValueError(f"weight_decay_params must be one of {WEIGHT_DECAY_PARAMS}, got {self.weight_decay_params!r}.")
+            raise ValueError(
+                f"weight_decay_params must be one of {WEIGHT_DECAY_PARAMS}, got {self.weight_decay_params!r}."
+            )
         if not 0 < self.wsd_decay_fraction <= 1:
             raise ValueError(f"wsd_decay_fraction must be in (0, 1], got {self.wsd_decay_fraction}.")
         if self.wsd_decay_type not in ("linear", "1-sqrt", "cosine"):
@@ -90,6 +92,14 @@ class ScheduleFreeConfig(TrainingArguments):
         super().__post_init__()
         if spec.schedule_free and not 0 < self.adam_beta1 < 1:
             raise ValueError(f"adam_beta1 is Schedule-Free's b1 and must be in (0, 1), got {self.adam_beta1}.")
+
+    def __getstate__(self) -> dict:
+        """Pickles (the Trainer's `training_args.bin`, uploaded with every checkpoint push) never hold a token."""
+        state = self.__dict__.copy()
+        for key in state:
+            if key.endswith("_token"):
+                state[key] = None
+        return state
 
     @property
     def is_schedule_free(self) -> bool:

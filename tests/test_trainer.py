@@ -263,3 +263,16 @@ def test_config_validation_messages(tmp_path):
         config(tmp_path, optimizer_name="adamw_cosine", lr_scheduler_type="linear")
     assert ScheduleFreeConfig(output_dir=str(tmp_path), optimizer_name="adamw_cosine").lr_scheduler_type.value \
         == "cosine_with_min_lr"
+
+
+def test_hub_token_is_never_written_to_disk(tmp_path):
+    token = "hf_FAKEtoken0123456789SECRET"
+    trainer = make_trainer(tmp_path, max_steps=2, save_strategy="steps", save_steps=2, hub_token=token,
+                           report_to="tensorboard")
+    trainer.train()
+    trainer.save_model(str(tmp_path / "final"))
+    assert trainer.args.hub_token == token  # still usable in memory
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name == "training_args.bin" for p in files) and any("tfevents" in p.name for p in files)
+    leaks = [str(p) for p in files if token.encode() in p.read_bytes()]
+    assert leaks == []
