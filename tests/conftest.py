@@ -1,6 +1,19 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures and the suite's environment: offline, one CPU thread per process.
 
-import pytest
+Tiny test models gain nothing from intra-op threads, and two-process launches on a 2-core machine would
+oversubscribe it (OpenMP spin-waits make a tiny Llama step 10x slower), so every process uses one thread.
+"""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 # --- hub_server: a local fake of the Hugging Face Hub (see tests/hub_server.py) -------------------------------
 
