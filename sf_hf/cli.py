@@ -1,0 +1,138 @@
+"""`sf-hf`: the command line of sf_hf, a thin layer over `sf_hf.pipeline`.
+
+    sf-hf evaluate runs/llama-small [--metric next_token_accuracy]
+    sf-hf convert runs/plain/checkpoint-500 --to x [--output DIR]
+    sf-hf push runs/llama-small --repo-id org/llama-small-sf [--dry-run] [--overwrite]
+
+Subcommands live in `COMMANDS`; a new one is a `Command` passed to `register` (its parser arguments and a
+`run(args) -> exit status`). Pipeline errors are printed without a traceback and exit with status 1.
+"""
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
+
+from .pipeline import PipelineError, RetryPolicy, convert_checkpoint, evaluate_run, push_run
+from .pipeline.report import summary_rows, to_markdown
+
+
+@dataclass(frozen=True)
+class Command:
+    """One `sf-hf` subcommand.
+
+    Attributes:
+        name (`str`): what follows `sf-hf`.
+        help (`str`): one line for `sf-hf --help`.
+        add_arguments (`Callable`): adds the subcommand's arguments to its parser.
+        run (`Callable`): `(args) -> exit status`.
+    """
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+COMMANDS: Dict[str, Command] = {}
+
+
+def register(command: Command) -> Command:
+    """Adds a subcommand to `COMMANDS` (a name can be registered once)."""
+    if command.name in COMMANDS:
+        raise ValueError(f"sf-hf command {command.name!r} is already registered.")
+    COMMANDS[command.name] = command
+    return command
+
+
+def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", help="the Trainer's output_dir (checkpoint-N folders and the final model)")
+    parser.add_argument("--dataset", help="'embedded', a local file/folder or a Hub id (default: run_args.json)")
+    parser.add_argument("--dataset-config", help="dataset configuration (default: run_args.json)")
+    parser.add_argument("--text-column", help="column with the text (default: run_args.json, else 'text')")
+    parser.add_argument("--block-size", type=int, help="tokens per block (default: run_args.json)")
+    parser.add_argument("--batch-size", type=int, default=8, help="blocks per forward pass (default: 8)")
+    parser.add_argument("--metric", action="append", default=[],
+                        help="extra evaluate module: 'next_token_accuracy' or a local .py/folder (repeatable)")
+    parser.add_argument("--output-dir", help="where the summary table and plot go (default: RUN_DIR)")
+    parser.add_argument("--device", help="default: cuda when available, else cpu")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    evaluation = evaluate_run(args.run_dir, dataset=args.dataset, dataset_config=args.dataset_config,
+                              text_column=args.text_column, block_size=args.block_size, batch_size=args.batch_size,
+                              metrics=args.metric, output_dir=args.output_dir, device=args.device)
+    print(to_markdown(summary_rows(evaluation.results, evaluation.failures)))
+    print("Wrote " + ", ".join(str(path) for path in evaluation.files.values()))
+    for name, reason in evaluation.failures:
+        print(f"sf-hf evaluate: skipped {name}: {reason}", file=sys.stderr)
+    return 1 if evaluation.failures else 0
+
+
+def _convert_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="a checkpoint folder (x or y); it is only read")
+    parser.add_argument("--to", choices=["x"], default="x", help="the sequence to write (only x)")
+    parser.add_argument("--output", help="the new folder (default: CHECKPOINT-x); must not exist")
+
+
+def _convert(args: argparse.Namespace) -> int:
+    print(convert_checkpoint(args.checkpoint, args.output))
+    return 0
+
+
+def _push_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", help="the Trainer's output_dir; only read")
+    parser.add_argument("--repo-id", required=True, help="ORG/NAME on the Hub (created if needed)")
+    parser.add_argument("--token", help="write token (default: HF_TOKEN or the stored login)")
+    parser.add_argument("--private", action="store_true", help="create the repo private")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing branches and a non-empty main")
+    parser.add_argument("--dry-run", action="store_true", help="list what would go where; no network")
+    parser.add_argument("--base-model", help="for fine-tunes: the model the run started from (for the card)")
+    parser.add_argument("--retries", type=int, default=5, help="tries per Hub call on network errors/5xx (default: 5)")
+    parser.add_argument("--retry-delay", type=float, default=1.0, help="first backoff in seconds, doubled (default: 1)")
+
+
+def _push(args: argparse.Namespace) -> int:
+    report = push_run(args.run_dir, args.repo_id, token=args.token, private=args.private, overwrite=args.overwrite,
+                      dry_run=args.dry_run, base_model=args.base_model,
+                      retry=RetryPolicy(attempts=args.retries, initial_delay=args.retry_delay))
+    if args.dry_run:
+        print(f"Dry run: nothing is uploaded. Would push to {args.repo_id}:")
+    for target in report.targets:
+        where = report.commits.get(target.revision, f"{args.repo_id}@{target.revision}")
+        print(target.describe() if args.dry_run else f"{target.info.name} -> {where}")
+    for name, reason in report.skipped:
+        print(f"sf-hf push: skipped {name}: {reason}", file=sys.stderr)
+    return 1 if report.skipped else 0
+
+
+register(Command("evaluate", "validation loss/perplexity of every checkpoint at x; summary table and plot",
+                 _evaluate_arguments, _evaluate))
+register(Command("convert", "write a y checkpoint (plain Trainer) as a new folder at x", _convert_arguments, _convert))
+register(Command("push", "push checkpoints to step-N branches and the final model to main, with model cards",
+                 _push_arguments, _push))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `sf-hf` parser with one subparser per registered command."""
+    parser = argparse.ArgumentParser(prog="sf-hf", description="Schedule-Free checkpoints: evaluate, convert, push.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS.values():
+        command.add_arguments(subparsers.add_parser(command.name, help=command.help, description=command.help))
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Runs `sf-hf` with `argv` (default: `sys.argv[1:]`) and returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[args.command].run(args)
+    except PipelineError as err:
+        print(f"sf-hf {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

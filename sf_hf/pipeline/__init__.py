@@ -1,0 +1,43 @@
+"""The checkpoint pipeline: evaluate a run's checkpoints at x, convert y checkpoints, write model cards, push.
+
+    sf-hf evaluate runs/llama-small                           # eval_results.json per checkpoint, summary, plot
+    sf-hf convert runs/plain/checkpoint-500 --to x            # a y checkpoint of a plain Trainer -> new x folder
+    sf-hf push runs/llama-small --repo-id org/llama-small-sf  # step-{N:09d} branches + main, with cards
+
+Checkpoints -> evaluation -> card -> Hub, always at x. See docs/pipeline.md.
+"""
+
+from .callbacks import CheckpointPipelineCallback
+from .card import build_model_card
+from .checkpoints import CheckpointInfo, find_checkpoints, inspect_checkpoint
+from .conversion import convert_checkpoint, load_model_at_x
+from .errors import CheckpointError, PipelineError, PushError
+from .evaluation import RunEvaluation, evaluate_checkpoint, evaluate_model, evaluate_run, read_eval_results
+from .heldout import DataSpec, read_run_args, validation_blocks
+from .push import PushReport, plan_push, push_run
+from .retry import RetryPolicy
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointInfo",
+    "CheckpointPipelineCallback",
+    "DataSpec",
+    "PipelineError",
+    "PushError",
+    "PushReport",
+    "RetryPolicy",
+    "RunEvaluation",
+    "build_model_card",
+    "convert_checkpoint",
+    "evaluate_checkpoint",
+    "evaluate_model",
+    "evaluate_run",
+    "find_checkpoints",
+    "inspect_checkpoint",
+    "load_model_at_x",
+    "plan_push",
+    "push_run",
+    "read_eval_results",
+    "read_run_args",
+    "validation_blocks",
+]

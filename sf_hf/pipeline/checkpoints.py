@@ -1,0 +1,219 @@
+"""What a run directory holds, and which weights each checkpoint has (x, y, or a plain optimizer's).
+
+    from sf_hf.pipeline import find_checkpoints
+    for info in find_checkpoints("runs/llama-small"):
+        print(info.name, info.step, info.weights, info.problem)
+
+A folder's weights are decided, in this order, by: its `schedule_free.json` (`"weights": "x"`, written by
+`ScheduleFreeTrainer`); else its `optimizer.pt`: a schedule-free optimizer (state `z`) saved in train mode
+means the folder holds y (a plain `transformers.Trainer` checkpoint, convertible to x), saved in eval mode
+(right after an evaluation) means x; an optimizer without modes means the weights are the only weights
+("plain"). Anything else (no metadata and no optimizer state, a mode-switching optimizer without `z`,
+missing or truncated files) sets `problem`: such a folder is reported, never evaluated or published.
+"""
+
+import fnmatch
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+from safetensors import safe_open
+
+from ..metadata import HYPERPARAMETER_KEYS, read_metadata
+from .errors import CheckpointError
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+OPTIMIZER_FILE = "optimizer.pt"
+WEIGHT_PATTERNS = (
+    "*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin", "pytorch_model.bin.index.json",
+)
+# What may leave the machine: weights, configs, tokenizer, metadata, results. Never optimizer/scheduler/scaler
+# states, RNG files or training_args.bin (a pickle that can hold a hub_token), even if a pattern matched them.
+PUBLISHED_PATTERNS = WEIGHT_PATTERNS + (
+    "config.json", "generation_config.json", "tokenizer*", "special_tokens_map.json", "added_tokens.json",
+    "vocab.json", "vocab.txt", "merges.txt", "chat_template.*", "schedule_free.json", "trainer_state.json",
+    "eval_results.json",
+)
+NEVER_PUBLISHED = ("optimizer*", "scheduler*", "scaler*", "rng_state*", "training_args.bin", "*.pt", "*.pth")
+
+
+@dataclass
+class CheckpointInfo:
+    """One model folder of a run and what is known about its weights.
+
+    Attributes:
+        path (`Path`): the folder.
+        name (`str`): `"checkpoint-N"`, or `"final"` for the model saved at the run directory's root.
+        step (`int`, *optional*): the global step.
+        weights (`str`, *optional*): `"x"`, `"y"` (convertible to x from the optimizer state) or `"plain"` (an
+            optimizer without x/y, e.g. AdamW); None when `problem` is set.
+        optimizer_name (`str`): the registry name, or one inferred from the optimizer state.
+        hyperparameters (`dict`): the optimizer's hyperparameters (`lr`, `betas`, `decoupling_c`, ...).
+        tokens_seen (`int`, *optional*): training tokens counted by the Trainer.
+        train_batch_size (`int`, *optional*): sequences per optimizer step.
+        problem (`str`, *optional*): why the folder cannot be evaluated or published.
+    """
+
+    path: Path
+    name: str
+    step: Optional[int] = None
+    weights: Optional[str] = None
+    optimizer_name: str = "unknown"
+    hyperparameters: dict = field(default_factory=dict)
+    tokens_seen: Optional[int] = None
+    train_batch_size: Optional[int] = None
+    problem: Optional[str] = None
+
+    @property
+    def revision(self) -> str:
+        """The Hub branch of this folder: `step-{N:09d}` for a checkpoint, `main` for the final model."""
+        return "main" if self.name == "final" else f"step-{self.step:09d}"
+
+
+def is_published(filename: str) -> bool:
+    """Whether a top-level file of a checkpoint may be uploaded (see `PUBLISHED_PATTERNS`)."""
+    matches = lambda patterns: any(fnmatch.fnmatch(filename, p) for p in patterns)  # noqa: E731
+    return matches(PUBLISHED_PATTERNS) and not matches(NEVER_PUBLISHED)
+
+
+def published_files(folder: os.PathLike) -> List[str]:
+    """The top-level files of `folder` that may be uploaded, sorted."""
+    return sorted(f.name for f in Path(folder).iterdir() if f.is_file() and is_published(f.name))
+
+
+def weight_files(folder: os.PathLike) -> List[str]:
+    """The weight files of `folder` (shards and their index included), sorted."""
+    return sorted(f for f in published_files(folder) if any(fnmatch.fnmatch(f, p) for p in WEIGHT_PATTERNS))
+
+
+def find_checkpoints(run_dir: os.PathLike) -> List[CheckpointInfo]:
+    """Inspects every `checkpoint-N` of `run_dir` (by increasing N), then the final model at its root, if any.
+
+    Raises:
+        CheckpointError: if `run_dir` is not a folder or holds no model at all.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir} is not a directory.")
+    folders = sorted((int(m.group(1)), p) for p in run_dir.iterdir()
+                     if p.is_dir() and (m := CHECKPOINT_RE.match(p.name)))
+    infos = [inspect_checkpoint(path, name=path.name) for _, path in folders]
+    if (run_dir / "config.json").is_file():
+        infos.append(inspect_checkpoint(run_dir, name="final"))
+    if not infos:
+        raise CheckpointError(f"{run_dir} holds no checkpoint-N folder and no saved model (config.json).")
+    return infos
+
+
+def inspect_checkpoint(folder: os.PathLike, name: Optional[str] = None) -> CheckpointInfo:
+    """Reads what a model folder says about its weights, without loading the model. Never raises for a bad
+    folder: the reason is in `problem`."""
+    folder = Path(folder)
+    match = CHECKPOINT_RE.match(folder.name)
+    info = CheckpointInfo(path=folder, name=name or folder.name, step=int(match.group(1)) if match else None)
+    trainer_state = _read_json(folder / "trainer_state.json")
+    info.step = trainer_state.get("global_step", info.step)
+    info.tokens_seen = trainer_state.get("num_input_tokens_seen") or None
+    try:
+        _check_complete(folder)
+        metadata = read_metadata(folder)
+        if metadata is not None and metadata.get("weights") == "x":
+            info.weights = "x"
+            _fill_from_metadata(info, metadata)
+        else:
+            _fill_from_optimizer(info, folder, trainer_state)
+    except (CheckpointError, OSError, ValueError, RuntimeError) as err:
+        info.problem = str(err)
+    if info.step is None and info.problem is None:
+        info.problem = "unknown global step: no trainer_state.json, schedule_free.json or checkpoint-N name"
+    return info
+
+
+def optimizer_weights_mode(param_groups: list, state: dict) -> Optional[str]:
+    """"y" or "x" for a schedule-free optimizer state (by its `train_mode` flag), "plain" for an optimizer
+    without modes; None for a mode-switching optimizer without `z` (its x cannot be recovered)."""
+    has_modes = any("train_mode" in g for g in param_groups)
+    if not has_modes:
+        return "plain"
+    if not any("z" in s for s in state.values()):
+        return None
+    modes = {bool(g["train_mode"]) for g in param_groups if g["params"]}
+    if len(modes) > 1:
+        return None
+    return "y" if modes == {True} else "x"
+
+
+def load_optimizer_state(folder: os.PathLike) -> dict:
+    """`torch.load` of a folder's `optimizer.pt`, memory-mapped: only the tensors that are read are loaded."""
+    return torch.load(Path(folder) / OPTIMIZER_FILE, map_location="cpu", weights_only=True, mmap=True)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _check_complete(folder: Path) -> None:
+    if not (folder / "config.json").is_file():
+        raise CheckpointError("incomplete: no config.json")
+    weights = weight_files(folder)
+    if not weights:
+        raise CheckpointError("incomplete: no model weights (model.safetensors or pytorch_model.bin)")
+    index = next((w for w in weights if w.endswith(".index.json")), None)
+    if index is not None:
+        shards = set(_read_json(folder / index).get("weight_map", {}).values())
+        missing = sorted(s for s in shards if not (folder / s).is_file())
+        if not shards or missing:
+            raise CheckpointError(f"incomplete: {index} lists missing shards {missing}")
+    for name in weights:
+        if name.endswith(".safetensors"):
+            try:
+                with safe_open(str(folder / name), "pt"):
+                    pass
+            except Exception as err:  # safetensors raises its own error type for truncated or garbled files
+                raise CheckpointError(f"corrupt {name}: {err}") from err
+
+
+def _fill_from_metadata(info: CheckpointInfo, metadata: dict) -> None:
+    info.optimizer_name = metadata.get("optimizer_name", info.optimizer_name)
+    info.hyperparameters = metadata.get("hyperparameters") or {}
+    info.step = metadata.get("global_step", info.step)
+    info.tokens_seen = metadata.get("tokens_seen") or info.tokens_seen
+    info.train_batch_size = metadata.get("train_batch_size")
+
+
+def _fill_from_optimizer(info: CheckpointInfo, folder: Path, trainer_state: dict) -> None:
+    if not (folder / OPTIMIZER_FILE).is_file():
+        raise CheckpointError(
+            "cannot tell x from y: no schedule_free.json (written by ScheduleFreeTrainer) and no optimizer.pt "
+            "to read the optimizer's mode and z from"
+        )
+    state = load_optimizer_state(folder)
+    groups = state["param_groups"]
+    info.weights = optimizer_weights_mode(groups, state["state"])
+    if info.weights is None:
+        raise CheckpointError(
+            "the optimizer switches modes but its state has no z (or mixed modes): x cannot be recovered"
+        )
+    group = groups[0]
+    info.hyperparameters = {k: group[k] for k in HYPERPARAMETER_KEYS if k in group}
+    info.hyperparameters["group_weight_decay"] = [g.get("weight_decay") for g in groups]
+    if "momentum" in group:
+        info.hyperparameters["momentum"] = group["momentum"]
+    info.optimizer_name = _optimizer_name(group, info.weights)
+    info.train_batch_size = trainer_state.get("train_batch_size")
+
+
+def _optimizer_name(group: dict, weights: str) -> str:
+    if weights == "plain":
+        return "unknown (no x/y modes)"
+    if "decoupling_c" in group:
+        return "sf_adamw_refined"
+    return "schedule_free_sgd" if "momentum" in group else "schedule_free_adamw"

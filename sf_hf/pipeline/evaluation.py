@@ -1,0 +1,233 @@
+"""Validation loss and perplexity of every checkpoint of a run, always at x.
+
+    sf-hf evaluate runs/llama-small --metric next_token_accuracy
+
+    from sf_hf.pipeline import evaluate_run
+    evaluation = evaluate_run("runs/llama-small", metrics=["next_token_accuracy"])
+    evaluation.results, evaluation.failures      # one record per checkpoint / (name, reason) per skipped one
+
+Each usable checkpoint gets an `eval_results.json` in its folder; the run gets `eval_summary.csv`,
+`eval_summary.md` and `eval_loss.png` (validation loss against tokens seen). A checkpoint that is incomplete,
+corrupt, or holds y that cannot be converted is reported in `failures` and the summary, and never evaluated.
+"""
+
+import hashlib
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer, PreTrainedModel
+
+from .checkpoints import CheckpointInfo, find_checkpoints, published_files
+from .conversion import load_model_at_x
+from .errors import CheckpointError, PipelineError
+from .heldout import DataSpec, validation_blocks
+from .report import write_summary
+
+logger = logging.getLogger(__name__)
+
+EVAL_RESULTS_NAME = "eval_results.json"
+BUNDLED_METRICS = {"next_token_accuracy": Path(__file__).with_name("next_token_accuracy.py")}
+"""Metric modules shipped with sf_hf, by name (the Hub's `evaluate` metric scripts are not reachable offline)."""
+TOKENIZER_PREFIXES = ("tokenizer", "special_tokens_map", "added_tokens", "vocab", "merges", "chat_template")
+
+
+def load_metric(name_or_path: str):
+    """An `evaluate` module from a bundled name (`BUNDLED_METRICS`) or a local module (a `.py` file or a folder).
+
+    The module gets `predictions` (argmax next-token ids) and `references` (the true next tokens).
+
+    Raises:
+        PipelineError: if it is neither; the message lists the bundled ones.
+    """
+    import evaluate
+
+    path = BUNDLED_METRICS.get(name_or_path, Path(name_or_path))
+    if not path.exists():
+        raise PipelineError(
+            f"Metric {name_or_path!r} is neither bundled ({', '.join(BUNDLED_METRICS)}) nor a local evaluate module "
+            "(a .py file or a folder with one); the Hub's metric scripts are not reachable offline."
+        )
+    return evaluate.load(str(path))
+
+
+def _batches(blocks: Iterable[dict], batch_size: int) -> Iterable[Tuple[torch.Tensor, torch.Tensor]]:
+    rows = []
+    for row in blocks:
+        rows.append(row)
+        if len(rows) == batch_size:
+            yield torch.tensor([r["input_ids"] for r in rows]), torch.tensor([r["labels"] for r in rows])
+            rows = []
+    if rows:
+        yield torch.tensor([r["input_ids"] for r in rows]), torch.tensor([r["labels"] for r in rows])
+
+
+@torch.no_grad()
+def evaluate_model(model: PreTrainedModel, blocks: Iterable[dict], batch_size: int = 8, metrics: Sequence[str] = (),
+                   progress: bool = False) -> Dict[str, float]:
+    """Token-weighted validation loss (nats per predicted token) and perplexity of `model` as it is.
+
+    Args:
+        model (`PreTrainedModel`): a causal LM; evaluated on the device it is on.
+        blocks (iterable of `dict`): rows with `input_ids` and `labels` (-100 is ignored), as `pack_into_blocks`
+            makes them.
+        batch_size (`int`, *optional*, defaults to 8): blocks per forward pass.
+        metrics (`Sequence[str]`, *optional*): extra `evaluate` modules, see `load_metric`.
+        progress (`bool`, *optional*, defaults to `False`): show a progress bar over batches.
+
+    Returns:
+        `dict`: `eval_loss`, `eval_perplexity`, `eval_tokens`, `eval_blocks` and `eval_<key>` for every value of
+        every metric.
+    """
+    modules = [load_metric(m) for m in metrics]
+    device = next(model.parameters()).device
+    model.eval()
+    loss_sum, tokens, num_blocks = 0.0, 0, 0
+    for input_ids, labels in tqdm(_batches(blocks, batch_size), desc="batches", disable=not progress, leave=False):
+        logits = model(input_ids=input_ids.to(device)).logits[:, :-1].float()
+        targets = labels[:, 1:].to(device)
+        loss_sum += torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="sum").item()
+        mask = targets != -100
+        tokens += int(mask.sum())
+        num_blocks += len(input_ids)
+        for module in modules:
+            module.add_batch(predictions=logits.argmax(-1)[mask].tolist(), references=targets[mask].tolist())
+    if tokens == 0:
+        raise PipelineError("The validation set has no tokens to predict.")
+    loss = loss_sum / tokens
+    results = dict(eval_loss=loss, eval_perplexity=math.exp(min(loss, 700.0)), eval_tokens=tokens,
+                   eval_blocks=num_blocks)
+    for module in modules:
+        results.update({f"eval_{key}": value for key, value in module.compute().items()})
+    return results
+
+
+def tokens_seen(info: CheckpointInfo, block_size: int) -> Tuple[Optional[int], bool]:
+    """Training tokens up to a checkpoint, and whether that is an estimate (step x batch x block size; the
+    Trainer only counts them with `include_num_input_tokens_seen`)."""
+    if info.tokens_seen:
+        return info.tokens_seen, False
+    if info.step is not None and info.train_batch_size:
+        return info.step * info.train_batch_size * block_size, True
+    return None, True
+
+
+def evaluate_checkpoint(info: CheckpointInfo, blocks, spec: DataSpec, batch_size: int = 8,
+                        metrics: Sequence[str] = (), device: Optional[str] = None, write: bool = True) -> dict:
+    """Evaluates one checkpoint at x and (if `write`) writes its `eval_results.json`.
+
+    Returns:
+        `dict`: the record written: checkpoint, step, tokens seen, which weights were evaluated, the data, and
+        the metrics of `evaluate_model`.
+
+    Raises:
+        CheckpointError: if the checkpoint is unusable (see `load_model_at_x`).
+    """
+    model = load_model_at_x(info).to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    seen, estimated = tokens_seen(info, spec.block_size)
+    record = dict(
+        checkpoint=info.name, global_step=info.step, tokens_seen=seen, tokens_seen_estimated=estimated,
+        weights="plain" if info.weights == "plain" else "x", converted_from="y" if info.weights == "y" else None,
+        optimizer_name=info.optimizer_name, dataset=spec.dataset_name, dataset_config=spec.dataset_config,
+        split=spec.load_options.get("validation_split") or "validation", block_size=spec.block_size,
+        **evaluate_model(model, blocks, batch_size=batch_size, metrics=metrics, progress=True),
+    )
+    if write:  # a new file replaces the old one: never write through a hard link into another folder
+        partial = info.path / f".{EVAL_RESULTS_NAME}.partial"
+        partial.write_text(json.dumps(record, indent=2))
+        os.replace(partial, info.path / EVAL_RESULTS_NAME)
+    return record
+
+
+def read_eval_results(folder: os.PathLike) -> Optional[dict]:
+    """A folder's `eval_results.json` as written by `evaluate_checkpoint`, or None."""
+    path = Path(folder) / EVAL_RESULTS_NAME
+    if not path.is_file():
+        return None
+    with open(path) as f:
+        record = json.load(f)
+    return record if "eval_loss" in record and "checkpoint" in record else None
+
+
+@dataclass
+class RunEvaluation:
+    """What `evaluate_run` did.
+
+    Attributes:
+        results (`List[dict]`): the records of the evaluated checkpoints, in step order (final model last).
+        failures (`List[Tuple[str, str]]`): `(name, reason)` of every checkpoint that was skipped.
+        files (`Dict[str, Path]`): the summary files written (`csv`, `markdown`, `plot`).
+    """
+
+    results: List[dict] = field(default_factory=list)
+    failures: List[Tuple[str, str]] = field(default_factory=list)
+    files: Dict[str, Path] = field(default_factory=dict)
+
+
+def tokenizer_fingerprint(folder: Path) -> str:
+    """A hash of the tokenizer files saved in `folder` (checkpoints with equal ones share validation blocks).
+
+    Raises:
+        CheckpointError: if the folder has no tokenizer.
+    """
+    files = [f for f in published_files(folder) if f.startswith(TOKENIZER_PREFIXES)]
+    if not files:
+        raise CheckpointError(f"{folder}: no tokenizer saved with the model (pass processing_class= to the Trainer).")
+    digest = hashlib.sha256()
+    for name in files:
+        digest.update(name.encode() + (folder / name).read_bytes())
+    return digest.hexdigest()
+
+
+def evaluate_run(run_dir: os.PathLike, *, dataset: Optional[str] = None, dataset_config: Optional[str] = None,
+                 text_column: Optional[str] = None, block_size: Optional[int] = None, batch_size: int = 8,
+                 metrics: Sequence[str] = (), output_dir: Optional[os.PathLike] = None,
+                 device: Optional[str] = None) -> RunEvaluation:
+    """Evaluates every `checkpoint-N` of a run and its final model at x, on the run's held-out set.
+
+    Args:
+        run_dir (`os.PathLike`): the Trainer's `output_dir`.
+        dataset (`str`, *optional*): overrides the run's dataset (`run_args.json`, see `DataSpec.from_run`).
+        dataset_config (`str`, *optional*): overrides the dataset configuration.
+        text_column (`str`, *optional*): overrides the text column.
+        block_size (`int`, *optional*): overrides the block size.
+        batch_size (`int`, *optional*, defaults to 8): blocks per forward pass.
+        metrics (`Sequence[str]`, *optional*): extra `evaluate` modules (see `load_metric`).
+        output_dir (`os.PathLike`, *optional*): where the summary and plot go; defaults to `run_dir`.
+        device (`str`, *optional*): defaults to CUDA when available.
+
+    Returns:
+        `RunEvaluation`. A bad checkpoint is in `failures`; the others are still evaluated.
+
+    Raises:
+        PipelineError: if the run has no checkpoint or its data cannot be determined.
+    """
+    spec = DataSpec.from_run(run_dir, dataset, dataset_config, text_column, block_size)
+    for metric in metrics:  # fail on a bad metric name before the first checkpoint
+        load_metric(metric)
+    evaluation, blocks_by_tokenizer = RunEvaluation(), {}
+    for info in tqdm(find_checkpoints(run_dir), desc="Evaluating checkpoints"):
+        try:
+            if info.problem:
+                raise CheckpointError(info.problem)
+            key = tokenizer_fingerprint(info.path)
+            if key not in blocks_by_tokenizer:
+                blocks_by_tokenizer[key] = validation_blocks(spec, AutoTokenizer.from_pretrained(info.path))
+            evaluation.results.append(evaluate_checkpoint(info, blocks_by_tokenizer[key], spec, batch_size, metrics,
+                                                          device))
+        except CheckpointError as err:
+            logger.error("Skipping %s: %s", info.name, err)
+            evaluation.failures.append((info.name, str(err)))
+        except PipelineError:
+            raise
+        except Exception as err:  # a corrupt file fails in many ways (tokenizer, weights, shapes): skip, go on
+            logger.exception("Skipping %s", info.name)
+            evaluation.failures.append((info.name, f"{type(err).__name__}: {err}"))
+    evaluation.files = write_summary(evaluation.results, evaluation.failures, Path(output_dir or run_dir))
+    return evaluation
