@@ -55,14 +55,21 @@ def describe_dataset(name: Optional[str]) -> str:
     return f"local data `{Path(name).name}`"
 
 
+def is_schedule_free(info: CheckpointInfo) -> bool:
+    """Whether the folder comes from a Schedule-Free optimizer (else an AdamW baseline or an unknown one)."""
+    spec = OPTIMIZERS.get(info.optimizer_name)
+    return spec.schedule_free if spec else info.optimizer_name.startswith("schedule_free")
+
+
 def hyperparameter_rows(info: CheckpointInfo, block_size: Optional[int]) -> List[Tuple[str, str]]:
     """The optimizer's hyperparameters as `(name, value)` rows: b1, b2, C, warmup, lr, weight decay, batch..."""
     hp = info.hyperparameters
     betas = hp.get("betas") or [None, None]
-    rows = [("b1 (interpolation weight of y)", betas[0]), ("b2", betas[1])]
+    schedule_free = is_schedule_free(info)
+    rows = [("b1 (interpolation weight of y)" if schedule_free else "b1", betas[0]), ("b2", betas[1])]
     if "decoupling_c" in hp:
         rows.append(("C (decoupling constant, x averages over ~T/C steps)", hp["decoupling_c"]))
-    elif betas[0] is not None and info.optimizer_name.startswith(("sf_adamw", "schedule_free")):
+    elif betas[0] is not None and schedule_free:
         rows.append(("C", f"1/(1-b1) = {1 / (1 - betas[0]):g} (vanilla Schedule-Free)"))
     rows += [("warmup steps", hp.get("warmup_steps")), ("peak learning rate", hp.get("lr")),
              ("weight decay", hp.get("weight_decay"))]
@@ -107,7 +114,8 @@ def build_model_card(info: CheckpointInfo, results: Optional[dict], *, repo_id: 
     ]
     card_data = ModelCardData(
         model_name=model_name, library_name="transformers", pipeline_tag="text-generation",
-        tags=["schedule-free", "sf_hf", info.optimizer_name], eval_results=eval_results or None,
+        tags=["sf_hf"] + (["schedule-free"] if is_schedule_free(info) else [])
+        + ([info.optimizer_name] if info.optimizer_name.isidentifier() else []), eval_results=eval_results or None,
         datasets=[dataset] if _is_hub_id(dataset) else None,
         base_model=base_model if _is_hub_id(base_model) else None,
     )
@@ -117,7 +125,8 @@ def build_model_card(info: CheckpointInfo, results: Optional[dict], *, repo_id: 
     return ModelCard.from_template(
         card_data, template_path=str(TEMPLATE_PATH), model_name=model_name,
         summary=f"A causal language model {kind} with `{info.optimizer_name}`, published by `sf-hf push`.",
-        repo_id=repo_id, revision=revision or info.revision, converted_from_y=results.get("converted_from") == "y",
+        repo_id=repo_id, revision=revision or info.revision, schedule_free=is_schedule_free(info),
+        converted_from_y=results.get("converted_from") == "y",
         metrics=[(metric, f"{value:.4f}" if isinstance(value, float) else value) for metric, value in metrics],
         split=results.get("split"), block_size=block_size, eval_tokens=results.get("eval_tokens"),
         dataset_text=describe_dataset(dataset), base_model=base_model, plot_file=plot_file, step=info.step,
