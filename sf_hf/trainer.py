@@ -54,9 +54,10 @@ class ScheduleFreeTrainer(Trainer):
 
     # ------------------------------------------------------------------ optimizer and scheduler
 
-    def create_optimizer_and_scheduler(self, num_training_steps: int) -> None:
-        self._num_training_steps = num_training_steps
-        super().create_optimizer_and_scheduler(num_training_steps)
+    def _prepare_for_training(self, max_steps, train_dataloader, resume_from_checkpoint):
+        # The optimizer is built here without the step count; a warmup ratio needs it.
+        self._num_training_steps = max_steps
+        return super()._prepare_for_training(max_steps, train_dataloader, resume_from_checkpoint)
 
     def get_optimizer_cls_and_kwargs(self, args, model=None):
         spec = get_optimizer_spec(args.optimizer_name)
