@@ -3,12 +3,14 @@
     pytest tests/test_fused.py -q
 """
 
+import math
+
 import pytest
 import torch
 import torch._dynamo.utils
 
 from sf_hf import RefinedScheduleFreeAdamW, ScheduleFreeAdamW
-from sf_hf.optim.kernels import fused_available
+from sf_hf.optim.kernels import CHUNK, PARALLEL_MIN_NUMEL, all_finite, fused_available
 
 from .test_optimizers import gradient_stream, make_params, rel_err, set_grads
 
@@ -64,3 +66,70 @@ def test_fused_leaves_gradients_untouched():
     kept = [p.grad.clone() for p in params if p.grad is not None]
     opt.step()
     assert all(torch.equal(p.grad, k) for p, k in zip([p for p in params if p.grad is not None], kept))
+
+
+# ------------------------------------------------------------------ chunks, threading, the finite check
+
+MANY_SHAPES = [(PARALLEL_MIN_NUMEL + 3,), (7, 5), (1,), (2 * PARALLEL_MIN_NUMEL,), (13,), (64, 33), (3, 4, 2), (1000,),
+               (5,), (9, 9), (PARALLEL_MIN_NUMEL,), (2,)]  # > CHUNK tensors, both threadings, a padded last chunk
+
+
+def test_fused_equals_foreach_in_chunks_of_both_threadings_without_recompiling():
+    assert len([s for s in MANY_SHAPES if math.prod(s) < PARALLEL_MIN_NUMEL]) > CHUNK
+    runs = {}
+    for fused in (False, True):
+        params = make_params(14, torch.float32, MANY_SHAPES)
+        opt = ScheduleFreeAdamW(params, lr=3e-3, betas=(0.9, 0.99), weight_decay=0.1, warmup_steps=5, fused=fused)
+        opt.train()
+        for t, grads in enumerate(gradient_stream(14, MANY_SHAPES, steps=30)):  # grads[1] is missing at times
+            set_grads(params, grads)
+            opt.step()
+            if t == 2:
+                graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+        runs[fused] = [p.detach().clone() for p in params] + [opt.state[p]["z"] for p in params]
+    assert max(rel_err(a, b) for a, b in zip(runs[True], runs[False])) <= 1e-6
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_fused_non_finite_gradient_skips_the_whole_step(bad):
+    params = make_params(15, torch.float32, MANY_SHAPES)
+    opt = ScheduleFreeAdamW(params, weight_decay=0.1, fused=True)
+    opt.train()
+    streams = gradient_stream(15, MANY_SHAPES)
+    set_grads(params, next(streams))
+    opt.step()
+    before = [t.clone() for p in params for t in (p, opt.state[p]["z"], opt.state[p]["exp_avg_sq"])]
+    grads = next(streams)
+    grads[-2][-1] = bad  # in the last tensor of the multithreaded batch: every other tensor is finite
+    set_grads(params, grads)
+    opt.step()
+    after = [t for p in params for t in (p, opt.state[p]["z"], opt.state[p]["exp_avg_sq"])]
+    assert all(torch.equal(a, b) for a, b in zip(after, before))
+    assert opt.param_groups[0]["k"] == 1 and opt.param_groups[0]["skipped_steps"] == 1
+
+
+def plain_all_finite(tensors) -> bool:
+    return all(bool(t.isfinite().all()) for t in tensors)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.complex64])
+def test_all_finite_equals_the_plain_check(dtype):
+    """Every position of short tensors (vector body and tail), in every dtype, and values a norm would overflow on."""
+    big = torch.finfo(dtype).max if not dtype.is_complex else torch.finfo(torch.float32).max
+    for n in (1, 2, 7, 8, 9, 31, 33, 70):
+        for position in range(n):
+            for value in (float("nan"), float("inf"), float("-inf"), big, -big, 0.0):
+                t = torch.linspace(-1, 1, n).to(dtype)
+                t[position] = value
+                tensors = [torch.ones(3, dtype=dtype), t, torch.zeros(0, dtype=dtype)]
+                assert all_finite(tensors) == plain_all_finite(tensors), (n, position, value)
+    large = torch.full((PARALLEL_MIN_NUMEL * 4 + 5,), big, dtype=dtype)  # finite, but its 2-norm is inf
+    assert all_finite([large])
+    for position in (0, PARALLEL_MIN_NUMEL * 2 + 1, large.numel() - 1):
+        bad = large.clone()
+        bad[position] = float("nan")
+        assert not all_finite([large, bad])
+    assert all_finite([]) and all_finite([torch.zeros(0, dtype=dtype)])
+    if dtype.is_complex:
+        assert not all_finite([torch.tensor([1 + 1j, complex(1, float("inf"))], dtype=dtype)])

@@ -1,6 +1,8 @@
-"""The memory-efficient Schedule-Free AdamW update, two ways.
+"""The memory-efficient Schedule-Free AdamW update, two ways, and the check that guards it.
 
-Both functions apply, to every tensor of a parameter group, with d = g / (sqrt(v / bc2) + eps) + wd * y:
+    python benchmarks/optimizer_step.py --quick     # time them against fused AdamW
+
+Both step functions apply, to every tensor of a parameter group, with d = g / (sqrt(v / bc2) + eps) + wd * y:
 
     v <- b2 * v + (1 - b2) * g^2
     y <- (1 - c) * y + c * z + lr * (b1 * (1 - c) - 1) * d
@@ -8,22 +10,41 @@ Both functions apply, to every tensor of a parameter group, with d = g / (sqrt(v
 
 * `foreach_step` is the plain reference twin: `torch._foreach_*` ops, one full-size temporary list.
 * `fused_step` is the fast path: one `torch.compile`d pass per tensor that reads y, z, v, g and
-  writes y, z, v (28 bytes per float32 parameter, the same traffic as fused AdamW). It is compiled
-  once with dynamic shapes and takes every per-step scalar (lr, c, bias correction) as a tensor, so
-  neither a new shape nor a new lr triggers a recompilation.
+  writes y, z, v in place (28 bytes per float32 parameter, the same traffic as fused AdamW, and no
+  temporaries), `CHUNK` tensors per call. Every per-step scalar (lr, c, bias correction) is passed
+  as a tensor and sizes are generic, so neither a new lr nor a new shape triggers a recompilation:
+  two graphs per dtype combination (multithreaded for large tensors, one thread for small ones),
+  compiled once on first use.
+* `all_finite` tells whether every gradient is finite in one read-only pass, so a bad step can be
+  skipped before anything is written.
 
 Gradients are never modified. z and v may be float32 while y (the parameter) is bf16/fp16: the
 update is then computed in float32 and y is rounded back to its dtype.
 """
 
 import logging
+from collections import defaultdict
 from dataclasses import dataclass
 from functools import cache
 from typing import Callable, List, Optional
 
 import torch
+import torch.fx.experimental._config as shape_config
 
 logger = logging.getLogger(__name__)
+
+CHUNK = 8
+"""Tensors per call of the compiled step. A call costs tens of microseconds of Python and guard checks
+whatever its size, so a model with ~100 small tensors pays it 14 times instead of 100."""
+
+PARALLEL_MIN_NUMEL = 32768
+"""Smaller tensors are updated on one thread on CPU. ATen's threshold (`at::internal::GRAIN_SIZE`):
+below it, starting the OpenMP threads costs more than it saves, and far more on a busy machine."""
+
+# One compiled graph must serve every chunk, so sizes stay generic while it compiles: equal sizes in
+# a chunk must not become one symbol (a guard that the next chunk fails) and the empty tensors that
+# pad the last chunk must not specialize on size 0. Read only when a call compiles.
+_GENERIC_SIZES = dict(use_duck_shape=False, backed_size_oblivious=True)
 
 
 @dataclass
@@ -82,9 +103,32 @@ def _fused_tensor_step(
     v.copy_(v_new)
 
 
+def _fused_chunk_step(ys, zs, vs, gs, scalars: torch.Tensor) -> None:
+    for y, z, v, g in zip(ys, zs, vs, gs):
+        _fused_tensor_step(y, z, v, g, scalars)
+
+
 @cache
-def _compiled_tensor_step() -> Callable:
-    return torch.compile(_fused_tensor_step, dynamic=True, fullgraph=True)
+def _compiled_chunk_step(parallel: bool) -> Callable:
+    # The C++ backend's threading is fixed here, not guessed from the sizes seen while compiling (a kernel
+    # first compiled on a small tensor would otherwise run on one thread forever). Ignored on GPUs.
+    options = {"cpp.dynamic_threads": True} if parallel else {"cpp.threads": 1}
+    return torch.compile(_fused_chunk_step, dynamic=True, fullgraph=True, options=options)
+
+
+@cache
+def _kernel_for(parallel: bool, device: torch.device, dtypes: tuple) -> Callable:
+    """The compiled chunk step for tensors of these dtypes (y, z, v, g), compiled before its first real use.
+
+    It is compiled on a canonical chunk (small distinct sizes) so that the graph does not depend on the
+    first real chunk: the empty tensors that pad a last chunk would make the compiler keep full-size
+    temporaries instead of updating in place. A compile error also cannot strike halfway through a step.
+    """
+    kernel = _compiled_chunk_step(parallel)
+    example = [[torch.zeros(64 * (i + 1), dtype=dtype, device=device) for dtype in dtypes] for i in range(CHUNK)]
+    with shape_config.patch(**_GENERIC_SIZES):
+        kernel(*[list(column) for column in zip(*example)], torch.ones(8, dtype=dtypes[1], device=device))
+    return kernel
 
 
 def _kernel_scalars(s: StepScalars) -> tuple:
@@ -98,14 +142,42 @@ def _kernel_scalars(s: StepScalars) -> tuple:
 def fused_step(
     ys: List[torch.Tensor], zs: List[torch.Tensor], vs: List[torch.Tensor], gs: List[torch.Tensor], s: StepScalars
 ) -> None:
-    """The update as one compiled single pass per tensor (see the module docstring)."""
-    kernel = _compiled_tensor_step()
-    scalars_by_device = {}
+    """The update as one compiled single pass per tensor, `CHUNK` tensors per call (see the module docstring).
+
+    y, z and v must be contiguous; g may be strided (it is then copied, one tensor at a time).
+    """
+    batches = defaultdict(list)  # tensors that can share a compiled call: same threading, device and dtypes
     for y, z, v, g in zip(ys, zs, vs, gs):
-        key = (z.device, z.dtype)
-        if key not in scalars_by_device:
-            scalars_by_device[key] = torch.tensor(_kernel_scalars(s), dtype=z.dtype, device=z.device)
-        kernel(y.view(-1), z.view(-1), v.view(-1), g.reshape(-1), scalars_by_device[key])
+        parallel = z.device.type != "cpu" or z.numel() >= PARALLEL_MIN_NUMEL
+        batches[parallel, z.device, (y.dtype, z.dtype, v.dtype, g.dtype)].append(  # detached: no requires_grad guard
+            (y.detach().view(-1), z.detach().view(-1), v.detach().view(-1), g.detach().reshape(-1)))
+    for (parallel, device, dtypes), tensors in batches.items():
+        kernel = _kernel_for(parallel, device, dtypes)
+        scalars = torch.tensor(_kernel_scalars(s), dtype=dtypes[1], device=device)
+        padding = -len(tensors) % CHUNK  # empty tensors fill the last chunk
+        tensors += [[torch.empty(0, dtype=dtype, device=device) for dtype in dtypes] for _ in range(padding)]
+        with shape_config.patch(**_GENERIC_SIZES):  # only read if something made the kernel recompile
+            for start in range(0, len(tensors), CHUNK):
+                kernel(*[list(column) for column in zip(*tensors[start:start + CHUNK])], scalars)
+
+
+@torch.no_grad()
+def all_finite(tensors: List[torch.Tensor]) -> bool:
+    """Whether no tensor holds a NaN or an infinity, reading each element once and writing nothing.
+
+    On CPU, one `aminmax` per tensor: NaN propagates to both results, +inf to the max and -inf to the
+    min, and no finite input can overflow (unlike a sum or a norm, which could skip a finite step).
+    It runs at memory speed, where the inf-norm of `torch._foreach_norm` is several times slower on CPU.
+    Elsewhere `torch._foreach_norm` is kept (one multi-tensor kernel on GPUs).
+    """
+    tensors = [torch.view_as_real(t) if t.is_complex() else t for t in tensors if t.numel() > 0]
+    if not tensors:
+        return True
+    if all(type(t) is torch.Tensor and t.device.type == "cpu" for t in tensors):
+        extremes = [m for t in tensors for m in torch.aminmax(t)]  # any strides: no copy
+    else:  # GPUs, and tensor subclasses: a DTensor's norm is reduced across ranks, so every rank skips together
+        extremes = torch._foreach_norm(tensors, float("inf"))
+    return bool(torch.stack(extremes).isfinite().all())
 
 
 def fused_available(example: Optional[torch.Tensor] = None) -> bool:

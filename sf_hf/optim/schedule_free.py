@@ -33,7 +33,7 @@ from typing import Callable, Iterable, Optional, Tuple
 import torch
 
 from .conversion import x_to_y_, y_to_x_
-from .kernels import StepScalars, foreach_step, fused_available, fused_step
+from .kernels import StepScalars, all_finite, foreach_step, fused_available, fused_step
 
 logger = logging.getLogger(__name__)
 
@@ -181,9 +181,8 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
 
     @staticmethod
     def _grads_finite(grads) -> bool:
-        if not grads:
-            return True
-        return bool(torch.stack(torch._foreach_norm(grads, float("inf"))).isfinite().all())
+        """One read-only pass over every gradient, before any state is written (see `kernels.all_finite`)."""
+        return all_finite(grads)
 
     def _state_for(self, p: torch.Tensor) -> dict:
         state = self.state[p]
