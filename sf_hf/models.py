@@ -4,11 +4,14 @@ All presets share the LLaMA architecture of `transformers.LlamaForCausalLM`: pre
 position embeddings (RoPE, theta 10,000), a SwiGLU MLP, no biases, and input and output embeddings
 tied (as in GPT-2 and nanoGPT, which keeps `"llama-124m"` at GPT-2 small's 124M parameters).
 
-| preset        | layers | width | heads | MLP (SwiGLU) | parameters (vocab)      |
-|---------------|--------|-------|-------|--------------|-------------------------|
-| `llama-tiny`  | 2      | 64    | 4     | 172          | ~0.1M + 64/token (tests) |
-| `llama-small` | 4      | 256   | 8     | 688          | 4.2M (vocab 4,096)      |
-| `llama-124m`  | 12     | 768   | 12    | 2048         | 123.6M (vocab 50,304)   |
+| preset        | layers | width | heads | MLP (SwiGLU) | parameters                     |
+|---------------|--------|-------|-------|--------------|--------------------------------|
+| `llama-tiny`  | 2      | 64    | 4     | 172          | 0.36M at vocab 4,096 (tests)   |
+| `llama-small` | 4      | 192   | 6     | 512          | 2.56M at vocab 4,096           |
+| `llama-124m`  | 12     | 768   | 12    | 2048         | 123.6M at vocab 50,304 (GPT-2) |
+
+`"llama-small"` is the embedded default: on 2 CPU cores it processes about 6,700 tokens/s at block size
+128 and batch 16 (AdamW), i.e. about two passes over the 1M-token embedded corpus in 6 minutes.
 
 `"llama-124m"` uses an MLP width of 2048 = 8/3 x 768, so its SwiGLU MLP has the same 4.7M parameters
 per layer as GPT-2's 4 x 768 GELU MLP.
@@ -45,10 +48,10 @@ MODEL_PRESETS: dict[str, dict] = {
     "llama-small": {
         **_LLAMA_ARCHITECTURE,
         "num_hidden_layers": 4,
-        "hidden_size": 256,
-        "num_attention_heads": 8,
-        "num_key_value_heads": 8,
-        "intermediate_size": 688,
+        "hidden_size": 192,
+        "num_attention_heads": 6,
+        "num_key_value_heads": 6,
+        "intermediate_size": 512,
     },
     "llama-124m": {
         **_LLAMA_ARCHITECTURE,

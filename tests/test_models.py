@@ -64,3 +64,9 @@ def test_llama_124m_matches_gpt2_small_size():
         model = models.build_model("llama-124m", 50257, 1024)
     assert sum(p.numel() for p in model.parameters()) == expected
     assert 123e6 < expected < 125e6
+
+
+def test_llama_small_is_a_few_million_parameters():
+    with torch.device("meta"):
+        model = models.build_model("llama-small", 4096, 128)
+    assert sum(p.numel() for p in model.parameters()) == 2_557_632
