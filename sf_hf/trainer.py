@@ -20,7 +20,10 @@ import torch
 from torch import nn
 from transformers import Trainer
 from transformers.optimization import get_scheduler
+from transformers.trainer_callback import ExportableState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy
 
+from . import checkpoints
 from .configs import ScheduleFreeConfig
 from .metadata import optimizer_hyperparameters, write_metadata
 from .registry import get_optimizer_spec, resolve_warmup_steps
@@ -141,9 +144,10 @@ class ScheduleFreeTrainer(Trainer):
         self.use_averaged_weights()
         super()._load_best_model()
 
-    def train(self, *args, **kwargs):
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        resume_from_checkpoint = self._checkpoint_to_resume(resume_from_checkpoint)
         try:
-            return super().train(*args, **kwargs)
+            return super().train(resume_from_checkpoint, *args, **kwargs)
         finally:
             self.use_averaged_weights()
 
@@ -160,6 +164,117 @@ class ScheduleFreeTrainer(Trainer):
                 tokens_seen=self.state.num_input_tokens_seen or None,
             ),
         )
+
+    # ------------------------------------------------------------------ crash-safe checkpoints (sf_hf.checkpoints)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The parent's checkpoint (model at x, optimizer, scheduler, scaler, RNG, trainer state), written into
+        `.partial-checkpoint-N` and renamed to `checkpoint-N` once every process has written its part: a crash or a
+        full disk never leaves a partial `checkpoint-N` (transformers writes straight into it)."""
+        if self.hp_search_backend is None and trial is None:
+            self.store_flos()
+        run_dir = self._get_output_dir(trial=trial)
+        final = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        staging = str(checkpoints.staging_path(final))
+        writer = self.args.should_save
+        error = None
+        try:
+            if writer:
+                checkpoints.prepare_staging(staging)
+            self.accelerator.wait_for_everyone()
+            self.save_model(staging, _internal_call=True)
+            if not self.args.save_only_model:
+                self._save_optimizer_and_scheduler(staging)
+                self._save_scaler(staging)
+                self._save_rng_state(staging)
+            if self.args.save_strategy in (SaveStrategy.STEPS, SaveStrategy.EPOCH, SaveStrategy.BEST) \
+                    and self.state.best_global_step:
+                best = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}")
+                if best == final or os.path.isdir(best):
+                    self.state.best_model_checkpoint = best
+            if writer:
+                self._save_trainer_state(staging)
+        except Exception as err:  # safetensors reports a full disk as SafetensorError, not OSError
+            error = err
+        if self._all_processes_ok(error is None) and writer:
+            try:
+                checkpoints.commit_staged_checkpoint(staging, final, global_step=self.state.global_step)
+            except Exception as err:
+                error = err
+        if not self._all_processes_ok(error is None):
+            cause = error or RuntimeError("another process failed to write its part (see its error)")
+            failure = checkpoints.save_error(final, cause, run_dir)
+            if writer:
+                checkpoints.discard_staging(staging)
+            raise failure from error
+        if self.args.push_to_hub:
+            self._push_from_checkpoint(final)
+        if writer:
+            checkpoints.rotate_checkpoints(run_dir, self.args.save_total_limit,
+                                           keep=[final, self.state.best_model_checkpoint])
+
+    def _save_trainer_state(self, folder: str) -> None:
+        """`trainer_state.json` with the exportable callbacks' states, as the parent's `_save_checkpoint` writes it."""
+        for cb in [c for c in self.callback_handler.callbacks + [self.control] if isinstance(c, ExportableState)]:
+            name = cb.__class__.__name__
+            if isinstance(self.state.stateful_callbacks[name], list):
+                self.state.stateful_callbacks[name].append(cb.state())
+            else:
+                self.state.stateful_callbacks[name] = cb.state()
+        self.state.save_to_json(os.path.join(folder, "trainer_state.json"))
+
+    def _all_processes_ok(self, ok: bool) -> bool:
+        """True when `ok` holds on every process (one all-reduce; so no process waits forever for a failed one)."""
+        if self.args.world_size <= 1 or not torch.distributed.is_initialized():
+            return ok
+        flag = torch.tensor([1 if ok else 0], device=self.args.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        return bool(flag.item())
+
+    def _checkpoint_to_resume(self, resume_from_checkpoint):
+        """`True` -> the newest *complete* checkpoint (transformers would take the newest `checkpoint-N` folder,
+        complete or not); a path -> that folder, checked first. Raises `CheckpointCorruptError` naming the file."""
+        if resume_from_checkpoint is None or resume_from_checkpoint is False:
+            return None
+        if self.args.should_save:
+            checkpoints.recover_leftovers(self.args.output_dir)
+        self.accelerator.wait_for_everyone()
+        if resume_from_checkpoint is True:
+            found = checkpoints.last_complete_checkpoint(self.args.output_dir)
+            if found is None:
+                raise ValueError(f"No complete checkpoint to resume from in {self.args.output_dir}.")
+            resume_from_checkpoint = found
+        checkpoints.verify_checkpoint(resume_from_checkpoint, deep=False, training_state=True, model=self.model)
+        logger.info("sf_hf: resuming from %s", resume_from_checkpoint)
+        return str(resume_from_checkpoint)
+
+    def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint,
+                             trial):
+        """A resume from a checkpoint of the last step trains nothing (transformers would take one more step, so a
+        re-run of a finished command, or one killed after its last checkpoint, would change the final weights)."""
+        epochs, steps = super()._init_training_state(max_steps, num_update_steps_per_epoch, num_train_epochs,
+                                                     resume_from_checkpoint, trial)
+        if resume_from_checkpoint is not None and self.state.global_step >= max_steps:
+            logger.info("sf_hf: %s is at step %d of %d: nothing left to train", resume_from_checkpoint,
+                        self.state.global_step, max_steps)
+            return num_train_epochs, 0
+        return epochs, steps
+
+    def _load_optimizer_and_scheduler(self, checkpoint) -> None:
+        """Checks the training state before transformers loads it: a missing `optimizer.pt` (transformers would go on
+        with a fresh optimizer, which for Schedule-Free silently restarts the average), another optimizer's state,
+        other parameters, truncated files and pickles carrying code are refused with the file named. DeepSpeed
+        loads its files with `weights_only=False`: they are scanned for code first."""
+        if checkpoint is not None:
+            if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+                checkpoints.scan_pickles(checkpoint, allowed_prefixes=checkpoints.DEEPSPEED_GLOBALS)
+            else:
+                problems = checkpoints.optimizer_state_problems(checkpoint, self._base_optimizer(),
+                                                                world_size=self.args.world_size)
+                if problems:
+                    raise checkpoints.CheckpointCorruptError(
+                        f"{checkpoint} cannot be resumed:\n  - " + "\n  - ".join(problems))
+        super()._load_optimizer_and_scheduler(checkpoint)
 
     # ------------------------------------------------------------------ logging
 

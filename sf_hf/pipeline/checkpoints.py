@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
-import torch
 from safetensors import safe_open
 
+from ..checkpoints import safe_torch_load
 from ..metadata import HYPERPARAMETER_KEYS, read_metadata
 from .errors import CheckpointError
 
@@ -148,8 +148,9 @@ def optimizer_weights_mode(param_groups: list, state: dict) -> Optional[str]:
 
 
 def load_optimizer_state(folder: os.PathLike) -> dict:
-    """`torch.load` of a folder's `optimizer.pt`, memory-mapped: only the tensors that are read are loaded."""
-    return torch.load(Path(folder) / OPTIMIZER_FILE, map_location="cpu", weights_only=True, mmap=True)
+    """`torch.load(weights_only=True)` of a folder's `optimizer.pt`, memory-mapped: only the tensors that are read are
+    loaded. A truncated file, or a pickle carrying code, raises `CheckpointCorruptError` (a ValueError) naming it."""
+    return safe_torch_load(Path(folder) / OPTIMIZER_FILE, mmap=True)
 
 
 def _read_json(path: Path) -> dict:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel, Trainer
 
+from ..checkpoints import config_mismatch
 from ..metadata import write_metadata
 from ..optim import y_to_x_
 from ..trainer import linear_weight_names
@@ -57,7 +58,8 @@ def load_model_at_x(checkpoint: Union[str, os.PathLike, CheckpointInfo],
     try:
         model = model_cls.from_pretrained(info.path)
     except Exception as err:  # corrupt weights surface as many error types (safetensors, torch, OSError)
-        raise CheckpointError(f"{info.path}: cannot load the model: {err}") from err
+        detail = "; ".join(config_mismatch(info.path)) or str(err)  # name the tensors and config fields that differ
+        raise CheckpointError(f"{info.path}: cannot load the model: {detail}") from err
     if info.weights == "y":
         convert_model_to_x_(model, load_optimizer_state(info.path))
     return model.eval()

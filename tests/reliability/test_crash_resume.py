@@ -1,0 +1,162 @@
+"""SIGKILL a real training process at chosen and at random moments, inside saves included; re-run; compare bitwise.
+
+    pytest tests/reliability/test_crash_resume.py -q -s     # -s prints the figures docs/reliability.md quotes
+"""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sf_hf.checkpoints import MANIFEST_NAME, checkpoint_folders, checkpoint_problems, safe_torch_load
+
+SCRIPT = Path(__file__).with_name("train_tiny.py")
+ROOT = SCRIPT.parents[2]
+# (kill point, step): each run resumes from what the previous one left.
+CHOSEN_KILLS = [("optimizer_write", 2), ("model_write", 4), ("before_manifest", 6), ("after_manifest", 8),
+                ("rotation", 10), ("step_end", 11), ("after_rename", 12)]
+RANDOM_CHAINS, RANDOM_KILLS_PER_CHAIN, SEED = 2, 4, 1234
+
+
+class Zygote:
+    """`train_tiny.py serve`: forks training runs on request; this side kills them."""
+
+    def __init__(self):
+        env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+        self.proc = subprocess.Popen([sys.executable, str(SCRIPT), "serve"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+
+    def ask(self, **request) -> dict:
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the training zygote died")
+        return json.loads(line)
+
+    def start(self, out, kill="") -> int:
+        return self.ask(op="start", out=str(out), kill=kill)["pid"]
+
+    def wait(self, pid) -> str:
+        return self.ask(op="wait", pid=pid)["status"]
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+def assert_every_checkpoint_is_complete(out: Path):
+    """The invariant: whatever moment a run died, each `checkpoint-N` is complete (manifest, sizes, headers)."""
+    for folder in checkpoint_folders(out):
+        assert checkpoint_problems(folder, deep=True, manifest=True, training_state=True) == [], folder
+
+
+def leftovers(out: Path) -> list:
+    return sorted(p.name for p in out.iterdir() if p.name.startswith((".partial-", ".deleted-")))
+
+
+def final_state(out: Path) -> dict:
+    """What must be bitwise equal to an uninterrupted run: x, the optimizer state and the losses of every step."""
+    last = out / "checkpoint-12"
+    optimizer = safe_torch_load(last / "optimizer.pt")
+    history = json.loads((last / "trainer_state.json").read_text())["log_history"]
+    return dict(
+        x=load_file(out / "final" / "model.safetensors"),
+        checkpoint=load_file(last / "model.safetensors"),
+        state=optimizer["state"],
+        groups=[{k: v for k, v in g.items() if k != "params"} for g in optimizer["param_groups"]],
+        losses=[(h["step"], h.get("loss"), h.get("eval_loss")) for h in history],
+    )
+
+
+def assert_bitwise_equal(a: dict, b: dict):
+    assert a["losses"] == b["losses"] and len(a["losses"]) >= 12
+    for key in ("x", "checkpoint"):
+        assert a[key].keys() == b[key].keys()
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key])
+    assert a["groups"] == b["groups"]
+    assert a["state"].keys() == b["state"].keys()
+    for i in a["state"]:
+        assert all(torch.equal(a["state"][i][k], b["state"][i][k]) for k in a["state"][i])
+
+
+def test_killed_runs_resume_to_bitwise_the_same_result(tmp_path):
+    zygote = Zygote()
+    figures = {"chosen_kills": 0, "random_kills": 0, "random_kills_inside_a_save": 0, "runs": 0}
+    try:
+        reference = zygote.start(tmp_path / "reference")
+
+        chosen = tmp_path / "chosen"
+        for point, step in CHOSEN_KILLS:
+            status = zygote.wait(zygote.start(chosen, f"{point}@{step}"))
+            figures["runs"] += 1
+            assert status == "signal 9", (point, step, status)
+            figures["chosen_kills"] += 1
+            assert_every_checkpoint_is_complete(chosen)
+            if point in ("model_write", "optimizer_write", "before_manifest"):
+                staged = chosen / f".partial-checkpoint-{step}"
+                assert staged.is_dir() and not (staged / MANIFEST_NAME).exists()
+                assert not (chosen / f"checkpoint-{step}").exists()  # the interrupted save is not a checkpoint
+            if point == "after_manifest":
+                assert (chosen / f".partial-checkpoint-{step}" / MANIFEST_NAME).is_file()
+            if point == "rotation":
+                assert leftovers(chosen) == [".deleted-checkpoint-6"]
+
+        rng = random.Random(SEED)
+        chains = [tmp_path / f"random-{i}" for i in range(RANDOM_CHAINS)]
+        for chain in chains:
+            landed = 0
+            while landed < RANDOM_KILLS_PER_CHAIN:
+                pid = zygote.start(chain)
+                time.sleep(rng.uniform(0.3, 2.5))
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                status = zygote.wait(pid)
+                figures["runs"] += 1
+                if status == "exit 0":  # it finished first: start this chain again from scratch
+                    for path in sorted(chain.rglob("*"), reverse=True):
+                        path.unlink() if path.is_file() else path.rmdir()
+                    continue
+                assert status == "signal 9", status
+                landed += 1
+                figures["random_kills"] += 1
+                figures["random_kills_inside_a_save"] += bool(leftovers(chain))
+                assert_every_checkpoint_is_complete(chain)
+        assert zygote.wait(reference) == "exit 0"
+        for chain in chains:
+            assert zygote.wait(zygote.start(chain)) == "exit 0"
+            figures["runs"] += 1
+    finally:
+        zygote.close()
+
+    # the last run of the chosen-kill chain is the plain command, in a fresh process: "re-run the same command"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, str(SCRIPT), "run", str(chosen)], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    figures["runs"] += 1
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    expected = final_state(tmp_path / "reference")
+    for out in [chosen] + chains:
+        assert leftovers(out) == []
+        assert_every_checkpoint_is_complete(out)
+        names = [p.name for p in checkpoint_folders(out)]  # checkpoint-8 too when the kill beat the last rotation
+        assert names[-2:] == ["checkpoint-10", "checkpoint-12"] and len(names) <= 3
+        assert_bitwise_equal(final_state(out), expected)
+    print(f"\nreliability figures: {json.dumps(figures)}")
+    assert figures["chosen_kills"] == len(CHOSEN_KILLS)
+    assert figures["random_kills"] == RANDOM_CHAINS * RANDOM_KILLS_PER_CHAIN
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q", "-s"]))

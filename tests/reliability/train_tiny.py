@@ -1,0 +1,170 @@
+"""A tiny ScheduleFreeTrainer run that resumes from its last complete checkpoint: the subject of the kill tests.
+
+    python tests/reliability/train_tiny.py run OUT_DIR [--kill POINT@STEP]   # one run; re-run it to resume
+    python tests/reliability/train_tiny.py serve                              # a zygote that forks runs
+
+Like `recipes/pretrain.py`, a re-run of the same command resumes from `last_complete_checkpoint(OUT_DIR)`.
+When training ends it writes OUT_DIR/final (the model at x, via `save_model`).
+
+`serve` imports torch and transformers once, then forks one child per request (a real process, killed with a
+real SIGKILL; forking saves the ~10 s import per run on a loaded 2-core machine). One JSON line per request on
+stdin, one JSON answer on stdout:
+
+    {"op": "start", "out": DIR, "kill": "optimizer_write@4"}   -> {"pid": 1234}
+    {"op": "wait", "pid": 1234}                                  -> {"pid": 1234, "status": "exit 0" | "signal 9"}
+
+Kill points: the child SIGKILLs itself there, at the checkpoint (or step) of the given step.
+
+    step_end          end of the optimizer step, outside any save
+    model_write       inside the save: model.safetensors half written
+    optimizer_write   inside the save: optimizer.pt half written
+    before_manifest   every file written, no manifest yet
+    after_manifest    manifest written, folder not yet renamed into place
+    after_rename      checkpoint-N in place, older ones not yet rotated
+    rotation          an old checkpoint renamed to .deleted-checkpoint-M, not yet removed
+"""
+
+import json
+import os
+import signal
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+import torch  # noqa: E402
+import transformers.modeling_utils  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
+
+from sf_hf import ScheduleFreeTrainer, checkpoints  # noqa: E402
+from tests.trainer_utils import TokenDataset, config, tiny_model  # noqa: E402
+
+torch.set_num_threads(1)
+MAX_STEPS, SAVE_STEPS, SAVE_TOTAL_LIMIT = 12, 2, 2
+POINTS = ("step_end", "model_write", "optimizer_write", "before_manifest", "after_manifest", "after_rename",
+          "rotation")
+
+
+def die() -> None:
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def half_written(write, path, step_of):
+    """Wraps a `write(obj, path, ...)` so that at the kill step it leaves `path` half written, then dies."""
+    def wrapped(obj, target, *args, **kwargs):
+        write(obj, target, *args, **kwargs)
+        if step_of() and str(target).endswith(path):
+            data = open(target, "rb").read()
+            with open(target, "wb") as f:
+                f.write(data[: len(data) // 2])
+                f.flush()
+                os.fsync(f.fileno())
+            die()
+    return wrapped
+
+
+class KillAtStepEnd(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            die()
+
+
+def install_kill(trainer, spec: str) -> None:
+    point, step = spec.split("@")
+    step = int(step)
+    if point not in POINTS:
+        raise SystemExit(f"unknown kill point {point!r}; known: {', '.join(POINTS)}")
+    at_step = lambda: trainer.state.global_step == step  # noqa: E731
+    if point == "step_end":
+        trainer.add_callback(KillAtStepEnd(step))
+    elif point == "model_write":
+        transformers.modeling_utils.safe_save_file = half_written(
+            transformers.modeling_utils.safe_save_file, "model.safetensors", at_step)
+    elif point == "optimizer_write":
+        torch.save = half_written(torch.save, "optimizer.pt", at_step)
+    elif point in ("before_manifest", "after_manifest"):
+        original = checkpoints.write_manifest
+
+        def write_manifest(folder, global_step=None):
+            if at_step() and point == "before_manifest":
+                die()
+            path = original(folder, global_step)
+            if at_step():
+                die()
+            return path
+        checkpoints.write_manifest = write_manifest
+    elif point == "after_rename":
+        original_rotate = checkpoints.rotate_checkpoints
+
+        def rotate(*args, **kwargs):
+            if at_step():
+                die()
+            return original_rotate(*args, **kwargs)
+        checkpoints.rotate_checkpoints = rotate
+    elif point == "rotation":
+        original_remove = checkpoints._remove
+
+        def remove(path):
+            if not at_step():
+                return original_remove(path)
+            os.rename(path, path.parent / f"{checkpoints.DELETED_PREFIX}{path.name}")
+            die()
+        checkpoints._remove = remove
+
+
+def run(out: str, kill: str = "") -> None:
+    trainer = ScheduleFreeTrainer(
+        model=tiny_model(), train_dataset=TokenDataset(64, seed=1), eval_dataset=TokenDataset(8, seed=2),
+        args=config(out, max_steps=MAX_STEPS, save_strategy="steps", save_steps=SAVE_STEPS,
+                    save_total_limit=SAVE_TOTAL_LIMIT, eval_strategy="steps", eval_steps=4, sf_fused=False,
+                    logging_steps=1),
+    )
+    if kill:
+        install_kill(trainer, kill)
+    resume = checkpoints.last_complete_checkpoint(out)  # what recipes/pretrain.py does on a re-run
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(os.path.join(out, "final"))
+
+
+def serve() -> None:
+    import transformers.trainer  # noqa: F401  (everything a run needs is imported before the first fork)
+
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request["op"] == "start":
+            pid = os.fork()
+            if pid == 0:
+                code = 0
+                try:
+                    sys.stdin.close()
+                    devnull = os.open(os.devnull, os.O_WRONLY)
+                    os.dup2(devnull, 1)
+                    run(request["out"], request.get("kill", ""))
+                except BaseException as err:  # report, never fall back into the serving loop
+                    print(f"child failed: {err!r}", file=sys.stderr, flush=True)
+                    code = 1
+                finally:
+                    os._exit(code)
+            answer = {"pid": pid}
+        elif request["op"] == "wait":
+            _, status = os.waitpid(request["pid"], 0)
+            kind = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit {os.WEXITSTATUS(status)}"
+            answer = {"pid": request["pid"], "status": kind}
+        else:
+            answer = {"error": f"unknown op {request['op']!r}"}
+        print(json.dumps(answer), flush=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["serve"]:
+        serve()
+    elif sys.argv[1:2] == ["run"] and len(sys.argv) >= 3:
+        kill_spec = sys.argv[sys.argv.index("--kill") + 1] if "--kill" in sys.argv else ""
+        run(sys.argv[2], kill_spec)
+    else:
+        raise SystemExit(__doc__)
