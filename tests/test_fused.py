@@ -115,7 +115,7 @@ def plain_all_finite(tensors) -> bool:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.complex64])
 def test_all_finite_equals_the_plain_check(dtype):
-    """Every position of short tensors (vector body and tail), in every dtype, and values a norm would overflow on."""
+    """Every position of short tensors (vector body and tail), every dtype, and finite values whose sum overflows."""
     big = torch.finfo(dtype).max if not dtype.is_complex else torch.finfo(torch.float32).max
     for n in (1, 2, 7, 8, 9, 31, 33, 70):
         for position in range(n):
@@ -131,5 +131,9 @@ def test_all_finite_equals_the_plain_check(dtype):
         bad[position] = float("nan")
         assert not all_finite([large, bad])
     assert all_finite([]) and all_finite([torch.zeros(0, dtype=dtype)])
+    mixed = [torch.ones(5, dtype=torch.bfloat16), torch.full((9,), big, dtype=dtype), torch.ones(3)]
+    assert all_finite(mixed) == plain_all_finite(mixed)
+    mixed[0][4] = float("inf")
+    assert all_finite(mixed) == plain_all_finite(mixed)
     if dtype.is_complex:
         assert not all_finite([torch.tensor([1 + 1j, complex(1, float("inf"))], dtype=dtype)])

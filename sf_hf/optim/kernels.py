@@ -163,21 +163,24 @@ def fused_step(
 
 @torch.no_grad()
 def all_finite(tensors: List[torch.Tensor]) -> bool:
-    """Whether no tensor holds a NaN or an infinity, reading each element once and writing nothing.
+    """Whether no tensor holds a NaN or an infinity. Reads each element once in the usual case; writes nothing.
 
-    On CPU, one `aminmax` per tensor: NaN propagates to both results, +inf to the max and -inf to the
-    min, and no finite input can overflow (unlike a sum or a norm, which could skip a finite step).
-    It runs at memory speed, where the inf-norm of `torch._foreach_norm` is several times slower on CPU.
-    Elsewhere `torch._foreach_norm` is kept (one multi-tensor kernel on GPUs).
+    On CPU, a sum per tensor first, the cheapest reduction: NaN and infinities propagate through it,
+    so finite sums prove every element finite. Only if a sum is not finite (a non-finite element, or
+    finite ones whose sum overflows) does the exact pass run: one `aminmax` per tensor, where NaN
+    reaches both results, +inf the max and -inf the min, and nothing can overflow. Both run at memory
+    speed; the inf-norm of `torch._foreach_norm` is several times slower on CPU. Elsewhere
+    `torch._foreach_norm` is kept (one multi-tensor kernel on GPUs).
     """
     tensors = [torch.view_as_real(t) if t.is_complex() else t for t in tensors if t.numel() > 0]
     if not tensors:
         return True
-    if all(type(t) is torch.Tensor and t.device.type == "cpu" for t in tensors):
-        extremes = [m for t in tensors for m in torch.aminmax(t)]  # any strides: no copy
-    else:  # GPUs, and tensor subclasses: a DTensor's norm is reduced across ranks, so every rank skips together
-        extremes = torch._foreach_norm(tensors, float("inf"))
-    return bool(torch.stack(extremes).isfinite().all())
+    if not all(type(t) is torch.Tensor and t.device.type == "cpu" for t in tensors):
+        # GPUs, and tensor subclasses: a DTensor's norm is reduced across ranks, so every rank skips together
+        return bool(torch.stack(torch._foreach_norm(tensors, float("inf"))).isfinite().all())
+    if bool(torch.stack([t.sum() for t in tensors]).isfinite().all()):
+        return True
+    return bool(torch.stack([m for t in tensors for m in torch.aminmax(t)]).isfinite().all())
 
 
 def fused_available(example: Optional[torch.Tensor] = None) -> bool:
