@@ -3,18 +3,21 @@
     sf-hf evaluate runs/llama-small [--metric next_token_accuracy]
     sf-hf convert runs/plain/checkpoint-500 --to x [--output DIR]
     sf-hf push runs/llama-small --repo-id org/llama-small-sf [--dry-run] [--overwrite]
+    sf-hf probe runs/llama-small/checkpoint-500 [--decay-steps 50] [--control]
 
 Subcommands live in `COMMANDS`; a new one is a `Command` passed to `register` (its parser arguments and a
 `run(args) -> exit status`). Pipeline errors are printed without a traceback and exit with status 1.
 """
 
 import argparse
+import json
 import logging
 import sys
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
 from .pipeline import PipelineError, RetryPolicy, convert_checkpoint, evaluate_run, push_run
+from .pipeline.probe import DEFAULT_TOLERANCE, probe_checkpoint
 from .pipeline.report import summary_rows, to_markdown
 
 
@@ -112,6 +115,43 @@ register(Command("evaluate", "validation loss/perplexity of every checkpoint at 
 register(Command("convert", "write a y checkpoint (plain Trainer) as a new folder at x", _convert_arguments, _convert))
 register(Command("push", "push checkpoints to step-N branches and the final model to main, with model cards",
                  _push_arguments, _push))
+
+
+def _probe_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="a checkpoint-N folder of a ScheduleFreeTrainer run; only read")
+    parser.add_argument("--decay-steps", type=int,
+                        help="K, the decay's length (default: 10%% of the checkpoint's steps)")
+    parser.add_argument("--control", action="store_true",
+                        help="also run K steps at constant lr, to separate the decay's gain from progress (2x cost)")
+    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+                        help=f"a gain below this many nats counts as on the river (default: {DEFAULT_TOLERANCE})")
+    parser.add_argument("--dataset", help="'embedded', a local file/folder or a Hub id (default: run_args.json)")
+    parser.add_argument("--dataset-config", help="dataset configuration (default: run_args.json)")
+    parser.add_argument("--text-column", help="column with the text (default: run_args.json, else 'text')")
+    parser.add_argument("--block-size", type=int, help="tokens per block (default: run_args.json)")
+    parser.add_argument("--batch-size", type=int, help="sequences per step (default: the run's global batch)")
+    parser.add_argument("--gradient-accumulation-steps", type=int, default=1, help="to fit the batch (default: 1)")
+    parser.add_argument("--max-eval-blocks", type=int, help="evaluate on the first N validation blocks only")
+    parser.add_argument("--max-grad-norm", type=float, help="clipping (default: none for SF, 1.0 for AdamW)")
+    parser.add_argument("--seed", type=int, default=42, help="the run's seed: it sets the data order (default: 42)")
+    parser.add_argument("--output", help="also write the result as JSON to this file")
+
+
+def _probe(args: argparse.Namespace) -> int:
+    result = probe_checkpoint(args.checkpoint, decay_steps=args.decay_steps, control=args.control,
+                              dataset=args.dataset, dataset_config=args.dataset_config, text_column=args.text_column,
+                              block_size=args.block_size, batch_size=args.batch_size,
+                              gradient_accumulation_steps=args.gradient_accumulation_steps,
+                              max_eval_blocks=args.max_eval_blocks, max_grad_norm=args.max_grad_norm, seed=args.seed)
+    print(result.describe(args.tolerance))
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(result.to_dict(), f, indent=2)
+    return 0
+
+
+register(Command("probe", "branch a short linear lr decay from a checkpoint; a near-zero gain means the run is on "
+                          "the river", _probe_arguments, _probe))
 
 
 def build_parser() -> argparse.ArgumentParser:
