@@ -111,8 +111,11 @@ def _fused_chunk_step(ys, zs, vs, gs, scalars: torch.Tensor) -> None:
 @cache
 def _compiled_chunk_step(parallel: bool) -> Callable:
     # The C++ backend's threading is fixed here, not guessed from the sizes seen while compiling (a kernel
-    # first compiled on a small tensor would otherwise run on one thread forever). Ignored on GPUs.
-    options = {"cpp.dynamic_threads": True} if parallel else {"cpp.threads": 1}
+    # first compiled on a small tensor would otherwise run on one thread forever). Multiply-adds may fuse
+    # into FMAs (one rounding instead of two; ~7% less CPU time per step on an AVX2 EPYC). Both options
+    # only concern the CPU backend.
+    options = {"cpp.enable_floating_point_contract_flag": "fast"}
+    options.update({"cpp.dynamic_threads": True} if parallel else {"cpp.threads": 1})
     return torch.compile(_fused_chunk_step, dynamic=True, fullgraph=True, options=options)
 
 
