@@ -25,6 +25,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy
 
 from . import checkpoints
 from .configs import ScheduleFreeConfig
+from .distributed import resolve_optimizer, switch_weights
 from .metadata import optimizer_hyperparameters, write_metadata
 from .registry import get_optimizer_spec, resolve_warmup_steps
 
@@ -102,24 +103,31 @@ class ScheduleFreeTrainer(Trainer):
         )
 
     def _base_optimizer(self) -> torch.optim.Optimizer:
-        optimizer = self.optimizer
-        while hasattr(optimizer, "optimizer") and not hasattr(optimizer, "train_mode"):
-            optimizer = optimizer.optimizer
-        return optimizer
+        """The optimizer that steps, inside accelerate's and DeepSpeed's wrappers (None before there is one).
+
+        Resolved once per prepared optimizer (see `sf_hf.distributed.resolve_optimizer`): refuses an optimizer that
+        DeepSpeed or accelerate swapped in for ours, readies ZeRO-3, warns about accelerate's silent fallbacks.
+        """
+        if self.optimizer is None:
+            return None
+        if getattr(self, "_sf_resolved_for", None) is not self.optimizer:
+            self._sf_base = resolve_optimizer(
+                self.optimizer, self.get_optimizer_cls_and_kwargs(self.args)[0], self.accelerator)
+            self._sf_resolved_for = self.optimizer
+        return self._sf_base
 
     # ------------------------------------------------------------------ the one place modes are decided
 
     def use_training_weights(self) -> None:
-        """Puts y into the model (no-op for optimizers without modes)."""
-        optimizer = self._base_optimizer()
-        if optimizer is not None and hasattr(optimizer, "train_mode"):
-            optimizer.train()
+        """Puts y into the weights the model computes with, on every rank (no-op for optimizers without modes)."""
+        if self._base_optimizer() is not None:
+            switch_weights(self.optimizer, train=True, model=self.model_wrapped)
 
     def use_averaged_weights(self) -> None:
-        """Puts x (the EMA for adamw_ema) into the model (no-op for optimizers without modes)."""
-        optimizer = self._base_optimizer()
-        if optimizer is not None and hasattr(optimizer, "train_mode"):
-            optimizer.eval()
+        """Puts x (the EMA for adamw_ema) into the weights the model computes with, on every rank (see
+        `sf_hf.distributed`: DeepSpeed's partitions and FSDP2's shards included; no-op without modes)."""
+        if self._base_optimizer() is not None:
+            switch_weights(self.optimizer, train=False, model=self.model_wrapped)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self.use_training_weights()

@@ -32,6 +32,11 @@ from typing import Callable, Iterable, Optional, Tuple
 
 import torch
 
+try:
+    from torch.distributed.tensor import DTensor
+except ImportError:  # a torch build without torch.distributed: no parameter can be a DTensor
+    DTensor = ()
+
 from .conversion import x_to_y_, y_to_x_
 from .kernels import StepScalars, all_finite, foreach_step, fused_available, fused_step
 
@@ -64,6 +69,45 @@ def validate_hyperparameters(group: dict) -> None:
         )
     _check_range("r", group["r"], lambda v: v >= 0, "a finite number >= 0")
     _check_range("weight_lr_power", group["weight_lr_power"], lambda v: v >= 0, "a finite number >= 0")
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def _on_every_rank(finite: bool, grads) -> bool:
+    """For sharded (DTensor) gradients: whether every rank found its shards finite, so all ranks skip together.
+
+    A DTensor reduction would not do: NaN does not survive its min/max all-reduce, so a NaN on one rank is lost.
+    """
+    meshes = []  # in parameter order, the same on every rank (a set's order could differ between processes)
+    for g in grads:
+        if isinstance(g, DTensor) and g.device_mesh not in meshes:
+            meshes.append(g.device_mesh)
+    if not meshes:
+        return finite
+    flag = torch.tensor([float(finite)], device=meshes[0].device_type)
+    for mesh in meshes:
+        for dim in range(mesh.ndim):
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN, group=mesh.get_group(dim))
+    return bool(flag.item())
+
+
+def _local_shards(ys, zs, vs, gs):
+    """DTensor parameters (FSDP2): each rank updates its own shards as plain tensors.
+
+    The update is elementwise, so when y, z, v and g share one sharding (FSDP2 reduce-scatters g into y's
+    layout; z and v are created from y) the local shards are the whole computation: the fused kernel and the
+    foreach ops then run without DTensor dispatch. Any other layout (e.g. a `Partial` gradient) keeps the
+    DTensors, and the step runs foreach ops on them.
+    """
+    if not any(isinstance(y, DTensor) for y in ys):
+        return ys, zs, vs, gs
+    for y, z, v, g in zip(ys, zs, vs, gs):
+        if not all(isinstance(t, DTensor) and t.device_mesh == y.device_mesh and t.placements == y.placements
+                   for t in (y, z, v, g)):
+            return ys, zs, vs, gs
+    return tuple([t.to_local() for t in tensors] for tensors in (ys, zs, vs, gs))
 
 
 class ScheduleFreeAdamW(torch.optim.Optimizer):
@@ -212,7 +256,8 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
         active = [[p for p in group["params"] if p.grad is not None] for group in self.param_groups]
         if any(p.grad.is_sparse for params in active for p in params):
             raise RuntimeError("ScheduleFreeAdamW does not support sparse gradients.")
-        if not self._grads_finite([p.grad for params in active for p in params]):
+        grads = [p.grad for params in active for p in params]
+        if not _on_every_rank(self._grads_finite([_local(g) for g in grads]), grads):
             for group in self.param_groups:
                 group["skipped_steps"] += 1
             logger.warning(
@@ -228,7 +273,8 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
             states = [self._state_for(p) for p in params]
             ys, gs = params, [p.grad for p in params]
             zs, vs = [s["z"] for s in states], [s["exp_avg_sq"] for s in states]
-            if self._use_fused(params[0]):
+            ys, zs, vs, gs = _local_shards(ys, zs, vs, gs)
+            if not isinstance(ys[0], DTensor) and self._use_fused(ys[0]):
                 is_flat = [y.is_contiguous() and z.is_contiguous() for y, z in zip(ys, zs)]
                 contiguous = [i for i, flat in enumerate(is_flat) if flat]
                 strided = [i for i, flat in enumerate(is_flat) if not flat]
