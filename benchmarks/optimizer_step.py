@@ -1,0 +1,276 @@
+"""Optimizer-step time and memory: sf_hf's Schedule-Free AdamW against torch's AdamW and `schedulefree`.
+
+    python benchmarks/optimizer_step.py                     # 10M, 50M, llama-124m float32 and 50M bf16
+    python benchmarks/optimizer_step.py --quick             # a smoke run: 2M float32, a few repeats
+    python benchmarks/optimizer_step.py --sizes 50M --bf16-sizes "" --repeats 30
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/optimizer_step.py   # for a CPU-time column without spin-waits
+
+Every optimizer of a case steps the same parameters with the same gradients (the values differ from a
+real run, the work does not): the gradients are restored from a pristine copy before every timed step,
+since `schedulefree` divides them in place. Repeats are interleaved, one step of each optimizer in
+turn, in a rotating order, so a slow moment of a shared machine hits all of them; ratios are the
+median of the per-repeat ratios. Columns:
+
+* median / min ms: wall-clock time of `step()`.
+* cpu ms: median CPU time of the process during the step (all threads). On a shared machine it shows the
+  work a step costs while the wall clock also shows the waiting; OpenMP threads spin while they wait
+  unless OMP_WAIT_POLICY=PASSIVE, and that spinning is counted.
+* GB/s: the minimum traffic of the update (read param, grad and state, write param and state:
+  3 x param bytes + 2 x state bytes per parameter, 28 for float32 AdamW and SF-AdamW) over the median
+  time. The foreach implementations move more than that; this is what the hardware would allow.
+* peak extra MiB: how much the process's resident memory grows during one step, read from the kernel
+  (VmHWM after resetting it), with glibc told to mmap every allocation >= 64 KiB so that freed
+  temporaries are really returned and new ones really counted. An upper bound at page resolution.
+* state B/param: bytes of every tensor in `optimizer.state`, per parameter.
+
+The SF rows include the optimizer's guard (a non-finite gradient skips the whole step before any
+state is written), which reads every gradient once more. The indented rows take it apart: the same
+optimizer with the guard off, with the previous guard, and each guard alone.
+"""
+
+import argparse
+import math
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Tuple
+
+import torch
+import torch._dynamo.utils
+from common import (
+    LLAMA_124M,
+    PeakExtraRSS,
+    llama_shapes,
+    load_average,
+    machine_summary,
+    parse_count,
+    return_freed_memory_to_os,
+)
+
+from sf_hf import RefinedScheduleFreeAdamW, ScheduleFreeAdamW
+from sf_hf.optim.kernels import all_finite
+
+try:
+    import schedulefree
+except ImportError:  # a dev extra: its row is left out
+    schedulefree = None
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+SF_HPARAMS = dict(lr=2e-3, betas=(0.95, 0.99), weight_decay=0.1)  # the paper's LM settings
+ADAMW_HPARAMS = dict(lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
+TARGET_RATIO, TARGET_SPEEDUP, TARGET_STATE_BYTES = 1.10, 3.0, 8.0
+
+
+def old_grads_finite(grads) -> bool:
+    """The guard before issue 7: an inf-norm per tensor, ~1 GB/s on CPU."""
+    return not grads or bool(torch.stack(torch._foreach_norm(grads, float("inf"))).isfinite().all())
+
+
+@dataclass
+class Row:
+    name: str
+    step: Callable[[], object]
+    traffic: float  # minimum bytes moved per parameter
+    optimizer: Optional[torch.optim.Optimizer] = None
+    indent: bool = False
+    times: List[float] = field(default_factory=list)
+    cpu: List[float] = field(default_factory=list)
+    first: float = math.nan
+    peak: Optional[int] = None
+
+
+def shapes_for(size: str) -> List[tuple]:
+    if size.lower() == "llama-124m":
+        return llama_shapes(**LLAMA_124M)
+    count = parse_count(size)
+    return [(count // 4,)] * 3 + [(count - 3 * (count // 4),)]  # "a few tensors", as a small model's big matrices
+
+
+def with_guard(optimizer: ScheduleFreeAdamW, guard: Callable) -> Callable[[], object]:
+    def step():
+        optimizer._grads_finite = guard  # an instance attribute shadows the class's staticmethod
+        try:
+            return optimizer.step()
+        finally:
+            del optimizer._grads_finite
+    return step
+
+
+def make_rows(params, grads, dtype) -> List[Row]:
+    param_bytes = torch.finfo(dtype).bits // 8
+    sf_traffic = 3 * param_bytes + 2 * 2 * 4  # z and v are float32 for every parameter dtype
+    native_traffic = 3 * param_bytes + 2 * 2 * param_bytes  # AdamW and schedulefree keep state in the param dtype
+    sf = ScheduleFreeAdamW(params, fused=True, **SF_HPARAMS)
+    refined = RefinedScheduleFreeAdamW(params, fused=True, decoupling_c=200.0, **SF_HPARAMS)
+    twin = ScheduleFreeAdamW(params, fused=False, **SF_HPARAMS)
+    adamw_fused = torch.optim.AdamW(params, fused=True, **ADAMW_HPARAMS)
+    adamw_foreach = torch.optim.AdamW(params, foreach=True, **ADAMW_HPARAMS)
+    for optimizer in (sf, refined, twin):
+        optimizer.train()
+    rows = [
+        Row("torch AdamW fused", adamw_fused.step, native_traffic, adamw_fused),
+        Row("torch AdamW foreach", adamw_foreach.step, native_traffic, adamw_foreach),
+    ]
+    if schedulefree is not None:
+        reference = schedulefree.AdamWScheduleFree(params, foreach=True, warmup_steps=0, **SF_HPARAMS)
+        reference.train()
+        rows.append(Row("schedulefree AdamWScheduleFree (foreach)", reference.step, native_traffic, reference))
+    rows += [
+        Row("sf_hf SF-AdamW fused", sf.step, sf_traffic, sf),
+        Row("sf_hf refined SF-AdamW fused", refined.step, sf_traffic, refined),
+        Row("sf_hf SF-AdamW foreach twin", twin.step, sf_traffic, twin),
+        Row("SF-AdamW fused, guard off", with_guard(sf, lambda g: True), sf_traffic, sf, indent=True),
+        Row("SF-AdamW fused, old guard", with_guard(sf, old_grads_finite), sf_traffic, sf, indent=True),
+        Row("guard alone: all_finite (new)", lambda: all_finite(grads), param_bytes, indent=True),
+        Row("guard alone: _foreach_norm(inf) (old)", lambda: old_grads_finite(grads), param_bytes, indent=True),
+    ]
+    return rows
+
+
+def state_bytes_per_param(optimizer: torch.optim.Optimizer, n_params: int) -> float:
+    tensors = [t for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t)]
+    return sum(t.numel() * t.element_size() for t in tensors) / n_params
+
+
+def run_case(size: str, dtype_name: str, args) -> dict:
+    dtype = DTYPES[dtype_name]
+    shapes = shapes_for(size)
+    n = sum(math.prod(s) for s in shapes)
+    generator = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter((0.02 * torch.randn(s, generator=generator)).to(dtype)) for s in shapes]
+    pristine = [torch.randn(s, generator=generator).to(dtype) for s in shapes]
+    for p, g in zip(params, pristine):
+        p.grad = g.clone()
+    grads = [p.grad for p in params]
+    rows = make_rows(params, grads, dtype)
+
+    def timed(row: Row) -> Tuple[float, float]:
+        torch._foreach_copy_(grads, pristine)
+        start, start_cpu = time.perf_counter(), time.process_time()
+        row.step()
+        return time.perf_counter() - start, time.process_time() - start_cpu
+
+    graphs_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    for row in rows:  # warm up; the first step of each row builds its state (and compiles, for fused)
+        row.first = timed(row)[0]
+        for _ in range(args.warmup - 1):
+            timed(row)
+    new_graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs_before
+    for repeat in range(args.repeats):
+        shift = repeat % len(rows)
+        for row in rows[shift:] + rows[:shift]:
+            wall, cpu = timed(row)
+            row.times.append(wall)
+            row.cpu.append(cpu)
+    for row in rows:
+        torch._foreach_copy_(grads, pristine)
+        with PeakExtraRSS() as peak:
+            row.step()
+        row.peak = peak.bytes
+    return dict(size=size, dtype=dtype_name, n=n, tensors=len(shapes), rows=rows, new_graphs=new_graphs)
+
+
+def paired_ratio(a: Row, b: Row, clock: str = "times") -> float:
+    """Median over repeats of a's time / b's time, each pair taken in the same round (clock: times or cpu)."""
+    return statistics.median(x / y for x, y in zip(getattr(a, clock), getattr(b, clock)))
+
+
+def print_case(case: dict) -> None:
+    n, rows = case["n"], case["rows"]
+    by_name = {row.name: row for row in rows}
+    adamw = by_name["torch AdamW fused"]
+    print(f"\n{case['size']} {case['dtype']}: {n / 1e6:.1f}M parameters in {case['tensors']} tensors")
+    header = f"{'':42s}{'median ms':>10s}{'min ms':>9s}{'cpu ms':>9s}{'GB/s':>7s}{'x AdamW fused':>15s}"
+    print(header + f"{'peak extra MiB':>16s}{'state B/param':>15s}")
+    for row in rows:
+        median = statistics.median(row.times)
+        name = ("  " + row.name) if row.indent else row.name
+        peak = f"{row.peak / 2**20:.1f}" if row.peak is not None else "n/a"
+        state = f"{state_bytes_per_param(row.optimizer, n):.1f}" if row.optimizer and not row.indent else "-"
+        print(f"{name:42s}{median * 1e3:10.2f}{min(row.times) * 1e3:9.2f}{statistics.median(row.cpu) * 1e3:9.2f}"
+              f"{row.traffic * n / median / 1e9:7.1f}{paired_ratio(row, adamw):15.3f}{peak:>16s}{state:>15s}")
+    sf = by_name["sf_hf SF-AdamW fused"]
+    print(f"first SF-AdamW fused step (state creation + compiling {case['new_graphs']} graphs, or loading them from "
+          f"the cache): {sf.first:.2f} s; median step {statistics.median(sf.times) * 1e3:.1f} ms")
+
+
+def print_targets(case: dict) -> List[bool]:
+    """One line per target of issue 7, for a float32 case."""
+    n, rows = case["n"], {row.name: row for row in case["rows"]}
+    adamw = rows["torch AdamW fused"]
+    where = f"[{case['size']} {case['dtype']}]"
+    results = []
+
+    def report(ok: bool, text: str) -> None:
+        results.append(ok)
+        print(f"{'PASS' if ok else 'FAIL'} {where} {text}")
+
+    full_size = 4 * n  # one float32 temporary the size of the model
+    for name in ("sf_hf SF-AdamW fused", "sf_hf refined SF-AdamW fused"):
+        row = rows[name]
+        ratio = paired_ratio(row, adamw)
+        report(ratio <= TARGET_RATIO, f"{name}: {ratio:.3f}x fused AdamW (target <= {TARGET_RATIO:.2f}x; "
+               f"CPU time {paired_ratio(row, adamw, 'cpu'):.3f}x)")
+        reference = rows.get("schedulefree AdamWScheduleFree (foreach)")
+        if reference is not None:
+            speedup = paired_ratio(reference, row)
+            report(speedup >= TARGET_SPEEDUP, f"{name}: {speedup:.2f}x faster than "
+                   f"schedulefree.AdamWScheduleFree (target >= {TARGET_SPEEDUP:.0f}x; "
+                   f"CPU time {paired_ratio(reference, row, 'cpu'):.2f}x)")
+        state = state_bytes_per_param(row.optimizer, n)
+        report(state <= TARGET_STATE_BYTES, f"{name}: state {state:.2f} bytes/param (target {TARGET_STATE_BYTES:.0f})")
+        if row.peak is not None:
+            report(row.peak <= full_size,
+                   f"{name}: peak extra memory during the step {row.peak / 2**20:.1f} MiB = {row.peak / full_size:.3f} "
+                   f"of one full-size float32 temporary ({full_size / 2**20:.0f} MiB; target <= 1)")
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10M,50M,llama-124m",
+                        help="comma-separated parameter counts (4 tensors each) and/or llama-124m (its 110 tensors)")
+    parser.add_argument("--bf16-sizes", default="50M", help="sizes also run with bfloat16 parameters ('' for none)")
+    parser.add_argument("--repeats", type=int, default=10, help="timed steps per optimizer and case")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per optimizer first")
+    parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run: 2M float32, 3 repeats")
+    parser.add_argument("--compile-cache", choices=["fresh", "default"], default=None,
+                        help="torch.compile's on-disk cache: 'fresh' (an empty one: the first step shows the real "
+                             "compile cost; default of a full run) or 'default' (the user's; default with --quick)")
+    args = parser.parse_args()
+    if args.quick:
+        args.sizes, args.bf16_sizes, args.repeats, args.warmup = "2M", "", 3, 2
+    cache = args.compile_cache or ("default" if args.quick else "fresh")
+    fresh_cache = tempfile.mkdtemp(prefix="sf_hf_inductor_") if cache == "fresh" else None
+    if fresh_cache:
+        import os
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = fresh_cache
+
+    print(machine_summary())
+    honest_memory = return_freed_memory_to_os()
+    print(f"compile cache: {cache}; glibc mmap threshold fixed at 64 KiB: {honest_memory}; "
+          f"schedulefree {'installed' if schedulefree else 'missing: its row is left out'}")
+    plan = [(size, "float32") for size in args.sizes.split(",") if size.strip()]
+    plan += [(size, "bfloat16") for size in args.bf16_sizes.split(",") if size.strip()]
+    cases = []
+    try:
+        for size, dtype_name in plan:
+            cases.append(run_case(size.strip(), dtype_name, args))
+            print_case(cases[-1])
+    finally:
+        if fresh_cache:
+            shutil.rmtree(fresh_cache, ignore_errors=True)
+    first_steps = [(case, next(row for row in case["rows"] if row.name == "sf_hf SF-AdamW fused")) for case in cases]
+    print(f"\nOne-time compile cost (cache: {cache}): "
+          + "; ".join(f"{c['size']} {c['dtype']}: first step {row.first:.1f} s, {c['new_graphs']} graphs"
+                      for c, row in first_steps))
+
+    print(f"\nTargets (issue 7; CPU float32; ratios are medians of per-repeat ratios), load average {load_average()}:")
+    results = [ok for case in cases if case["dtype"] == "float32" for ok in print_targets(case)]
+    print(f"{sum(results)} of {len(results)} target checks pass")
+
+
+if __name__ == "__main__":
+    main()
