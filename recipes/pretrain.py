@@ -21,9 +21,9 @@ import datasets
 import torch
 import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, default_data_collator, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from sf_hf import ScheduleFreeTrainer
+from sf_hf.checkpoints import last_complete_checkpoint
 from sf_hf.data import load_gpt2_tokenizer, load_text_dataset, pack_into_blocks, train_bpe_tokenizer, unigram_entropy
 from sf_hf.models import MODEL_PRESETS, build_model
 from sf_hf.registry import get_optimizer_spec, resolve_warmup_steps
@@ -97,14 +97,16 @@ def check_model(model_args, data_args):
 
 
 def find_checkpoint(training_args):
-    """The checkpoint to resume from: --resume_from_checkpoint, else the last one in output_dir, else None."""
+    """The checkpoint to resume from: --resume_from_checkpoint, else the last complete one in output_dir (a newer,
+    interrupted or damaged one is skipped with a warning that says why; see sf_hf.checkpoints), else None."""
     requested = training_args.resume_from_checkpoint
-    last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+    last = last_complete_checkpoint(training_args.output_dir)
     if requested is None or str(requested).lower() == "false":
         return last
     if str(requested).lower() in ("true", "last"):
         if last is None:
-            raise RecipeError(f"resume_from_checkpoint={requested!r} but {training_args.output_dir} has no checkpoint.")
+            raise RecipeError(f"resume_from_checkpoint={requested!r} but {training_args.output_dir} has no complete "
+                              "checkpoint.")
         return last
     if not os.path.isdir(requested):
         raise RecipeError(f"resume_from_checkpoint={requested!r} is not a folder; pass a checkpoint-N folder.")

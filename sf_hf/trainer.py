@@ -14,6 +14,7 @@ from a checkpoint (which holds x) rebuilds exactly the y of an uninterrupted run
 
 import logging
 import os
+from datetime import timedelta
 from typing import Optional
 
 import torch
@@ -153,9 +154,15 @@ class ScheduleFreeTrainer(Trainer):
         super()._load_best_model()
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        self._bound_collective_timeout()
         resume_from_checkpoint = self._checkpoint_to_resume(resume_from_checkpoint)
         try:
             return super().train(resume_from_checkpoint, *args, **kwargs)
+        except Exception as err:
+            if self.args.world_size > 1 and checkpoints.is_lost_peer(err):
+                raise checkpoints.lost_peer_error(err, self.state.global_step, self.args.ddp_timeout,
+                                                  self.args.output_dir) from err
+            raise
         finally:
             self.use_averaged_weights()
 
@@ -230,6 +237,17 @@ class ScheduleFreeTrainer(Trainer):
             else:
                 self.state.stateful_callbacks[name] = cb.state()
         self.state.save_to_json(os.path.join(folder, "trainer_state.json"))
+
+    def _bound_collective_timeout(self) -> None:
+        """Applies `ddp_timeout` to the process group: transformers 5.23 passes it on GPUs only, so on CPU (gloo) a
+        stopped or unreachable peer would block every other process for torch's default 30 minutes."""
+        dist = torch.distributed
+        if self.args.world_size > 1 and dist.is_available() and dist.is_initialized():
+            try:
+                dist.distributed_c10d._set_pg_timeout(timedelta(seconds=self.args.ddp_timeout))
+            except Exception as err:  # a private torch helper: keep training with the default timeout
+                logger.warning("sf_hf: could not set the process group timeout to ddp_timeout=%ss: %s",
+                               self.args.ddp_timeout, err)
 
     def _all_processes_ok(self, ok: bool) -> bool:
         """True when `ok` holds on every process (one all-reduce; so no process waits forever for a failed one)."""

@@ -1,0 +1,146 @@
+"""Two accelerate "machines" on one host (one process each, gloo), launched with the commands recipes/launch.slurm
+builds: they train together; when one dies or stops, the other fails within ddp_timeout with a message that says
+so and names the last complete checkpoint; re-running both commands resumes and finishes.
+
+    pytest tests/reliability/test_multinode.py -m distributed -q -s
+"""
+
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from sf_hf.checkpoints import checkpoint_folders, checkpoint_problems
+
+from ..test_pipeline import write_corpus
+
+pytestmark = pytest.mark.distributed
+
+ROOT = Path(__file__).resolve().parents[2]
+LAUNCHER = ROOT / "recipes" / "launch.slurm"
+RECIPE_YAML = ROOT / "recipes" / "llama-small" / "pretrain" / "config_sf_adamw_refined.yaml"
+DDP_TIMEOUT = 15  # seconds a collective waits for a missing peer
+FLAGS = ["--model_preset", "llama-tiny", "--block_size", "32", "--global_batch_size", "4",
+         "--per_device_train_batch_size", "2", "--tokenizer_vocab_size", "300", "--max_eval_blocks", "8",
+         "--logging_steps", "1", "--save_steps", "2", "--eval_steps", "1000", "--report_to", "none",
+         "--ddp_timeout", str(DDP_TIMEOUT)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def machine_commands(port: int, flags: list) -> list:
+    """What recipes/launch.slurm runs on machine 0 and machine 1 of a 2-node job (its dry run prints it)."""
+    commands = []
+    for rank in (0, 1):
+        env = dict(os.environ, SF_HF_DRY_RUN="1", SLURM_NNODES="2", SLURM_PROCID=str(rank), GPUS_PER_NODE="1",
+                   MAIN_PROCESS_IP="127.0.0.1", MAIN_PROCESS_PORT=str(port))
+        env.pop("SLURM_JOB_NODELIST", None)
+        printed = subprocess.run(["bash", str(LAUNCHER), "ddp", str(RECIPE_YAML), *flags], env=env, cwd=ROOT,
+                                 capture_output=True, text=True, check=True).stdout
+        command = shlex.split(printed)
+        assert command[:2] == ["accelerate", "launch"] and f"--machine_rank {rank}" in printed
+        assert "--num_machines 2" in printed and "--main_process_ip 127.0.0.1" in printed
+        commands.append(command)
+    return commands
+
+
+class Machine:
+    """One "node": its launcher and everything under it, in a session of its own."""
+
+    def __init__(self, command: list, log: Path):
+        env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
+                   PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+        self.log = log
+        self.proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def signal_all(self, sig) -> int:
+        """Sends `sig` to the launcher and all its descendants (the worker runs in a session of its own)."""
+        try:
+            procs = [psutil.Process(self.proc.pid)]
+            procs += procs[0].children(recursive=True)
+        except psutil.NoSuchProcess:
+            return 0
+        for p in procs:
+            try:
+                p.send_signal(sig)
+            except psutil.NoSuchProcess:
+                pass
+        return len(procs)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.signal_all(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+            raise
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start(commands, tmp_path, tag) -> list:
+    return [Machine(cmd, tmp_path / f"{tag}-machine{rank}.log") for rank, cmd in enumerate(commands)]
+
+
+def wait_for(path: Path, machines, timeout=240.0):
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert time.time() < deadline, f"{path} never appeared"
+        assert all(m.proc.poll() is None for m in machines), [m.output()[-2000:] for m in machines]
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.mark.parametrize("failure", ["dies", "stops"])
+def test_two_machines_train_together_and_a_lost_machine_is_reported_then_resumed(tmp_path, corpus, failure):
+    out = tmp_path / "run"
+    flags = FLAGS + ["--max_steps", "400", "--dataset_name", str(corpus), "--output_dir", str(out)]
+    machines = start(machine_commands(free_port(), flags), tmp_path, "first")
+    try:
+        wait_for(out / "checkpoint-2", machines)  # both machines trained two steps together and saved
+        hit = machines[1].signal_all(signal.SIGKILL if failure == "dies" else signal.SIGSTOP)
+        assert hit >= 2  # the launcher and the worker
+        lost_at = time.time()
+        code = machines[0].wait(timeout=DDP_TIMEOUT + 90)
+        waited = time.time() - lost_at
+    finally:
+        for m in machines:
+            m.signal_all(signal.SIGKILL)
+            m.proc.wait(timeout=30)
+    survivor = machines[0].output()
+    assert code != 0 and "sf_hf: lost contact with another process of the run" in survivor
+    assert "The last complete checkpoint is " in survivor
+    assert waited < DDP_TIMEOUT + 60, waited
+    print(f"\nmachine 1 {failure}: machine 0 reported it and exited after {waited:.1f} s")
+    for folder in checkpoint_folders(out):  # whatever the moment, every checkpoint-N is complete
+        assert checkpoint_problems(folder, deep=True, manifest=True, training_state=True) == []
+        assert {"rng_state_0.pth", "rng_state_1.pth"} <= {p.name for p in folder.iterdir()}  # both machines' parts
+
+    if failure == "stops":
+        return
+    # the same two commands again, with the run made short: they resume from the last complete checkpoint and finish
+    last = checkpoint_folders(out)[-1]
+    resumed_flags = [f if f != "400" else str(int(last.name.split("-")[1]) + 2) for f in flags]
+    machines = start(machine_commands(free_port(), resumed_flags), tmp_path, "again")
+    codes = [m.wait(timeout=300) for m in machines]
+    assert codes == [0, 0], [m.output()[-3000:] for m in machines]
+    assert f"Resuming from {last}" in machines[0].output()
+    assert "2 process(es)" in machines[0].output()
+    assert (out / "model.safetensors").is_file() and (out / "eval_results.json").is_file()
