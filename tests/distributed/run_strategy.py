@@ -1,0 +1,406 @@
+"""One launch per strategy: train, evaluate, save and resume, and write the values tests/distributed asserts on.
+
+    ACCELERATE_USE_CPU=true accelerate launch --config_file accelerate_configs/ddp.yaml --num_processes 2 \
+        --mixed_precision no tests/distributed/run_strategy.py --out /tmp/ddp
+    accelerate launch --config_file accelerate_configs/deepspeed_zero3.yaml --num_processes 2 --mixed_precision no \
+        --zero3_init_flag false tests/distributed/run_strategy.py --out /tmp/zero3
+    torchrun --nproc_per_node 2 tests/distributed/run_strategy.py --fsdp2 --deepspeed-bf16 --out /tmp/torchrun
+
+Trainer strategies (DDP, DeepSpeed ZeRO-1/2/3): a ScheduleFreeTrainer runs STEPS steps with a checkpoint at
+SAVE_AT (and an evaluation there, so the run switches y -> x -> y mid-way), evaluates, saves; a second trainer
+resumes from the checkpoint. FSDP2 (torchrun, torch's fully_shard; accelerate runs DDP on CPU): the same with a
+plain loop, DCP checkpoints and a consolidated full state dict. Every rank writes the weights it computes with
+(x_module_rank{r}.safetensors); rank 0 writes the optimizer's own x (x_master.safetensors, from DeepSpeed's fp32
+partitions or the FSDP2 shards), y, the x of the resumed run, and results.json.
+"""
+
+import argparse
+import faulthandler
+import json
+import os
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+from torch.distributed.tensor import DTensor  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
+
+from sf_hf import RefinedScheduleFreeAdamW, ScheduleFreeTrainer  # noqa: E402
+from sf_hf.distributed import optimizer_chain, reshard_fsdp2, resolve_optimizer, switch_weights  # noqa: E402
+from tests.trainer_utils import VOCAB, TokenDataset, config, tiny_model  # noqa: E402
+
+faulthandler.enable()  # a crash (even at exit, after the results are written) leaves its stacks in the log
+torch.set_num_threads(1)
+STEPS, SAVE_AT, PER_DEVICE = 6, 3, 4
+TRAIN, EVAL = TokenDataset(64, seed=1), TokenDataset(8, seed=2)
+HYPER = dict(lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1, warmup_steps=3, decoupling_c=5.0)  # = trainer_utils.config
+
+
+def contiguous(weights: dict) -> dict:
+    return {n: t.detach().to("cpu", torch.float32).contiguous().clone() for n, t in weights.items()}
+
+
+# ---------------------------------------------------------------------------------------------- Trainer strategies
+
+
+def trainer_args(out: Path, **overrides):
+    # On CPU ddp_backend="gloo": DeepSpeed needs it (ACCELERATE_USE_CPU would turn DeepSpeed into DDP); use_cpu
+    # stays False for the same reason, and DDP gets the CPU from ACCELERATE_USE_CPU.
+    settings = dict(max_steps=STEPS, per_device_train_batch_size=PER_DEVICE, per_device_eval_batch_size=PER_DEVICE,
+                    save_strategy="steps", save_steps=SAVE_AT, eval_strategy="steps", eval_steps=SAVE_AT,
+                    use_cpu=False, ddp_backend=None if torch.cuda.is_available() else "gloo",
+                    bf16=os.environ.get("ACCELERATE_MIXED_PRECISION") == "bf16")  # DeepSpeed refuses a mismatch
+    return config(out, **{**settings, **overrides})
+
+
+def is_zero3(trainer) -> bool:
+    return trainer.is_deepspeed_enabled and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3
+
+
+def module_weights(trainer) -> dict:
+    """The weights the module computes with, gathered (ZeRO-3, FSDP2 on GPUs) into full tensors on every rank."""
+    params = dict(trainer.model.named_parameters())
+    if is_zero3(trainer):
+        import deepspeed
+
+        context = deepspeed.zero.GatheredParameters(list(params.values()))
+    else:
+        context = nullcontext()
+    with context:
+        return contiguous({n: p.full_tensor() if isinstance(p, DTensor) else p for n, p in params.items()})
+
+
+def master_weights(trainer) -> dict:
+    """The optimizer's own tensors (x in eval mode): DeepSpeed's fp32 partitions, gathered; else the parameters."""
+    if not trainer.is_deepspeed_enabled:
+        return module_weights(trainer)
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    return contiguous({n: safe_get_full_fp32_param(p) for n, p in trainer.model.named_parameters()})
+
+
+class RecordAt(TrainerCallback):
+    """Keeps the optimizer's x at the checkpoint of `step` (all ranks take part in the gather)."""
+
+    def __init__(self, step):
+        self.step, self.trainer, self.x = step, None, None
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            self.x = master_weights(self.trainer)
+
+
+def losses(trainer) -> dict:
+    return {h["step"]: h["loss"] for h in trainer.state.log_history if "loss" in h}
+
+
+def describe(trainer) -> dict:
+    base = trainer._base_optimizer()
+    plugin = trainer.accelerator.state.deepspeed_plugin if trainer.is_deepspeed_enabled else None
+    return dict(
+        world_size=trainer.args.world_size, distributed_type=str(trainer.accelerator.distributed_type).split(".")[-1],
+        zero_stage=plugin.zero_stage if plugin else None,
+        chain=[type(o).__name__ for o in optimizer_chain(trainer.optimizer)],
+        k=[g["k"] for g in base.param_groups], module_dtype=str(next(trainer.model.parameters()).dtype),
+        ds_config={k: v for k, v in (plugin.deepspeed_config if plugin else {}).items() if "zero" in k or k == "bf16"},
+    )
+
+
+@torch.no_grad()
+def single_process_loss(weights: dict, like: torch.Tensor) -> float:
+    """The EVAL loss of `weights` in a fresh, undistributed model on the device and in the dtype of `like`."""
+    model = tiny_model().to(like.device, like.dtype)
+    model.load_state_dict(weights)
+    return lm_loss(model.eval(), EVAL.ids.to(like.device)).item()
+
+
+def refused(out: Path, config_file: str) -> dict:
+    """Builds a trainer under another DeepSpeed JSON and returns how its train() fails (or that it did not)."""
+    os.environ["ACCELERATE_DEEPSPEED_CONFIG_FILE"] = config_file
+    args = trainer_args(out, max_steps=1, eval_strategy="no", save_strategy="no")
+    trainer = ScheduleFreeTrainer(model=tiny_model(), args=args, train_dataset=TRAIN)
+    try:
+        trainer.train()
+    except Exception as err:  # the test asserts on the type and the message
+        return dict(error=type(err).__name__, message=str(err), chain=[type(o).__name__
+                                                                       for o in optimizer_chain(trainer.optimizer)])
+    return dict(error=None, chain=[type(o).__name__ for o in optimizer_chain(trainer.optimizer)])
+
+
+def run_trainer(out: Path, refuse_config: str = None) -> None:
+    rank = int(os.environ.get("RANK", 0))
+    results = {}
+    if refuse_config:  # ZeRO-Offload with accelerate's default swap: must fail before the first step
+        main_config = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+        results["refused"] = refused(out / "refused", refuse_config)
+        os.environ["ACCELERATE_DEEPSPEED_CONFIG_FILE"] = main_config
+
+    record = RecordAt(SAVE_AT)
+    straight = ScheduleFreeTrainer(model=tiny_model(), args=trainer_args(out / "run"), train_dataset=TRAIN,
+                                   eval_dataset=EVAL, callbacks=[record])
+    record.trainer = straight
+    straight.train()
+    x_master, x_module = master_weights(straight), module_weights(straight)
+    results.update(describe(straight), losses=losses(straight), eval_loss=straight.evaluate()["eval_loss"],
+                   single_process_eval_loss=single_process_loss(x_module, next(straight.model.parameters())))
+    straight.save_model(str(out / "final"))
+    straight.use_training_weights()
+    y = module_weights(straight)
+    straight.use_averaged_weights()
+
+    resumed = ScheduleFreeTrainer(model=tiny_model(seed=1), args=trainer_args(out / "resumed"), train_dataset=TRAIN,
+                                  eval_dataset=EVAL)
+    resumed.train(resume_from_checkpoint=str(out / "run" / f"checkpoint-{SAVE_AT}"))
+    x_resumed = master_weights(resumed)
+    results.update(resumed_losses=losses(resumed), resumed_eval_loss=resumed.evaluate()["eval_loss"],
+                   resumed_k=[g["k"] for g in resumed._base_optimizer().param_groups])
+
+    save_file(x_module, str(out / f"x_module_rank{rank}.safetensors"))
+    if rank == 0:
+        for name, weights in (("x_master", x_master), ("y", y), ("x_resumed", x_resumed), ("x_at_save", record.x)):
+            save_file(weights, str(out / f"{name}.safetensors"))
+        (out / "results.json").write_text(json.dumps(results, indent=1))
+
+
+# ---------------------------------------------------------------------------------------------- FSDP2 (plain loop)
+
+
+def batch_ids(step: int, world: int = 1, rank: int = 0) -> torch.Tensor:
+    """The global batch of `step` (1-based; PER_DEVICE x 2 sequences), or one rank's share of it."""
+    order = torch.randperm(len(TRAIN), generator=torch.Generator().manual_seed(step))[:2 * PER_DEVICE]
+    share = len(order) // world
+    return TRAIN.ids[order[rank * share:(rank + 1) * share]]
+
+
+def lm_loss(model, ids: torch.Tensor) -> torch.Tensor:
+    logits = model(input_ids=ids).logits.float()
+    return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), ids[:, 1:].reshape(-1))
+
+
+def build_optimizer(model, fused=None) -> RefinedScheduleFreeAdamW:
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    rest = [p for p in model.parameters() if p.ndim < 2]
+    return RefinedScheduleFreeAdamW([dict(params=decay), dict(params=rest, weight_decay=0.0)], fused=fused, **HYPER)
+
+
+def loop_step(model, optimizer, step: int, world: int = 1, rank: int = 0) -> float:
+    """One training step at y; returns the global mean loss."""
+    switch_weights(optimizer, train=True, model=model)
+    model.train()
+    loss = lm_loss(model, batch_ids(step, world, rank))
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    value = loss.detach().clone()
+    if world > 1:
+        dist.all_reduce(value)
+    return value.item() / world
+
+
+@torch.no_grad()
+def loop_eval(model, optimizer, world: int = 1, rank: int = 0) -> float:
+    """The mean loss over EVAL at x (each rank takes its share; equal token counts, so the mean of means)."""
+    switch_weights(optimizer, train=False, model=model)
+    model.eval()
+    share = len(EVAL) // world
+    value = lm_loss(model, EVAL.ids[rank * share:(rank + 1) * share]).detach().clone()
+    if world > 1:
+        dist.all_reduce(value)
+    return value.item() / world
+
+
+def reference_loop(steps: int = STEPS) -> dict:
+    """The FSDP2 run's single-process twin: one unsharded model, the whole global batch per step."""
+    model = tiny_model()
+    optimizer = build_optimizer(model)
+    trajectory = {step: loop_step(model, optimizer, step) for step in range(1, steps + 1)}
+    eval_loss = loop_eval(model, optimizer)
+    return dict(losses=trajectory, eval_loss=eval_loss, x=contiguous(dict(model.named_parameters())))
+
+
+def run_fsdp2(out: Path) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_state_dict,
+        set_state_dict,
+    )
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    mesh = init_device_mesh("cpu", (world,))
+
+    def sharded_model(seed=0):
+        model = tiny_model(seed)
+        for layer in model.model.layers:
+            fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        return model
+
+    def full(model) -> dict:  # the optimizer's own tensors: the shards (registered again by reshard), gathered
+        reshard_fsdp2(model)
+        return contiguous({n: p.full_tensor() for n, p in model.named_parameters()})
+
+    def consolidated(model) -> dict:  # what a published model.safetensors holds (all ranks take part)
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    results = dict(world_size=world, distributed_type="FSDP2", losses={}, resumed_losses={})
+    model = sharded_model()
+    optimizer = build_optimizer(model)
+    resolve_optimizer(optimizer, RefinedScheduleFreeAdamW)
+    results["dtensor_params"] = all(isinstance(p, DTensor) for p in model.parameters())
+    for step in range(1, STEPS + 1):
+        results["losses"][step] = loop_step(model, optimizer, step, world, rank)
+        if step == SAVE_AT - 1:  # an evaluation at x leaves the root module unsharded (a forward without backward):
+            loop_eval(model, optimizer, world, rank)  # the next training step must not compute with that stale x
+            results["root_unsharded_after_eval"] = any(not isinstance(p, DTensor) for p in model.parameters())
+        if step == SAVE_AT:  # evaluate and checkpoint at x, as the Trainer does; training then resumes at y
+            results["eval_loss_at_save"] = loop_eval(model, optimizer, world, rank)
+            model_sd, optim_sd = get_state_dict(model, optimizer)
+            dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(out / "checkpoint"))
+            x_at_save, saved_at_save = full(model), consolidated(model)
+    results["eval_loss"] = loop_eval(model, optimizer, world, rank)
+    # the weights the model computes with: every FSDP module's all-gathered (unsharded) parameters
+    fsdp_modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for module in fsdp_modules:
+        module.unshard()
+    x_module = contiguous(dict(model.named_parameters()))
+    x_master, saved = full(model), consolidated(model)
+    switch_weights(optimizer, train=True, model=model)
+    y = full(model)
+    switch_weights(optimizer, train=False, model=model)
+    results["k"] = [g["k"] for g in optimizer.param_groups]
+    results["chain"] = [type(optimizer).__name__]
+    results["fsdp_modules"] = len(fsdp_modules)
+
+    resumed = sharded_model(seed=1)
+    resumed_optimizer = build_optimizer(resumed)
+    resolve_optimizer(resumed_optimizer, RefinedScheduleFreeAdamW)  # creates the state DCP would create by a step
+    model_sd, optim_sd = get_state_dict(resumed, resumed_optimizer)
+    state = {"model": model_sd, "optimizer": optim_sd}
+    dcp.load(state, checkpoint_id=str(out / "checkpoint"))
+    set_state_dict(resumed, resumed_optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    for step in range(SAVE_AT + 1, STEPS + 1):
+        results["resumed_losses"][step] = loop_step(resumed, resumed_optimizer, step, world, rank)
+    results["resumed_eval_loss"] = loop_eval(resumed, resumed_optimizer, world, rank)
+    results["resumed_k"] = [g["k"] for g in resumed_optimizer.param_groups]
+
+    x_resumed = full(resumed)
+
+    # the foreach twin on the same shards (the run above took the compiled kernel when it builds here)
+    results["fused"] = optimizer._use_fused(optimizer.param_groups[0]["params"][0].to_local())
+    twin = sharded_model()
+    twin_optimizer = build_optimizer(twin, fused=False)
+    for step in range(1, STEPS + 1):
+        loop_step(twin, twin_optimizer, step, world, rank)
+    loop_eval(twin, twin_optimizer, world, rank)
+    x_foreach = full(twin)
+
+    # a NaN in one rank's gradient shard: every rank must skip the step (a DTensor all-reduce would drop the NaN)
+    switch_weights(twin_optimizer, train=True, model=twin)
+    lm_loss(twin, batch_ids(STEPS + 1, world, rank)).backward()
+    if rank == world - 1:
+        with torch.no_grad():
+            next(twin.parameters()).grad.to_local().view(-1)[-1] = float("nan")
+    twin_optimizer.step()
+    skipped = [None] * world
+    dist.all_gather_object(skipped, [(g["k"], g["skipped_steps"]) for g in twin_optimizer.param_groups])
+    results["nan_step_k_and_skipped_per_rank"] = skipped
+    save_file(x_module, str(out / f"x_module_rank{rank}.safetensors"))
+    if rank == 0:
+        for name, weights in (("x_master", x_master), ("y", y), ("x_resumed", x_resumed), ("x_at_save", x_at_save),
+                              ("x_foreach", x_foreach)):
+            save_file(weights, str(out / f"{name}.safetensors"))
+        for folder, weights in (("final", saved), (f"run/checkpoint-{SAVE_AT}", saved_at_save)):
+            (out / folder).mkdir(parents=True, exist_ok=True)
+            save_file(contiguous(weights), str(out / folder / "model.safetensors"))
+        (out / "results.json").write_text(json.dumps(results, indent=1))
+
+
+# ---------------------------------------------------------------------------------------------- DeepSpeed bf16
+
+
+def run_deepspeed_bf16(out: Path, stages=(2, 3)) -> None:
+    """ZeRO-2 and ZeRO-3 in bf16 (fp32 master partitions, bf16 module), with DeepSpeed's engine and no Trainer.
+
+    transformers refuses bf16 on a machine without GPU unless use_cpu=True, which turns DeepSpeed off, so on CPU
+    the bf16 path is only reachable like this; DeepSpeed itself runs it.
+    """
+    import deepspeed
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    deepspeed.init_distributed(dist_backend="gloo")  # wraps the process group torchrun's one already set up
+    rank, world = dist.get_rank(), dist.get_world_size()
+    results = dict(world_size=world)
+    for stage in stages:
+        model = tiny_model()
+        config = {"train_micro_batch_size_per_gpu": PER_DEVICE, "gradient_accumulation_steps": 1,
+                  "bf16": {"enabled": True}, "zero_optimization": {"stage": stage},
+                  "zero_allow_untested_optimizer": True}
+        engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=build_optimizer(model), config=config)
+        resolve_optimizer(optimizer, RefinedScheduleFreeAdamW)
+        params = dict(engine.module.named_parameters())
+
+        def gathered(stage=stage, params=params) -> dict:
+            context = deepspeed.zero.GatheredParameters(list(params.values())) if stage == 3 else nullcontext()
+            with context:
+                return contiguous(params)
+
+        losses = {}
+        for step in range(1, STEPS + 1):
+            switch_weights(optimizer, train=True, model=engine)
+            engine.train()
+            loss = lm_loss(engine, batch_ids(step, world, rank))
+            engine.backward(loss)
+            engine.step()
+            losses[step] = loss.item()
+        eval_loss = loop_eval(engine, optimizer, world, rank)
+        x_master = contiguous({n: safe_get_full_fp32_param(p) for n, p in params.items()})
+        x_module = gathered()
+        saved = engine._zero3_consolidated_16bit_state_dict() if stage == 3 else engine.module.state_dict()
+        switch_weights(optimizer, train=True, model=engine)
+        y = gathered()
+        switch_weights(optimizer, train=False, model=engine)
+        save_file(x_module, str(out / f"zero{stage}_x_module_rank{rank}.safetensors"))
+        if rank == 0:
+            single = tiny_model().to(torch.bfloat16)
+            single.load_state_dict({n: t.to(torch.bfloat16) for n, t in x_module.items()})
+            with torch.no_grad():
+                single_loss = lm_loss(single.eval(), EVAL.ids).item()
+            results[f"zero{stage}"] = dict(
+                module_dtype=str(next(iter(params.values())).dtype), k=[g["k"] for g in optimizer.param_groups],
+                losses=losses, eval_loss=eval_loss, single_process_eval_loss=single_loss,
+                chain=[type(o).__name__ for o in optimizer_chain(optimizer)])
+            for name, weights in (("x_master", x_master), ("y", y), ("saved", contiguous(saved))):
+                save_file(weights, str(out / f"zero{stage}_{name}.safetensors"))
+    if rank == 0:
+        (out / "results.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--fsdp2", action="store_true", help="torchrun + fully_shard instead of the Trainer")
+    parser.add_argument("--deepspeed-bf16", action="store_true", help="torchrun + DeepSpeed's engine, bf16")
+    parser.add_argument("--refuse-config", help="a DeepSpeed JSON that must be refused before the first step")
+    cli = parser.parse_args()
+    cli.out.mkdir(parents=True, exist_ok=True)
+    if cli.fsdp2 or cli.deepspeed_bf16:  # one torchrun launch can run both (a process start saved)
+        dist.init_process_group("gloo")
+        if cli.fsdp2:
+            run_fsdp2(cli.out)
+        if cli.deepspeed_bf16:
+            (cli.out / "deepspeed_bf16").mkdir(exist_ok=True)
+            run_deepspeed_bf16(cli.out / "deepspeed_bf16")
+        dist.destroy_process_group()
+    else:
+        run_trainer(cli.out, cli.refuse_config)

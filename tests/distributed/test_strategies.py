@@ -1,0 +1,270 @@
+"""Schedule-Free under DDP, DeepSpeed ZeRO-1/2/3 (and ZeRO-Offload, bf16) and FSDP2: real two-process launches.
+
+    pytest tests/distributed -m distributed -q        # 6 launches, ~3-5 minutes on 2 CPU cores
+
+Each strategy is launched once (tests/distributed/run_strategy.py: train, evaluate, save, resume) and every test
+below asserts on the values that launch wrote: the evaluation runs at x (its loss equals the loss of the same x
+computed here, in one process, and differs from the loss at y), the saved model is x, every rank computes with x,
+a resumed run retraces the uninterrupted one, and the training matches a single-process run with the same
+global batch. The launches use the shipped accelerate_configs/*.yaml with --num_processes 2 --mixed_precision no
+(fp32: transformers refuses bf16 on CPU unless use_cpu=True, which turns DeepSpeed off, so DeepSpeed's bf16 path
+is launched with its own engine, without the Trainer). FSDP2 runs torch's fully_shard under torchrun: accelerate's
+FSDP path needs an accelerator.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sf_hf import ScheduleFreeTrainer
+
+from ..trainer_utils import TokenDataset, config, hand_loss, max_abs_diff, tiny_model, weights
+
+pytestmark = pytest.mark.distributed
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "tests" / "distributed" / "run_strategy.py"
+BIN = Path(sys.executable).parent
+STEPS, SAVE_AT = 6, 3
+EVAL = TokenDataset(8, seed=2)
+STRATEGIES = ["ddp", "zero1", "zero2", "zero3", "zero2_offload", "fsdp2"]
+
+# ZeRO-Offload through a DeepSpeed JSON: accelerate's yaml keys cannot set zero_force_ds_cpu_optimizer.
+OFFLOAD = {"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu", "pin_memory": False}},
+           "zero_force_ds_cpu_optimizer": False, "bf16": {"enabled": "auto"}, "gradient_accumulation_steps": "auto",
+           "gradient_clipping": "auto", "train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_command(kind: str, out: Path) -> tuple:
+    """(command, extra environment) of one strategy's launch."""
+    script = [str(SCRIPT), "--out", str(out)]
+    torchrun = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()), *script]
+    if kind == "fsdp2":  # accelerate's FSDP needs an accelerator (on CPU it silently runs DDP): torch's own.
+        # The same launch runs DeepSpeed in bf16 with its own engine: transformers refuses bf16 on CPU unless
+        # use_cpu=True, which turns DeepSpeed off.
+        return [*torchrun, "--fsdp2", "--deepspeed-bf16"], {}
+    accelerate = [str(BIN / "accelerate"), "launch", "--num_processes", "2", "--main_process_port", str(free_port())]
+    if kind == "ddp":  # without ACCELERATE_USE_CPU each CPU process would train alone
+        return [*accelerate, "--config_file", str(ROOT / "accelerate_configs" / "ddp.yaml"), "--mixed_precision",
+                "no", *script], {"ACCELERATE_USE_CPU": "true"}
+    if kind == "zero2_offload":
+        offload, swap = out / "offload.json", out / "swap.json"
+        offload.write_text(json.dumps(OFFLOAD))
+        swap.write_text(json.dumps({k: v for k, v in OFFLOAD.items() if k != "zero_force_ds_cpu_optimizer"}))
+        return [*accelerate, "--use_deepspeed", "--deepspeed_config_file", str(offload), *script,
+                "--refuse-config", str(swap)], {}
+    stage = kind[-1]
+    return [*accelerate, "--config_file", str(ROOT / "accelerate_configs" / f"deepspeed_zero{stage}.yaml"),
+            "--mixed_precision", "no", "--zero3_init_flag", "false", *script], {}
+
+
+_LAUNCHED = {}
+
+
+def launched(kind: str, tmp_path_factory) -> tuple:
+    """Runs the strategy's launch once per session; returns (results, folder)."""
+    if kind == "deepspeed_bf16":  # a part of the torchrun launch
+        out = launched("fsdp2", tmp_path_factory)[1] / "deepspeed_bf16"
+        return json.loads((out / "results.json").read_text()), out
+    if kind not in _LAUNCHED:
+        out = tmp_path_factory.mktemp(kind)
+        command, extra = launch_command(kind, out)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
+        env.update(extra, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+        proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        (out / "launch.log").write_text(proc.stdout + proc.stderr)
+        finished = (out / "results.json").exists()
+        assert proc.returncode == 0, (
+            f"{kind}: the launch exited {proc.returncode} {'after' if finished else 'before'} writing its results. "
+            f"Log tail:\n{(proc.stdout + proc.stderr)[-6000:]}")
+        _LAUNCHED[kind] = (json.loads((out / "results.json").read_text()), out)
+    return _LAUNCHED[kind]
+
+
+def tensors(out: Path, name: str) -> dict:
+    return load_file(str(out / name))
+
+
+def loss_at(state: dict, dtype=torch.float32) -> float:
+    model = tiny_model().to(dtype)
+    model.load_state_dict({name: t.to(dtype) for name, t in state.items()})
+    return hand_loss(model, EVAL)
+
+
+@pytest.fixture(scope="module")
+def single_process(tmp_path_factory) -> dict:
+    """The trainer strategies' single-process twin: same data, one process with the global batch (2 x 4)."""
+    from .run_strategy import TRAIN
+
+    out = tmp_path_factory.mktemp("single")
+    args = config(out, max_steps=STEPS, per_device_train_batch_size=8, per_device_eval_batch_size=4,
+                  save_strategy="steps", save_steps=SAVE_AT, eval_strategy="steps", eval_steps=SAVE_AT)
+    trainer = ScheduleFreeTrainer(model=tiny_model(), args=args, train_dataset=TRAIN, eval_dataset=EVAL)
+    trainer.train()
+    return dict(losses={h["step"]: h["loss"] for h in trainer.state.log_history if "loss" in h},
+                x=weights(trainer.model))
+
+
+@pytest.fixture(scope="module")
+def fsdp2_reference() -> dict:
+    from .run_strategy import reference_loop
+
+    return reference_loop(STEPS)
+
+
+@pytest.mark.parametrize("kind", STRATEGIES)
+def test_the_strategy_runs_as_configured(kind, tmp_path_factory):
+    results, _ = launched(kind, tmp_path_factory)
+    assert results["world_size"] == 2
+    expected = {"ddp": "MULTI_CPU", "fsdp2": "FSDP2"}.get(kind, "DEEPSPEED")
+    assert results["distributed_type"] == expected
+    assert results["chain"][-1] == "RefinedScheduleFreeAdamW"
+    assert results["k"] == [STEPS, STEPS]  # the schedule advanced once per step (ZeRO-3 steps per sub-group)
+    if kind.startswith("zero"):
+        assert results["zero_stage"] == int(kind[4])
+        assert results["chain"][1] == ("DeepSpeedZeroOptimizer_Stage3" if kind == "zero3" else "DeepSpeedZeroOptimizer")
+        assert results["ds_config"]["bf16"]["enabled"] is False
+        offload = results["ds_config"]["zero_optimization"]["offload_optimizer"]["device"]
+        assert offload == ("cpu" if kind == "zero2_offload" else "none")
+    if kind == "fsdp2":
+        assert results["dtensor_params"] and results["fsdp_modules"] == 3
+        assert results["root_unsharded_after_eval"]  # the stale copy a mode switch must drop
+
+
+@pytest.mark.parametrize("kind", STRATEGIES)
+def test_evaluation_is_at_x(kind, tmp_path_factory):
+    results, out = launched(kind, tmp_path_factory)
+    x = tensors(out, "x_master.safetensors")
+    at_x, at_y = loss_at(x), loss_at(tensors(out, "y.safetensors"))
+    assert results["eval_loss"] == pytest.approx(at_x, rel=1e-5)
+    assert abs(at_y - at_x) > 1e-2  # y is far enough from x for the check above to tell them apart
+
+
+@pytest.mark.parametrize("kind", STRATEGIES)
+def test_saved_models_are_x(kind, tmp_path_factory):
+    _, out = launched(kind, tmp_path_factory)
+    x = tensors(out, "x_master.safetensors")
+    assert max_abs_diff(tensors(out, "final/model.safetensors"), x) == 0.0
+    x_at_save = tensors(out, "x_at_save.safetensors")
+    assert max_abs_diff(tensors(out, f"run/checkpoint-{SAVE_AT}/model.safetensors"), x_at_save) == 0.0
+    assert max_abs_diff(x_at_save, x) > 1e-3
+    assert max_abs_diff(tensors(out, "y.safetensors"), x) > 1e-3
+
+
+@pytest.mark.parametrize("kind", STRATEGIES)
+def test_every_rank_computes_with_x(kind, tmp_path_factory):
+    _, out = launched(kind, tmp_path_factory)
+    x = tensors(out, "x_master.safetensors")
+    for rank in (0, 1):
+        assert max_abs_diff(tensors(out, f"x_module_rank{rank}.safetensors"), x) == 0.0
+
+
+@pytest.mark.parametrize("kind", STRATEGIES)
+def test_resumed_run_matches_the_uninterrupted_run(kind, tmp_path_factory):
+    results, out = launched(kind, tmp_path_factory)
+    after = [str(step) for step in range(SAVE_AT + 1, STEPS + 1)]
+    assert [results["resumed_losses"][s] for s in after] == [results["losses"][s] for s in after]
+    assert max_abs_diff(tensors(out, "x_resumed.safetensors"), tensors(out, "x_master.safetensors")) == 0.0
+    assert results["resumed_eval_loss"] == results["eval_loss"] and results["resumed_k"] == results["k"]
+    if kind != "fsdp2":  # the Trainer resumed from DeepSpeed's own checkpoint (or optimizer.pt under DDP)
+        checkpoint = out / "run" / f"checkpoint-{SAVE_AT}"
+        assert (checkpoint / f"global_step{SAVE_AT}").is_dir() == kind.startswith("zero")
+
+
+@pytest.mark.parametrize("kind", STRATEGIES)
+def test_training_matches_one_process(kind, tmp_path_factory, request):
+    results, out = launched(kind, tmp_path_factory)
+    reference = request.getfixturevalue("fsdp2_reference" if kind == "fsdp2" else "single_process")
+    losses = [results["losses"][str(step)] for step in range(1, STEPS + 1)]
+    assert losses == pytest.approx([reference["losses"][step] for step in range(1, STEPS + 1)], rel=1e-5)
+    assert max_abs_diff(tensors(out, "x_master.safetensors"), reference["x"]) < 1e-5
+
+
+def test_fsdp2_steps_on_local_shards_and_skips_nan_on_every_rank(tmp_path_factory, fsdp2_reference):
+    results, out = launched("fsdp2", tmp_path_factory)
+    assert results["fused"]  # the compiled kernel ran on the shards (as plain tensors)
+    assert max_abs_diff(tensors(out, "x_foreach.safetensors"), fsdp2_reference["x"]) < 1e-5  # and its foreach twin
+    # a NaN on one rank's gradient shard: both ranks skip (k stays 6, skipped_steps 1), so the shards stay in step
+    assert results["nan_step_k_and_skipped_per_rank"] == [[[STEPS, 1], [STEPS, 1]]] * 2
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_bf16_module_weights_are_x_rounded(stage, tmp_path_factory):
+    """bf16 on CPU (DeepSpeed's engine, no Trainer): fp32 master partitions hold x, the bf16 module x rounded."""
+    results, out = launched("deepspeed_bf16", tmp_path_factory)
+    run = results[f"zero{stage}"]
+    assert run["module_dtype"] == "torch.bfloat16" and run["k"] == [STEPS, STEPS]
+    assert run["chain"][0] == ("DeepSpeedZeroOptimizer_Stage3" if stage == 3 else "DeepSpeedZeroOptimizer")
+    x_in_bf16 = {n: t.to(torch.bfloat16).float() for n, t in tensors(out, f"zero{stage}_x_master.safetensors").items()}
+    for rank in (0, 1):
+        assert max_abs_diff(tensors(out, f"zero{stage}_x_module_rank{rank}.safetensors"), x_in_bf16) == 0.0
+    assert max_abs_diff(tensors(out, f"zero{stage}_saved.safetensors"), x_in_bf16) == 0.0
+    at_x = loss_at(x_in_bf16, torch.bfloat16)
+    at_y = loss_at(tensors(out, f"zero{stage}_y.safetensors"), torch.bfloat16)
+    assert run["eval_loss"] == pytest.approx(at_x, rel=1e-4)  # bf16 matmuls over 4 vs 8 rows
+    assert abs(at_y - at_x) > 1e-2
+    assert results["zero2"]["losses"] == pytest.approx(results["zero3"]["losses"], rel=1e-5)
+
+
+def test_zero_offload_swap_is_refused_before_the_first_step(tmp_path_factory):
+    results, _ = launched("zero2_offload", tmp_path_factory)
+    refused = results["refused"]
+    assert refused["error"] == "ReplacedOptimizerError"
+    assert refused["chain"][-1] == "DeepSpeedCPUAdam"
+    assert '"zero_force_ds_cpu_optimizer": false' in refused["message"]
+
+
+def gpu_launch(config: str, out: Path) -> dict:
+    """The Trainer launch with a shipped config as it is (bf16), on up to 2 GPUs."""
+    processes = min(2, torch.cuda.device_count())
+    command = [str(BIN / "accelerate"), "launch", "--config_file", str(ROOT / "accelerate_configs" / config),
+               "--num_processes", str(processes), "--main_process_port", str(free_port()), str(SCRIPT),
+               "--out", str(out)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
+    proc = subprocess.run(command, cwd=ROOT, env=dict(env, HF_HUB_OFFLINE="1"), capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["k"] == [STEPS, STEPS] and results["chain"][-1] == "RefinedScheduleFreeAdamW"
+    assert results["eval_loss"] == pytest.approx(results["single_process_eval_loss"], rel=1e-2)
+    assert abs(loss_at(tensors(out, "y.safetensors")) - loss_at(tensors(out, "x_master.safetensors"))) > 1e-2
+    after = [str(step) for step in range(SAVE_AT + 1, STEPS + 1)]
+    assert [results["resumed_losses"][s] for s in after] == [results["losses"][s] for s in after]
+    return results
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("stage", [2, 3])
+def test_bf16_zero_on_gpu(stage, tmp_path):
+    """bf16 under ZeRO-2/3 with the shipped configs: the bf16 module weights are x rounded, and so is the save."""
+    results = gpu_launch(f"deepspeed_zero{stage}.yaml", tmp_path)
+    assert results["module_dtype"] == "torch.bfloat16" and results["ds_config"]["bf16"]["enabled"] is True
+    x_in_bf16 = {n: t.to(torch.bfloat16).float() for n, t in tensors(tmp_path, "x_master.safetensors").items()}
+    for rank in range(results["world_size"]):
+        assert max_abs_diff(tensors(tmp_path, f"x_module_rank{rank}.safetensors"), x_in_bf16) == 0.0
+    assert max_abs_diff(tensors(tmp_path, "final/model.safetensors"), x_in_bf16) == 0.0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fsdp2_through_accelerate_on_gpu(tmp_path):
+    """accelerate's real FSDP2 path (GPUs only): fp32 shards hold x, the consolidated save is x, resume is exact."""
+    results = gpu_launch("fsdp2.yaml", tmp_path)
+    assert results["distributed_type"] == "FSDP"
+    x = tensors(tmp_path, "x_master.safetensors")
+    assert max_abs_diff(tensors(tmp_path, "final/model.safetensors"), x) == 0.0
+    assert max_abs_diff(tensors(tmp_path, "x_resumed.safetensors"), x) == 0.0
