@@ -50,7 +50,8 @@ from common import (
 )
 
 from sf_hf import RefinedScheduleFreeAdamW, ScheduleFreeAdamW
-from sf_hf.optim.kernels import all_finite
+from sf_hf.optim import kernels
+from sf_hf.optim.kernels import StepScalars, all_finite, fused_step
 
 try:
     import schedulefree
@@ -172,6 +173,38 @@ def run_case(size: str, dtype_name: str, args) -> dict:
     return dict(size=size, dtype=dtype_name, n=n, tensors=len(shapes), rows=rows, new_graphs=new_graphs)
 
 
+def run_dispatch(args) -> None:
+    """The per-call cost of the compiled step, on llama-124m's 110 tensors shrunk to 1/1000 of their size (so the
+    arithmetic is negligible): fused_step (CHUNK tensors per compiled call) against one call per tensor (before)."""
+    sizes = [max(2, math.prod(shape) // 1000) for shape in llama_shapes(**LLAMA_124M)]
+    ys = [torch.randn(n) for n in sizes]
+    zs, vs, gs = [y.clone() for y in ys], [torch.zeros_like(y) for y in ys], [torch.randn_like(y) for y in ys]
+    scalars = StepScalars(2e-3, 0.01, 0.95, 0.99, 0.5, 1e-8, 0.1)
+    per_tensor = torch.compile(kernels._fused_tensor_step, dynamic=True, fullgraph=True)
+    packed = torch.tensor(kernels._kernel_scalars(scalars))
+
+    def one_call_per_tensor():
+        for y, z, v, g in zip(ys, zs, vs, gs):
+            per_tensor(y, z, v, g, packed)
+
+    rows = [Row(f"fused_step ({kernels.CHUNK} tensors per call)", lambda: fused_step(ys, zs, vs, gs, scalars), 0),
+            Row("one compiled call per tensor (before)", one_call_per_tensor, 0)]
+    for row in rows:
+        for _ in range(3):
+            row.step()
+    for repeat in range(5 * args.repeats):
+        for row in rows[repeat % 2:] + rows[:repeat % 2]:
+            start, start_cpu = time.perf_counter(), time.process_time()
+            row.step()
+            row.times.append(time.perf_counter() - start)
+            row.cpu.append(time.process_time() - start_cpu)
+    print(f"\nDispatch cost: llama-124m's {len(sizes)} tensors at 1/1000 size ({sum(sizes) / 1e3:.0f}k parameters):")
+    for row in rows:
+        median = statistics.median(row.times)
+        print(f"  {row.name:40s} {median * 1e3:7.2f} ms per step = {median / len(sizes) * 1e6:5.1f} us per tensor "
+              f"(min {min(row.times) * 1e3:.2f} ms, cpu {statistics.median(row.cpu) * 1e3:.2f} ms)")
+
+
 def paired_ratio(a: Row, b: Row, clock: str = "times") -> float:
     """Median over repeats of a's time / b's time, each pair taken in the same round (clock: times or cpu)."""
     return statistics.median(x / y for x, y in zip(getattr(a, clock), getattr(b, clock)))
@@ -259,6 +292,7 @@ def main() -> None:
         for size, dtype_name in plan:
             cases.append(run_case(size.strip(), dtype_name, args))
             print_case(cases[-1])
+        run_dispatch(args)
     finally:
         if fresh_cache:
             shutil.rmtree(fresh_cache, ignore_errors=True)

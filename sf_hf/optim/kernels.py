@@ -152,8 +152,8 @@ def fused_step(
     batches = defaultdict(list)  # tensors that can share a compiled call: same threading, device and dtypes
     for y, z, v, g in zip(ys, zs, vs, gs):
         parallel = z.device.type != "cpu" or z.numel() >= PARALLEL_MIN_NUMEL
-        batches[parallel, z.device, (y.dtype, z.dtype, v.dtype, g.dtype)].append(  # detached: no requires_grad guard
-            (y.detach().view(-1), z.detach().view(-1), v.detach().view(-1), g.detach().reshape(-1)))
+        batches[parallel, z.device, (y.dtype, z.dtype, v.dtype, g.dtype)].append(  # y, g detached: no requires_grad
+            (y.detach().view(-1), z.view(-1), v.view(-1), g.detach().reshape(-1)))  # guard (states never need it)
     for (parallel, device, dtypes), tensors in batches.items():
         kernel = _kernel_for(parallel, device, dtypes)
         scalars = torch.tensor(_kernel_scalars(s), dtype=dtypes[1], device=device)
