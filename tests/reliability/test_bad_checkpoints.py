@@ -180,6 +180,29 @@ def test_deepspeed_files_are_scanned_for_code_before_deepspeed_loads_them(tmp_pa
     assert not marker.exists()
 
 
+def test_fsdp_dcp_checkpoints_are_scanned_for_code_before_torch_loads_them(tmp_path):
+    """torch.distributed.checkpoint unpickles `.metadata` with pickle.load and non-tensor entries with
+    weights_only=False: both are checked first."""
+    import pickle
+
+    import torch.distributed.checkpoint as dcp
+
+    state = {"model": {"w": torch.randn(4, 4)}, "optim": {"param_groups": [{"lr": 0.1, "params": [0]}]}}
+    dcp.save(state, checkpoint_id=str(tmp_path / "ok" / "pytorch_model_fsdp_0"), no_dist=True)
+    scan_pickles(tmp_path / "ok")
+    marker = tmp_path / PAYLOAD_MARK
+    dcp.save({**state, "extra": Payload(marker)}, checkpoint_id=str(tmp_path / "entry" / "optimizer_0"), no_dist=True)
+    with pytest.raises(UnsafeCheckpointError, match=r"__0_0.distcp \(entry 'extra'\): refused"):
+        scan_pickles(tmp_path / "entry")
+    metadata_file = tmp_path / "ok" / "pytorch_model_fsdp_0" / ".metadata"
+    metadata = pickle.loads(metadata_file.read_bytes())
+    metadata.planner_data = Payload(marker)
+    metadata_file.write_bytes(pickle.dumps(metadata))
+    with pytest.raises(UnsafeCheckpointError, match=r"\.metadata: refused. Loading it would import \['posix.system'\]"):
+        scan_pickles(tmp_path / "ok")
+    assert not marker.exists()
+
+
 # ------------------------------------------------------------------------------ sf-hf evaluate / convert
 
 

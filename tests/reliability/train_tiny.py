@@ -11,7 +11,7 @@ real SIGKILL; forking saves the ~10 s import per run on a loaded 2-core machine)
 stdin, one JSON answer on stdout:
 
     {"op": "start", "out": DIR, "kill": "optimizer_write@4"}   -> {"pid": 1234}
-    {"op": "wait", "pid": 1234}                                  -> {"pid": 1234, "status": "exit 0" | "signal 9"}
+    {"op": "wait", "pid": 1234}    -> {"pid": 1234, "status": "exit 0" | "signal 9", "seconds": 3.2 (since the fork)}
 
 Kill points: the child SIGKILLs itself there, at the checkpoint (or step) of the given step.
 
@@ -28,6 +28,7 @@ import json
 import os
 import signal
 import sys
+import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -134,6 +135,7 @@ def run(out: str, kill: str = "") -> None:
 def serve() -> None:
     import transformers.trainer  # noqa: F401  (everything a run needs is imported before the first fork)
 
+    started = {}
     for line in sys.stdin:
         request = json.loads(line)
         if request["op"] == "start":
@@ -150,11 +152,12 @@ def serve() -> None:
                     code = 1
                 finally:
                     os._exit(code)
+            started[pid] = time.time()
             answer = {"pid": pid}
         elif request["op"] == "wait":
             _, status = os.waitpid(request["pid"], 0)
             kind = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit {os.WEXITSTATUS(status)}"
-            answer = {"pid": request["pid"], "status": kind}
+            answer = {"pid": request["pid"], "status": kind, "seconds": time.time() - started.pop(request["pid"])}
         else:
             answer = {"error": f"unknown op {request['op']!r}"}
         print(json.dumps(answer), flush=True)
