@@ -52,6 +52,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 MATCH_TOL = 0.01  # nats: "matches" = within this of the other number (about 1% in perplexity)
+INCOMPLETE = "INCOMPLETE (runs missing)"
 SMALL_GAIN_RATIO = 0.25  # "gains little": the SF decay gains less than this fraction of AdamW's
 B1S = (0.5, 0.9, 0.95)
 CS = (50.0, 200.0)
@@ -432,7 +433,8 @@ def report(out: Path, scale: Scale, tasks: List[Task], figures: Path) -> List[st
         "Claim 1 (SF's x at each branch point matches or beats the WSD branch decayed to it; SF b1=0.95, match = "
         f"within {MATCH_TOL} nats): " + "; ".join(
             f"{round(100 * p)}%: SF {fmt(sf)} vs WSD {fmt(w)} ({fmt_signed(gap(sf, w))})" for p, _, sf, w in claim1)
-        + f" -> {'HOLDS' if all(ok1) else 'DOES NOT HOLD'} at {sum(ok1)}/{len(ok1)} points"]
+        + " -> " + (INCOMPLETE if any(sf is None or w is None for _, _, sf, w in claim1) else
+                    f"{'HOLDS' if all(ok1) else 'DOES NOT HOLD'} at {sum(ok1)}/{len(ok1)} points")]
 
     # claim 2: decay gains
     md += ["", "## Short decays: what a linear lr decay to 0 gains", "",
@@ -460,7 +462,7 @@ def report(out: Path, scale: Scale, tasks: List[Task], figures: Path) -> List[st
         "Claim 2 (a short lr decay from an SF run gains little, unlike constant-lr AdamW; mean gain over the control "
         f"at {'/'.join(str(round(100 * p)) + '%' for p in BRANCH_POINTS)}, little = under {SMALL_GAIN_RATIO:g} x "
         f"AdamW's): AdamW {fmt_signed(adamw_gain)}, SF b1=0.95 {fmt_signed(sf_gain)} (other b1: {others or 'n/a'}) "
-        f"-> {'HOLDS' if ok2 else 'DOES NOT HOLD'}")
+        f"-> {INCOMPLETE if adamw_gain is None or sf_gain is None else 'HOLDS' if ok2 else 'DOES NOT HOLD'}")
 
     # claim 3: spread across b1
     spreads = {}
@@ -480,7 +482,8 @@ def report(out: Path, scale: Scale, tasks: List[Task], figures: Path) -> List[st
         f"{fmt(vanilla)}, " + ", ".join(f"refined C={c:g} {fmt(spreads[(f'C={c:g}', '')])}" for c in CS)
         + f" (batch x4: vanilla {fmt(spreads[('vanilla', '-4x')])}, "
         + ", ".join(f"C={c:g} {fmt(spreads[(f'C={c:g}', '-4x')])}" for c in CS) + ") -> "
-        + ("HOLDS" if all(ok3) else "HOLDS for " + ", ".join(f"C={c:g}" for c, ok in zip(CS, ok3) if ok)
+        + (INCOMPLETE if any(spreads[(v, "")] is None for v in ["vanilla"] + [f"C={c:g}" for c in CS]) else
+           "HOLDS" if all(ok3) else "HOLDS for " + ", ".join(f"C={c:g}" for c, ok in zip(CS, ok3) if ok)
            if any(ok3) else "DOES NOT HOLD"))
 
     # claim 4: at 4x batch, refined closes the gap between vanilla SF and cosine AdamW
@@ -495,7 +498,7 @@ def report(out: Path, scale: Scale, tasks: List[Task], figures: Path) -> List[st
                                   best([f"refined_c{c:g}_b{b1}" for c in CS for b1 in B1S]))
     gap_van, gap_ref = gap(van4, cos4), gap(ref4, cos4)
     if gap_van is None or gap_ref is None:
-        verdict = "n/a"
+        verdict = INCOMPLETE
     elif gap_van <= MATCH_TOL:
         verdict = "NOT TESTABLE: vanilla SF does not trail cosine AdamW here (no gap to close)"
     else:
@@ -507,6 +510,15 @@ def report(out: Path, scale: Scale, tasks: List[Task], figures: Path) -> List[st
         f"{fmt_signed(gap_van)}), refined {fmt(ref4)} ({ref4_name}, gap {fmt_signed(gap_ref)}); at batch x1 the gaps "
         f"are {fmt_signed(gap(van1, cos1))} and {fmt_signed(gap(ref1, cos1))} -> {verdict}")
 
+    md += ["", "## River diagnostics at the last step (RiverDiagnosticsCallback)", "",
+           "Loss at x (evaluated) and at y (where gradients are taken); gap = y - x (negative: x lags behind y); "
+           "window = (1 - b1) / c steps, the span of recent y that x averages.", "",
+           "| run | loss at x | loss at y | gap | x-y distance | c | window (steps) |", "|---|---|---|---|---|---|---|"]
+    for t in tasks:
+        last = R[t.name]["evals"][-1] if t.kind == "train" and R.get(t.name) else {}
+        if "loss_y" in last and "averaging_weight" in last:
+            md.append(f"| {t.name} | {fmt(last['loss_x'])} | {fmt(last['loss_y'])} | {fmt_signed(last['loss_gap'])} | "
+                      f"{last['xy_distance']:.3f} | {last['averaging_weight']:.4f} | {last['averaging_window']:.1f} |")
     seconds = sum(r["seconds"] for r in R.values() if r)
     md += ["", "## Claims", ""] + [f"- {c}" for c in claims]
     md += ["", f"Runs finished: {sum(r is not None for r in R.values())}/{len(tasks)}; summed run time "
@@ -542,13 +554,18 @@ def plot(R: Dict[str, Optional[dict]], scale: Scale, tasks: List[Task], figures:
             if R.get(name + suffix):
                 ax.plot(*curve(name + suffix), color=color, ls=ls, marker=".", label=name)
         for t in tasks:
-            if t.kind == "branch" and t.family == "adamw_wsd" and not suffix and R.get(t.name):
+            if t.kind == "branch" and not suffix and R.get(t.name):
                 xs, ys = curve(t.name)
-                ax.plot(xs, ys, color="tab:blue", ls=":", marker="v", label="WSD branches" if "50" in t.name else None)
+                wsd = t.family == "adamw_wsd"
+                first = t.name.endswith("decay50")
+                ax.plot(xs, ys, color="tab:blue" if wsd else colors[t.b1], ls=":", marker="v",
+                        label=("WSD branches" if wsd else f"decay branches of SF b1={t.b1}") if first else None)
         for b1 in B1S:
-            ax.plot(*curve(f"sf_b{b1}{suffix}"), color=colors[b1], ls="--", label=f"SF b1={b1}")
-            ax.plot(*curve(f"refined_c200_b{b1}{suffix}"), color=colors[b1], ls="-", alpha=0.6,
-                    label=f"refined C=200 b1={b1}")
+            if R.get(f"sf_b{b1}{suffix}"):
+                ax.plot(*curve(f"sf_b{b1}{suffix}"), color=colors[b1], ls="--", label=f"SF b1={b1}")
+            if R.get(f"refined_c200_b{b1}{suffix}"):
+                ax.plot(*curve(f"refined_c200_b{b1}{suffix}"), color=colors[b1], ls="-", alpha=0.6,
+                        label=f"refined C=200 b1={b1}")
         ax.set_title(f"batch x{scale.big_batch_factor if suffix else 1}")
         ax.set_xlabel("training tokens (M)")
         ax.grid(alpha=0.3)
@@ -556,7 +573,9 @@ def plot(R: Dict[str, Optional[dict]], scale: Scale, tasks: List[Task], figures:
     lows = [e["loss"] for r in R.values() if r for e in r["evals"]]
     if lows:
         axes[0].set_ylim(min(lows) - 0.05, min(lows) + 1.2)
-    axes[1].legend(fontsize=7, ncol=2)
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(figures / "paper_claims_loss.png", dpi=110)
     plt.close(fig)
