@@ -150,7 +150,8 @@ def test_warmup_lives_in_the_optimizer_once_and_ratio_is_resolved(tmp_path):
     trainer = make_trainer(tmp_path, max_steps=8, warmup_steps=0.25, learning_rate=0.01)
     trainer.train()
     assert trainer.optimizer.param_groups[0]["warmup_steps"] == 2
-    epochs = make_trainer(tmp_path / "epochs", max_steps=-1, num_train_epochs=1, warmup_steps=0.25, save_strategy="epoch")
+    epochs = make_trainer(tmp_path / "epochs", max_steps=-1, num_train_epochs=1, warmup_steps=0.25,
+                          save_strategy="epoch")
     epochs.train()  # 64 samples / batch 4 = 16 steps, known only inside train()
     assert epochs.optimizer.param_groups[0]["warmup_steps"] == 4
     assert read_metadata(tmp_path / "epochs" / "checkpoint-16")["num_training_steps"] == 16
