@@ -174,18 +174,20 @@ def run_case(size: str, dtype_name: str, args) -> dict:
 
 
 def run_dispatch(args) -> None:
-    """The per-call cost of the compiled step, on llama-124m's 110 tensors shrunk to 1/1000 of their size (so the
-    arithmetic is negligible): fused_step (CHUNK tensors per compiled call) against one call per tensor (before)."""
-    sizes = [max(2, math.prod(shape) // 1000) for shape in llama_shapes(**LLAMA_124M)]
+    """The per-call cost of the compiled step, on llama-124m's 110 tensors shrunk 10,000x (so the arithmetic is
+    negligible and every tensor takes the one-thread kernel: no OpenMP barrier in the way): fused_step (CHUNK
+    tensors per compiled call) against one compiled call per tensor, as before issue 7."""
+    sizes = [max(2, math.prod(shape) // 10_000) for shape in llama_shapes(**LLAMA_124M)]
+    assert max(sizes) < kernels.PARALLEL_MIN_NUMEL
     ys = [torch.randn(n) for n in sizes]
     zs, vs, gs = [y.clone() for y in ys], [torch.zeros_like(y) for y in ys], [torch.randn_like(y) for y in ys]
     scalars = StepScalars(2e-3, 0.01, 0.95, 0.99, 0.5, 1e-8, 0.1)
-    per_tensor = torch.compile(kernels._fused_tensor_step, dynamic=True, fullgraph=True)
+    per_tensor = torch.compile(kernels._fused_tensor_step, dynamic=True, fullgraph=True, options={"cpp.threads": 1})
     packed = torch.tensor(kernels._kernel_scalars(scalars))
 
-    def one_call_per_tensor():
+    def one_call_per_tensor():  # the loop of fused_step before issue 7
         for y, z, v, g in zip(ys, zs, vs, gs):
-            per_tensor(y, z, v, g, packed)
+            per_tensor(y.view(-1), z.view(-1), v.view(-1), g.reshape(-1), packed)
 
     rows = [Row(f"fused_step ({kernels.CHUNK} tensors per call)", lambda: fused_step(ys, zs, vs, gs, scalars), 0),
             Row("one compiled call per tensor (before)", one_call_per_tensor, 0)]
@@ -198,7 +200,8 @@ def run_dispatch(args) -> None:
             row.step()
             row.times.append(time.perf_counter() - start)
             row.cpu.append(time.process_time() - start_cpu)
-    print(f"\nDispatch cost: llama-124m's {len(sizes)} tensors at 1/1000 size ({sum(sizes) / 1e3:.0f}k parameters):")
+    print(f"\nDispatch cost: llama-124m's {len(sizes)} tensors shrunk 10,000x ({sum(sizes) / 1e3:.1f}k parameters), "
+          "one thread:")
     for row in rows:
         median = statistics.median(row.times)
         print(f"  {row.name:40s} {median * 1e3:7.2f} ms per step = {median / len(sizes) * 1e6:5.1f} us per tensor "
@@ -263,8 +266,8 @@ def print_targets(case: dict) -> List[bool]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="10M,50M,llama-124m",
-                        help="comma-separated parameter counts (4 tensors each) and/or llama-124m (its 110 tensors)")
+    parser.add_argument("--sizes", default="10M,50M,llama-124m", help="comma-separated parameter counts (4 tensors "
+                        "each) and/or llama-124m (its 110 tensors); '' with --bf16-sizes '' for the dispatch cost only")
     parser.add_argument("--bf16-sizes", default="50M", help="sizes also run with bfloat16 parameters ('' for none)")
     parser.add_argument("--repeats", type=int, default=10, help="timed steps per optimizer and case")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per optimizer first")
@@ -296,6 +299,8 @@ def main() -> None:
     finally:
         if fresh_cache:
             shutil.rmtree(fresh_cache, ignore_errors=True)
+    if not cases:
+        return
     first_steps = [(case, next(row for row in case["rows"] if row.name == "sf_hf SF-AdamW fused")) for case in cases]
     print(f"\nOne-time compile cost (cache: {cache}): "
           + "; ".join(f"{c['size']} {c['dtype']}: first step {row.first:.1f} s, {c['new_graphs']} graphs"
