@@ -333,7 +333,8 @@ def disk_diagnosis(folder: PathLike, low: int = 16 << 20) -> str:
 
 
 LOST_PEER_MARKERS = ("Connection reset by peer", "Connection closed by peer", "Timed out waiting", "Broken pipe",
-                     "NCCL communicator was aborted", "Socket Timeout", "gloo/transport")
+                     "NCCL communicator was aborted", "Socket Timeout", "gloo/transport",
+                     "timeout caused pair closure")
 
 
 def is_lost_peer(err: BaseException) -> bool:
