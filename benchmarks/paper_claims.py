@@ -548,8 +548,11 @@ def plot(R: Dict[str, Optional[dict]], scale: Scale, tasks: List[Task], figures:
         return [e["step"] * tokens_per_step / 1e6 for e in evals], [e["loss"] for e in evals]
 
     # 1. validation loss against tokens
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
     for ax, suffix in zip(axes, ("", "-4x")):
+        panel = [e["loss"] for name, r in R.items() if r and name.endswith("-4x") == bool(suffix) for e in r["evals"]]
+        if panel:
+            ax.set_ylim(min(panel) - 0.05, min(panel) + 1.2)
         for name, (color, ls) in style.items():
             if R.get(name + suffix):
                 ax.plot(*curve(name + suffix), color=color, ls=ls, marker=".", label=name)
@@ -571,8 +574,6 @@ def plot(R: Dict[str, Optional[dict]], scale: Scale, tasks: List[Task], figures:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("validation loss (nats/token)")
     lows = [e["loss"] for r in R.values() if r for e in r["evals"]]
-    if lows:
-        axes[0].set_ylim(min(lows) - 0.05, min(lows) + 1.2)
     for ax in axes:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=6, ncol=2)
@@ -583,14 +584,15 @@ def plot(R: Dict[str, Optional[dict]], scale: Scale, tasks: List[Task], figures:
     # 2. spread across b1
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, suffix in zip(axes, ("", "-4x")):
-        variants = [("vanilla SF", "sf_b{b1}", "o-")] + [(f"refined C={c:g}", f"refined_c{c:g}_b{{b1}}", "s-")
-                                                          for c in CS]
-        for label, pattern, marker in variants:
+        variants = [("vanilla SF", "sf_b{b1}", "o-", "tab:blue")] + [
+            (f"refined C={c:g}", f"refined_c{c:g}_b{{b1}}", "s-", color)
+            for c, color in zip(CS, ("tab:orange", "tab:green", "tab:brown", "tab:pink"))]
+        for label, pattern, marker, color in variants:
             ys = [R[pattern.format(b1=b1) + suffix]["final_loss"] if R.get(pattern.format(b1=b1) + suffix) else None
                   for b1 in B1S]
             pts = [(b1, y) for b1, y in zip(B1S, ys) if y is not None]
             if pts:
-                ax.plot(*zip(*pts), marker[0] + marker[1:], label=label)
+                ax.plot(*zip(*pts), marker, color=color, label=label)
         if R.get("adamw_cosine" + suffix):
             ax.axhline(R["adamw_cosine" + suffix]["final_loss"], color="black", ls=":", label="AdamW cosine")
         ax.set_title(f"final validation loss, batch x{scale.big_batch_factor if suffix else 1}")
