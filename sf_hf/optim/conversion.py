@@ -14,6 +14,8 @@ from typing import Sequence
 
 import torch
 
+from .dtensor import local_tensor
+
 
 def _to_x_weight(beta1: float) -> float:
     if not 0.0 < beta1 <= 1.0:
@@ -25,15 +27,31 @@ def _to_y_weight(beta1: float) -> float:
     return 1.0 - beta1
 
 
+CHUNK_NUMEL = 1 << 22  # elements converted at a time: bounds the wider-precision temporaries (32 MiB in float64)
+
+
+def _wider(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype in (torch.float32, torch.float64) else torch.float32
+
+
 @torch.no_grad()
 def _lerp_toward_(tensors: Sequence[torch.Tensor], zs: Sequence[torch.Tensor], weight: float) -> None:
-    """In place ``t <- t + weight * (z - t)`` for each pair, computed in z's precision."""
-    same = [(t, z) for t, z in zip(tensors, zs) if t.dtype == z.dtype]
-    if same:
-        torch._foreach_lerp_([t for t, _ in same], [z for _, z in same], weight)
+    """In place ``t <- t + weight * (z - t)`` for each pair, rounded once to t's dtype.
+
+    The lerp is computed in a wider precision than the parameter's (float64 for float32 parameters, float32 for
+    16-bit ones), so an ``eval()``/``train()`` round trip moves y by at most half an ulp and thousands of them
+    do not accumulate (in float32 arithmetic a small b1 moved y by a further ulp every round trip). It runs in
+    chunks of `CHUNK_NUMEL` elements; for DTensors (FSDP2) each rank converts its own shards.
+    """
     for t, z in zip(tensors, zs):
-        if t.dtype != z.dtype:
-            t.copy_(t.to(z.dtype).lerp_(z, weight))
+        t, z = local_tensor(t), local_tensor(z)
+        if t.is_contiguous() and z.is_contiguous():
+            pairs = zip(t.view(-1).split(CHUNK_NUMEL), z.view(-1).split(CHUNK_NUMEL))
+        else:
+            pairs = [(t, z)]
+        for t_part, z_part in pairs:
+            wide = _wider(t_part.dtype)
+            t_part.copy_(t_part.to(wide).lerp_(z_part.to(wide), weight))
 
 
 def y_to_x_(tensors: Sequence[torch.Tensor], zs: Sequence[torch.Tensor], beta1: float) -> None:

@@ -179,7 +179,8 @@ def all_finite(tensors: List[torch.Tensor]) -> bool:
     if not tensors:
         return True
     if not all(type(t) is torch.Tensor and t.device.type == "cpu" for t in tensors):
-        # GPUs, and tensor subclasses: a DTensor's norm is reduced across ranks, so every rank skips together
+        # GPUs (one multi-tensor kernel) and tensor subclasses; the optimizers pass local shards, and agree across
+        # ranks afterwards (schedule_free._on_every_rank)
         return bool(torch.stack(torch._foreach_norm(tensors, float("inf"))).isfinite().all())
     if bool(torch.stack([t.sum() for t in tensors]).isfinite().all()):
         return True

@@ -32,12 +32,8 @@ from typing import Callable, Iterable, Optional, Tuple
 
 import torch
 
-try:
-    from torch.distributed.tensor import DTensor
-except ImportError:  # a torch build without torch.distributed: no parameter can be a DTensor
-    DTensor = ()
-
 from .conversion import x_to_y_, y_to_x_
+from .dtensor import DTensor, local_tensor
 from .kernels import StepScalars, all_finite, foreach_step, fused_available, fused_step
 
 logger = logging.getLogger(__name__)
@@ -69,10 +65,6 @@ def validate_hyperparameters(group: dict) -> None:
         )
     _check_range("r", group["r"], lambda v: v >= 0, "a finite number >= 0")
     _check_range("weight_lr_power", group["weight_lr_power"], lambda v: v >= 0, "a finite number >= 0")
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    return t.to_local() if isinstance(t, DTensor) else t
 
 
 def _on_every_rank(finite: bool, grads) -> bool:
@@ -257,7 +249,7 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
         if any(p.grad.is_sparse for params in active for p in params):
             raise RuntimeError("ScheduleFreeAdamW does not support sparse gradients.")
         grads = [p.grad for params in active for p in params]
-        if not _on_every_rank(self._grads_finite([_local(g) for g in grads]), grads):
+        if not _on_every_rank(self._grads_finite([local_tensor(g) for g in grads]), grads):
             for group in self.param_groups:
                 group["skipped_steps"] += 1
             logger.warning(
