@@ -108,6 +108,22 @@ def corpus(tmp_path_factory):
     return write_corpus(tmp_path_factory.mktemp("corpus"))
 
 
+def test_a_machine_that_never_starts_makes_the_other_fail_after_the_rendezvous_timeout(tmp_path, corpus, monkeypatch):
+    rdzv_timeout = 10
+    monkeypatch.setenv("RDZV_TIMEOUT", str(rdzv_timeout))
+    flags = FLAGS + ["--max_steps", "4", "--dataset_name", str(corpus), "--output_dir", str(tmp_path / "run")]
+    command = machine_commands(free_port(), flags)[0]
+    assert f"timeout={rdzv_timeout}" in command
+    alone = Machine(command, tmp_path / "alone-machine0.log")
+    started = time.time()
+    code = alone.wait(timeout=rdzv_timeout + 120)
+    waited = time.time() - started
+    assert code != 0, alone.output()[-3000:]
+    assert rdzv_timeout <= waited < rdzv_timeout + 90, waited
+    assert not (tmp_path / "run").exists() or not checkpoint_folders(tmp_path / "run")
+    print(f"\nmachine 1 never started: machine 0 gave up after {waited:.1f} s")
+
+
 @pytest.mark.parametrize("failure", ["dies", "stops"])
 def test_two_machines_train_together_and_a_lost_machine_is_reported_then_resumed(tmp_path, corpus, failure):
     out = tmp_path / "run"
