@@ -1,7 +1,7 @@
 # sf_hf: every target bootstraps .venv by itself.
 #   make pretrain   train the embedded default model (offline, CPU, <10 min)
 #   make test       install everything and run the test suite
-#   make bench      optimizer-step benchmark (sf_hf vs fused AdamW vs schedulefree)
+#   make bench      optimizer-step (sf_hf vs fused AdamW vs schedulefree) and trainer-throughput benchmarks
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
@@ -28,6 +28,7 @@ pretrain: install
 
 bench: install
 	$(PY) benchmarks/optimizer_step.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/trainer_throughput.py
 
 paper: install
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/paper_claims.py

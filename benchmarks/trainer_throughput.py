@@ -1,0 +1,138 @@
+"""Training throughput: `ScheduleFreeTrainer` (refined SF-AdamW) against `transformers.Trainer` + fused AdamW.
+
+    python benchmarks/trainer_throughput.py                   # the embedded default recipe (make pretrain's)
+    python benchmarks/trainer_throughput.py --steps 20 --repeats 1 --max_train_blocks 512   # a smoke run
+    python benchmarks/trainer_throughput.py --model_preset llama-tiny --sf_fused true        # recipe flags pass through
+
+Both arms train the same model (the same initial weights) on the same batches of the recipe
+(`recipes/pretrain.py`'s `prepare`: data, tokenizer, model, batch and optimizer settings all come from it; every
+flag this script does not know is a recipe flag). The only differences are the trainer and the optimizer: the
+recipe's `ScheduleFreeTrainer` with its Schedule-Free optimizer, against a plain `transformers.Trainer` with
+`optim="adamw_torch_fused"` and a cosine schedule at the same learning rate, warmup, weight decay and clipping.
+No evaluation, checkpoint or report runs during the timed steps.
+
+A step's time is the wall clock between consecutive `on_step_end` callbacks (data loading, forward, backward,
+optimizer step and the trainer's own bookkeeping); the first `--warmup` steps of each run are left out. The runs
+alternate (SF, AdamW, SF, AdamW, ...), so a slow moment of a shared machine hits both; throughput is tokens per
+optimizer step over the median step time, and the ratio is taken per repeat, then its median is printed.
+Target (issue #7): SF throughput within 3% of Trainer + fused AdamW (ratio >= 0.97).
+"""
+
+import argparse
+import copy
+import dataclasses
+import importlib.util
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import transformers
+from common import load_average, machine_summary
+from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
+
+from sf_hf import ScheduleFreeTrainer
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "pretrain.py"
+TARGET_RATIO = 0.97
+
+
+def load_recipe():
+    spec = importlib.util.spec_from_file_location("sf_hf_pretrain_recipe", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class StepTimer(TrainerCallback):
+    """Wall-clock seconds of each optimizer step, end to end."""
+
+    def __init__(self):
+        self.ends = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.ends.append(time.perf_counter())
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.ends = [time.perf_counter()]
+
+    def step_times(self, warmup: int) -> list:
+        return [b - a for a, b in zip(self.ends[:-1], self.ends[1:])][warmup:]
+
+
+def adamw_arguments(sf_args, output_dir: str) -> TrainingArguments:
+    """The recipe's `ScheduleFreeConfig` as plain `TrainingArguments` with fused AdamW and a cosine schedule."""
+    values = {f.name: getattr(sf_args, f.name) for f in dataclasses.fields(TrainingArguments) if f.init}
+    values.update(optim="adamw_torch_fused", lr_scheduler_type="cosine", output_dir=output_dir)
+    return TrainingArguments(**values)
+
+
+def timed_run(trainer, timer: StepTimer, warmup: int) -> float:
+    """Median seconds per optimizer step of one training run."""
+    trainer.add_callback(timer)
+    trainer.train()
+    times = timer.step_times(warmup)
+    if not times:
+        raise SystemExit(f"No step was timed: --steps must be larger than --warmup ({warmup}).")
+    return statistics.median(times)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=40, help="optimizer steps per run (default 40)")
+    parser.add_argument("--warmup", type=int, default=5, help="first steps of each run left out (default 5)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each arm, alternating (default 3)")
+    args, recipe_flags = parser.parse_known_args(argv)
+    if args.steps <= args.warmup or args.repeats < 1:
+        parser.error("--steps must be larger than --warmup, and --repeats at least 1.")
+
+    transformers.utils.logging.set_verbosity_error()
+    recipe = load_recipe()
+    with tempfile.TemporaryDirectory(prefix="sf_hf_throughput_") as tmp:
+        flags = ["--output_dir", f"{tmp}/sf", "--max_steps", str(args.steps), "--eval_strategy", "no",
+                 "--save_strategy", "no", "--report_to", "none", "--logging_steps", str(10 * args.steps),
+                 "--disable_tqdm", "true", *recipe_flags]
+        _, data_args, sf_args, tokenizer, model, train_blocks, _, _, _ = recipe.prepare(flags, recipe.DEFAULT_RECIPE)
+        initial = copy.deepcopy(model.state_dict())
+        tokens_per_step = sf_args.per_device_train_batch_size * sf_args.gradient_accumulation_steps \
+            * data_args.block_size
+        base_args = adamw_arguments(sf_args, f"{tmp}/adamw")
+        params = sum(p.numel() for p in model.parameters())
+        print(f"# trainer throughput: {sf_args.optimizer_name} (sf_fused={sf_args.sf_fused}) in ScheduleFreeTrainer vs "
+              f"Trainer + fused AdamW; {params:,} parameters, {tokens_per_step:,} tokens per step, {args.steps} steps "
+              f"per run ({args.warmup} left out), {args.repeats} repeats")
+        print(f"# {machine_summary()}")
+
+        def run(arm: str) -> float:
+            model.load_state_dict(initial)
+            common = dict(model=model, train_dataset=train_blocks, processing_class=tokenizer,
+                          data_collator=default_data_collator)
+            if arm == "sf":
+                trainer = ScheduleFreeTrainer(args=sf_args, **common)
+            else:
+                trainer = Trainer(args=base_args, **common)
+            return tokens_per_step / timed_run(trainer, StepTimer(), args.warmup)
+
+        results = {"sf": [], "adamw": []}
+        for repeat in range(args.repeats):
+            for arm in ("sf", "adamw") if repeat % 2 == 0 else ("adamw", "sf"):
+                results[arm].append(run(arm))
+                print(f"  repeat {repeat + 1}: {arm:<5} {results[arm][-1]:9,.0f} tokens/s", flush=True)
+
+    ratios = [sf / adamw for sf, adamw in zip(results["sf"], results["adamw"])]
+    ratio = statistics.median(ratios)
+    print(f"\n  {'':<36}{'tokens/s (median)':>18}")
+    print(f"  {'ScheduleFreeTrainer + ' + sf_args.optimizer_name:<36}{statistics.median(results['sf']):>18,.0f}")
+    print(f"  {'Trainer + AdamW (fused)':<36}{statistics.median(results['adamw']):>18,.0f}")
+    verdict = "PASS" if ratio >= TARGET_RATIO else "FAIL"
+    print(f"\nSF / AdamW throughput: {ratio:.3f} (per repeat: {', '.join(f'{r:.3f}' for r in ratios)}); "
+          f"target >= {TARGET_RATIO}: {verdict}")
+    print(f"# load average at the end: {load_average()}; torch threads {torch.get_num_threads()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

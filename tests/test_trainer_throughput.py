@@ -1,0 +1,28 @@
+"""benchmarks/trainer_throughput.py at a tiny size: both arms start from the same weights on the same batches, so
+the only difference the benchmark measures is the trainer and the optimizer.
+
+    pytest tests/test_trainer_throughput.py -q
+"""
+
+import importlib.util
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_both_arms_train_the_same_model_on_the_same_data_and_a_ratio_is_printed(tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("trainer_throughput", ROOT / "benchmarks" / "trainer_throughput.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    flags = ["--steps", "3", "--warmup", "1", "--repeats", "2", "--model_preset", "llama-tiny", "--block_size", "32",
+             "--tokenizer_vocab_size", "300", "--global_batch_size", "4", "--per_device_train_batch_size", "4",
+             "--max_train_blocks", "64", "--max_eval_blocks", "4"]
+    assert bench.main(flags) == 0
+    out = capsys.readouterr().out
+    first_losses = re.findall(r"\{'loss': '([0-9.]+)'", out)  # logging_first_step: the loss before any update
+    assert len(first_losses) == 4 and len(set(first_losses)) == 1, first_losses
+    assert len(re.findall(r"repeat \d: (sf|adamw) +[0-9,]+ tokens/s", out)) == 4
+    ratio = float(re.search(r"SF / AdamW throughput: ([0-9.]+)", out).group(1))
+    assert 0.2 < ratio < 5
