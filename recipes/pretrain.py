@@ -27,7 +27,7 @@ from sf_hf.checkpoints import last_complete_checkpoint
 from sf_hf.data import load_gpt2_tokenizer, load_text_dataset, pack_into_blocks, train_bpe_tokenizer, unigram_entropy
 from sf_hf.models import MODEL_PRESETS, build_model
 from sf_hf.registry import get_optimizer_spec, resolve_warmup_steps
-from sf_hf.script_args import RecipeError, parse_script_args, run_args_record
+from sf_hf.script_args import RecipeError, parse_script_args, run_args_changes, run_args_record
 
 DEFAULT_RECIPE = Path(__file__).resolve().parent / "llama-small" / "pretrain" / "config_sf_adamw_refined.yaml"
 ENTROPY_BLOCKS = 10_000  # the unigram baseline is measured on at most this many blocks
@@ -267,7 +267,11 @@ def main(argv=None, default_config=DEFAULT_RECIPE, require_pretrained=False):
     out = Path(training_args.output_dir)
     if trainer.is_world_process_zero():
         out.mkdir(parents=True, exist_ok=True)
-        (out / "run_args.json").write_text(json.dumps(run_args_record(model_args, data_args), indent=2) + "\n")
+        record, written = run_args_record(model_args, data_args), out / "run_args.json"
+        if checkpoint and written.is_file() and (changes := run_args_changes(json.loads(written.read_text()), record)):
+            logger.warning("Resuming %s with other model/data settings than the run that wrote it (%s); "
+                           "run_args.json now records the new ones.", checkpoint, "; ".join(changes))
+        written.write_text(json.dumps(record, indent=2) + "\n")
     initial = None
     if model_args.model_name_or_path is not None and checkpoint is None:
         initial = trainer.evaluate()["eval_loss"]

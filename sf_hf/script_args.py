@@ -11,6 +11,7 @@ unknown key, in the file or on the command line, is an error that names the clos
 
 import argparse
 import difflib
+import json
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -207,3 +208,11 @@ def parse_script_args(args: Optional[Sequence[str]] = None, default_config: Opti
 def run_args_record(model_args: ModelArguments, data_args: DataArguments) -> dict:
     """The content of OUTPUT_DIR/run_args.json: `{"data": {...}, "model": {...}}` (these dataclasses hold no token)."""
     return {"data": asdict(data_args), "model": asdict(model_args)}
+
+
+def run_args_changes(previous: dict, current: dict) -> List[str]:
+    """`"section.key: old -> new"` for each model/data setting that differs between two run_args.json records."""
+    current = json.loads(json.dumps(current))  # compare as written: tuples become lists
+    return [f"{section}.{key}: {previous.get(section, {}).get(key)!r} -> {value!r}"
+            for section, values in current.items() for key, value in values.items()
+            if previous.get(section, {}).get(key, value) != value]

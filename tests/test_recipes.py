@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sf_hf.metadata import read_metadata
-from sf_hf.script_args import RecipeError, load_recipe, parse_script_args
+from sf_hf.script_args import RecipeError, load_recipe, parse_script_args, run_args_changes
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
@@ -189,6 +189,16 @@ def test_rerunning_resumes_from_the_last_checkpoint_and_resume_from_checkpoint_p
                         "--resume_from_checkpoint", str(out / "checkpoint-50")])
     assert [h["step"] for h in log_history(picked) if "loss" in h] == [1, 10, 20, 30, 40, 50, 60]
     assert read_metadata(picked)["global_step"] == 60
+
+
+def test_resuming_with_other_data_settings_is_reported_setting_by_setting():
+    before = {"data": {"dataset_name": "embedded", "block_size": 64, "splits": ["train"]}, "model": {"preset": "a"}}
+    same = {"data": {"dataset_name": "embedded", "block_size": 64, "splits": ("train",)}, "model": {"preset": "a"}}
+    assert run_args_changes(before, same) == []  # a tuple is written as a list
+    other = {"data": {"dataset_name": "corpus.jsonl", "block_size": 64, "splits": ("train",), "added_later": 1},
+             "model": {"preset": "b"}}
+    assert run_args_changes(before, other) == ["data.dataset_name: 'embedded' -> 'corpus.jsonl'",
+                                               "model.preset: 'a' -> 'b'"]
 
 
 # ------------------------------------------------------------------ fine-tuning a pretrained output on new text
