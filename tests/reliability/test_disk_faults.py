@@ -18,7 +18,7 @@ import torch
 import transformers.modeling_utils
 from transformers import TrainerCallback
 
-import sf_hf.checkpoints
+import sf_hf.checkpoints.staging
 from sf_hf import ScheduleFreeTrainer
 from sf_hf.checkpoints import CheckpointSaveError, checkpoint_folders, checkpoint_problems
 
@@ -155,7 +155,7 @@ def test_injected_write_faults(tmp_path, monkeypatch, reference, where):
             if state["armed"] and Path(dst).name == "checkpoint-4":
                 raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dst))
             return original(src, dst)
-        monkeypatch.setattr(sf_hf.checkpoints.os, "rename", failing)
+        monkeypatch.setattr(sf_hf.checkpoints.staging.os, "rename", failing)
 
     with pytest.raises(CheckpointSaveError) as caught:
         make_trainer(out, [Arm()]).train()

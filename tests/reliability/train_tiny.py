@@ -89,7 +89,7 @@ def install_kill(trainer, spec: str) -> None:
     elif point == "optimizer_write":
         torch.save = half_written(torch.save, "optimizer.pt", at_step)
     elif point in ("before_manifest", "after_manifest"):
-        original = checkpoints.write_manifest
+        original = checkpoints.staging.write_manifest
 
         def write_manifest(folder, global_step=None):
             if at_step() and point == "before_manifest":
@@ -98,7 +98,7 @@ def install_kill(trainer, spec: str) -> None:
             if at_step():
                 die()
             return path
-        checkpoints.write_manifest = write_manifest
+        checkpoints.staging.write_manifest = write_manifest  # where commit_staged_checkpoint looks it up
     elif point == "after_rename":
         original_rotate = checkpoints.rotate_checkpoints
 
@@ -106,16 +106,16 @@ def install_kill(trainer, spec: str) -> None:
             if at_step():
                 die()
             return original_rotate(*args, **kwargs)
-        checkpoints.rotate_checkpoints = rotate
+        checkpoints.rotate_checkpoints = rotate  # where sf_hf.trainer looks it up
     elif point == "rotation":
-        original_remove = checkpoints._remove
+        original_remove = checkpoints.staging._remove
 
         def remove(path):
             if not at_step():
                 return original_remove(path)
             os.rename(path, path.parent / f"{checkpoints.DELETED_PREFIX}{path.name}")
             die()
-        checkpoints._remove = remove
+        checkpoints.staging._remove = remove
 
 
 def run(out: str, kill: str = "") -> None:

@@ -1,0 +1,305 @@
+"""Checks of a checkpoint before any use (resume, evaluation, conversion): every problem of a folder, one line each
+naming the file (missing or truncated files against the manifest and the safetensors headers, unreadable JSON,
+unsafe pickles), weights or optimizer state that do not fit the run, and the newest complete `checkpoint-N`.
+"""
+
+import json
+import logging
+import struct
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+
+from .errors import CheckpointCorruptError, UnsafeCheckpointError, _first_line
+from .layout import CHECKPOINT_RE, MANIFEST_NAME, PathLike
+from .manifest import read_manifest
+from .safe_loading import _pickles, safe_torch_load
+
+logger = logging.getLogger(__name__)
+
+# State the Schedule-Free optimizers keep per parameter (sf_hf.optim.schedule_free).
+SCHEDULE_FREE_STATE = ("z", "exp_avg_sq")
+
+
+def checkpoint_folders(run_dir: PathLike) -> List[Path]:
+    """The `checkpoint-N` folders of `run_dir`, by increasing N (hidden staging and deleted ones excluded)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if p.is_dir() and (m := CHECKPOINT_RE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def safetensors_problem(path: PathLike) -> Optional[str]:
+    """Why a `.safetensors` file is unusable (truncated, padded, garbled header), or None. Reads the header only."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            prefix = f.read(8)
+            if len(prefix) < 8:
+                return f"{path}: truncated ({size} bytes; not even the 8-byte header length)"
+            (n,) = struct.unpack("<Q", prefix)
+            if n > size - 8:
+                return f"{path}: truncated ({size} bytes; the header alone needs {n + 8})"
+            header = json.loads(f.read(n))
+    except OSError as err:
+        return f"{path}: unreadable ({_first_line(err)})"
+    except ValueError as err:
+        return f"{path}: garbled header ({_first_line(err)})"
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            begin, stop = info["data_offsets"]
+        except (TypeError, KeyError, ValueError):
+            return f"{path}: garbled header (tensor {name!r} has no data_offsets)"
+        end = max(end, int(stop))
+    expected = 8 + n + end
+    if size < expected:
+        return f"{path}: truncated ({size} bytes, the header describes {expected}: {expected - size} bytes are missing)"
+    if size > expected:
+        return f"{path}: {size - expected} unexpected trailing bytes (the header describes {expected})"
+    return None
+
+
+def safetensors_shapes(path: PathLike) -> dict:
+    """{tensor name: shape} from a safetensors header (no tensor is read)."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    return {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+
+
+def _json_problem(path: Path) -> Optional[str]:
+    try:
+        with open(path) as f:
+            json.load(f)
+    except OSError as err:
+        return f"{path}: unreadable ({_first_line(err)})"
+    except ValueError as err:
+        return f"{path}: truncated or corrupt JSON ({_first_line(err)})"
+    return None
+
+
+def checkpoint_problems(folder: PathLike, *, deep: bool = False, manifest: bool = False,
+                        training_state: bool = False) -> List[str]:
+    """Everything wrong with a checkpoint folder, one line each naming the file; [] when it is usable.
+
+    Args:
+        folder: the checkpoint folder.
+        deep (`bool`): also load every pickle (`safe_torch_load`: refuses payloads, finds truncation).
+        manifest (`bool`): require `checkpoint_manifest.json` (sf_hf checkpoints). Without it, a folder with no
+            manifest (a plain `transformers.Trainer` checkpoint) is judged by its files alone.
+        training_state (`bool`): require what a resume needs: `trainer_state.json` (and the manifest's files).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return [f"{folder}: not a directory"]
+    problems = []
+    try:
+        record = read_manifest(folder)
+    except CheckpointCorruptError as err:
+        return [str(err)]
+    if record is None and manifest:
+        problems.append(f"{folder / MANIFEST_NAME}: missing: the save was interrupted before it completed")
+    for name, info in sorted((record or {}).get("files", {}).items()):
+        path = folder / name
+        if not path.is_file():
+            problems.append(f"{path}: missing (listed in {MANIFEST_NAME})")
+        elif path.stat().st_size != info.get("size"):
+            actual = path.stat().st_size
+            kind = "truncated" if actual < info.get("size", 0) else "changed"
+            problems.append(f"{path}: {kind}: {actual} bytes, {MANIFEST_NAME} says {info.get('size')}")
+    if problems:
+        return problems
+    for path in sorted(folder.glob("*.safetensors")):
+        problem = safetensors_problem(path)
+        if problem:
+            problems.append(problem)
+    for index in sorted(folder.glob("*.index.json")):
+        problem = _json_problem(index)
+        if problem:
+            problems.append(problem)
+            continue
+        shards = set(json.load(open(index)).get("weight_map", {}).values())
+        problems += [f"{folder / s}: missing (listed in {index.name})" for s in sorted(shards)
+                     if not (folder / s).is_file()]
+    for name in ("config.json", "trainer_state.json", "schedule_free.json"):
+        if (folder / name).is_file():
+            problem = _json_problem(folder / name)
+            if problem:
+                problems.append(problem)
+        elif name == "trainer_state.json" and training_state:
+            problems.append(f"{folder / name}: missing: the save was interrupted or this is not a training checkpoint")
+    if deep and not problems:
+        for path in _pickles(folder):
+            try:
+                safe_torch_load(path, mmap=path.stat().st_size > (64 << 20))
+            except CheckpointCorruptError as err:
+                problems.append(str(err))
+    return problems
+
+
+def verify_checkpoint(folder: PathLike, *, deep: bool = True, training_state: bool = False, model=None) -> Path:
+    """Raises `CheckpointCorruptError` (`UnsafeCheckpointError` for a pickle with a payload) listing every problem
+    of `folder`, each naming its file; with `model`, also checks that the weights fit it (names, shapes, config).
+    Returns the folder."""
+    folder = Path(folder)
+    problems = checkpoint_problems(folder, deep=False, training_state=training_state)
+    if not problems and model is not None:
+        problems = model_mismatch(folder, model)
+    if not problems and deep:
+        for path in _pickles(folder):
+            safe_torch_load(path, mmap=path.stat().st_size > (64 << 20))  # raises, UnsafeCheckpointError included
+    if problems:
+        raise CheckpointCorruptError(f"{folder} cannot be used:\n  - " + "\n  - ".join(problems))
+    return folder
+
+
+def model_mismatch(folder: PathLike, model) -> List[str]:
+    """Problems that make the weights of `folder` unfit for `model` (another size or architecture), naming the
+    tensors and the config fields that differ. Only safetensors checkpoints are compared (headers only)."""
+    folder = Path(folder)
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return []
+    saved = {}
+    for path in files:
+        saved.update({name: (shape, path) for name, shape in safetensors_shapes(path).items()})
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    shapes = [f"{path}: tensor {name!r} has shape {list(shape)}, the model has {list(expected[name])}"
+              for name, (shape, path) in sorted(saved.items()) if name in expected and expected[name] != shape]
+    problems = shapes[:3] + ([f"... and {len(shapes) - 3} more tensors of other shapes"] if len(shapes) > 3 else [])
+    state = model.state_dict()
+    saved_storage = {state[name].data_ptr() for name in saved if name in state}
+    missing = sorted(n for n in set(expected) - set(saved) if state[n].data_ptr() not in saved_storage)  # tied: fine
+    if missing:
+        problems.append(f"{files[0].parent}: no weights for {len(missing)} of the model's tensors, e.g. {missing[:3]}")
+    unexpected = sorted(set(saved) - set(expected))
+    if unexpected:
+        problems.append(f"{saved[unexpected[0]][1]}: {len(unexpected)} tensors the model does not have, e.g. "
+                        f"{unexpected[:3]}")
+    if problems:
+        problems.append(_config_difference(folder, model))
+    return [p for p in problems if p]
+
+
+def config_mismatch(folder: PathLike) -> List[str]:
+    """`model_mismatch` of a folder's weights against a model built from its own `config.json` on the meta device
+    (no weight is read, no remote code is trusted): finds a config.json that does not describe the weights."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(str(folder))
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except Exception:  # not a causal LM, or a config transformers cannot read: nothing to compare against
+        return []
+    return [p.replace("the model has", "its config.json describes") for p in model_mismatch(folder, model)]
+
+
+def _config_difference(folder: Path, model) -> str:
+    path = folder / "config.json"
+    config = getattr(model, "config", None)
+    if config is None or not path.is_file():
+        return ""
+    try:
+        saved = json.load(open(path))
+    except ValueError:
+        return ""
+    current = config.to_dict()
+    keys = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "vocab_size", "max_position_embeddings", "tie_word_embeddings")
+    differ = [f"{k}={saved[k]!r} (model: {current.get(k)!r})" for k in keys
+              if k in saved and saved[k] != current.get(k)]
+    return f"{path}: config mismatch: {', '.join(differ)}" if differ else ""
+
+
+def optimizer_state_problems(folder: PathLike, optimizer, world_size: int = 1) -> List[str]:
+    """What keeps `folder` from restoring `optimizer`'s training state: missing `optimizer.pt`, state of another
+    optimizer (e.g. AdamW's, for a Schedule-Free run), other parameter groups or shapes, unloadable or unsafe
+    scheduler / RNG pickles. Each line names the file."""
+    folder = Path(folder)
+    path = folder / "optimizer.pt"
+    if not path.is_file():
+        return [f"{path}: missing: this checkpoint cannot resume training (it holds no optimizer state: saved with "
+                "save_only_model=True, or not a training checkpoint). Start a new run from its weights instead."]
+    problems = []
+    try:
+        saved = safe_torch_load(path, mmap=True)
+    except UnsafeCheckpointError:
+        raise
+    except CheckpointCorruptError as err:
+        return [str(err)]
+    if not isinstance(saved, dict) or "param_groups" not in saved or "state" not in saved:
+        return [f"{path}: not an optimizer state dict (no 'param_groups' / 'state')"]
+    ours = optimizer.param_groups
+    theirs = saved["param_groups"]
+    name = type(optimizer).__name__
+    sf_ours = "train_mode" in ours[0]
+    sf_theirs = any("train_mode" in g for g in theirs)
+    state_keys = sorted({k for s in saved["state"].values() if isinstance(s, dict) for k in s})
+    if sf_ours != sf_theirs or (sf_ours and saved["state"] and not set(SCHEDULE_FREE_STATE) <= set(state_keys)):
+        kind = "a Schedule-Free optimizer" if sf_theirs else "an optimizer without x/y modes (e.g. AdamW)"
+        problems.append(f"{path}: holds the state of another optimizer ({kind}; per-parameter state "
+                        f"{state_keys or 'empty'}), but this run trains with {name}. Resume with the optimizer that "
+                        "wrote it (see schedule_free.json), or start a new run from its weights.")
+    elif ("decoupling_c" in ours[0]) != any("decoupling_c" in g for g in theirs):
+        problems.append(f"{path}: written by {'vanilla' if 'decoupling_c' in ours[0] else 'refined'} Schedule-Free "
+                        f"AdamW, but this run trains with {name}.")
+    ours_sizes = [len(g["params"]) for g in ours]
+    theirs_sizes = [len(g["params"]) for g in theirs]
+    if ours_sizes != theirs_sizes:
+        problems.append(f"{path}: parameter groups of {theirs_sizes} tensors, this run has {ours_sizes} (another "
+                        "model, or other weight-decay groups)")
+    elif not problems:
+        params = [p for g in ours for p in g["params"]]
+        ids = [i for g in theirs for i in g["params"]]
+        for p, i in zip(params, ids):
+            state = saved["state"].get(i, {})
+            for key in SCHEDULE_FREE_STATE + ("exp_avg",):
+                t = state.get(key)
+                if isinstance(t, torch.Tensor) and t.shape != p.shape and t.numel() != p.numel():
+                    problems.append(f"{path}: state {key!r} of parameter {i} has shape {list(t.shape)}, the model's "
+                                    f"parameter has {list(p.shape)} (config mismatch)")
+                    break
+            if len(problems) > 3:
+                break
+        if not problems:
+            differ = [f"{k}: checkpoint {g[k]!r}, this run {o[k]!r}" for g, o in zip(theirs, ours)
+                      for k in ("lr", "betas", "weight_decay", "warmup_steps", "decoupling_c", "eps")
+                      if k in g and k in o and g[k] != o[k]]
+            if differ:
+                logger.warning("sf_hf: %s: hyperparameters differ from this run's; the checkpoint's are restored "
+                               "(torch's load_state_dict keeps them): %s", path, "; ".join(sorted(set(differ))))
+    rng = sorted(folder.glob("rng_state*.pth"))
+    if world_size > 1 and rng and not (folder / "rng_state_0.pth").is_file():
+        logger.warning("sf_hf: %s holds no per-process RNG states for %d processes", folder, world_size)
+    for pattern in ("scheduler.pt", "scaler.pt", "rng_state*.pth"):
+        for extra in sorted(folder.glob(pattern)):
+            try:
+                safe_torch_load(extra)
+            except UnsafeCheckpointError:
+                raise
+            except CheckpointCorruptError as err:
+                problems.append(str(err))
+    return problems
+
+
+def last_complete_checkpoint(run_dir: PathLike, *, deep: bool = False, quiet: bool = False) -> Optional[str]:
+    """The `checkpoint-N` of `run_dir` with the highest N that is complete (see `checkpoint_problems`), or None.
+
+    Newer folders that are incomplete or corrupt are skipped with a warning that says why (unless `quiet`).
+    A checkpoint without a manifest (written by a plain `transformers.Trainer`) counts when its files are sound
+    and it has `trainer_state.json`, the last file the Trainer writes.
+    """
+    for path in reversed(checkpoint_folders(run_dir)):
+        problems = checkpoint_problems(path, deep=deep, training_state=True)
+        if not problems:
+            return str(path)
+        if not quiet:
+            logger.warning("sf_hf: skipping %s for resume: %s", path, "; ".join(problems))
+    return None
