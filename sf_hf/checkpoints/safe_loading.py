@@ -15,8 +15,7 @@ from .errors import CheckpointCorruptError, UnsafeCheckpointError, _first_line
 from .layout import PathLike
 from .manifest import _files
 
-# Pickles that a resume reads. training_args.bin is a full pickle of the arguments: sf_hf never loads it.
-TRAINING_STATE_PICKLES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state*.pth")
+# training_args.bin is a full pickle of the arguments: sf_hf never loads it.
 NEVER_LOADED = ("training_args.bin",)
 # Globals DeepSpeed 0.19's checkpoint files import (measured on ZeRO-1/2/3 checkpoints; DeepSpeed loads them with
 # weights_only=False, so `scan_pickles` refuses any other global first). A name ending in "." allows a module.

@@ -15,18 +15,16 @@ missing or truncated files) sets `problem`: such a folder is reported, never eva
 import fnmatch
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
 from safetensors import safe_open
 
-from ..checkpoints import safe_torch_load
+from ..checkpoints import CHECKPOINT_RE, checkpoint_folders, safe_torch_load
 from ..metadata import HYPERPARAMETER_KEYS, read_metadata
 from .errors import CheckpointError
 
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 OPTIMIZER_FILE = "optimizer.pt"
 WEIGHT_PATTERNS = (
     "*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin", "pytorch_model.bin.index.json",
@@ -99,9 +97,7 @@ def find_checkpoints(run_dir: os.PathLike) -> List[CheckpointInfo]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir} is not a directory.")
-    folders = sorted((int(m.group(1)), p) for p in run_dir.iterdir()
-                     if p.is_dir() and (m := CHECKPOINT_RE.match(p.name)))
-    infos = [inspect_checkpoint(path, name=path.name) for _, path in folders]
+    infos = [inspect_checkpoint(path, name=path.name) for path in checkpoint_folders(run_dir)]
     if (run_dir / "config.json").is_file():
         infos.append(inspect_checkpoint(run_dir, name="final"))
     if not infos:
