@@ -89,6 +89,12 @@ def test_push_sends_x_to_step_branches_and_main_with_cards(hub_server, sf_run):
     assert ModelCard.load("org/tiny-sf").data.eval_results[0].dataset_split == "validation"
     for secret in NEVER_UPLOADED:  # not a byte of them was sent, in any request
         assert not hub_server.requests_containing((sf_run / "checkpoint-3" / secret).read_bytes())
+    local_root = str(sf_run.parents[1])  # pytest's base folder: the run and its corpus are below it
+    assert local_root in (sf_run / "eval_results.json").read_text()  # the local record names the corpus by path
+    assert not hub_server.requests_containing(local_root.encode())  # no file, card or request publishes it
+    published = json.loads(hub_server.files("org/tiny-sf", "main")["eval_results.json"])
+    assert published["dataset"] == "corpus.jsonl"
+    assert published["eval_loss"] == json.loads((sf_run / "eval_results.json").read_text())["eval_loss"]
 
 
 def test_push_converts_plain_trainer_y_checkpoints(hub_server, plain_run):

@@ -4,8 +4,9 @@
     refuse_taken_revisions(api, "org/name", ["step-000000500", "main"], overwrite=False, retry=RetryPolicy())
     upload_revision(api, "org/name", info, "step-000000500", {"README.md": card_bytes}, RetryPolicy())
 
-Only the files of `checkpoints.PUBLISHED_PATTERNS` are uploaded, read in place: optimizer, scheduler and RNG
-states and `training_args.bin` never leave the machine, and nothing local is written, moved or deleted.
+Only the files of `checkpoints.PUBLISHED_PATTERNS` are uploaded, read in place (the JSON records that name local
+paths go up without them, see `public_records`): optimizer, scheduler and RNG states and `training_args.bin` never
+leave the machine, and nothing local is written, moved or deleted.
 A folder without sf_hf metadata (a plain `Trainer` checkpoint) is first converted into a temporary folder
 (`convert_checkpoint`), so what is uploaded is x with a `schedule_free.json` saying so.
 """
@@ -22,6 +23,7 @@ from ..metadata import METADATA_NAME
 from .checkpoints import CheckpointInfo, published_files
 from .conversion import convert_checkpoint
 from .errors import PushError
+from .public_records import public_records
 from .retry import DEFAULT_RETRY, RetryPolicy
 
 logger = logging.getLogger(__name__)
@@ -90,6 +92,7 @@ def upload_revision(api: HfApi, repo_id: str, info: CheckpointInfo, revision: st
         if info.weights in ("x", "y") and not (folder / METADATA_NAME).is_file():
             folder = convert_checkpoint(folder, Path(tmp) / info.name)
         uploads = {name: str(folder / name) for name in published_files(folder)}
+        uploads.update(public_records(folder))
         uploads.update(extra_files)
         if revision != "main":
             retry.call(lambda: api.create_branch(repo_id, branch=revision, exist_ok=True), f"creating {revision}")

@@ -1,0 +1,35 @@
+"""What the Hub gets of a folder's JSON records: the same records with local paths cut to their last component.
+
+`trainer_state.json` names the best checkpoint by its local path (`best_model_checkpoint`), and
+`eval_results.json` names a local dataset by its path; uploaded as they are, both would publish the machine's
+directory layout (user names included). The card already names the data this way (`card.dataset_label`).
+
+    uploads.update(public_records(folder))     # {"trainer_state.json": b"...", ...}: replaces the files as read
+"""
+
+import json
+import os
+from pathlib import Path
+from typing import Dict
+
+from .card import dataset_label
+
+LOCAL_PATH_KEYS = {
+    "trainer_state.json": {"best_model_checkpoint": lambda path: Path(path).name},
+    "eval_results.json": {"dataset": dataset_label},
+}
+
+
+def public_records(folder: os.PathLike) -> Dict[str, bytes]:
+    """`{file name: bytes to upload}` for each record of `folder` that names a local path (others are absent)."""
+    public = {}
+    for name, keys in LOCAL_PATH_KEYS.items():
+        path = Path(folder) / name
+        if not path.is_file():
+            continue
+        record = json.loads(path.read_text())
+        cleaned = {key: (keys[key](value) if key in keys and isinstance(value, str) else value)
+                   for key, value in record.items()}
+        if cleaned != record:
+            public[name] = (json.dumps(cleaned, indent=2) + "\n").encode()
+    return public
