@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from sf_hf.checkpoints import checkpoint_folders, checkpoint_problems
+from sf_hf.checkpoints import checkpoint_folders, checkpoint_problems, is_lost_peer
 
 from ..test_pipeline import write_corpus
 
@@ -106,6 +106,18 @@ def wait_for(path: Path, machines, timeout=240.0):
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     return write_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.mark.parametrize("message, lost", [
+    ("[../third_party/gloo/gloo/transport/tcp/pair.cc:538] Connection closed by peer [127.0.0.1]:53812", True),
+    ("Application timeout caused pair closure", True),  # gloo, when the peer was SIGSTOPped
+    ("[gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 15000ms for recv operation to complete", True),
+    ("CUDA out of memory. Tried to allocate 2.00 GiB", False),
+    ("The size of tensor a (4) must match the size of tensor b (8) at non-singleton dimension 0", False),
+])
+def test_collective_errors_that_mean_a_lost_peer_are_told_apart_from_others(message, lost):
+    assert is_lost_peer(RuntimeError(message)) is lost
+    assert not is_lost_peer(ValueError(message))  # only errors raised by collectives count
 
 
 def test_a_machine_that_never_starts_makes_the_other_fail_after_the_rendezvous_timeout(tmp_path, corpus, monkeypatch):
