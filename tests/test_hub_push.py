@@ -207,3 +207,17 @@ def test_callback_evaluates_and_pushes_each_checkpoint_at_x_during_training(hub_
     assert json.loads((tmp_path / "run" / "checkpoint-6" / "eval_results.json").read_text()) == pipeline.results[1]
     assert not list((tmp_path / "run").glob(".sf_hf-*"))  # snapshots are cleaned up
     assert_card_matches(hub_card("org/live", "step-000000006"), tmp_path / "run" / "checkpoint-6")
+
+
+def test_published_records_lose_local_paths_and_a_broken_one_is_refused(tmp_path):
+    from sf_hf.pipeline.public_records import public_records
+
+    (tmp_path / "trainer_state.json").write_text(json.dumps(
+        {"best_model_checkpoint": "/home/someone/runs/x/checkpoint-4", "global_step": 4}))
+    (tmp_path / "eval_results.json").write_text(json.dumps({"dataset": "embedded", "eval_loss": 3.5}))
+    public = public_records(tmp_path)
+    assert set(public) == {"trainer_state.json"}  # eval_results.json names no local path: uploaded as it is
+    assert json.loads(public["trainer_state.json"]) == {"best_model_checkpoint": "checkpoint-4", "global_step": 4}
+    (tmp_path / "eval_results.json").write_text('{"dataset": "/home/someone/corpus.jsonl", "eval_')
+    with pytest.raises(PushError, match="eval_results.json is not valid JSON"):
+        public_records(tmp_path)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Dict
 
 from .card import dataset_label
+from .errors import PushError
 
 LOCAL_PATH_KEYS = {
     "trainer_state.json": {"best_model_checkpoint": lambda path: Path(path).name},
@@ -21,13 +22,20 @@ LOCAL_PATH_KEYS = {
 
 
 def public_records(folder: os.PathLike) -> Dict[str, bytes]:
-    """`{file name: bytes to upload}` for each record of `folder` that names a local path (others are absent)."""
+    """`{file name: bytes to upload}` for each record of `folder` that names a local path (others are absent).
+
+    Raises:
+        PushError: if such a record is not valid JSON (it could not be cleaned, so it is not uploaded).
+    """
     public = {}
     for name, keys in LOCAL_PATH_KEYS.items():
         path = Path(folder) / name
         if not path.is_file():
             continue
-        record = json.loads(path.read_text())
+        try:
+            record = json.loads(path.read_text())
+        except ValueError as err:
+            raise PushError(f"{path} is not valid JSON ({err}): fix or delete it, then push again.") from err
         cleaned = {key: (keys[key](value) if key in keys and isinstance(value, str) else value)
                    for key, value in record.items()}
         if cleaned != record:
