@@ -180,6 +180,28 @@ class ScheduleFreeTrainer(Trainer):
             ),
         )
 
+    # ------------------------------------------------------------------ the non-finite check, from the grad norm
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        """The parent's gradient norm (every step: the one clipping measured, or one taken for logging), also handed
+        to the optimizer as its non-finite check, so its step does not read every gradient once more.
+
+        Not under DeepSpeed, whose engine has already stepped by now (its norm belongs to that past step), and not
+        if the optimizer steps parameters outside `model` (the norm would not cover them)."""
+        grad_norm = super()._get_grad_norm(model, grad_norm)
+        optimizer = self._base_optimizer()
+        if isinstance(grad_norm, torch.Tensor) and hasattr(optimizer, "set_grad_norm") \
+                and not self.is_deepspeed_enabled and self._norm_covers_optimizer(model, optimizer):
+            optimizer.set_grad_norm(grad_norm)
+        return grad_norm
+
+    def _norm_covers_optimizer(self, model, optimizer) -> bool:
+        if getattr(self, "_sf_norm_checked_for", None) is not optimizer:
+            in_model = {id(p) for p in model.parameters()}
+            self._sf_norm_covers = all(id(p) in in_model for group in optimizer.param_groups for p in group["params"])
+            self._sf_norm_checked_for = optimizer
+        return self._sf_norm_covers
+
     # ------------------------------------------------------------------ crash-safe checkpoints (sf_hf.checkpoints)
 
     def _save_checkpoint(self, model, trial) -> None:

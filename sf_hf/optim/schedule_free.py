@@ -19,7 +19,9 @@ rounding altogether.
 
 Non-finite gradients: if any gradient of the step holds NaN or inf, the whole step is skipped
 before any state is touched (parameters, z, v, counters and averaging sums stay bitwise as they
-were), a warning is logged and `skipped_steps` of every group is incremented.
+were), a warning is logged and `skipped_steps` of every group is incremented. Finding out costs a
+read of every gradient, unless the loop hands over the total gradient norm it computed anyway
+(`set_grad_norm`, which `ScheduleFreeTrainer` does at every step).
 
 State names follow `schedulefree.AdamWScheduleFree` (`z`, `exp_avg_sq`, group keys `k`,
 `weight_sum`, `lr_max`, `scheduled_lr`, `train_mode`), so its state dicts can be read by the tools
@@ -34,6 +36,7 @@ import torch
 
 from .conversion import x_to_y_, y_to_x_
 from .dtensor import DTensor, local_tensor
+from .grad_norm import HandedGradNorm
 from .kernels import StepScalars, all_finite, foreach_step, fused_available, fused_step
 
 logger = logging.getLogger(__name__)
@@ -145,6 +148,7 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
         )
         super().__init__(params, defaults)
         self.fused = fused
+        self._handed_grad_norm: Optional[HandedGradNorm] = None
 
     # ----------------------------------------------------------------- groups and modes
 
@@ -220,6 +224,37 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
         """One read-only pass over every gradient, before any state is written (see `kernels.all_finite`)."""
         return all_finite(grads)
 
+    def _active_params(self) -> list:
+        """Per group, the parameters with a gradient: the ones a step updates."""
+        return [[p for p in group["params"] if p.grad is not None] for group in self.param_groups]
+
+    @torch.no_grad()
+    def set_grad_norm(self, total_norm) -> None:
+        """Hands the next `step()` the total norm of the current gradients as its non-finite check.
+
+        A finite total norm proves every gradient finite, so the step does not read them all once more (on
+        CPU that read costs ~20% of a step); a non-finite one skips the step like a non-finite gradient
+        (it can also mean that the sum of squares overflowed, with gradients too large to use). The norm
+        is used only if, at `step()`, every gradient is still the same tensor, unmodified since this call;
+        otherwise the step checks the gradients itself (see `sf_hf.optim.grad_norm`).
+
+        Args:
+            total_norm (`torch.Tensor` or `float`): the norm of *all* the gradients this optimizer steps, e.g.
+                what `clip_grad_norm_(model.parameters(), ...)` returned (the scaling it applies after
+                measuring keeps finite gradients finite). A DTensor norm is reduced with `full_tensor()`,
+                a collective: call this on every rank.
+        """
+        self._handed_grad_norm = HandedGradNorm(total_norm, [p.grad for params in self._active_params()
+                                                             for p in params])
+
+    def _finite_on_every_rank(self, grads) -> bool:
+        handed, self._handed_grad_norm = self._handed_grad_norm, None  # a norm serves one step at most
+        if handed is not None and handed.holds_for(grads):
+            finite = handed.finite
+        else:
+            finite = self._grads_finite([local_tensor(g) for g in grads])
+        return _on_every_rank(finite, grads)
+
     def _state_for(self, p: torch.Tensor) -> dict:
         state = self.state[p]
         if "z" not in state:
@@ -245,11 +280,11 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
-        active = [[p for p in group["params"] if p.grad is not None] for group in self.param_groups]
+        active = self._active_params()
         if any(p.grad.is_sparse for params in active for p in params):
             raise RuntimeError("ScheduleFreeAdamW does not support sparse gradients.")
         grads = [p.grad for params in active for p in params]
-        if not _on_every_rank(self._grads_finite([local_tensor(g) for g in grads]), grads):
+        if not self._finite_on_every_rank(grads):
             for group in self.param_groups:
                 group["skipped_steps"] += 1
             logger.warning(

@@ -138,3 +138,22 @@ def test_a_non_finite_loss_can_stop_the_run_cleanly_at_the_last_good_checkpoint(
     resumed = ScheduleFreeTrainer(model=tiny_model(), train_dataset=TokenDataset(64, seed=1), args=args)
     resumed.train(resume_from_checkpoint=True)
     assert resumed.state.global_step == 10 and all_finite(weights(resumed.model))
+
+
+@pytest.mark.parametrize("max_grad_norm, accumulation", [(1.0, 1), (0.0, 2)], ids=["clipping", "no-clip-accumulating"])
+def test_the_trainer_s_grad_norm_is_the_non_finite_check(tmp_path, monkeypatch, max_grad_norm, accumulation):
+    """Clipping or not, the Trainer measures the gradient norm at every step and hands it to the optimizer, which
+    then never reads the gradients itself, and a poisoned step is still skipped with nothing changed."""
+    own_checks = []
+    monkeypatch.setattr(ScheduleFreeAdamW, "_grads_finite", staticmethod(lambda grads: own_checks.append(len(grads))))
+    model = tiny_model()
+    poison = PoisonLoss(model, steps=[5])
+    trainer = ScheduleFreeTrainer(model=model, train_dataset=TokenDataset(64, seed=1), callbacks=[poison],
+                                  args=config(tmp_path, max_steps=8, max_grad_norm=max_grad_norm, sf_fused=False,
+                                              gradient_accumulation_steps=accumulation))
+    trainer.train()
+    assert own_checks == []
+    assert poison.skipped[5] == (1, 4) and poison.skipped[8] == (1, 7)
+    for name in poison.y[4]:
+        assert torch.equal(poison.y[4][name], poison.y[5][name]) and torch.equal(poison.z[4][name], poison.z[5][name])
+    assert all_finite(weights(trainer.model))
