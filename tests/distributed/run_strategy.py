@@ -34,6 +34,7 @@ from transformers import TrainerCallback  # noqa: E402
 
 from sf_hf import RefinedScheduleFreeAdamW, ScheduleFreeTrainer  # noqa: E402
 from sf_hf.distributed import optimizer_chain, reshard_fsdp2, resolve_optimizer, switch_weights  # noqa: E402
+from sf_hf.optim.kernels import all_finite  # noqa: E402
 from tests.trainer_utils import VOCAB, TokenDataset, config, tiny_model  # noqa: E402
 
 faulthandler.enable()  # a crash (even at exit, after the results are written) leaves its stacks in the log
@@ -329,6 +330,24 @@ def run_fsdp2(out: Path) -> None:
     skipped = [None] * world
     dist.all_gather_object(skipped, [(g["k"], g["skipped_steps"]) for g in twin_optimizer.param_groups])
     results["nan_step_k_and_skipped_per_rank"] = skipped
+
+    # the same through a handed-over norm: clip_grad_norm_ of DTensor gradients gives a DTensor norm, which
+    # set_grad_norm reduces; a finite one lets the step go without reading the gradients, a NaN on one rank's
+    # shard skips the step on every rank
+    own_checks = []
+    twin_optimizer._grads_finite = lambda grads: own_checks.append(len(grads)) or all_finite(grads)
+    for step, poisoned in ((STEPS + 2, False), (STEPS + 3, True)):
+        twin_optimizer.zero_grad(set_to_none=True)
+        lm_loss(twin, batch_ids(step, world, rank)).backward()
+        if poisoned and rank == world - 1:
+            with torch.no_grad():
+                next(twin.parameters()).grad.to_local().view(-1)[0] = float("nan")
+        twin_optimizer.set_grad_norm(torch.nn.utils.clip_grad_norm_(twin.parameters(), max_norm=1.0))
+        twin_optimizer.step()
+    handed = [None] * world
+    dist.all_gather_object(handed, ([(g["k"], g["skipped_steps"]) for g in twin_optimizer.param_groups],
+                                    len(own_checks)))
+    results["handed_norm_k_skipped_and_own_checks_per_rank"] = handed
     save_file(x_module, str(out / f"x_module_rank{rank}.safetensors"))
     if rank == 0:
         for name, weights in (("x_master", x_master), ("y", y), ("x_resumed", x_resumed), ("x_at_save", x_at_save),

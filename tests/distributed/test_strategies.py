@@ -199,6 +199,8 @@ def test_fsdp2_steps_on_local_shards_and_skips_nan_on_every_rank(tmp_path_factor
     assert max_abs_diff(tensors(out, "x_foreach.safetensors"), fsdp2_reference["x"]) < 1e-5  # and its foreach twin
     # a NaN on one rank's gradient shard: both ranks skip (k stays 6, skipped_steps 1), so the shards stay in step
     assert results["nan_step_k_and_skipped_per_rank"] == [[[STEPS, 1], [STEPS, 1]]] * 2
+    # then through clip_grad_norm_'s (DTensor) norm: one step taken, one skipped on both ranks, no gradient re-read
+    assert results["handed_norm_k_skipped_and_own_checks_per_rank"] == [[[[STEPS + 1, 2], [STEPS + 1, 2]], 0]] * 2
 
 
 @pytest.mark.parametrize("stage", [2, 3])
