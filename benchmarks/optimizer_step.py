@@ -23,9 +23,12 @@ median of the per-repeat ratios. Columns:
   temporaries are really returned and new ones really counted. An upper bound at page resolution.
 * state B/param: bytes of every tensor in `optimizer.state`, per parameter.
 
-The SF rows include the optimizer's guard (a non-finite gradient skips the whole step before any
-state is written), which reads every gradient once more. The indented rows take it apart: the same
-optimizer with the guard off, with the previous guard, and each guard alone.
+The plain SF rows include the optimizer's own non-finite check (a non-finite gradient skips the whole
+step before any state is written), which reads every gradient once more. Training loops measure the
+gradient norm anyway (`Trainer` does at every step, clipping or not) and `ScheduleFreeTrainer` hands
+it to the optimizer as the check (`set_grad_norm`): the "norm handed over" rows are the step as it
+runs there, and the "+ clip_grad_norm_" rows the whole of it, norm and clipping included, against
+AdamW's. The other indented rows take the check apart: the step without it, and the check alone.
 """
 
 import argparse
@@ -48,6 +51,7 @@ from common import (
     parse_count,
     return_freed_memory_to_os,
 )
+from torch.nn.utils import clip_grad_norm_
 
 from sf_hf import RefinedScheduleFreeAdamW, ScheduleFreeAdamW
 from sf_hf.optim import kernels
@@ -62,11 +66,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 SF_HPARAMS = dict(lr=2e-3, betas=(0.95, 0.99), weight_decay=0.1)  # the paper's LM settings
 ADAMW_HPARAMS = dict(lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
 TARGET_RATIO, TARGET_SPEEDUP, TARGET_STATE_BYTES = 1.10, 3.0, 8.0
-
-
-def old_grads_finite(grads) -> bool:
-    """The guard before issue 7: an inf-norm per tensor, ~1 GB/s on CPU."""
-    return not grads or bool(torch.stack(torch._foreach_norm(grads, float("inf"))).isfinite().all())
+MAX_GRAD_NORM = 1.0  # TrainingArguments' default
+SF_ROWS = ("sf_hf SF-AdamW fused", "sf_hf refined SF-AdamW fused")
 
 
 @dataclass
@@ -89,14 +90,32 @@ def shapes_for(size: str) -> List[tuple]:
     return [(count // 4,)] * 3 + [(count - 3 * (count // 4),)]  # "a few tensors", as a small model's big matrices
 
 
-def with_guard(optimizer: ScheduleFreeAdamW, guard: Callable) -> Callable[[], object]:
+def with_check(optimizer: ScheduleFreeAdamW, check: Callable) -> Callable[[], object]:
     def step():
-        optimizer._grads_finite = guard  # an instance attribute shadows the class's staticmethod
+        optimizer._grads_finite = check  # an instance attribute shadows the class's staticmethod
         try:
             return optimizer.step()
         finally:
             del optimizer._grads_finite
     return step
+
+
+def with_handed_norm(optimizer: ScheduleFreeAdamW, norm: torch.Tensor) -> Callable[[], object]:
+    """The step as `ScheduleFreeTrainer` takes it: the norm its loop measured anyway is the non-finite check."""
+    def step():
+        optimizer.set_grad_norm(norm)
+        return optimizer.step()
+    return step
+
+
+def after_clipping(params, step: Callable[[], object], optimizer=None) -> Callable[[], object]:
+    """`clip_grad_norm_` and the step, as `Trainer` runs them; the norm goes to `optimizer` if given."""
+    def clip_and_step():
+        norm = clip_grad_norm_(params, MAX_GRAD_NORM)
+        if optimizer is not None:
+            optimizer.set_grad_norm(norm)
+        return step()
+    return clip_and_step
 
 
 def make_rows(params, grads, dtype) -> List[Row]:
@@ -118,14 +137,18 @@ def make_rows(params, grads, dtype) -> List[Row]:
         reference = schedulefree.AdamWScheduleFree(params, foreach=True, warmup_steps=0, **SF_HPARAMS)
         reference.train()
         rows.append(Row("schedulefree AdamWScheduleFree (foreach)", reference.step, native_traffic, reference))
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
     rows += [
-        Row("sf_hf SF-AdamW fused", sf.step, sf_traffic, sf),
-        Row("sf_hf refined SF-AdamW fused", refined.step, sf_traffic, refined),
+        Row(SF_ROWS[0], sf.step, sf_traffic, sf),
+        Row(SF_ROWS[1], refined.step, sf_traffic, refined),
         Row("sf_hf SF-AdamW foreach twin", twin.step, sf_traffic, twin),
-        Row("SF-AdamW fused, guard off", with_guard(sf, lambda g: True), sf_traffic, sf, indent=True),
-        Row("SF-AdamW fused, old guard", with_guard(sf, old_grads_finite), sf_traffic, sf, indent=True),
-        Row("guard alone: all_finite (new)", lambda: all_finite(grads), param_bytes, indent=True),
-        Row("guard alone: _foreach_norm(inf) (old)", lambda: old_grads_finite(grads), param_bytes, indent=True),
+        Row(f"{SF_ROWS[0]}, norm handed over", with_handed_norm(sf, norm), sf_traffic, sf, indent=True),
+        Row(f"{SF_ROWS[1]}, norm handed over", with_handed_norm(refined, norm), sf_traffic, refined, indent=True),
+        Row("SF-AdamW fused, no check", with_check(sf, lambda g: True), sf_traffic, sf, indent=True),
+        Row("the check alone: all_finite", lambda: all_finite(grads), param_bytes, indent=True),
+        Row("torch AdamW fused + clip_grad_norm_", after_clipping(params, adamw_fused.step), native_traffic),
+        Row(f"{SF_ROWS[0]} + clip_grad_norm_", after_clipping(params, sf.step, sf), sf_traffic),
+        Row(f"{SF_ROWS[1]} + clip_grad_norm_", after_clipping(params, refined.step, refined), sf_traffic),
     ]
     return rows
 
@@ -218,14 +241,14 @@ def print_case(case: dict) -> None:
     by_name = {row.name: row for row in rows}
     adamw = by_name["torch AdamW fused"]
     print(f"\n{case['size']} {case['dtype']}: {n / 1e6:.1f}M parameters in {case['tensors']} tensors")
-    header = f"{'':42s}{'median ms':>10s}{'min ms':>9s}{'cpu ms':>9s}{'GB/s':>7s}{'x AdamW fused':>15s}"
+    header = f"{'':52s}{'median ms':>10s}{'min ms':>9s}{'cpu ms':>9s}{'GB/s':>7s}{'x AdamW fused':>15s}"
     print(header + f"{'peak extra MiB':>16s}{'state B/param':>15s}")
     for row in rows:
         median = statistics.median(row.times)
         name = ("  " + row.name) if row.indent else row.name
         peak = f"{row.peak / 2**20:.1f}" if row.peak is not None else "n/a"
         state = f"{state_bytes_per_param(row.optimizer, n):.1f}" if row.optimizer and not row.indent else "-"
-        print(f"{name:42s}{median * 1e3:10.2f}{min(row.times) * 1e3:9.2f}{statistics.median(row.cpu) * 1e3:9.2f}"
+        print(f"{name:52s}{median * 1e3:10.2f}{min(row.times) * 1e3:9.2f}{statistics.median(row.cpu) * 1e3:9.2f}"
               f"{row.traffic * n / median / 1e9:7.1f}{paired_ratio(row, adamw):15.3f}{peak:>16s}{state:>15s}")
     sf = by_name["sf_hf SF-AdamW fused"]
     print(f"first SF-AdamW fused step (state creation + compiling {case['new_graphs']} graphs, or loading them from "
@@ -244,11 +267,17 @@ def print_targets(case: dict) -> List[bool]:
         print(f"{'PASS' if ok else 'FAIL'} {where} {text}")
 
     full_size = 4 * n  # one float32 temporary the size of the model
-    for name in ("sf_hf SF-AdamW fused", "sf_hf refined SF-AdamW fused"):
-        row = rows[name]
-        ratio = paired_ratio(row, adamw)
-        report(ratio <= TARGET_RATIO, f"{name}: {ratio:.3f}x fused AdamW (target <= {TARGET_RATIO:.2f}x; "
-               f"CPU time {paired_ratio(row, adamw, 'cpu'):.3f}x)")
+    for name in SF_ROWS:
+        row, handed = rows[name], rows[f"{name}, norm handed over"]
+        ratio = paired_ratio(handed, adamw)
+        report(ratio <= TARGET_RATIO, f"{name}, norm handed over (as ScheduleFreeTrainer steps): {ratio:.3f}x fused "
+               f"AdamW (target <= {TARGET_RATIO:.2f}x; CPU time {paired_ratio(handed, adamw, 'cpu'):.3f}x)")
+        clipped, adamw_clipped = rows[f"{name} + clip_grad_norm_"], rows["torch AdamW fused + clip_grad_norm_"]
+        ratio = paired_ratio(clipped, adamw_clipped)
+        report(ratio <= TARGET_RATIO, f"{name} + clip_grad_norm_: {ratio:.3f}x fused AdamW + clip_grad_norm_ "
+               f"(target <= {TARGET_RATIO:.2f}x; CPU time {paired_ratio(clipped, adamw_clipped, 'cpu'):.3f}x)")
+        print(f"note {where} {name} alone, reading every gradient for its own check (no norm handed over; AdamW "
+              f"checks nothing): {paired_ratio(row, adamw):.3f}x fused AdamW")
         reference = rows.get("schedulefree AdamWScheduleFree (foreach)")
         if reference is not None:
             speedup = paired_ratio(reference, row)
