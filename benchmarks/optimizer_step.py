@@ -293,7 +293,7 @@ def print_targets(case: dict) -> List[bool]:
     return results
 
 
-def main() -> None:
+def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10M,50M,llama-124m", help="comma-separated parameter counts (4 tensors "
                         "each) and/or llama-124m (its 110 tensors); '' with --bf16-sizes '' for the dispatch cost only")
@@ -304,7 +304,7 @@ def main() -> None:
     parser.add_argument("--compile-cache", choices=["fresh", "default"], default=None,
                         help="torch.compile's on-disk cache: 'fresh' (an empty one: the first step shows the real "
                              "compile cost; default of a full run) or 'default' (the user's; default with --quick)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.bf16_sizes, args.repeats, args.warmup = "2M", "", 3, 2
     cache = args.compile_cache or ("default" if args.quick else "fresh")
