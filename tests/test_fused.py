@@ -10,6 +10,7 @@ import torch
 import torch._dynamo.utils
 
 from sf_hf import RefinedScheduleFreeAdamW, ScheduleFreeAdamW
+from sf_hf.optim import conversion, x_to_y_, y_to_x_
 from sf_hf.optim.kernels import CHUNK, PARALLEL_MIN_NUMEL, all_finite, fused_available
 
 from .test_optimizers import gradient_stream, make_params, rel_err, set_grads
@@ -137,3 +138,44 @@ def test_all_finite_equals_the_plain_check(dtype):
     assert all_finite(mixed) == plain_all_finite(mixed)
     if dtype.is_complex:
         assert not all_finite([torch.tensor([1 + 1j, complex(1, float("inf"))], dtype=dtype)])
+
+
+# ------------------------------------------------------------------ the x/y switch
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_switch_equals_the_plain_one_without_recompiling(dtype):
+    """y -> x and x -> y in one compiled pass per tensor against the plain chunked lerp, for every b1, with a strided
+    tensor among them: both round a wider-precision value once, so they differ at most where that value is within
+    a rounding of a tie (lerp's other formula for weights >= 0.5, or a fused multiply-add), and then by one ulp."""
+    shapes = MANY_SHAPES + [(40, 30)]
+    torch.manual_seed(16)
+    ys = [(torch.randn(s) * torch.rand(s).pow(8) * 10).to(dtype) for s in shapes]
+    ys[-1] = ys[-1].t()  # strided: the plain path takes it in both runs
+    zs = [y.float() + torch.randn(y.shape) * 0.1 for y in ys]
+    y_to_x_(ys, zs, 0.9, fused=True)  # compiles the kernels of both threadings
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    for beta1 in (0.1, 0.5, 0.9, 0.95, 0.98):
+        for convert in (y_to_x_, x_to_y_):
+            plain, fast = [y.clone() for y in ys], [y.clone() for y in ys]
+            convert(plain, zs, beta1, fused=False)
+            convert(fast, zs, beta1, fused=True)
+            fast, plain = torch.cat([t.reshape(-1) for t in fast]), torch.cat([t.reshape(-1) for t in plain])
+            one_ulp = torch.finfo(dtype).eps * plain.double().abs().clamp_min(torch.finfo(dtype).tiny)
+            assert ((fast.double() - plain.double()).abs() <= one_ulp).all(), (beta1, convert.__name__)
+            assert (fast != plain).double().mean() < 0.01, (beta1, convert.__name__)  # ties rounded the other way
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+
+
+def test_the_optimizer_switches_through_the_fused_pass_when_it_steps_through_it(monkeypatch):
+    calls = []
+    monkeypatch.setattr(conversion, "fused_lerp_toward_", lambda ts, *args: calls.append(len(ts)))
+    for fused in (True, False):
+        params = make_params(17, torch.float32, SHAPES)
+        opt = ScheduleFreeAdamW(params, fused=fused)
+        opt.train()
+        set_grads(params, next(gradient_stream(17, SHAPES)))
+        opt.step()
+        opt.eval()
+        opt.train()
+    assert calls == [len(SHAPES)] * 2  # eval() and train() of the fused optimizer, every tensor; none for the other

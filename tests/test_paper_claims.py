@@ -3,25 +3,16 @@
     pytest tests/test_paper_claims.py -q
 """
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("paper_claims", ROOT / "benchmarks" / "paper_claims.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from .scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    bench = load_benchmark()
+    bench = load_script("benchmarks/paper_claims.py")
     out = tmp_path_factory.mktemp("paper_claims")
     status = bench.main(["--quick", "--jobs", "1", "--out", str(out)])
     return bench, out, status

@@ -4,7 +4,6 @@ resume, and bad input that fails in seconds with a message saying what to fix.
     pytest tests/test_recipes.py -q
 """
 
-import importlib.util
 import inspect
 import json
 import math
@@ -24,7 +23,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from sf_hf.metadata import read_metadata
 from sf_hf.script_args import RecipeError, load_recipe, parse_script_args, run_args_changes
 
-ROOT = Path(__file__).resolve().parents[1]
+from .scripts import ROOT, load_script
+
 RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
 DEFAULT_RECIPE = ROOT / "recipes" / "llama-small" / "pretrain" / "config_sf_adamw_refined.yaml"
 ACCELERATE = Path(sys.executable).parent / "accelerate"
@@ -37,15 +37,8 @@ SHORT = ["--model_preset", "llama-tiny", "--tokenizer_vocab_size", "512", "--tok
          "--disable_tqdm", "true"]
 
 
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", ROOT / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-pretrain = load_script("pretrain")
-finetune = load_script("finetune")
+pretrain = load_script("recipes/pretrain.py")
+finetune = load_script("recipes/finetune.py")
 
 
 def run_main(module, argv, **kwargs):

@@ -4,18 +4,14 @@ the only difference the benchmark measures is the trainer and the optimizer.
     pytest tests/test_trainer_throughput.py -q
 """
 
-import importlib.util
 import re
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from .scripts import ROOT, load_script
 
 
 def test_both_arms_train_the_same_model_on_the_same_data_and_a_ratio_is_printed(tmp_path, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("trainer_throughput", ROOT / "benchmarks" / "trainer_throughput.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("benchmarks/trainer_throughput.py")
     flags = ["--steps", "3", "--warmup", "1", "--repeats", "2", "--model_preset", "llama-tiny", "--block_size", "32",
              "--tokenizer_vocab_size", "300", "--global_batch_size", "4", "--per_device_train_batch_size", "4",
              "--max_train_blocks", "64", "--max_eval_blocks", "4"]

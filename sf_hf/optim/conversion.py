@@ -15,6 +15,7 @@ from typing import Sequence
 import torch
 
 from .dtensor import local_tensor
+from .kernels import fused_lerp_toward_
 
 
 def _to_x_weight(beta1: float) -> float:
@@ -35,39 +36,46 @@ def _wider(dtype: torch.dtype) -> torch.dtype:
 
 
 @torch.no_grad()
-def _lerp_toward_(tensors: Sequence[torch.Tensor], zs: Sequence[torch.Tensor], weight: float) -> None:
+def _lerp_toward_(tensors: Sequence[torch.Tensor], zs: Sequence[torch.Tensor], weight: float, fused: bool) -> None:
     """In place ``t <- t + weight * (z - t)`` for each pair, rounded once to t's dtype.
 
     The lerp is computed in a wider precision than the parameter's (float64 for float32 parameters, float32 for
     16-bit ones), so an ``eval()``/``train()`` round trip moves y by at most half an ulp and thousands of them
-    do not accumulate (in float32 arithmetic a small b1 moved y by a further ulp every round trip). It runs in
-    chunks of `CHUNK_NUMEL` elements; for DTensors (FSDP2) each rank converts its own shards.
+    do not accumulate (in float32 arithmetic a small b1 moved y by a further ulp every round trip). For DTensors
+    (FSDP2) each rank converts its own shards. `fused`: contiguous pairs go through one compiled pass each
+    (`kernels.fused_lerp_toward_`, no temporaries); the rest, and everything otherwise, through this plain
+    twin, in chunks of `CHUNK_NUMEL` elements.
     """
-    for t, z in zip(tensors, zs):
-        t, z = local_tensor(t), local_tensor(z)
+    pairs = [(local_tensor(t), local_tensor(z)) for t, z in zip(tensors, zs)]
+    if fused:
+        contiguous = [(t, z) for t, z in pairs if t.is_contiguous() and z.is_contiguous()]
+        fused_lerp_toward_([t for t, _ in contiguous], [z for _, z in contiguous], weight, _wider)
+        pairs = [(t, z) for t, z in pairs if not (t.is_contiguous() and z.is_contiguous())]
+    for t, z in pairs:
         if t.is_contiguous() and z.is_contiguous():
-            pairs = zip(t.view(-1).split(CHUNK_NUMEL), z.view(-1).split(CHUNK_NUMEL))
+            parts = zip(t.view(-1).split(CHUNK_NUMEL), z.view(-1).split(CHUNK_NUMEL))
         else:
-            pairs = [(t, z)]
-        for t_part, z_part in pairs:
+            parts = [(t, z)]
+        for t_part, z_part in parts:
             wide = _wider(t_part.dtype)
             t_part.copy_(t_part.to(wide).lerp_(z_part.to(wide), weight))
 
 
-def y_to_x_(tensors: Sequence[torch.Tensor], zs: Sequence[torch.Tensor], beta1: float) -> None:
+def y_to_x_(tensors: Sequence[torch.Tensor], zs: Sequence[torch.Tensor], beta1: float, fused: bool = False) -> None:
     """Turns the training points y into the averaged weights x, in place.
 
     Args:
         tensors (`Sequence[torch.Tensor]`): the y tensors (parameters in train mode), overwritten with x.
         zs (`Sequence[torch.Tensor]`): the matching z states.
         beta1 (`float`): the interpolation weight b1, in (0, 1].
+        fused (`bool`, defaults to `False`): one compiled pass per tensor (needs what `fused_available()` checks).
     """
-    _lerp_toward_(tensors, zs, _to_x_weight(beta1))
+    _lerp_toward_(tensors, zs, _to_x_weight(beta1), fused)
 
 
-def x_to_y_(tensors: Sequence[torch.Tensor], zs: Sequence[torch.Tensor], beta1: float) -> None:
-    """Turns the averaged weights x into the training points y, in place (inverse of `y_to_x_`)."""
-    _lerp_toward_(tensors, zs, _to_y_weight(beta1))
+def x_to_y_(tensors: Sequence[torch.Tensor], zs: Sequence[torch.Tensor], beta1: float, fused: bool = False) -> None:
+    """Turns the averaged weights x into the training points y, in place (inverse of `y_to_x_`; same arguments)."""
+    _lerp_toward_(tensors, zs, _to_y_weight(beta1), fused)
 
 
 def x_from_y(y: torch.Tensor, z: torch.Tensor, beta1: float) -> torch.Tensor:

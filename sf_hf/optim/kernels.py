@@ -112,30 +112,57 @@ def _fused_chunk_step(ys, zs, vs, gs, scalars: torch.Tensor) -> None:
         _fused_tensor_step(y, z, v, g, scalars)
 
 
+def _lerp_chunk(ts, zs, weight: torch.Tensor) -> None:
+    # t <- t + w (z - t) in weight's (wider) dtype, rounded once: the x/y switch of `conversion._lerp_toward_`
+    (w,) = weight.unbind()  # a 0-d scalar: sizes are generic while compiling, so (1,) would not broadcast
+    for t, z in zip(ts, zs):
+        wide = t.to(w.dtype)
+        t.copy_(wide + w * (z.to(w.dtype) - wide))
+
+
 @cache
-def _compiled_chunk_step(parallel: bool) -> Callable:
+def _compiled(chunk_function: Callable, parallel: bool) -> Callable:
     # The C++ backend's threading is fixed here, not guessed from the sizes seen while compiling (a kernel
     # first compiled on a small tensor would otherwise run on one thread forever). Multiply-adds may fuse
     # into FMAs (one rounding instead of two; ~7% less CPU time per step on an AVX2 EPYC). Both options
     # only concern the CPU backend.
     options = {"cpp.enable_floating_point_contract_flag": "fast"}
     options.update({"cpp.dynamic_threads": True} if parallel else {"cpp.threads": 1})
-    return torch.compile(_fused_chunk_step, dynamic=True, fullgraph=True, options=options)
+    return torch.compile(chunk_function, dynamic=True, fullgraph=True, options=options)
 
 
 @cache
-def _kernel_for(parallel: bool, device: torch.device, dtypes: tuple) -> Callable:
-    """The compiled chunk step for tensors of these dtypes (y, z, v, g), compiled before its first real use.
+def _kernel_for(chunk_function: Callable, parallel: bool, device: torch.device, dtypes: tuple,
+                scalars_dtype: torch.dtype, n_scalars: int) -> Callable:
+    """The compiled `chunk_function` for tensors of these dtypes, compiled before its first real use.
 
     It is compiled on a canonical chunk (small distinct sizes) so that the graph does not depend on the
     first real chunk: the empty tensors that pad a last chunk would make the compiler keep full-size
     temporaries instead of updating in place. A compile error also cannot strike halfway through a step.
     """
-    kernel = _compiled_chunk_step(parallel)
+    kernel = _compiled(chunk_function, parallel)
     example = [[torch.zeros(64 * (i + 1), dtype=dtype, device=device) for dtype in dtypes] for i in range(CHUNK)]
     with shape_config.patch(**_GENERIC_SIZES):
-        kernel(*[list(column) for column in zip(*example)], torch.ones(8, dtype=dtypes[1], device=device))
+        kernel(*[list(column) for column in zip(*example)], torch.ones(n_scalars, dtype=scalars_dtype, device=device))
     return kernel
+
+
+def _run_in_chunks(chunk_function: Callable, rows: List[tuple], scalars_for: Callable) -> None:
+    """Runs the compiled `chunk_function` over `rows` (one tuple of flat tensors per parameter), `CHUNK` rows per
+    call; rows share a call when they share threading, device and dtypes. `scalars_for(dtypes, device)` gives
+    the scalars tensor of a call."""
+    batches = defaultdict(list)
+    for row in rows:
+        parallel = row[0].device.type != "cpu" or row[0].numel() >= PARALLEL_MIN_NUMEL
+        batches[parallel, row[0].device, tuple(t.dtype for t in row)].append(row)
+    for (parallel, device, dtypes), batch in batches.items():
+        scalars = scalars_for(dtypes, device)
+        kernel = _kernel_for(chunk_function, parallel, device, dtypes, scalars.dtype, scalars.numel())
+        padding = -len(batch) % CHUNK  # empty tensors fill the last chunk
+        batch += [[torch.empty(0, dtype=dtype, device=device) for dtype in dtypes] for _ in range(padding)]
+        with shape_config.patch(**_GENERIC_SIZES):  # only read if something made the kernel recompile
+            for start in range(0, len(batch), CHUNK):
+                kernel(*[list(column) for column in zip(*batch[start:start + CHUNK])], scalars)
 
 
 def _kernel_scalars(s: StepScalars) -> tuple:
@@ -153,19 +180,21 @@ def fused_step(
 
     y, z and v must be contiguous; g may be strided (it is then copied, one tensor at a time).
     """
-    batches = defaultdict(list)  # tensors that can share a compiled call: same threading, device and dtypes
-    for y, z, v, g in zip(ys, zs, vs, gs):
-        parallel = z.device.type != "cpu" or z.numel() >= PARALLEL_MIN_NUMEL
-        batches[parallel, z.device, (y.dtype, z.dtype, v.dtype, g.dtype)].append(  # y, g detached: no requires_grad
-            (y.detach().view(-1), z.view(-1), v.view(-1), g.detach().reshape(-1)))  # guard (states never need it)
-    for (parallel, device, dtypes), tensors in batches.items():
-        kernel = _kernel_for(parallel, device, dtypes)
-        scalars = torch.tensor(_kernel_scalars(s), dtype=dtypes[1], device=device)
-        padding = -len(tensors) % CHUNK  # empty tensors fill the last chunk
-        tensors += [[torch.empty(0, dtype=dtype, device=device) for dtype in dtypes] for _ in range(padding)]
-        with shape_config.patch(**_GENERIC_SIZES):  # only read if something made the kernel recompile
-            for start in range(0, len(tensors), CHUNK):
-                kernel(*[list(column) for column in zip(*tensors[start:start + CHUNK])], scalars)
+    rows = [(y.detach().view(-1), z.view(-1), v.view(-1), g.detach().reshape(-1))  # y, g detached: no requires_grad
+            for y, z, v, g in zip(ys, zs, vs, gs)]  # guard (states never need it)
+    scalars = _kernel_scalars(s)
+    _run_in_chunks(_fused_chunk_step, rows, lambda dtypes, device: torch.tensor(scalars, dtype=dtypes[1],
+                                                                                device=device))
+
+
+@torch.no_grad()
+def fused_lerp_toward_(ts: List[torch.Tensor], zs: List[torch.Tensor], weight: float,
+                       wider: Callable[[torch.dtype], torch.dtype]) -> None:
+    """``t <- t + weight * (z - t)`` for each pair in one compiled pass per tensor (reads t and z, writes t), computed
+    in `wider(t.dtype)` and rounded once to t's dtype: the fast twin of `conversion._lerp_toward_`. Contiguous only."""
+    rows = [(t.detach().view(-1), z.view(-1)) for t, z in zip(ts, zs)]
+    _run_in_chunks(_lerp_chunk, rows,
+                   lambda dtypes, device: torch.tensor([weight], dtype=wider(dtypes[0]), device=device))
 
 
 @torch.no_grad()

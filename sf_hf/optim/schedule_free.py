@@ -176,7 +176,7 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
         for group in self.param_groups:
             if group["train_mode"]:
                 params, zs = self._params_with_state(group)
-                y_to_x_(params, zs, group["betas"][0])
+                y_to_x_(params, zs, group["betas"][0], fused=self._fused_switch(params))
                 group["train_mode"] = False
 
     @torch.no_grad()
@@ -185,8 +185,12 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
         for group in self.param_groups:
             if not group["train_mode"]:
                 params, zs = self._params_with_state(group)
-                x_to_y_(params, zs, group["betas"][0])
+                x_to_y_(params, zs, group["betas"][0], fused=self._fused_switch(params))
                 group["train_mode"] = True
+
+    def _fused_switch(self, params) -> bool:
+        """The switches take the compiled pass when the steps do (on each rank's local shards for DTensors)."""
+        return bool(params) and self._use_fused(local_tensor(params[0]))
 
     def _params_with_state(self, group: dict):
         pairs = [(p, self.state[p]["z"]) for p in group["params"] if "z" in self.state[p]]
