@@ -15,6 +15,8 @@ Both step functions apply, to every tensor of a parameter group, with d = g / (s
   as a tensor and sizes are generic, so neither a new lr nor a new shape triggers a recompilation:
   two graphs per dtype combination (multithreaded for large tensors, one thread for small ones),
   compiled once on first use.
+* `fused_lerp_toward_` is the x/y switch as one compiled pass per tensor (the plain twin is
+  `conversion._lerp_toward_`); it shares `fused_step`'s chunked calls (`_run_in_chunks`).
 * `all_finite` tells whether every gradient is finite in one read-only pass, so a bad step can be
   skipped before anything is written.
 
@@ -95,8 +97,8 @@ def _fused_tensor_step(
     y: torch.Tensor, z: torch.Tensor, v: torch.Tensor, g: torch.Tensor, scalars: torch.Tensor
 ) -> None:
     # sqrt(v) * (1 / sqrt(bc2)) rather than sqrt(v / bc2), and the lerp as y + c (z - y) (what `lerp` computes for
-    # c < 0.5) rather than `lerp`'s two-sided blend: two divider operations and a few vector ops less per element
-    # than the literal equations, which is 5-10% of the step on a 2-core EPYC (the step is not only memory-bound)
+    # c < 0.5) rather than `lerp`'s two-sided blend: one divider operation and a blend less per element than the
+    # literal equations, 1-10% of the step on a 2-core Zen 1 EPYC, where the step is not only memory-bound
     lr, c, y_step, beta2, one_minus_beta2, inv_sqrt_bias_correction2, eps, weight_decay = scalars.unbind()
     g = g.to(z.dtype)
     y_old = y.to(z.dtype)
