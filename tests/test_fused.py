@@ -10,7 +10,7 @@ import torch
 import torch._dynamo.utils
 
 from sf_hf import RefinedScheduleFreeAdamW, ScheduleFreeAdamW
-from sf_hf.optim import conversion, x_to_y_, y_to_x_
+from sf_hf.optim import conversion, schedule_free, x_to_y_, y_to_x_
 from sf_hf.optim.kernels import CHUNK, PARALLEL_MIN_NUMEL, all_finite, fused_available
 
 from .test_optimizers import gradient_stream, make_params, rel_err, set_grads
@@ -167,9 +167,14 @@ def test_fused_switch_equals_the_plain_one_without_recompiling(dtype):
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
 
 
-def test_the_optimizer_switches_through_the_fused_pass_when_it_steps_through_it(monkeypatch):
+@pytest.mark.parametrize("min_numel, expected", [(0, [len(SHAPES)] * 2), (None, [])], ids=["large", "small"])
+def test_the_optimizer_switches_through_the_fused_pass_when_it_steps_through_it(monkeypatch, min_numel, expected):
+    """Groups of at least FUSED_SWITCH_MIN_NUMEL elements (4M) switch through the compiled pass if the optimizer steps
+    through the fused kernel; smaller ones, and foreach optimizers, through the plain path."""
     calls = []
     monkeypatch.setattr(conversion, "fused_lerp_toward_", lambda ts, *args: calls.append(len(ts)))
+    if min_numel is not None:
+        monkeypatch.setattr(schedule_free, "FUSED_SWITCH_MIN_NUMEL", min_numel)
     for fused in (True, False):
         params = make_params(17, torch.float32, SHAPES)
         opt = ScheduleFreeAdamW(params, fused=fused)
@@ -178,4 +183,4 @@ def test_the_optimizer_switches_through_the_fused_pass_when_it_steps_through_it(
         opt.step()
         opt.eval()
         opt.train()
-    assert calls == [len(SHAPES)] * 2  # eval() and train() of the fused optimizer, every tensor; none for the other
+    assert calls == expected  # eval() and train() of the fused optimizer, every tensor; none for the other
