@@ -51,7 +51,7 @@ from common import (
     parse_count,
     return_freed_memory_to_os,
 )
-from torch.nn.utils import clip_grad_norm_
+from torch.nn.utils import clip_grad_norm_, get_total_norm
 
 from sf_hf import RefinedScheduleFreeAdamW, ScheduleFreeAdamW
 from sf_hf.optim import kernels
@@ -137,7 +137,7 @@ def make_rows(params, grads, dtype) -> List[Row]:
         reference = schedulefree.AdamWScheduleFree(params, foreach=True, warmup_steps=0, **SF_HPARAMS)
         reference.train()
         rows.append(Row("schedulefree AdamWScheduleFree (foreach)", reference.step, native_traffic, reference))
-    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    norm = get_total_norm(grads)
     rows += [
         Row(SF_ROWS[0], sf.step, sf_traffic, sf),
         Row(SF_ROWS[1], refined.step, sf_traffic, refined),

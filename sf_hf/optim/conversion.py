@@ -46,19 +46,17 @@ def _lerp_toward_(tensors: Sequence[torch.Tensor], zs: Sequence[torch.Tensor], w
     (`kernels.fused_lerp_toward_`, no temporaries); the rest, and everything otherwise, through this plain
     twin, in chunks of `CHUNK_NUMEL` elements.
     """
-    pairs = [(local_tensor(t), local_tensor(z)) for t, z in zip(tensors, zs)]
+    flat, strided = [], []
+    for t, z in zip(tensors, zs):
+        t, z = local_tensor(t), local_tensor(z)
+        (flat if t.is_contiguous() and z.is_contiguous() else strided).append((t, z))
     if fused:
-        contiguous = [(t, z) for t, z in pairs if t.is_contiguous() and z.is_contiguous()]
-        fused_lerp_toward_([t for t, _ in contiguous], [z for _, z in contiguous], weight, _wider)
-        pairs = [(t, z) for t, z in pairs if not (t.is_contiguous() and z.is_contiguous())]
-    for t, z in pairs:
-        if t.is_contiguous() and z.is_contiguous():
-            parts = zip(t.view(-1).split(CHUNK_NUMEL), z.view(-1).split(CHUNK_NUMEL))
-        else:
-            parts = [(t, z)]
-        for t_part, z_part in parts:
-            wide = _wider(t_part.dtype)
-            t_part.copy_(t_part.to(wide).lerp_(z_part.to(wide), weight))
+        fused_lerp_toward_([t for t, _ in flat], [z for _, z in flat], weight, _wider)
+        flat = []
+    parts = [part for t, z in flat for part in zip(t.view(-1).split(CHUNK_NUMEL), z.view(-1).split(CHUNK_NUMEL))]
+    for t_part, z_part in parts + strided:
+        wide = _wider(t_part.dtype)
+        t_part.copy_(t_part.to(wide).lerp_(z_part.to(wide), weight))
 
 
 def y_to_x_(tensors: Sequence[torch.Tensor], zs: Sequence[torch.Tensor], beta1: float, fused: bool = False) -> None:
