@@ -12,9 +12,11 @@ recipe's `ScheduleFreeTrainer` with its Schedule-Free optimizer, against a plain
 No evaluation, checkpoint or report runs during the timed steps.
 
 A step's time is the wall clock between consecutive `on_step_end` callbacks (data loading, forward, backward,
-optimizer step and the trainer's own bookkeeping); the first `--warmup` steps of each run are left out. The runs
-alternate (SF, AdamW, SF, AdamW, ...), so a slow moment of a shared machine hits both; throughput is tokens per
-optimizer step over the median step time, and the ratio is taken per repeat, then its median is printed.
+optimizer step and the trainer's own bookkeeping); the first `--warmup` steps of each run are left out. Before the
+timed runs, each arm trains `--warmup_run_steps` steps untimed: the first run of a process was 10-20% slower,
+whichever arm it was, and set a repeat's ratio apart from the others. The timed runs alternate (SF, AdamW, SF,
+AdamW, ...), so a slow moment of a shared machine hits both; throughput is tokens per optimizer step over the
+median step time, and the ratio is taken per repeat, then its median is printed.
 Target (issue #7): SF throughput within 3% of Trainer + fused AdamW (ratio >= 0.97).
 """
 
@@ -85,6 +87,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=40, help="optimizer steps per run (default 40)")
     parser.add_argument("--warmup", type=int, default=5, help="first steps of each run left out (default 5)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each arm, alternating (default 3)")
+    parser.add_argument("--warmup_run_steps", type=int, default=10,
+                        help="steps of one untimed run of each arm before the timed ones (default 10; 0: none)")
     args, recipe_flags = parser.parse_known_args(argv)
     if args.steps <= args.warmup or args.repeats < 1:
         parser.error("--steps must be larger than --warmup, and --repeats at least 1.")
@@ -106,16 +110,21 @@ def main(argv=None):
               f"per run ({args.warmup} left out), {args.repeats} repeats")
         print(f"# {machine_summary()}")
 
-        def run(arm: str) -> float:
+        def trainer_for(arm: str, max_steps: int) -> Trainer:
             model.load_state_dict(initial)
-            common = dict(model=model, train_dataset=train_blocks, processing_class=tokenizer,
-                          data_collator=default_data_collator)
-            if arm == "sf":
-                trainer = ScheduleFreeTrainer(args=sf_args, **common)
-            else:
-                trainer = Trainer(args=base_args, **common)
-            return tokens_per_step / timed_run(trainer, StepTimer(), args.warmup)
+            arm_args = copy.copy(sf_args if arm == "sf" else base_args)
+            arm_args.max_steps = max_steps
+            trainer_class = ScheduleFreeTrainer if arm == "sf" else Trainer
+            return trainer_class(model=model, args=arm_args, train_dataset=train_blocks, processing_class=tokenizer,
+                                 data_collator=default_data_collator)
 
+        def run(arm: str) -> float:
+            return tokens_per_step / timed_run(trainer_for(arm, args.steps), StepTimer(), args.warmup)
+
+        if args.warmup_run_steps > 0:
+            for arm in ("sf", "adamw"):
+                trainer_for(arm, args.warmup_run_steps).train()
+            print(f"  (one untimed run of {args.warmup_run_steps} steps per arm done)", flush=True)
         results = {"sf": [], "adamw": []}
         for repeat in range(args.repeats):
             for arm in ("sf", "adamw") if repeat % 2 == 0 else ("adamw", "sf"):

@@ -31,7 +31,7 @@ def table(out: str) -> dict:
 
 def test_a_tiny_run_prints_every_row_and_target_and_the_memory_figures_hold():
     command = [sys.executable, "benchmarks/optimizer_step.py", "--sizes", "1M", "--bf16-sizes", "", "--repeats", "2",
-               "--warmup", "1", "--compile-cache", "default"]
+               "--warmup", "1", "--pairs", "2", "--compile-cache", "default"]
     out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, check=True).stdout
     rows = table(out)
     assert list(rows) == ROWS
@@ -43,6 +43,7 @@ def test_a_tiny_run_prints_every_row_and_target_and_the_memory_figures_hold():
     for name in ("torch AdamW fused", "sf_hf SF-AdamW fused", "sf_hf refined SF-AdamW fused"):
         assert rows[name]["state_bytes"] == "8.0"
     assert all(float(row["x_adamw"]) > 0 for row in rows.values())
+    assert "time ratios are medians over 2 pairs of steps taken back to back" in out
     targets = re.findall(r"^(PASS|FAIL) \[1M float32\] (.*)$", out, flags=re.MULTILINE)
     assert len(targets) == 10
     assert ("PASS", "sf_hf SF-AdamW fused: state 8.00 bytes/param (target 8)") in targets
