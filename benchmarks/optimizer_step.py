@@ -338,6 +338,8 @@ def main(argv: Optional[List[str]] = None) -> None:
                         help="torch.compile's on-disk cache: 'fresh' (an empty one: the first step shows the real "
                              "compile cost; default of a full run) or 'default' (the user's; default with --quick)")
     args = parser.parse_args(argv)
+    if args.repeats < 1 or args.pairs < 1:
+        parser.error("--repeats and --pairs must be at least 1.")
     if args.quick:
         args.sizes, args.bf16_sizes, args.repeats, args.warmup, args.pairs = "2M", "", 3, 2, 4
     cache = args.compile_cache or ("default" if args.quick else "fresh")
