@@ -52,9 +52,11 @@ def _lerp_toward_(tensors: Sequence[torch.Tensor], zs: Sequence[torch.Tensor], w
         (flat if t.is_contiguous() and z.is_contiguous() else strided).append((t, z))
     if fused:
         fused_lerp_toward_([t for t, _ in flat], [z for _, z in flat], weight, _wider)
-        flat = []
-    parts = [part for t, z in flat for part in zip(t.view(-1).split(CHUNK_NUMEL), z.view(-1).split(CHUNK_NUMEL))]
-    for t_part, z_part in parts + strided:
+        plain = strided
+    else:
+        plain = [part for t, z in flat for part in zip(t.view(-1).split(CHUNK_NUMEL), z.view(-1).split(CHUNK_NUMEL))]
+        plain += strided
+    for t_part, z_part in plain:
         wide = _wider(t_part.dtype)
         t_part.copy_(t_part.to(wide).lerp_(z_part.to(wide), weight))
 
