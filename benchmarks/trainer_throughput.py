@@ -90,8 +90,8 @@ def main(argv=None):
     parser.add_argument("--warmup_run_steps", type=int, default=10,
                         help="steps of one untimed run of each arm before the timed ones (default 10; 0: none)")
     args, recipe_flags = parser.parse_known_args(argv)
-    if args.steps <= args.warmup or args.repeats < 1:
-        parser.error("--steps must be larger than --warmup, and --repeats at least 1.")
+    if args.steps <= args.warmup or args.repeats < 1 or args.warmup_run_steps < 0:
+        parser.error("--steps must be larger than --warmup, --repeats at least 1 and --warmup_run_steps at least 0.")
 
     transformers.utils.logging.set_verbosity_error()
     recipe = load_recipe()
