@@ -62,6 +62,13 @@ class ScheduleFreeConfig(TrainingArguments):
 
     def __post_init__(self):
         spec = get_optimizer_spec(self.optimizer_name)
+        default_optim = TrainingArguments.__dataclass_fields__["optim"].default
+        if str(getattr(self.optim, "value", self.optim)) != str(getattr(default_optim, "value", default_optim)):
+            raise ValueError(
+                f"optim={str(getattr(self.optim, 'value', self.optim))!r} is not used by ScheduleFreeTrainer: the "
+                f"optimizer is chosen by optimizer_name (one of {', '.join(OPTIMIZERS)}). Set optimizer_name instead "
+                "and leave optim unset."
+            )
         if spec.schedule_free:
             if self.lr_scheduler_type not in ("auto", "constant"):
                 raise ValueError(

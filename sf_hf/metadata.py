@@ -3,8 +3,10 @@
     {"weights": "x", "optimizer_name": "sf_adamw_refined", "global_step": 500,
      "hyperparameters": {"lr": 0.002, "betas": [0.95, 0.99], "decoupling_c": 200.0, ...}, ...}
 
-"x" means the folder holds the averaged weights (evaluate and publish them as they are); "y" would
-mean the training point, which sf_hf never writes but `sf_hf.pipeline` can convert.
+"x" means the folder holds the averaged weights of Schedule-Free training (evaluate and publish them as
+they are); "ema" the EMA of the weights (`adamw_ema`); "plain" the only iterate of an optimizer without an
+average (`adamw_cosine`, `adamw_wsd`). "y" would mean the training point, which sf_hf never writes but
+`sf_hf.pipeline` can convert.
 """
 
 import json

@@ -50,6 +50,9 @@ class OptimizerSpec:
         schedule_free (`bool`): warmup lives in the optimizer and the lr scheduler must be constant.
         build (`Callable`): `(args, num_training_steps) -> (optimizer_cls, kwargs)`.
         scheduler (`Callable`): `(args, num_training_steps) -> (lr_scheduler_type, scheduler_specific_kwargs)`.
+        saved_weights (`str`): what `ScheduleFreeTrainer` evaluates, saves and publishes, as `schedule_free.json`
+            names it: `"x"` (the Schedule-Free average), `"ema"` (the EMA of the weights) or `"plain"` (the
+            optimizer's only iterate: there is no average to switch to).
     """
 
     name: str
@@ -57,6 +60,7 @@ class OptimizerSpec:
     schedule_free: bool
     build: Callable[[TrainingArguments, Optional[int]], Tuple[type, dict]]
     scheduler: Callable[[TrainingArguments, int], Tuple[str, dict]]
+    saved_weights: str
 
 
 def _sf_kwargs(args: TrainingArguments, num_training_steps: Optional[int]) -> dict:
@@ -80,17 +84,17 @@ OPTIMIZERS: Dict[str, OptimizerSpec] = {
         OptimizerSpec(
             "sf_adamw_refined", "refined Schedule-Free AdamW (Song et al. 2025), window ~T/decoupling_c", True,
             lambda a, n: (RefinedScheduleFreeAdamW, dict(_sf_kwargs(a, n), decoupling_c=_field(a, "decoupling_c"))),
-            _constant,
+            _constant, "x",
         ),
         OptimizerSpec(
             "sf_adamw", "Schedule-Free AdamW (Defazio et al. 2024)", True,
             lambda a, n: (ScheduleFreeAdamW, _sf_kwargs(a, n)),
-            _constant,
+            _constant, "x",
         ),
         OptimizerSpec(
             "adamw_cosine", "AdamW, warmup then cosine decay to cosine_min_lr_ratio of the peak", False,
             lambda a, n: (torch.optim.AdamW, _adamw_kwargs(a)),
-            lambda a, n: ("cosine_with_min_lr", {"min_lr_rate": _field(a, "cosine_min_lr_ratio")}),
+            lambda a, n: ("cosine_with_min_lr", {"min_lr_rate": _field(a, "cosine_min_lr_ratio")}), "plain",
         ),
         OptimizerSpec(
             "adamw_wsd", "AdamW, warmup-stable-decay: constant, then a final decay of wsd_decay_fraction", False,
@@ -98,12 +102,12 @@ OPTIMIZERS: Dict[str, OptimizerSpec] = {
             lambda a, n: ("warmup_stable_decay", {
                 "num_decay_steps": max(1, round(_field(a, "wsd_decay_fraction") * n)),
                 "decay_type": _field(a, "wsd_decay_type"),
-            }),
+            }), "plain",
         ),
         OptimizerSpec(
             "adamw_ema", "AdamW at constant lr with an EMA of the weights (evaluated and saved at the EMA)", False,
             lambda a, n: (AdamWWithEMA, dict(_adamw_kwargs(a), ema_decay=_field(a, "ema_decay"))),
-            lambda a, n: ("constant_with_warmup", {}),
+            lambda a, n: ("constant_with_warmup", {}), "ema",
         ),
     )
 }

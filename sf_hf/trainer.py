@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from transformers import Trainer
 from transformers.optimization import get_scheduler
+from transformers.pytorch_utils import Conv1D
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy
 
@@ -34,24 +35,38 @@ logger = logging.getLogger(__name__)
 
 
 def linear_weight_names(model: nn.Module) -> list:
-    """Names of the weights of every `nn.Linear` (the paper's weight-decay set)."""
-    return [f"{name}.weight" if name else "weight" for name, module in model.named_modules()
-            if isinstance(module, nn.Linear)]
+    """Names of the weights of every linear layer, the paper's weight-decay set: `nn.Linear` and transformers'
+    `Conv1D` (GPT-2's projections). A weight shared by several modules (an output head tied to the embedding) is
+    named as `model.named_parameters()` names it, so the Trainer's decay group finds it."""
+    linear = {id(module.weight) for module in model.modules()
+              if isinstance(module, (nn.Linear, Conv1D)) and isinstance(getattr(module, "weight", None), torch.Tensor)}
+    return [name for name, p in model.named_parameters() if id(p) in linear]
 
 
 class ScheduleFreeTrainer(Trainer):
     """`Trainer` for the optimizers of `sf_hf.registry` (see the module docstring).
 
     Args:
-        args (`ScheduleFreeConfig`): training arguments with the Schedule-Free fields.
+        args (`ScheduleFreeConfig`, *optional*): training arguments with the Schedule-Free fields. Without them, a
+            default `ScheduleFreeConfig(output_dir="tmp_trainer")`, as `Trainer` builds default `TrainingArguments`.
         **kwargs: as for `transformers.Trainer`; `optimizers` and `optimizer_cls_and_kwargs` are not accepted
             (the optimizer is chosen by `args.optimizer_name`).
     """
 
     def __init__(self, *args, **kwargs):
-        training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
+        if len(args) > 1:
+            training_args = args[1]
+        else:
+            training_args = kwargs.get("args")
+            if training_args is None:
+                training_args = kwargs["args"] = ScheduleFreeConfig(output_dir="tmp_trainer")
+                logger.info("sf_hf: no args passed, using a default ScheduleFreeConfig(output_dir='tmp_trainer').")
         if not isinstance(training_args, ScheduleFreeConfig):
-            raise TypeError("ScheduleFreeTrainer needs args=ScheduleFreeConfig(...), not plain TrainingArguments.")
+            raise TypeError(
+                f"ScheduleFreeTrainer needs args=ScheduleFreeConfig(...), got {type(training_args).__name__}: the "
+                "Schedule-Free fields (optimizer_name, decoupling_c, ...) live there. Build one with "
+                "ScheduleFreeConfig(**training_args.to_dict()) or leave args out for the defaults."
+            )
         if kwargs.get("optimizer_cls_and_kwargs") is not None or kwargs.get("optimizers", (None, None))[0] is not None:
             raise ValueError("ScheduleFreeTrainer builds its optimizer from args.optimizer_name; do not pass one.")
         super().__init__(*args, **kwargs)
@@ -69,9 +84,20 @@ class ScheduleFreeTrainer(Trainer):
         return spec.build(args, self._num_training_steps)
 
     def get_decay_parameter_names(self, model: nn.Module) -> list:
-        if self.args.weight_decay_params == "linear":
-            return linear_weight_names(model)
-        return super().get_decay_parameter_names(model)
+        if self.args.weight_decay_params != "linear":
+            return super().get_decay_parameter_names(model)
+        names = linear_weight_names(model)
+        if getattr(self, "_sf_logged_decay_for", None) is not model:  # the Trainer asks more than once
+            self._sf_logged_decay_for = model
+            trained = {n for n, p in model.named_parameters() if p.requires_grad}
+            decayed = [n for n in names if n in trained]
+            if decayed:
+                logger.info("sf_hf: weight_decay_params='linear': weight decay on %d linear weights (%s)", len(decayed),
+                            ", ".join(decayed[:4]) + (", ..." if len(decayed) > 4 else ""))
+            else:
+                logger.warning("sf_hf: weight_decay_params='linear' found no trained nn.Linear or Conv1D weight in %s: "
+                               "nothing decays.", type(model).__name__)
+        return names
 
     def create_scheduler(self, num_training_steps: int, optimizer: Optional[torch.optim.Optimizer] = None):
         if self.lr_scheduler is None:
@@ -170,7 +196,8 @@ class ScheduleFreeTrainer(Trainer):
         optimizer = self._base_optimizer()
         os.makedirs(output_dir, exist_ok=True)
         write_metadata(
-            output_dir, weights="x", optimizer_name=self.args.optimizer_name, global_step=self.state.global_step,
+            output_dir, weights=get_optimizer_spec(self.args.optimizer_name).saved_weights,
+            optimizer_name=self.args.optimizer_name, global_step=self.state.global_step,
             hyperparameters=optimizer_hyperparameters(optimizer) if optimizer is not None else {},
             extra=dict(
                 train_batch_size=self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps

@@ -4,12 +4,13 @@
     for info in find_checkpoints("runs/llama-small"):
         print(info.name, info.step, info.weights, info.problem)
 
-A folder's weights are decided, in this order, by: its `schedule_free.json` (`"weights": "x"`, written by
-`ScheduleFreeTrainer`); else its `optimizer.pt`: a schedule-free optimizer (state `z`) saved in train mode
-means the folder holds y (a plain `transformers.Trainer` checkpoint, convertible to x), saved in eval mode
-(right after an evaluation) means x; an optimizer without modes means the weights are the only weights
-("plain"). Anything else (no metadata and no optimizer state, a mode-switching optimizer without `z`,
-missing or truncated files) sets `problem`: such a folder is reported, never evaluated or published.
+A folder's weights are decided, in this order, by: its `schedule_free.json` (written by `ScheduleFreeTrainer`:
+`"weights": "x"`, or `"ema"` / `"plain"` for the AdamW baselines, whose saved weights are used as they are);
+else its `optimizer.pt`: a schedule-free optimizer (state `z`) saved in train mode means the folder holds y
+(a plain `transformers.Trainer` checkpoint, convertible to x), saved in eval mode (right after an evaluation)
+means x; an optimizer without modes means the weights are the only weights ("plain"). Anything else (no
+metadata and no optimizer state, a mode-switching optimizer without `z`, missing or truncated files) sets
+`problem`: such a folder is reported, never evaluated or published.
 """
 
 import fnmatch
@@ -117,8 +118,8 @@ def inspect_checkpoint(folder: os.PathLike, name: Optional[str] = None) -> Check
     try:
         _check_complete(folder)
         metadata = read_metadata(folder)
-        if metadata is not None and metadata.get("weights") == "x":
-            info.weights = "x"
+        if metadata is not None and metadata.get("weights") in ("x", "ema", "plain"):
+            info.weights = "x" if metadata["weights"] == "x" else "plain"  # the EMA is published as it is
             _fill_from_metadata(info, metadata)
         else:
             _fill_from_optimizer(info, folder, trainer_state)

@@ -157,9 +157,10 @@ def _check_checkpoint(folder: Path) -> tuple:
             "optimizer state, so it needs a full Trainer checkpoint (not a save_model folder)."
         )
     metadata = read_metadata(folder)
-    if metadata is None or metadata.get("weights") != "x" or metadata.get("optimizer_name") not in OPTIMIZERS:
+    if metadata is None or metadata.get("optimizer_name") not in OPTIMIZERS \
+            or metadata.get("weights") != OPTIMIZERS[metadata["optimizer_name"]].saved_weights:
         raise CheckpointError(
-            f"{folder} has no schedule_free.json with weights 'x' and an sf_hf optimizer ({', '.join(OPTIMIZERS)}): "
+            f"{folder} has no schedule_free.json naming an sf_hf optimizer ({', '.join(OPTIMIZERS)}): "
             "the probe resumes runs of ScheduleFreeTrainer. For a plain Trainer checkpoint, retrain with "
             "ScheduleFreeTrainer or evaluate it with `sf-hf evaluate`."
         )
