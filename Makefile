@@ -2,6 +2,7 @@
 #   make pretrain   train the embedded default model (offline, CPU, <10 min)
 #   make test       install everything and run the test suite
 #   make bench      optimizer-step (sf_hf vs fused AdamW vs schedulefree) and trainer-throughput benchmarks
+#   make test-oldest  the suite again in .venv-oldest, on the oldest transformers minor setup.cfg allows (CI runs both)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
@@ -9,19 +10,26 @@ PIP    := $(VENV)/bin/pip
 # CUDA build of torch into .venv first: `make install` keeps an installed torch).
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
+# Pins added to the install (test-oldest sets the transformers floor).
+EXTRA_PIP ?=
+# The floor of setup.cfg's `transformers>=X.Y,<6`: the oldest minor version the project supports and CI tests.
+TRANSFORMERS_FLOOR := $(shell sed -n 's/^ *transformers>=\([0-9.]*\),.*/\1/p' setup.cfg)
 
-.PHONY: install test pretrain bench paper lint clean
+.PHONY: install test test-oldest pretrain bench paper lint clean
 
 install: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)"
-	$(PIP) install -e ".[dev]"
+	$(PIP) install -e ".[dev]" $(EXTRA_PIP)
 	touch $(STAMP)
 
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -ra
+
+test-oldest:
+	$(MAKE) test VENV=.venv-oldest EXTRA_PIP="transformers~=$(TRANSFORMERS_FLOOR).0"
 
 pretrain: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/accelerate launch --num_processes 1 --cpu recipes/pretrain.py
@@ -37,4 +45,4 @@ lint: install
 	$(VENV)/bin/ruff check sf_hf recipes tests benchmarks
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) .venv-oldest build *.egg-info
