@@ -20,7 +20,6 @@ per layer as GPT-2's 4 x 768 GELU MLP.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -65,20 +64,7 @@ MODEL_PRESETS: dict[str, dict] = {
 }
 """Preset name -> keyword arguments of `transformers.LlamaConfig` (without the vocabulary and context sizes)."""
 
-
-
-def _config_arguments(config_cls) -> frozenset:
-    """The keyword arguments a config class takes: its dataclass fields (transformers configs are dataclasses since
-    5.x), else its constructor's named arguments (older 5.x releases)."""
-    if dataclasses.is_dataclass(config_cls):
-        names = {field.name for field in dataclasses.fields(config_cls)}
-    else:
-        named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-        names = {n for n, p in inspect.signature(config_cls.__init__).parameters.items() if p.kind in named} - {"self"}
-    return frozenset(names) | {"attn_implementation"}
-
-
-_CONFIG_KWARGS = _config_arguments(LlamaConfig)
+_CONFIG_KWARGS = frozenset(field.name for field in dataclasses.fields(LlamaConfig)) | {"attn_implementation"}
 
 
 def pad_vocab_size(vocab_size: int, multiple: int = 64) -> int:
