@@ -317,11 +317,27 @@ class ScheduleFreeTrainer(Trainer):
         if resume_from_checkpoint is True:
             found = checkpoints.last_complete_checkpoint(self.args.output_dir)
             if found is None:
-                raise ValueError(f"No complete checkpoint to resume from in {self.args.output_dir}.")
+                raise ValueError(f"No valid checkpoint found in output directory ({self.args.output_dir}): sf_hf "
+                                 "found no complete checkpoint-N there.")
             resume_from_checkpoint = found
-        checkpoints.verify_checkpoint(resume_from_checkpoint, deep=False, training_state=True, model=self.model)
+        # The model weights are judged only where transformers loads them from model.safetensors (DeepSpeed and FSDP
+        # load their own files into partitioned or sharded parameters); the optimizer-state check judges the rest.
+        loads_safetensors = not (self.is_deepspeed_enabled or self.is_fsdp_enabled)
+        checkpoints.verify_checkpoint(resume_from_checkpoint, deep=False, training_state=True,
+                                      model=self.model if loads_safetensors else None)
         logger.info("sf_hf: resuming from %s", resume_from_checkpoint)
         return str(resume_from_checkpoint)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None) -> None:
+        """transformers' load, with the saved weight names mapped back as `from_pretrained` maps them (transformers 5
+        saves GPT-NeoX's `lm_head.weight` as `embed_out.weight`; its resume would leave `lm_head` at its
+        initialization, see `sf_hf.checkpoints.model_weights`)."""
+        model = model if model is not None else self.model
+        if not (self.is_deepspeed_enabled or self.is_fsdp_enabled) \
+                and checkpoints.needs_renaming(resume_from_checkpoint, model):
+            self._issue_warnings_after_load(checkpoints.load_model_weights(resume_from_checkpoint, model))
+            return
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint,
                              trial):
@@ -348,7 +364,7 @@ class ScheduleFreeTrainer(Trainer):
                                                                 world_size=self.args.world_size)
                 if problems:
                     raise checkpoints.CheckpointCorruptError(
-                        f"{checkpoint} cannot be resumed:\n  - " + "\n  - ".join(problems))
+                        f"Can't find a valid checkpoint at {checkpoint}; sf_hf found:\n  - " + "\n  - ".join(problems))
         super()._load_optimizer_and_scheduler(checkpoint)
 
     # ------------------------------------------------------------------ logging

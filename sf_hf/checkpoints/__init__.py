@@ -27,7 +27,8 @@ i.e. `torch.load(weights_only=True)`: a pickle that would import or call anythin
 loaded by sf_hf.
 
 The modules, one job each: `errors` (the exceptions), `layout` (the names in a run directory), `manifest`
-(fsyncs and `checkpoint_manifest.json`), `safe_loading` (pickles loaded or scanned without running code),
+(fsyncs and `checkpoint_manifest.json`), `model_weights` (a checkpoint's model weights as transformers' resume loads
+them), `safe_loading` (pickles loaded or scanned without running code),
 `verification` (a checkpoint's problems, the newest complete one), `staging` (staged saves, leftovers, rotation,
 save errors) and `peers` (another process of the run lost). Everything public is importable from here.
 """
@@ -35,6 +36,7 @@ save errors) and `peers` (another process of the run lost). Everything public is
 from .errors import CheckpointCorruptError, CheckpointSaveError, UnsafeCheckpointError
 from .layout import CHECKPOINT_RE, DELETED_PREFIX, MANIFEST_FORMAT, MANIFEST_NAME, STAGING_PREFIX, PathLike
 from .manifest import read_manifest, write_manifest
+from .model_weights import load_model_weights, model_fit_problems, needs_renaming, weight_files
 from .peers import LOST_PEER_MARKERS, is_lost_peer, lost_peer_error
 from .safe_loading import (
     DCP_GLOBALS,
@@ -93,8 +95,11 @@ __all__ = [
     "disk_diagnosis",
     "is_lost_peer",
     "last_complete_checkpoint",
+    "load_model_weights",
     "lost_peer_error",
+    "model_fit_problems",
     "model_mismatch",
+    "needs_renaming",
     "optimizer_state_problems",
     "prepare_staging",
     "read_manifest",
@@ -109,5 +114,6 @@ __all__ = [
     "staging_path",
     "unsafe_globals",
     "verify_checkpoint",
+    "weight_files",
     "write_manifest",
 ]

@@ -14,6 +14,7 @@ import torch
 from .errors import CheckpointCorruptError, UnsafeCheckpointError, _first_line
 from .layout import CHECKPOINT_RE, MANIFEST_NAME, PathLike
 from .manifest import read_manifest
+from .model_weights import model_fit_problems
 from .safe_loading import _pickles, safe_torch_load
 
 logger = logging.getLogger(__name__)
@@ -155,35 +156,18 @@ def verify_checkpoint(folder: PathLike, *, deep: bool = True, training_state: bo
         for path in _pickles(folder):
             safe_torch_load(path, mmap=path.stat().st_size > (64 << 20))  # raises, UnsafeCheckpointError included
     if problems:
-        raise CheckpointCorruptError(f"{folder} cannot be used:\n  - " + "\n  - ".join(problems))
+        raise CheckpointCorruptError(f"Can't find a valid checkpoint at {folder}; sf_hf found:\n  - "
+                                     + "\n  - ".join(problems))
     return folder
 
 
 def model_mismatch(folder: PathLike, model) -> List[str]:
-    """Problems that make the weights of `folder` unfit for `model` (another size or architecture), naming the
-    tensors and the config fields that differ. Only safetensors checkpoints are compared (headers only)."""
-    folder = Path(folder)
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        return []
-    saved = {}
-    for path in files:
-        saved.update({name: (shape, path) for name, shape in safetensors_shapes(path).items()})
-    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    shapes = [f"{path}: tensor {name!r} has shape {list(shape)}, the model has {list(expected[name])}"
-              for name, (shape, path) in sorted(saved.items()) if name in expected and expected[name] != shape]
-    problems = shapes[:3] + ([f"... and {len(shapes) - 3} more tensors of other shapes"] if len(shapes) > 3 else [])
-    state = model.state_dict()
-    saved_storage = {state[name].data_ptr() for name in saved if name in state}
-    missing = sorted(n for n in set(expected) - set(saved) if state[n].data_ptr() not in saved_storage)  # tied: fine
-    if missing:
-        problems.append(f"{files[0].parent}: no weights for {len(missing)} of the model's tensors, e.g. {missing[:3]}")
-    unexpected = sorted(set(saved) - set(expected))
-    if unexpected:
-        problems.append(f"{saved[unexpected[0]][1]}: {len(unexpected)} tensors the model does not have, e.g. "
-                        f"{unexpected[:3]}")
+    """Problems that keep the model weights of `folder` from loading into `model` as transformers' resume loads
+    them (another size or architecture; see `sf_hf.checkpoints.model_weights.model_fit_problems`), naming the
+    tensors and the config fields that differ. Only safetensors weights are compared (headers only)."""
+    problems = model_fit_problems(folder, model)
     if problems:
-        problems.append(_config_difference(folder, model))
+        problems.append(_config_difference(Path(folder), model))
     return [p for p in problems if p]
 
 
