@@ -183,14 +183,20 @@ class ScheduleFreeTrainer(Trainer):
         self._bound_collective_timeout()
         resume_from_checkpoint = self._checkpoint_to_resume(resume_from_checkpoint)
         try:
-            return super().train(resume_from_checkpoint, *args, **kwargs)
+            result = super().train(resume_from_checkpoint, *args, **kwargs)
         except Exception as err:
             if self.args.world_size > 1 and checkpoints.is_lost_peer(err):
+                # No switch to x here: under ZeRO it is a collective, which would wait another ddp_timeout for the
+                # lost peer and then replace this message with its own timeout.
                 raise checkpoints.lost_peer_error(err, self.state.global_step, self.args.ddp_timeout,
                                                   self.args.output_dir) from err
+            try:
+                self.use_averaged_weights()
+            except Exception as switch_err:  # the training error is the one to report
+                logger.warning("sf_hf: could not switch the weights to x after the error: %s", switch_err)
             raise
-        finally:
-            self.use_averaged_weights()
+        self.use_averaged_weights()
+        return result
 
     def _write_metadata(self, output_dir: str) -> None:
         optimizer = self._base_optimizer()

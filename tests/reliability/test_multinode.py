@@ -16,10 +16,13 @@ from pathlib import Path
 
 import psutil
 import pytest
+from transformers import TrainerCallback
 
+from sf_hf import ScheduleFreeConfig, ScheduleFreeTrainer
 from sf_hf.checkpoints import checkpoint_folders, checkpoint_problems, is_lost_peer
 
 from ..test_pipeline import write_corpus
+from ..trainer_utils import TokenDataset, config, tiny_model
 
 pytestmark = pytest.mark.distributed
 
@@ -172,3 +175,55 @@ def test_two_machines_train_together_and_a_lost_machine_is_reported_then_resumed
     assert f"Resuming from {last}" in machines[0].output()
     assert "2 process(es)" in machines[0].output()
     assert (out / "model.safetensors").is_file() and (out / "eval_results.json").is_file()
+
+
+class FailAt(TrainerCallback):
+    """Raises `error` at the end of step 2, as a collective of the step would (with world_size seen as 2)."""
+
+    def __init__(self, error, monkeypatch):
+        self.error, self.monkeypatch, self.raised = error, monkeypatch, False
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 2:
+            self.monkeypatch.setattr(ScheduleFreeConfig, "world_size", property(lambda self: 2))
+            self.raised = True
+            raise self.error
+
+
+def switches_after_failure(tmp_path, monkeypatch, error, switch_fails=False):
+    """Trains until FailAt raises; returns the raised error and the mode switches made after it."""
+    import sf_hf.trainer
+
+    calls, fail = [], FailAt(error, monkeypatch)
+    real_switch = sf_hf.trainer.switch_weights
+
+    def switch(optimizer, train, model=None):
+        if fail.raised:
+            calls.append("y" if train else "x")
+            if switch_fails:  # a ZeRO switch's all-gather with the peer gone
+                raise RuntimeError("[gloo/transport/tcp/pair.cc:538] Connection closed by peer")
+        return real_switch(optimizer, train, model)
+
+    monkeypatch.setattr(sf_hf.trainer, "switch_weights", switch)
+    trainer = ScheduleFreeTrainer(model=tiny_model(), train_dataset=TokenDataset(64, seed=1),
+                                  args=config(tmp_path, max_steps=4, sf_fused=False),
+                                  callbacks=[fail])
+    with pytest.raises(Exception) as caught:
+        trainer.train()
+    return caught.value, calls
+
+
+def test_after_a_lost_peer_no_collective_runs_and_the_lost_peer_is_reported(tmp_path, monkeypatch):
+    """Under ZeRO the switch to x is a collective: after a lost peer it would wait another ddp_timeout and then
+    replace the lost-peer message with its own timeout."""
+    err, calls = switches_after_failure(tmp_path, monkeypatch, RuntimeError("Connection reset by peer"),
+                                        switch_fails=True)
+    assert "sf_hf: lost contact with another process of the run at step 2" in str(err)
+    assert calls == []
+
+
+def test_after_another_error_the_model_is_at_x_and_that_error_is_reported(tmp_path, monkeypatch):
+    err, calls = switches_after_failure(tmp_path, monkeypatch, ValueError("bad batch"))
+    assert isinstance(err, ValueError) and str(err) == "bad batch" and calls == ["x"]
+    err, calls = switches_after_failure(tmp_path / "again", monkeypatch, ValueError("bad batch"), switch_fails=True)
+    assert isinstance(err, ValueError) and str(err) == "bad batch"  # not the switch's own error
