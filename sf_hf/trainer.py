@@ -271,12 +271,16 @@ class ScheduleFreeTrainer(Trainer):
                 checkpoints.commit_staged_checkpoint(staging, final, global_step=self.state.global_step)
             except Exception as err:
                 error = err
+        node_local = not writer and self.args.local_process_index == 0  # a node-local disk: this node's part
         if not self._all_processes_ok(error is None):
             cause = error or RuntimeError("another process failed to write its part (see its error)")
             failure = checkpoints.save_error(final, cause, run_dir)
-            if writer:
+            if writer or node_local:
                 checkpoints.discard_staging(staging)
             raise failure from error
+        if node_local:
+            checkpoints.commit_node_part(staging, final, self.args.save_total_limit,
+                                         keep=[final, self.state.best_model_checkpoint])
         if self.args.push_to_hub:
             self._push_from_checkpoint(final)
         if writer:
@@ -320,6 +324,8 @@ class ScheduleFreeTrainer(Trainer):
         if self.args.should_save:
             checkpoints.recover_leftovers(self.args.output_dir)
         self.accelerator.wait_for_everyone()
+        if not self.args.should_save and self.args.local_process_index == 0:  # none left unless on a node-local disk
+            checkpoints.recover_leftovers(self.args.output_dir)
         if resume_from_checkpoint is True:
             found = checkpoints.last_complete_checkpoint(self.args.output_dir)
             if found is None:

@@ -49,6 +49,7 @@ from .safe_loading import (
     unsafe_globals,
 )
 from .staging import (
+    commit_node_part,
     commit_staged_checkpoint,
     discard_staging,
     disk_diagnosis,
@@ -89,6 +90,7 @@ __all__ = [
     "UnsafeCheckpointError",
     "checkpoint_folders",
     "checkpoint_problems",
+    "commit_node_part",
     "commit_staged_checkpoint",
     "config_mismatch",
     "discard_staging",

@@ -61,6 +61,39 @@ def commit_staged_checkpoint(staging: PathLike, final: PathLike, global_step: Op
     return final
 
 
+def commit_node_part(staging: PathLike, final: PathLike, save_total_limit: Optional[int] = None,
+                     keep: Iterable[Optional[PathLike]] = ()) -> Optional[Path]:
+    """Commits a node's own part of a checkpoint on a node-local disk; call it on each node's first process that does
+    not save the checkpoint itself (`save_on_each_node=False`), after the saving process has committed.
+
+    On a shared disk the saving process has renamed `staging` already, so nothing is left here to do. On a node-local
+    disk `staging` holds what this node's processes wrote (their RNG states, DeepSpeed shards), which the saving
+    process never sees: it is renamed to `final` the same way (fsyncs, atomic rename) and this disk's checkpoints are
+    rotated. No manifest: the manifest marks a complete checkpoint, and this part is one node's share of it (copied
+    together with the saving node's folder it must not replace that manifest). A failure is logged, not raised (no
+    other process waits for this one): the part stays hidden and the next resume on this node clears it.
+
+    Returns `final`, or None when there was nothing to commit or the commit failed.
+    """
+    staging, final = Path(staging), Path(final)
+    if not staging.is_dir():
+        return None
+    try:
+        for path in sorted(p for p in staging.rglob("*") if p.is_file()):
+            _fsync(path)
+        if final.exists():
+            _remove(final)
+        os.rename(staging, final)
+        _fsync(final.parent, directory=True)
+        rotate_checkpoints(final.parent, save_total_limit, keep=keep)
+    except OSError as err:
+        logger.warning("sf_hf: could not commit this node's part of %s (%s); it stays in %s until the next resume",
+                       final, _first_line(err), staging)
+        return None
+    logger.info("sf_hf: committed this node's part of %s on its own disk", final)
+    return final
+
+
 def recover_leftovers(run_dir: PathLike) -> List[str]:
     """Clears what an interrupted save or rotation left in `run_dir`; returns what it did, one line each.
 

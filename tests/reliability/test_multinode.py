@@ -227,3 +227,50 @@ def test_after_another_error_the_model_is_at_x_and_that_error_is_reported(tmp_pa
     assert isinstance(err, ValueError) and str(err) == "bad batch" and calls == ["x"]
     err, calls = switches_after_failure(tmp_path / "again", monkeypatch, ValueError("bad batch"), switch_fails=True)
     assert isinstance(err, ValueError) and str(err) == "bad batch"  # not the switch's own error
+
+
+def node_command(rank: int, port: int, out: Path, *flags) -> list:
+    """One "node" of a 2-node DDP job (one process) running train_tiny.py into its own `out` (its local disk)."""
+    return [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
+            str(ROOT / "accelerate_configs" / "ddp.yaml"), "--mixed_precision", "no", "--num_machines", "2",
+            "--num_processes", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
+            "--main_process_port", str(port), "--rdzv_conf", "timeout=120",
+            str(ROOT / "tests" / "reliability" / "train_tiny.py"), "run", str(out), *flags]
+
+
+def run_nodes(tmp_path, tag, flags=()) -> list:
+    port = free_port()
+    machines = [Machine(node_command(rank, port, tmp_path / f"node{rank}" / "run", *flags),
+                        tmp_path / f"{tag}-node{rank}.log") for rank in (0, 1)]
+    codes = [m.wait(timeout=300) for m in machines]
+    assert codes == [0, 0], [m.output()[-3000:] for m in machines]
+    return [tmp_path / f"node{rank}" / "run" for rank in (0, 1)]
+
+
+def hidden(run_dir: Path) -> list:
+    return sorted(p.name for p in run_dir.iterdir() if p.name.startswith((".partial-", ".deleted-")))
+
+
+def test_node_local_disks_each_node_commits_and_cleans_its_own_part(tmp_path):
+    """save_on_each_node=False with a disk per node: node 1's processes write their RNG states into the staging
+    folder on node 1's disk, which node 0 (the one that saves) never sees: node 1 commits and rotates its own."""
+    node0, node1 = run_nodes(tmp_path, "first")  # 12 steps, a checkpoint every 2, save_total_limit 2
+    for run_dir in (node0, node1):
+        assert [p.name for p in checkpoint_folders(run_dir)] == ["checkpoint-10", "checkpoint-12"]
+        assert hidden(run_dir) == []
+    for folder in checkpoint_folders(node0):
+        assert checkpoint_problems(folder, deep=True, manifest=True, training_state=True) == []
+        assert "rng_state_0.pth" in {p.name for p in folder.iterdir()} and not (folder / "rng_state_1.pth").exists()
+    for folder in checkpoint_folders(node1):
+        assert sorted(p.name for p in folder.iterdir()) == ["rng_state_1.pth"]
+
+    # A save interrupted on node 1's disk, then a resume of both nodes from checkpoint-12 (node 1's RNG state
+    # copied beside node 0's, as a sync of the node folders would): node 1 clears its own leftover.
+    (node1 / ".partial-checkpoint-16").mkdir()  # of an earlier, longer timeline: step 16 is not saved again
+    (node1 / ".partial-checkpoint-16" / "rng_state_1.pth").write_bytes(b"half")
+    checkpoint = node0 / "checkpoint-12"
+    (checkpoint / "rng_state_1.pth").write_bytes((node1 / "checkpoint-12" / "rng_state_1.pth").read_bytes())
+    run_nodes(tmp_path, "resumed", ["--max-steps", "14", "--resume", str(checkpoint)])
+    assert hidden(node1) == [] and hidden(node0) == []
+    assert [p.name for p in checkpoint_folders(node1)] == ["checkpoint-12", "checkpoint-14"]
+    assert (node1 / "checkpoint-14" / "rng_state_1.pth").stat().st_size > 100

@@ -1,6 +1,7 @@
 """A tiny ScheduleFreeTrainer run that resumes from its last complete checkpoint: the subject of the kill tests.
 
     python tests/reliability/train_tiny.py run OUT_DIR [--kill POINT@STEP]   # one run; re-run it to resume
+    python tests/reliability/train_tiny.py run OUT_DIR --max-steps 14 --resume CHECKPOINT   # a chosen checkpoint
     python tests/reliability/train_tiny.py serve                              # a zygote that forks runs
 
 Like `recipes/pretrain.py`, a re-run of the same command resumes from `last_complete_checkpoint(OUT_DIR)`.
@@ -118,16 +119,16 @@ def install_kill(trainer, spec: str) -> None:
         checkpoints.staging._remove = remove
 
 
-def run(out: str, kill: str = "") -> None:
+def run(out: str, kill: str = "", max_steps: int = MAX_STEPS, resume: str = None) -> None:
     trainer = ScheduleFreeTrainer(
         model=tiny_model(), train_dataset=TokenDataset(64, seed=1), eval_dataset=TokenDataset(8, seed=2),
-        args=config(out, max_steps=MAX_STEPS, save_strategy="steps", save_steps=SAVE_STEPS,
+        args=config(out, max_steps=max_steps, save_strategy="steps", save_steps=SAVE_STEPS,
                     save_total_limit=SAVE_TOTAL_LIMIT, eval_strategy="steps", eval_steps=4, sf_fused=False,
                     logging_steps=1),
     )
     if kill:
         install_kill(trainer, kill)
-    resume = checkpoints.last_complete_checkpoint(out)  # what recipes/pretrain.py does on a re-run
+    resume = resume or checkpoints.last_complete_checkpoint(out)  # what recipes/pretrain.py does on a re-run
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(os.path.join(out, "final"))
 
@@ -167,7 +168,8 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["serve"]:
         serve()
     elif sys.argv[1:2] == ["run"] and len(sys.argv) >= 3:
-        kill_spec = sys.argv[sys.argv.index("--kill") + 1] if "--kill" in sys.argv else ""
-        run(sys.argv[2], kill_spec)
+        def flag(name, default=None):
+            return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default
+        run(sys.argv[2], flag("--kill", ""), int(flag("--max-steps", MAX_STEPS)), flag("--resume"))
     else:
         raise SystemExit(__doc__)
