@@ -66,6 +66,9 @@ def launch_command(kind: str, out: Path) -> tuple:
         swap.write_text(json.dumps({k: v for k, v in OFFLOAD.items() if k != "zero_force_ds_cpu_optimizer"}))
         return [*accelerate, "--use_deepspeed", "--deepspeed_config_file", str(offload), *script,
                 "--refuse-config", str(swap)], {}
+    if kind == "zero3_init":  # the shipped config as it is (zero3_init_flag: true), with the CPU overrides it names
+        return [*accelerate, "--config_file", str(ROOT / "accelerate_configs" / "deepspeed_zero3.yaml"),
+                "--mixed_precision", "no", *script, "--zero3-init"], {}
     stage = kind[-1]
     return [*accelerate, "--config_file", str(ROOT / "accelerate_configs" / f"deepspeed_zero{stage}.yaml"),
             "--mixed_precision", "no", "--zero3_init_flag", "false", *script], {}
@@ -219,6 +222,28 @@ def test_deepspeed_bf16_module_weights_are_x_rounded(stage, tmp_path_factory):
     assert run["eval_loss"] == pytest.approx(at_x, rel=1e-4)  # bf16 matmuls over 4 vs 8 rows
     assert abs(at_y - at_x) > 1e-2
     assert results["zero2"]["losses"] == pytest.approx(results["zero3"]["losses"], rel=1e-5)
+
+
+def test_zero3_as_shipped_builds_partitioned_models_and_resumes_them(tmp_path_factory):
+    """zero3_init_flag: true builds each model already partitioned (its state dict holds shape-[0] placeholders);
+    the check before resuming must judge DeepSpeed's files, not compare model.safetensors with those placeholders.
+
+    Tolerance: bitwise today (measured: 0.0). Both runs reduce the same fp32 gradients in the same order (2 ranks,
+    gloo) and the resumed run rebuilds y from the same fp32 x (DeepSpeed's global_stepN) and z that the uninterrupted
+    run switched from. The bound 1e-6 leaves room for one rounding of y at the evaluation/save switch (an fp32 ulp of
+    these weights is ~1e-8..1e-7) carried through the 3 remaining steps; a resume that loses or mixes up x, y or z
+    is off by ~1e-3 or more (lr 1e-2)."""
+    results, out = launched("zero3_init", tmp_path_factory)
+    assert results["zero_stage"] == 3 and results["ds_config"]["zero_optimization"]["stage"] == 3
+    assert results["state_dict_shapes"] == ["[0]"]  # born partitioned: the case the tests with the flag off miss
+    assert results["chain"][1:] == ["DeepSpeedZeroOptimizer_Stage3", "RefinedScheduleFreeAdamW"]
+    assert results["resumed_k"] == results["k"] == [STEPS, STEPS]
+    after = [str(step) for step in range(SAVE_AT + 1, STEPS + 1)]
+    assert [results["resumed_losses"][s] for s in after] == pytest.approx([results["losses"][s] for s in after],
+                                                                           rel=1e-6, abs=0)
+    assert results["resumed_eval_loss"] == pytest.approx(results["eval_loss"], rel=1e-6, abs=0)
+    assert max_abs_diff(tensors(out, "x_resumed.safetensors"), tensors(out, "x_master.safetensors")) <= 1e-6
+    assert (out / "run" / f"checkpoint-{SAVE_AT}" / f"global_step{SAVE_AT}").is_dir()
 
 
 def test_zero_offload_swap_is_refused_before_the_first_step(tmp_path_factory):
