@@ -51,7 +51,8 @@ def assert_bitwise_equal(straight, resumed):
 
 
 def lora_model():
-    from peft import LoraConfig, get_peft_model
+    peft = pytest.importorskip("peft")  # in the dev extra
+    LoraConfig, get_peft_model = peft.LoraConfig, peft.get_peft_model
 
     return get_peft_model(tiny_model(), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
                                                    lora_dropout=0.0))
@@ -89,7 +90,8 @@ def tiny_neox():
 def test_gpt_neox_resumes_bitwise_although_its_head_is_saved_as_embed_out(tmp_path):
     straight, resumed, checkpoint = run_and_resume(tiny_neox, tmp_path)
     with safe_open(str(checkpoint / "model.safetensors"), "pt") as f:
-        assert "embed_out.weight" in f.keys() and "lm_head.weight" not in f.keys()  # transformers 5's saved name
+        head = {"embed_out.weight", "lm_head.weight"} & set(f.keys())  # transformers 5.24: embed_out (older: lm_head)
+    assert len(head) == 1
     assert_bitwise_equal(straight, resumed)  # lm_head included: transformers' own resume leaves it as initialized
 
 
