@@ -340,17 +340,6 @@ class ScheduleFreeTrainer(Trainer):
         logger.info("sf_hf: resuming from %s", resume_from_checkpoint)
         return str(resume_from_checkpoint)
 
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None) -> None:
-        """transformers' load, with the saved weight names mapped back as `from_pretrained` maps them (transformers 5
-        saves GPT-NeoX's `lm_head.weight` as `embed_out.weight`; its resume would leave `lm_head` at its
-        initialization, see `sf_hf.checkpoints.model_weights`)."""
-        model = model if model is not None else self.model
-        if not (self.is_deepspeed_enabled or self.is_fsdp_enabled) \
-                and checkpoints.needs_renaming(resume_from_checkpoint, model):
-            self._issue_warnings_after_load(checkpoints.load_model_weights(resume_from_checkpoint, model))
-            return
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-
     def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint,
                              trial):
         """A resume from a checkpoint of the last step trains nothing (transformers would take one more step, so a
@@ -362,6 +351,12 @@ class ScheduleFreeTrainer(Trainer):
                         self.state.global_step, max_steps)
             return num_train_epochs, 0
         return epochs, steps
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None) -> None:
+        """The parent's load, with the weights that transformers 5 saves under other names (GPT-NeoX's `embed_out`)
+        put back where they belong (see `sf_hf.checkpoints.saved_names`)."""
+        with checkpoints.loads_saved_names(model if model is not None else self.model):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     def _load_optimizer_and_scheduler(self, checkpoint) -> None:
         """Checks the training state before transformers loads it: a missing `optimizer.pt` (transformers would go on

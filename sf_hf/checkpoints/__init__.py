@@ -27,16 +27,15 @@ i.e. `torch.load(weights_only=True)`: a pickle that would import or call anythin
 loaded by sf_hf.
 
 The modules, one job each: `errors` (the exceptions), `layout` (the names in a run directory), `manifest`
-(fsyncs and `checkpoint_manifest.json`), `model_weights` (a checkpoint's model weights as transformers' resume loads
-them), `safe_loading` (pickles loaded or scanned without running code),
-`verification` (a checkpoint's problems, the newest complete one), `staging` (staged saves, leftovers, rotation,
+(fsyncs and `checkpoint_manifest.json`), `safe_loading` (pickles loaded or scanned without running code),
+`verification` (a checkpoint's problems, the newest complete one), `saved_names` (weights transformers saves
+under other names, loaded back on resume), `staging` (staged saves, leftovers, rotation,
 save errors) and `peers` (another process of the run lost). Everything public is importable from here.
 """
 
 from .errors import CheckpointCorruptError, CheckpointSaveError, UnsafeCheckpointError
 from .layout import CHECKPOINT_RE, DELETED_PREFIX, MANIFEST_FORMAT, MANIFEST_NAME, STAGING_PREFIX, PathLike
 from .manifest import read_manifest, write_manifest
-from .model_weights import load_model_weights, model_fit_problems, needs_renaming, weight_files
 from .peers import LOST_PEER_MARKERS, is_lost_peer, lost_peer_error
 from .safe_loading import (
     DCP_GLOBALS,
@@ -48,6 +47,7 @@ from .safe_loading import (
     scan_pickles,
     unsafe_globals,
 )
+from .saved_names import loads_saved_names, saved_name_map
 from .staging import (
     commit_node_part,
     commit_staged_checkpoint,
@@ -97,11 +97,9 @@ __all__ = [
     "disk_diagnosis",
     "is_lost_peer",
     "last_complete_checkpoint",
-    "load_model_weights",
+    "loads_saved_names",
     "lost_peer_error",
-    "model_fit_problems",
     "model_mismatch",
-    "needs_renaming",
     "optimizer_state_problems",
     "prepare_staging",
     "read_manifest",
@@ -111,11 +109,11 @@ __all__ = [
     "safetensors_problem",
     "safetensors_shapes",
     "save_error",
+    "saved_name_map",
     "scan_dcp",
     "scan_pickles",
     "staging_path",
     "unsafe_globals",
     "verify_checkpoint",
-    "weight_files",
     "write_manifest",
 ]

@@ -14,8 +14,8 @@ import torch
 from .errors import CheckpointCorruptError, UnsafeCheckpointError, _first_line
 from .layout import CHECKPOINT_RE, MANIFEST_NAME, PathLike
 from .manifest import read_manifest
-from .model_weights import model_fit_problems
 from .safe_loading import _pickles, safe_torch_load
+from .saved_names import saved_name_map
 
 logger = logging.getLogger(__name__)
 
@@ -161,11 +161,54 @@ def verify_checkpoint(folder: PathLike, *, deep: bool = True, training_state: bo
     return folder
 
 
+def model_weight_files(folder: PathLike) -> List[Path]:
+    """The safetensors files transformers' resume loads the model from (`Trainer._load_from_checkpoint`):
+    `model.safetensors`, else the shards of `model.safetensors.index.json`; [] when it loads none of them (a PEFT
+    run's `adapter_model.safetensors` goes to PEFT; DeepSpeed and FSDP runs load their own files)."""
+    folder = Path(folder)
+    if (folder / "model.safetensors").is_file():
+        return [folder / "model.safetensors"]
+    index = folder / "model.safetensors.index.json"
+    try:
+        shards = json.load(open(index)).get("weight_map", {}).values() if index.is_file() else []
+    except (OSError, ValueError):  # checkpoint_problems names it
+        return []
+    return sorted({folder / s for s in shards if (folder / s).is_file()})
+
+
 def model_mismatch(folder: PathLike, model) -> List[str]:
-    """Problems that keep the model weights of `folder` from loading into `model` as transformers' resume loads
-    them (another size or architecture; see `sf_hf.checkpoints.model_weights.model_fit_problems`), naming the
-    tensors and the config fields that differ. Only safetensors weights are compared (headers only)."""
-    problems = model_fit_problems(folder, model)
+    """Problems that keep the model weights of `folder` from loading into `model` the way transformers' resume
+    loads them, naming the tensors and the config fields that differ (headers only, no tensor is read).
+
+    Judged like `Trainer._load_from_checkpoint` (non-strict `load_state_dict` of `model_weight_files`), with the
+    names transformers 5 saves under mapped back (`saved_name_map`, GPT-NeoX's `embed_out`): a parameter of
+    another shape, and parameters with no weights (the load would leave them at their initialization; tied ones
+    are fine). Buffers are not judged (a module's `load_state_dict` may resize one, as a buffer that grows in
+    training), nor extra tensors (the Trainer warns and goes on); they are named only next to another problem."""
+    files = model_weight_files(folder)
+    if not files:
+        return []
+    saved = {}
+    for path in files:
+        saved.update({name: (shape, path) for name, shape in safetensors_shapes(path).items()})
+    renamed = saved_name_map(model)
+    saved = {renamed.get(name, name): value for name, value in saved.items()}
+    state = model.state_dict(keep_vars=True)
+    in_params = {id(p) for p in model.parameters()}
+    params = {name for name, t in state.items() if id(t) in in_params}
+    shapes = [f"{path}: tensor {name!r} has shape {list(shape)}, the model has {list(state[name].shape)}"
+              for name, (shape, path) in sorted(saved.items())
+              if name in params and tuple(state[name].shape) != tuple(shape)]
+    problems = shapes[:3] + ([f"... and {len(shapes) - 3} more tensors of other shapes"] if len(shapes) > 3 else [])
+    saved_storage = {state[name].data_ptr() for name in saved if name in state}
+    missing = sorted(n for n in params - set(saved) if state[n].data_ptr() not in saved_storage)  # tied: fine
+    if missing:
+        problems.append(f"{files[0].parent}: no weights for {len(missing)} of the model's parameters, e.g. "
+                        f"{missing[:3]} (transformers' resume would leave them at their initialization)")
+    unexpected = sorted(set(saved) - set(state))
+    if problems and unexpected:
+        problems.append(f"{saved[unexpected[0]][1]}: {len(unexpected)} tensors the model does not have, e.g. "
+                        f"{unexpected[:3]}")
     if problems:
         problems.append(_config_difference(Path(folder), model))
     return [p for p in problems if p]
