@@ -5,8 +5,6 @@
     accelerate launch --config_file accelerate_configs/deepspeed_zero3.yaml --num_processes 2 --mixed_precision no \
         --zero3_init_flag false tests/distributed/run_strategy.py --out /tmp/zero3
     torchrun --nproc_per_node 2 tests/distributed/run_strategy.py --fsdp2 --deepspeed-bf16 --out /tmp/torchrun
-    accelerate launch --config_file accelerate_configs/deepspeed_zero3.yaml --num_processes 2 --mixed_precision no \
-        tests/distributed/run_strategy.py --zero3-init --out /tmp/zero3_init      # the shipped config as it is
 
 Trainer strategies (DDP, DeepSpeed ZeRO-1/2/3): a ScheduleFreeTrainer runs STEPS steps with a checkpoint at
 SAVE_AT (and an evaluation there, so the run switches y -> x -> y mid-way), evaluates, saves; a second trainer
@@ -169,37 +167,6 @@ def run_trainer(out: Path, refuse_config: str = None) -> None:
     if rank == 0:
         for name, weights in (("x_master", x_master), ("y", y), ("x_resumed", x_resumed), ("x_at_save", record.x)):
             save_file(weights, str(out / f"{name}.safetensors"))
-        (out / "results.json").write_text(json.dumps(results, indent=1))
-    end_process_group()
-
-
-def run_zero3_init(out: Path) -> None:
-    """ZeRO-3 with zero3_init_flag: true (the shipped config as it is): each model is built after its
-    TrainingArguments, as the recipes build theirs, so it is born partitioned; train, checkpoint, resume."""
-    from transformers import AutoModelForCausalLM
-
-    def partitioned_model(args, seed):
-        torch.manual_seed(seed)
-        return AutoModelForCausalLM.from_config(tiny_model().config)  # under deepspeed.zero.Init
-
-    rank = int(os.environ.get("RANK", 0))
-    args = trainer_args(out / "run")
-    straight = ScheduleFreeTrainer(model=partitioned_model(args, 0), args=args, train_dataset=TRAIN,
-                                   eval_dataset=EVAL)
-    shapes = sorted({str(list(t.shape)) for t in straight.model.state_dict().values()})  # [0]: partitioned
-    straight.train()
-    results = dict(describe(straight), state_dict_shapes=shapes, losses=losses(straight),
-                   eval_loss=straight.evaluate()["eval_loss"])
-    x = master_weights(straight)
-    args = trainer_args(out / "resumed")
-    resumed = ScheduleFreeTrainer(model=partitioned_model(args, 1), args=args, train_dataset=TRAIN, eval_dataset=EVAL)
-    resumed.train(resume_from_checkpoint=str(out / "run" / f"checkpoint-{SAVE_AT}"))
-    results.update(resumed_losses=losses(resumed), resumed_eval_loss=resumed.evaluate()["eval_loss"],
-                   resumed_k=[g["k"] for g in resumed._base_optimizer().param_groups])
-    x_resumed = master_weights(resumed)
-    if rank == 0:
-        save_file(x, str(out / "x_master.safetensors"))
-        save_file(x_resumed, str(out / "x_resumed.safetensors"))
         (out / "results.json").write_text(json.dumps(results, indent=1))
     end_process_group()
 
@@ -458,7 +425,6 @@ if __name__ == "__main__":
     parser.add_argument("--fsdp2", action="store_true", help="torchrun + fully_shard instead of the Trainer")
     parser.add_argument("--deepspeed-bf16", action="store_true", help="torchrun + DeepSpeed's engine, bf16")
     parser.add_argument("--refuse-config", help="a DeepSpeed JSON that must be refused before the first step")
-    parser.add_argument("--zero3-init", action="store_true", help="ZeRO-3 models built partitioned (zero3_init_flag)")
     cli = parser.parse_args()
     cli.out.mkdir(parents=True, exist_ok=True)
     if cli.fsdp2 or cli.deepspeed_bf16:  # one torchrun launch can run both (a process start saved)
@@ -469,7 +435,5 @@ if __name__ == "__main__":
             (cli.out / "deepspeed_bf16").mkdir(exist_ok=True)
             run_deepspeed_bf16(cli.out / "deepspeed_bf16")
         end_process_group()
-    elif cli.zero3_init:
-        run_zero3_init(cli.out)
     else:
         run_trainer(cli.out, cli.refuse_config)

@@ -68,7 +68,7 @@ def launch_command(kind: str, out: Path) -> tuple:
                 "--refuse-config", str(swap)], {}
     if kind == "zero3_init":  # the shipped config as it is (zero3_init_flag: true), with the CPU overrides it names
         return [*accelerate, "--config_file", str(ROOT / "accelerate_configs" / "deepspeed_zero3.yaml"),
-                "--mixed_precision", "no", *script, "--zero3-init"], {}
+                "--mixed_precision", "no", str(SCRIPT.with_name("run_zero3_init.py")), "--out", str(out)], {}
     stage = kind[-1]
     return [*accelerate, "--config_file", str(ROOT / "accelerate_configs" / f"deepspeed_zero{stage}.yaml"),
             "--mixed_precision", "no", "--zero3_init_flag", "false", *script], {}
