@@ -37,11 +37,16 @@ import torch
 from .conversion import CHUNK_NUMEL, x_to_y_, y_to_x_
 from .dtensor import DTensor, local_tensor
 from .grad_norm import HandedGradNorm
+from .kept_y import KeptY
 from .kernels import StepScalars, all_finite, foreach_step, fused_available, fused_step
 
 logger = logging.getLogger(__name__)
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
+WIDE_STATE = ("z", "exp_avg_sq")
+"""Per-parameter state kept in float32 for 16-bit parameters (torch's `load_state_dict` would cast it to theirs)."""
+KEPT_Y_KEY = "y_kept_at_eval"
+"""The `state_dict()` entry (beside "state" and "param_groups") holding the y that `eval()` replaced, by position."""
 FUSED_SWITCH_MIN_NUMEL = CHUNK_NUMEL
 """Smaller groups switch x/y through the plain path: it takes under ~50 ms there (2-core CPU), while the compiled
 pass costs ~20 s of compiling on first use and ~0.3 ms per call."""
@@ -149,9 +154,14 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
             k=0, train_mode=False, weight_sum=0.0, lr_max=-1.0, scheduled_lr=0.0, averaging_weight=0.0,
             skipped_steps=0,
         )
+        self._kept_y = KeptY()
         super().__init__(params, defaults)
         self.fused = fused
         self._handed_grad_norm: Optional[HandedGradNorm] = None
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("_kept_y", KeptY())  # pickles and deep copies carry state and groups only
 
     # ----------------------------------------------------------------- groups and modes
 
@@ -175,20 +185,29 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def eval(self) -> None:
-        """Puts x into the parameters. Idempotent."""
+        """Puts x into the parameters, keeping a host copy of y for `train()`. Idempotent."""
         for group in self.param_groups:
             if group["train_mode"]:
                 params, zs = self._params_with_state(group)
+                self._kept_y.keep(params)
                 y_to_x_(params, zs, group["betas"][0], fused=self._fused_switch(params))
                 group["train_mode"] = False
 
     @torch.no_grad()
     def train(self) -> None:
-        """Puts y into the parameters. Idempotent."""
+        """Puts y into the parameters. Idempotent.
+
+        The y that `eval()` (or a loaded `state_dict()`) kept comes back bit for bit where the parameter still holds
+        the x it gives; elsewhere (other weights were loaded, or nothing was kept) y is rebuilt from x and z by the
+        lerp, within half an ulp.
+        """
         for group in self.param_groups:
             if not group["train_mode"]:
                 params, zs = self._params_with_state(group)
-                x_to_y_(params, zs, group["betas"][0], fused=self._fused_switch(params))
+                beta1, fused = group["betas"][0], self._fused_switch(params)
+                left = self._kept_y.restore(params, zs, beta1, fused)
+                if left:
+                    x_to_y_([params[i] for i in left], [zs[i] for i in left], beta1, fused=fused)
                 group["train_mode"] = True
 
     def _fused_switch(self, params) -> bool:
@@ -196,6 +215,48 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
         each rank's local shards for DTensors)."""
         shards = [local_tensor(p) for p in params]
         return bool(shards) and sum(t.numel() for t in shards) >= FUSED_SWITCH_MIN_NUMEL and self._use_fused(shards[0])
+
+    # ----------------------------------------------------------------- state dicts
+
+    def state_dict(self) -> dict:
+        """torch's state dict, plus (in eval mode) the kept y under `KEPT_Y_KEY`, by the same positions as "state":
+        a checkpoint written at x then resumes the exact y. Host tensors in the parameters' dtype (local shards for
+        DTensors)."""
+        state_dict = super().state_dict()
+        if self._kept_y:
+            positions = self._positions(state_dict)
+            state_dict[KEPT_Y_KEY] = {positions[id(p)]: y for p, y in self._kept_y.copies.items() if id(p) in positions}
+        return state_dict
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch's `load_state_dict`, except that z and `exp_avg_sq` keep float32 for 16-bit parameters (torch casts
+        floating state to the parameter's dtype, which would round them to bf16 for the rest of the run), and the
+        kept y of a state dict written in eval mode is restored (or the current one dropped)."""
+        state_dict = dict(state_dict)
+        kept = state_dict.pop(KEPT_Y_KEY, None) or {}
+        positions = [i for g in state_dict["param_groups"] for i in g["params"]]
+        mapped, wide, rest = set(positions), {}, {}
+        for i, s in state_dict["state"].items():
+            if i in mapped and isinstance(s, dict):
+                wide[i] = {k: v for k, v in s.items() if k in WIDE_STATE and isinstance(v, torch.Tensor)}
+                s = {k: v for k, v in s.items() if k not in wide[i]}
+            rest[i] = s
+        state_dict["state"] = rest
+        super().load_state_dict(state_dict)
+        params = [p for g in self.param_groups for p in g["params"]]
+        for i, p in zip(positions, params):
+            for key, value in wide.get(i, {}).items():
+                self.state[p][key] = value.to(device=p.device, dtype=self._state_dtype(p))
+        self._kept_y.load({p: kept[i] for i, p in zip(positions, params) if i in kept})
+
+    def _positions(self, state_dict: dict) -> dict:
+        """id(parameter) -> its position in `state_dict` (what torch's `state_dict()` numbered it)."""
+        return dict(zip((id(p) for g in self.param_groups for p in g["params"]),
+                        (i for g in state_dict["param_groups"] for i in g["params"])))
+
+    @staticmethod
+    def _state_dtype(p: torch.Tensor) -> torch.dtype:
+        return torch.float32 if p.dtype in LOW_PRECISION else p.dtype
 
     def _params_with_state(self, group: dict):
         pairs = [(p, self.state[p]["z"]) for p in group["params"] if "z" in self.state[p]]
@@ -267,7 +328,7 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
     def _state_for(self, p: torch.Tensor) -> dict:
         state = self.state[p]
         if "z" not in state:
-            state_dtype = torch.float32 if p.dtype in LOW_PRECISION else p.dtype
+            state_dtype = self._state_dtype(p)
             state["z"] = p.detach().to(state_dtype, memory_format=torch.preserve_format, copy=True)
             state["exp_avg_sq"] = torch.zeros_like(p, dtype=state_dtype, memory_format=torch.preserve_format)
         return state
