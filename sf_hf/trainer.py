@@ -308,6 +308,12 @@ class ScheduleFreeTrainer(Trainer):
             return num_train_epochs, 0
         return epochs, steps
 
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None) -> None:
+        """The parent's load, with the weights that transformers 5 saves under other names (GPT-NeoX's `embed_out`)
+        put back where they belong (see `sf_hf.checkpoints.saved_names`)."""
+        with checkpoints.loads_saved_names(model if model is not None else self.model):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
     def _load_optimizer_and_scheduler(self, checkpoint) -> None:
         """Checks the training state before transformers loads it: a missing `optimizer.pt` (transformers would go on
         with a fresh optimizer, which for Schedule-Free silently restarts the average), another optimizer's state,

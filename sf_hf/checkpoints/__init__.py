@@ -28,7 +28,8 @@ loaded by sf_hf.
 
 The modules, one job each: `errors` (the exceptions), `layout` (the names in a run directory), `manifest`
 (fsyncs and `checkpoint_manifest.json`), `safe_loading` (pickles loaded or scanned without running code),
-`verification` (a checkpoint's problems, the newest complete one), `staging` (staged saves, leftovers, rotation,
+`verification` (a checkpoint's problems, the newest complete one), `saved_names` (weights transformers saves
+under other names, loaded back on resume), `staging` (staged saves, leftovers, rotation,
 save errors) and `peers` (another process of the run lost). Everything public is importable from here.
 """
 
@@ -46,6 +47,7 @@ from .safe_loading import (
     scan_pickles,
     unsafe_globals,
 )
+from .saved_names import loads_saved_names, saved_name_map
 from .staging import (
     commit_staged_checkpoint,
     discard_staging,
@@ -93,6 +95,7 @@ __all__ = [
     "disk_diagnosis",
     "is_lost_peer",
     "last_complete_checkpoint",
+    "loads_saved_names",
     "lost_peer_error",
     "model_mismatch",
     "optimizer_state_problems",
@@ -104,6 +107,7 @@ __all__ = [
     "safetensors_problem",
     "safetensors_shapes",
     "save_error",
+    "saved_name_map",
     "scan_dcp",
     "scan_pickles",
     "staging_path",
