@@ -195,7 +195,8 @@ def test_fused_switch_round_trips_leave_y_bitwise_unchanged(monkeypatch, dtype):
     monkeypatch.setattr(schedule_free, "FUSED_SWITCH_MIN_NUMEL", 0)
     calls = []
     compiled = conversion.fused_lerp_toward_
-    monkeypatch.setattr(conversion, "fused_lerp_toward_", lambda ts, *args: calls.append(len(ts)) or compiled(ts, *args))
+    monkeypatch.setattr(conversion, "fused_lerp_toward_",
+                        lambda ts, *args: calls.append(len(ts)) or compiled(ts, *args))
     params, opt, twin, twin_opt, grads = twin_runs(dtype, fused=True)
     y = [p.detach().clone() for p in params]
     for _ in range(5):

@@ -13,9 +13,18 @@ call `train()` before the first step.
 
 Memory: the only per-parameter state is z and the second moment `exp_avg_sq` (8 bytes per float32
 parameter, as AdamW). For bf16/fp16 parameters both are kept in float32 (z accumulates updates far
-below bf16's resolution), the update is computed in float32 and y is rounded to the parameter's
-dtype; mixed-precision training with float32 master weights (autocast, DeepSpeed) avoids that
-rounding altogether.
+below bf16's resolution; `load_state_dict` keeps them so, where torch would cast them to the
+parameter's dtype), the update is computed in float32 and y is rounded to the parameter's dtype;
+mixed-precision training with float32 master weights (autocast, DeepSpeed) avoids that rounding
+altogether.
+
+Observing a run does not change it: `eval()` keeps a copy of y in host memory (one parameter-sized
+buffer, in the parameters' dtype) and `train()` writes it back bit for bit if the parameters still
+hold the x it gives (see `sf_hf.optim.kept_y`); the lerp x -> y alone is exact only to half an ulp,
+so each evaluation or checkpoint would move the run. In eval mode `state_dict()` carries that y
+(`KEPT_Y_KEY`), so a checkpoint written at x resumes the exact y. Tools that read `state_dict()`
+through torch's "state" and "param_groups" only (DCP's `get_state_dict`, hence FSDP2 checkpoints)
+drop it: such a resume rebuilds y by the lerp, within half an ulp.
 
 Non-finite gradients: if any gradient of the step holds NaN or inf, the whole step is skipped
 before any state is touched (parameters, z, v, counters and averaging sums stay bitwise as they
@@ -116,6 +125,9 @@ def _local_shards(ys, zs, vs, gs):
 class ScheduleFreeAdamW(torch.optim.Optimizer):
     r"""Schedule-Free AdamW (Algorithm 1 of ../shared/PAPER.md), memory-efficient: parameters hold y or x.
 
+    `eval()` / `train()` switch them exactly: y comes back bit for bit, from a host copy that lives while the
+    parameters hold x and goes into `state_dict()` then (see the module docstring).
+
     Args:
         params (`Iterable`): parameters or parameter-group dicts.
         lr (`float`, defaults to 2e-3): peak learning rate. The paper's setting for LM pretraining with
@@ -125,7 +137,8 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
             LM setting; the reference package uses (0.9, 0.999).
         eps (`float`, defaults to 1e-8): added to sqrt(v_hat); must be > 0.
         weight_decay (`float`, defaults to 0.0): decoupled decay, taken at y and scaled by the lr.
-            0 as in the reference; the paper uses 0.1 on linear weights (`ScheduleFreeConfig` sets it).
+            0 as in the reference and in `ScheduleFreeConfig` (TrainingArguments' default); the paper uses 0.1
+            on linear weights (`weight_decay=0.1, weight_decay_params="linear"` in the config).
         warmup_steps (`int`, defaults to 0): linear warmup inside the optimizer, lr_t = lr * min(1, t / warmup).
             Use it instead of an lr scheduler.
         r (`float`, defaults to 0.0): polynomial weighting t^r of the average (reference default).

@@ -8,11 +8,12 @@
 
 Trainer strategies (DDP, DeepSpeed ZeRO-1/2/3): a ScheduleFreeTrainer runs STEPS steps with a checkpoint at
 SAVE_AT (and an evaluation there, so the run switches y -> x -> y mid-way), evaluates, saves; a second trainer
-resumes from the checkpoint; a third runs the same steps with no evaluation and no checkpoint (observing a run must
-not change it; with --bf16-params all three run again with bf16 parameters). FSDP2 (torchrun, torch's fully_shard; accelerate runs DDP on CPU): the same with a
-plain loop, DCP checkpoints and a consolidated full state dict. Every rank writes the weights it computes with
-(x_module_rank{r}.safetensors); rank 0 writes the optimizer's own x (x_master.safetensors, from DeepSpeed's fp32
-partitions or the FSDP2 shards), y, the x of the resumed and of the unobserved runs, and results.json.
+resumes from the checkpoint; a third runs the same steps with no evaluation and no checkpoint (observing a run
+must not change it; with --bf16-params all three run again with bf16 parameters). FSDP2 (torchrun, torch's
+fully_shard; accelerate runs DDP on CPU): the same with a plain loop, DCP checkpoints and a consolidated full
+state dict. Every rank writes the weights it computes with (x_module_rank{r}.safetensors); rank 0 writes the
+optimizer's own x (x_master.safetensors, from DeepSpeed's fp32 partitions or the FSDP2 shards), y, the x of the
+resumed and of the unobserved runs, and results.json.
 """
 
 import argparse
