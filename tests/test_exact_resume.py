@@ -71,3 +71,21 @@ def test_resume_is_bitwise_across_architectures(tmp_path, model_type, dtype):
                   resume=str(tmp_path / "run" / "checkpoint-2"), **saved)
     assert resumed.state.global_step == STEPS
     assert_bitwise_equal(weights(resumed.model), weights(plain.model))
+
+
+def test_weights_saved_under_other_names_are_loaded_back(tmp_path):
+    """transformers 5 saves GPT-NeoX's lm_head as embed_out; Trainer's resume and best-model reload load the file's
+    names as they are (strict=False), which left a fresh head: both now put it back."""
+    from sf_hf.checkpoints import loads_saved_names, saved_name_map
+
+    model = tiny_hub_model("gpt_neox")
+    assert saved_name_map(model) == {"embed_out.weight": "lm_head.weight"}
+    model.save_pretrained(tmp_path)
+    other = tiny_hub_model("gpt_neox", seed=1)
+    from safetensors.torch import load_file
+
+    with loads_saved_names(other):
+        result = other.load_state_dict(load_file(tmp_path / "model.safetensors"), strict=False)
+    assert not result.missing_keys and not result.unexpected_keys
+    assert_bitwise_equal(weights(other), weights(model))
+    assert "load_state_dict" not in other.__dict__  # the model's own method again after the block
