@@ -177,7 +177,8 @@ class ScheduleFreeTrainer(Trainer):
 
     def _load_best_model(self) -> None:
         self.use_averaged_weights()
-        super()._load_best_model()
+        with checkpoints.loads_saved_names(self.model):  # see _load_from_checkpoint
+            super()._load_best_model()
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         self._bound_collective_timeout()

@@ -13,7 +13,7 @@ from sf_hf import RefinedScheduleFreeAdamW, ScheduleFreeAdamW
 from sf_hf.optim import conversion, schedule_free, x_to_y_, y_to_x_
 from sf_hf.optim.kernels import CHUNK, PARALLEL_MIN_NUMEL, all_finite, fused_available
 
-from .test_optimizers import gradient_stream, make_params, rel_err, set_grads
+from .test_optimizers import continue_both, gradient_stream, make_params, rel_err, set_grads
 
 pytestmark = pytest.mark.skipif(not fused_available(), reason="torch.compile cannot build kernels here")
 
@@ -184,3 +184,25 @@ def test_the_optimizer_switches_through_the_fused_pass_when_it_steps_through_it(
         opt.eval()
         opt.train()
     assert calls == expected  # eval() and train() of the fused optimizer, every tensor; none for the other
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_switch_round_trips_leave_y_bitwise_unchanged(monkeypatch, dtype):
+    """The compiled switch too: train() recomputes x from the kept y through the same compiled pass, one tensor at a
+    time, finds the parameters' bits and gives y back exactly (a strided tensor takes the plain path both ways)."""
+    from .test_optimizers import twin_runs
+
+    monkeypatch.setattr(schedule_free, "FUSED_SWITCH_MIN_NUMEL", 0)
+    calls = []
+    compiled = conversion.fused_lerp_toward_
+    monkeypatch.setattr(conversion, "fused_lerp_toward_",
+                        lambda ts, *args: calls.append(len(ts)) or compiled(ts, *args))
+    params, opt, twin, twin_opt, grads = twin_runs(dtype, fused=True)
+    y = [p.detach().clone() for p in params]
+    for _ in range(5):
+        opt.eval()
+        opt.train()
+    assert sum(calls) == 5 * 4  # per round trip, the 2 contiguous tensors: by eval(), then one at a time by train()
+    assert all(torch.equal(p, a) for p, a in zip(params, y))
+    continue_both([(params, opt), (twin, twin_opt)], grads)
+    assert all(torch.equal(p, q) for p, q in zip(params, twin))

@@ -4,6 +4,7 @@
 """
 
 import copy
+import io
 import logging
 import random
 
@@ -366,3 +367,132 @@ def test_bad_hyperparameters_raise_value_error_naming_them(kwargs, name):
 def test_bad_group_hyperparameters_are_caught_too():
     with pytest.raises(ValueError, match="Invalid lr"):
         ScheduleFreeAdamW([dict(params=make_params(0)[:1], lr=-1.0)])
+
+
+# ------------------------------------------------------------------ exact switches and state dicts
+
+EXACT_SHAPES = [(64, 33), (1000,), (5, 7, 3)]  # ~4k values: some of them move by half an ulp in a lerp round trip
+
+
+def twin_runs(dtype, fused=False, steps=12, seed=21):
+    """Two optimizers on the same parameters and gradients; returns (params, opt, twin params, twin opt, grads)."""
+    runs = []
+    for _ in range(2):
+        params = make_params(seed, dtype, EXACT_SHAPES)
+        params[0] = torch.nn.Parameter(params[0].detach().t().contiguous().t())  # strided: the plain path, always
+        opt = RefinedScheduleFreeAdamW(params, lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1, warmup_steps=3,
+                                       decoupling_c=5.0, fused=fused)
+        opt.train()
+        runs.append((params, opt))
+    grads = list(gradient_stream(seed, EXACT_SHAPES, steps=2 * steps))
+    for params, opt in runs:
+        for g in grads[:steps]:
+            set_grads(params, g)
+            opt.step()
+    return (*runs[0], *runs[1], grads[steps:])
+
+
+def continue_both(runs, grads):
+    for params, opt in runs:
+        opt.train()
+        for g in grads:
+            set_grads(params, g)
+            opt.step()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_16_bit_parameters_keep_float32_state_through_a_state_dict_round_trip(dtype):
+    """torch's load_state_dict casts floating state to the parameter's dtype: z and v must stay float32, bitwise."""
+    params, opt, _, _, grads = twin_runs(dtype)
+    opt.eval()
+    saved = copy.deepcopy(opt.state_dict())
+    new_params = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    new_opt = RefinedScheduleFreeAdamW(new_params, fused=False)
+    new_opt.load_state_dict(saved)
+    for p, q in zip(params, new_params):
+        for key in ("z", "exp_avg_sq"):
+            assert new_opt.state[q][key].dtype == torch.float32
+            assert torch.equal(new_opt.state[q][key], opt.state[p][key])
+    continue_both([(params, opt), (new_params, new_opt)], grads)
+    assert all(torch.equal(p, q) for p, q in zip(params, new_params))
+    assert all(torch.equal(opt.state[p]["z"], new_opt.state[q]["z"]) for p, q in zip(params, new_params))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_eval_train_round_trips_leave_y_bitwise_unchanged(dtype):
+    """Observing a run (eval() then train(), as every evaluation and checkpoint does) must not change it: y comes
+    back bit for bit, and the run continues exactly as a twin that was never switched."""
+    params, opt, twin, twin_opt, grads = twin_runs(dtype)
+    y = [p.detach().clone() for p in params]
+    for _ in range(20):
+        opt.eval()
+        x = [p.detach().clone() for p in params]
+        opt.train()
+    assert all(torch.equal(p, a) for p, a in zip(params, y))
+    beta1 = opt.param_groups[0]["betas"][0]
+    assert all(torch.equal(a, x_from_y(b, opt.state[p]["z"], beta1)) for a, b, p in zip(x, y, params))  # eval: x
+    assert sum((y_from_x(a, opt.state[p]["z"], beta1) != b).sum().item() for a, b, p in zip(x, y, params)) > 0
+    continue_both([(params, opt), (twin, twin_opt)], grads)  # (the lerp alone would have moved some of y)
+    assert all(torch.equal(p, q) for p, q in zip(params, twin))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_kept_y_is_restored_after_save_and_load_into_a_fresh_optimizer(dtype):
+    """A checkpoint written at x holds the y that eval() replaced: a fresh optimizer loading it (with the model at x)
+    rebuilds that exact y, and continues like the run that was never saved."""
+    params, opt, twin, twin_opt, grads = twin_runs(dtype)
+    y = [p.detach().clone() for p in params]
+    opt.eval()
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    assert sorted(saved["y_kept_at_eval"]) == [0, 1, 2] and saved["y_kept_at_eval"][0].dtype == dtype
+    new_params = [torch.nn.Parameter(p.detach().clone()) for p in params]  # the checkpoint's weights: x
+    new_opt = RefinedScheduleFreeAdamW(new_params, fused=False)
+    new_opt.load_state_dict(saved)
+    new_opt.train()
+    assert all(torch.equal(p, a) for p, a in zip(new_params, y))
+    assert "y_kept_at_eval" not in new_opt.state_dict()  # in train mode there is nothing kept
+    continue_both([(new_params, new_opt), (twin, twin_opt)], grads)
+    assert all(torch.equal(p, q) for p, q in zip(new_params, twin))
+
+
+def test_weights_loaded_in_eval_mode_are_switched_by_the_lerp():
+    """A kept y is given back only while the parameter holds the x it gives: other weights loaded meanwhile go to
+    y = (1 - b1) z + b1 x' by the lerp, as before; the untouched parameters get their exact y back."""
+    params, opt, *_ = twin_runs(torch.float32)
+    y = [p.detach().clone() for p in params]
+    opt.eval()
+    with torch.no_grad():
+        params[0].add_(1e-3)  # e.g. a user's load_state_dict of other weights into one tensor
+    other = params[0].detach().clone()
+    opt.train()
+    beta1 = opt.param_groups[0]["betas"][0]
+    assert torch.equal(params[0], y_from_x(other, opt.state[params[0]]["z"], beta1))
+    assert all(torch.equal(p, a) for p, a in zip(params[1:], y[1:]))
+
+
+def test_ema_optimizer_takes_new_groups_in_its_current_mode():
+    """AdamWWithEMA.add_param_group gave a group without 'train_mode': step()/eval() raised KeyError."""
+    from sf_hf.optim.ema import AdamWWithEMA
+
+    params = make_params(8)
+    extra = torch.nn.Parameter(torch.ones(4))
+    opt = AdamWWithEMA(params[:2], lr=1e-2, ema_decay=0.5)
+    opt.train()
+    opt.add_param_group(dict(params=[params[2], extra], lr=1e-3))
+    assert opt.train_mode
+    everything = params + [extra]
+    for grads in [next(gradient_stream(8)), next(gradient_stream(9))]:
+        set_grads(everything, grads + [torch.ones(4)])
+        opt.step()
+    raw = [p.detach().clone() for p in everything]
+    ema = [opt.state[p]["ema"].clone() for p in everything]
+    opt.eval()
+    assert all(torch.equal(p, e) for p, e in zip(everything, ema)) and not torch.equal(ema[3], raw[3])
+    opt.train()
+    assert all(torch.equal(p, r) for p, r in zip(everything, raw))
+    opt.eval()
+    opt.add_param_group(dict(params=[torch.nn.Parameter(torch.zeros(2))]))
+    assert not opt.train_mode and opt.param_groups[-1]["train_mode"] is False

@@ -76,3 +76,28 @@ class RecordY(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step in self.steps:
             self.y[state.global_step] = weights(model)
+
+
+# The architectures most fine-tuned on the Hub, tiny and built from their config (no download): hidden 32, 2 layers.
+HUB_ARCHITECTURES = {
+    "llama": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2),
+    "qwen2": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2),
+    "qwen3": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=8),
+    "mistral": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2),
+    "gemma": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=8),
+    "phi": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4),
+    "gpt2": dict(n_embd=32, n_head=4, n_layer=2, n_positions=SEQ, bos_token_id=0, eos_token_id=0),
+    "gpt_neox": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4),
+}
+
+
+def tiny_hub_model(model_type: str, seed: int = 0):
+    """A tiny causal LM of `model_type` (a key of HUB_ARCHITECTURES) with VOCAB tokens, seeded."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    kwargs = dict(vocab_size=VOCAB, num_hidden_layers=2, max_position_embeddings=SEQ, **HUB_ARCHITECTURES[model_type])
+    if model_type == "gpt2":
+        kwargs.pop("num_hidden_layers")
+        kwargs.pop("max_position_embeddings")
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **kwargs))

@@ -30,8 +30,12 @@ class AdamWWithEMA(torch.optim.AdamW):
         _check_range("ema_decay", ema_decay, lambda v: 0 <= v < 1, "in [0, 1)")
         super().__init__(params, **kwargs)
         self.ema_decay = ema_decay
-        for group in self.param_groups:
-            group.setdefault("train_mode", False)
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Adds a group; it joins in the optimizer's current mode (its parameters get an EMA at their first step)."""
+        mode = self.train_mode if self.param_groups else False
+        super().add_param_group(param_group)
+        self.param_groups[-1]["train_mode"] = mode
 
     @property
     def train_mode(self) -> bool:

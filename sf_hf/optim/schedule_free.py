@@ -13,9 +13,18 @@ call `train()` before the first step.
 
 Memory: the only per-parameter state is z and the second moment `exp_avg_sq` (8 bytes per float32
 parameter, as AdamW). For bf16/fp16 parameters both are kept in float32 (z accumulates updates far
-below bf16's resolution), the update is computed in float32 and y is rounded to the parameter's
-dtype; mixed-precision training with float32 master weights (autocast, DeepSpeed) avoids that
-rounding altogether.
+below bf16's resolution; `load_state_dict` keeps them so, where torch would cast them to the
+parameter's dtype), the update is computed in float32 and y is rounded to the parameter's dtype;
+mixed-precision training with float32 master weights (autocast, DeepSpeed) avoids that rounding
+altogether.
+
+Observing a run does not change it: `eval()` keeps a copy of y in host memory (one parameter-sized
+buffer, in the parameters' dtype) and `train()` writes it back bit for bit if the parameters still
+hold the x it gives (see `sf_hf.optim.kept_y`); the lerp x -> y alone is exact only to half an ulp,
+so each evaluation or checkpoint would move the run. In eval mode `state_dict()` carries that y
+(`KEPT_Y_KEY`), so a checkpoint written at x resumes the exact y. Tools that read `state_dict()`
+through torch's "state" and "param_groups" only (DCP's `get_state_dict`, hence FSDP2 checkpoints)
+drop it: such a resume rebuilds y by the lerp, within half an ulp.
 
 Non-finite gradients: if any gradient of the step holds NaN or inf, the whole step is skipped
 before any state is touched (parameters, z, v, counters and averaging sums stay bitwise as they
@@ -37,11 +46,16 @@ import torch
 from .conversion import CHUNK_NUMEL, x_to_y_, y_to_x_
 from .dtensor import DTensor, local_tensor
 from .grad_norm import HandedGradNorm
+from .kept_y import KeptY
 from .kernels import StepScalars, all_finite, foreach_step, fused_available, fused_step
 
 logger = logging.getLogger(__name__)
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
+WIDE_STATE = ("z", "exp_avg_sq")
+"""Per-parameter state kept in float32 for 16-bit parameters (torch's `load_state_dict` would cast it to theirs)."""
+KEPT_Y_KEY = "y_kept_at_eval"
+"""The `state_dict()` entry (beside "state" and "param_groups") holding the y that `eval()` replaced, by position."""
 FUSED_SWITCH_MIN_NUMEL = CHUNK_NUMEL
 """Smaller groups switch x/y through the plain path: it takes under ~50 ms there (2-core CPU), while the compiled
 pass costs ~20 s of compiling on first use and ~0.3 ms per call."""
@@ -111,6 +125,9 @@ def _local_shards(ys, zs, vs, gs):
 class ScheduleFreeAdamW(torch.optim.Optimizer):
     r"""Schedule-Free AdamW (Algorithm 1 of ../shared/PAPER.md), memory-efficient: parameters hold y or x.
 
+    `eval()` / `train()` switch them exactly: y comes back bit for bit, from a host copy that lives while the
+    parameters hold x and goes into `state_dict()` then (see the module docstring).
+
     Args:
         params (`Iterable`): parameters or parameter-group dicts.
         lr (`float`, defaults to 2e-3): peak learning rate. The paper's setting for LM pretraining with
@@ -120,7 +137,8 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
             LM setting; the reference package uses (0.9, 0.999).
         eps (`float`, defaults to 1e-8): added to sqrt(v_hat); must be > 0.
         weight_decay (`float`, defaults to 0.0): decoupled decay, taken at y and scaled by the lr.
-            0 as in the reference; the paper uses 0.1 on linear weights (`ScheduleFreeConfig` sets it).
+            0 as in the reference and in `ScheduleFreeConfig` (TrainingArguments' default); the paper uses 0.1
+            on linear weights (`weight_decay=0.1, weight_decay_params="linear"` in the config).
         warmup_steps (`int`, defaults to 0): linear warmup inside the optimizer, lr_t = lr * min(1, t / warmup).
             Use it instead of an lr scheduler.
         r (`float`, defaults to 0.0): polynomial weighting t^r of the average (reference default).
@@ -149,9 +167,14 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
             k=0, train_mode=False, weight_sum=0.0, lr_max=-1.0, scheduled_lr=0.0, averaging_weight=0.0,
             skipped_steps=0,
         )
+        self._kept_y = KeptY()
         super().__init__(params, defaults)
         self.fused = fused
         self._handed_grad_norm: Optional[HandedGradNorm] = None
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("_kept_y", KeptY())  # pickles and deep copies carry state and groups only
 
     # ----------------------------------------------------------------- groups and modes
 
@@ -175,20 +198,29 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def eval(self) -> None:
-        """Puts x into the parameters. Idempotent."""
+        """Puts x into the parameters, keeping a host copy of y for `train()`. Idempotent."""
         for group in self.param_groups:
             if group["train_mode"]:
                 params, zs = self._params_with_state(group)
+                self._kept_y.keep(params)
                 y_to_x_(params, zs, group["betas"][0], fused=self._fused_switch(params))
                 group["train_mode"] = False
 
     @torch.no_grad()
     def train(self) -> None:
-        """Puts y into the parameters. Idempotent."""
+        """Puts y into the parameters. Idempotent.
+
+        The y that `eval()` (or a loaded `state_dict()`) kept comes back bit for bit where the parameter still holds
+        the x it gives; elsewhere (other weights were loaded, or nothing was kept) y is rebuilt from x and z by the
+        lerp, within half an ulp.
+        """
         for group in self.param_groups:
             if not group["train_mode"]:
                 params, zs = self._params_with_state(group)
-                x_to_y_(params, zs, group["betas"][0], fused=self._fused_switch(params))
+                beta1, fused = group["betas"][0], self._fused_switch(params)
+                left = self._kept_y.restore(params, zs, beta1, fused)
+                if left:
+                    x_to_y_([params[i] for i in left], [zs[i] for i in left], beta1, fused=fused)
                 group["train_mode"] = True
 
     def _fused_switch(self, params) -> bool:
@@ -196,6 +228,48 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
         each rank's local shards for DTensors)."""
         shards = [local_tensor(p) for p in params]
         return bool(shards) and sum(t.numel() for t in shards) >= FUSED_SWITCH_MIN_NUMEL and self._use_fused(shards[0])
+
+    # ----------------------------------------------------------------- state dicts
+
+    def state_dict(self) -> dict:
+        """torch's state dict, plus (in eval mode) the kept y under `KEPT_Y_KEY`, by the same positions as "state":
+        a checkpoint written at x then resumes the exact y. Host tensors in the parameters' dtype (local shards for
+        DTensors)."""
+        state_dict = super().state_dict()
+        if self._kept_y:
+            positions = self._positions(state_dict)
+            state_dict[KEPT_Y_KEY] = {positions[id(p)]: y for p, y in self._kept_y.copies.items() if id(p) in positions}
+        return state_dict
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch's `load_state_dict`, except that z and `exp_avg_sq` keep float32 for 16-bit parameters (torch casts
+        floating state to the parameter's dtype, which would round them to bf16 for the rest of the run), and the
+        kept y of a state dict written in eval mode is restored (or the current one dropped)."""
+        state_dict = dict(state_dict)
+        kept = state_dict.pop(KEPT_Y_KEY, None) or {}
+        positions = [i for g in state_dict["param_groups"] for i in g["params"]]
+        mapped, wide, rest = set(positions), {}, {}
+        for i, s in state_dict["state"].items():
+            if i in mapped and isinstance(s, dict):
+                wide[i] = {k: v for k, v in s.items() if k in WIDE_STATE and isinstance(v, torch.Tensor)}
+                s = {k: v for k, v in s.items() if k not in wide[i]}
+            rest[i] = s
+        state_dict["state"] = rest
+        super().load_state_dict(state_dict)
+        params = [p for g in self.param_groups for p in g["params"]]
+        for i, p in zip(positions, params):
+            for key, value in wide.get(i, {}).items():
+                self.state[p][key] = value.to(device=p.device, dtype=self._state_dtype(p))
+        self._kept_y.load({p: kept[i] for i, p in zip(positions, params) if i in kept})
+
+    def _positions(self, state_dict: dict) -> dict:
+        """id(parameter) -> its position in `state_dict` (what torch's `state_dict()` numbered it)."""
+        return dict(zip((id(p) for g in self.param_groups for p in g["params"]),
+                        (i for g in state_dict["param_groups"] for i in g["params"])))
+
+    @staticmethod
+    def _state_dtype(p: torch.Tensor) -> torch.dtype:
+        return torch.float32 if p.dtype in LOW_PRECISION else p.dtype
 
     def _params_with_state(self, group: dict):
         pairs = [(p, self.state[p]["z"]) for p in group["params"] if "z" in self.state[p]]
@@ -267,7 +341,7 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
     def _state_for(self, p: torch.Tensor) -> dict:
         state = self.state[p]
         if "z" not in state:
-            state_dtype = torch.float32 if p.dtype in LOW_PRECISION else p.dtype
+            state_dtype = self._state_dtype(p)
             state["z"] = p.detach().to(state_dtype, memory_format=torch.preserve_format, copy=True)
             state["exp_avg_sq"] = torch.zeros_like(p, dtype=state_dtype, memory_format=torch.preserve_format)
         return state

@@ -8,10 +8,12 @@
 
 Trainer strategies (DDP, DeepSpeed ZeRO-1/2/3): a ScheduleFreeTrainer runs STEPS steps with a checkpoint at
 SAVE_AT (and an evaluation there, so the run switches y -> x -> y mid-way), evaluates, saves; a second trainer
-resumes from the checkpoint. FSDP2 (torchrun, torch's fully_shard; accelerate runs DDP on CPU): the same with a
-plain loop, DCP checkpoints and a consolidated full state dict. Every rank writes the weights it computes with
-(x_module_rank{r}.safetensors); rank 0 writes the optimizer's own x (x_master.safetensors, from DeepSpeed's fp32
-partitions or the FSDP2 shards), y, the x of the resumed run, and results.json.
+resumes from the checkpoint; a third runs the same steps with no evaluation and no checkpoint (observing a run
+must not change it; with --bf16-params all three run again with bf16 parameters). FSDP2 (torchrun, torch's
+fully_shard; accelerate runs DDP on CPU): the same with a plain loop, DCP checkpoints and a consolidated full
+state dict. Every rank writes the weights it computes with (x_module_rank{r}.safetensors); rank 0 writes the
+optimizer's own x (x_master.safetensors, from DeepSpeed's fp32 partitions or the FSDP2 shards), y, the x of the
+resumed and of the unobserved runs, and results.json.
 """
 
 import argparse
@@ -135,7 +137,7 @@ def refused(out: Path, config_file: str) -> dict:
     return dict(error=None, chain=[type(o).__name__ for o in optimizer_chain(trainer.optimizer)])
 
 
-def run_trainer(out: Path, refuse_config: str = None) -> None:
+def run_trainer(out: Path, refuse_config: str = None, bf16_params: bool = False) -> None:
     rank = int(os.environ.get("RANK", 0))
     results = {}
     if refuse_config:  # ZeRO-Offload with accelerate's default swap: must fail before the first step
@@ -163,12 +165,34 @@ def run_trainer(out: Path, refuse_config: str = None) -> None:
     results.update(resumed_losses=losses(resumed), resumed_eval_loss=resumed.evaluate()["eval_loss"],
                    resumed_k=[g["k"] for g in resumed._base_optimizer().param_groups])
 
+    # the same run never evaluated nor saved: observing a run must not change it
+    x_unobserved = unobserved_x(out / "unobserved", tiny_model())
+    outputs = dict(x_master=x_master, y=y, x_resumed=x_resumed, x_at_save=record.x, x_unobserved=x_unobserved)
+    if bf16_params:  # and all three again with bf16 parameters (fp32 z and v, y rounded to bf16 at every step)
+        observed = ScheduleFreeTrainer(model=tiny_model().to(torch.bfloat16), args=trainer_args(out / "bf16"),
+                                       train_dataset=TRAIN, eval_dataset=EVAL)
+        observed.train()
+        resumed = ScheduleFreeTrainer(model=tiny_model(seed=1).to(torch.bfloat16),
+                                      args=trainer_args(out / "bf16_resumed"), train_dataset=TRAIN, eval_dataset=EVAL)
+        resumed.train(resume_from_checkpoint=str(out / "bf16" / f"checkpoint-{SAVE_AT}"))
+        results["bf16_module_dtype"] = str(next(observed.model.parameters()).dtype)
+        outputs.update(bf16_x_observed=master_weights(observed), bf16_x_resumed=master_weights(resumed),
+                       bf16_x_unobserved=unobserved_x(out / "bf16_unobserved", tiny_model().to(torch.bfloat16)))
+
     save_file(x_module, str(out / f"x_module_rank{rank}.safetensors"))
     if rank == 0:
-        for name, weights in (("x_master", x_master), ("y", y), ("x_resumed", x_resumed), ("x_at_save", record.x)):
+        for name, weights in outputs.items():
             save_file(weights, str(out / f"{name}.safetensors"))
         (out / "results.json").write_text(json.dumps(results, indent=1))
     end_process_group()
+
+
+def unobserved_x(out: Path, model) -> dict:
+    """x at the end of the same run with no evaluation and no checkpoint on the way."""
+    trainer = ScheduleFreeTrainer(model=model, args=trainer_args(out, save_strategy="no", eval_strategy="no"),
+                                  train_dataset=TRAIN)
+    trainer.train()
+    return master_weights(trainer)
 
 
 def end_process_group() -> None:
@@ -311,6 +335,14 @@ def run_fsdp2(out: Path) -> None:
 
     x_resumed = full(resumed)
 
+    # the same run never evaluated nor saved: observing a run must not change it
+    unobserved = sharded_model()
+    unobserved_optimizer = build_optimizer(unobserved)
+    for step in range(1, STEPS + 1):
+        loop_step(unobserved, unobserved_optimizer, step, world, rank)
+    switch_weights(unobserved_optimizer, train=False, model=unobserved)
+    x_unobserved = full(unobserved)
+
     # the foreach twin on the same shards (the run above took the compiled kernel when it builds here)
     results["fused"] = optimizer._use_fused(optimizer.param_groups[0]["params"][0].to_local())
     twin = sharded_model()
@@ -351,7 +383,7 @@ def run_fsdp2(out: Path) -> None:
     save_file(x_module, str(out / f"x_module_rank{rank}.safetensors"))
     if rank == 0:
         for name, weights in (("x_master", x_master), ("y", y), ("x_resumed", x_resumed), ("x_at_save", x_at_save),
-                              ("x_foreach", x_foreach)):
+                              ("x_foreach", x_foreach), ("x_unobserved", x_unobserved)):
             save_file(weights, str(out / f"{name}.safetensors"))
         for folder, weights in (("final", saved), (f"run/checkpoint-{SAVE_AT}", saved_at_save)):
             (out / folder).mkdir(parents=True, exist_ok=True)
@@ -425,6 +457,7 @@ if __name__ == "__main__":
     parser.add_argument("--fsdp2", action="store_true", help="torchrun + fully_shard instead of the Trainer")
     parser.add_argument("--deepspeed-bf16", action="store_true", help="torchrun + DeepSpeed's engine, bf16")
     parser.add_argument("--refuse-config", help="a DeepSpeed JSON that must be refused before the first step")
+    parser.add_argument("--bf16-params", action="store_true", help="the Trainer runs again with bf16 parameters")
     cli = parser.parse_args()
     cli.out.mkdir(parents=True, exist_ok=True)
     if cli.fsdp2 or cli.deepspeed_bf16:  # one torchrun launch can run both (a process start saved)
@@ -436,4 +469,4 @@ if __name__ == "__main__":
             run_deepspeed_bf16(cli.out / "deepspeed_bf16")
         end_process_group()
     else:
-        run_trainer(cli.out, cli.refuse_config)
+        run_trainer(cli.out, cli.refuse_config, cli.bf16_params)
