@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import ModelCard
 from safetensors.torch import load
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer
 
 from sf_hf import ScheduleFreeTrainer
 from sf_hf import checkpoints as sf_checkpoints

@@ -84,8 +84,8 @@ def test_checkpoints_hold_what_transformers_writes_plus_sf_hfs_files(tmp_path):
 
 
 def test_pushes_carry_what_transformers_pushes_less_what_never_leaves(hub_server, tmp_path):
-    ours, plain = run_both(tmp_path, early_stopping=False, max_steps=4, save_strategy="steps", save_steps=2, push_to_hub=True,
-                           hub_strategy="checkpoint", hub_always_push=True, hub_model_id=None)
+    ours, plain = run_both(tmp_path, early_stopping=False, max_steps=4, save_strategy="steps", save_steps=2,
+                           push_to_hub=True, hub_strategy="checkpoint", hub_always_push=True, hub_model_id=None)
     for trainer in (ours, plain):
         trainer.push_to_hub()
     mine, theirs = (set(hub_server.files(f"{hub_server.user}/{name}")) for name in ("ours", "plain"))
