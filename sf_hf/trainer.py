@@ -314,15 +314,22 @@ class ScheduleFreeTrainer(Trainer):
             message = f"Training in progress, step {self.state.global_step}"
         else:
             message = f"Training in progress, epoch {int(self.state.epoch)}"
-        card = trainer_hub.trainer_model_card(checkpoint_folder, repo_id=self.hub_model_id,
-                                              run_dir=self.args.output_dir, revision=self.args.hub_revision)
-        uploads = [(trainer_hub.published_snapshot(checkpoint_folder, self.args.output_dir, card.content.encode()),
-                    None, message)]
-        if self.args.hub_strategy in (HubStrategy.CHECKPOINT, HubStrategy.ALL_CHECKPOINTS):
-            path_in_repo = "last-checkpoint" if self.args.hub_strategy == HubStrategy.CHECKPOINT \
-                else os.path.basename(checkpoint_folder)
-            uploads.append((trainer_hub.checkpoint_snapshot(checkpoint_folder, self.args.output_dir), path_in_repo,
-                            message + ", checkpoint"))
+        uploads = []
+        try:
+            card = trainer_hub.trainer_model_card(checkpoint_folder, repo_id=self.hub_model_id,
+                                                  run_dir=self.args.output_dir, revision=self.args.hub_revision)
+            uploads.append((trainer_hub.published_snapshot(checkpoint_folder, self.args.output_dir,
+                                                           card.content.encode()), None, message))
+            if self.args.hub_strategy in (HubStrategy.CHECKPOINT, HubStrategy.ALL_CHECKPOINTS):
+                path_in_repo = "last-checkpoint" if self.args.hub_strategy == HubStrategy.CHECKPOINT \
+                    else os.path.basename(checkpoint_folder)
+                uploads.append((trainer_hub.checkpoint_snapshot(checkpoint_folder, self.args.output_dir),
+                                path_in_repo, message + ", checkpoint"))
+        except Exception as err:  # a broken run_args.json or record: skip this push, never stop training for it
+            logger.error("sf_hf: not pushing %s: %s", checkpoint_folder, err)
+            for folder, _, _ in uploads:
+                trainer_hub.discard_snapshot(folder)
+            return
         jobs = [trainer_hub.upload_snapshot(folder, repo_id=self.hub_model_id, path_in_repo=path_in_repo,
                                             commit_message=text, token=self.args.hub_token,
                                             revision=self.args.hub_revision, blocking=False)

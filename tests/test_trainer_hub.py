@@ -152,3 +152,13 @@ def test_push_to_hub_writes_sf_hfs_model_card(hub_server, tmp_path):
         assert row in card.text
     assert "- Steps: 6;" in card.text and 'from_pretrained("org/card", revision="main")' in card.text
     assert (tmp_path / "README.md").read_text() == card.content  # create_model_card wrote the same card locally
+
+
+def test_a_push_that_cannot_be_prepared_is_skipped_and_training_goes_on(hub_server, tmp_path, caplog):
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / "run_args.json").write_text('{"data": ')  # the card reads it
+    trainer = hub_trainer(tmp_path, "org/broken", max_steps=3, save_steps=3)
+    trainer.train()
+    assert trainer.state.global_step == 3 and commits_of_main(hub_server, "org/broken") == []
+    assert "not pushing" in caplog.text and (tmp_path / "checkpoint-3").is_dir()
+    assert not [p for p in tmp_path.iterdir() if "sf_hf-push" in p.name]

@@ -68,9 +68,14 @@ def snapshot(folder: os.PathLike, parent: os.PathLike, names: Iterable[str],
         for name, data in (contents or {}).items():
             (path / name).write_bytes(data)
     except BaseException:
-        shutil.rmtree(path, ignore_errors=True)
+        discard_snapshot(path)
         raise
     return path
+
+
+def discard_snapshot(path: Path) -> None:
+    """Removes a snapshot that will not be uploaded."""
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def published_snapshot(folder: os.PathLike, parent: os.PathLike, card: bytes) -> Path:
@@ -105,12 +110,12 @@ def upload_snapshot(path: Path, *, repo_id: str, revision: Optional[str], commit
                                        commit_message=commit_message, token=token, revision=revision,
                                        delete_patterns=stale, run_as_future=not blocking)
     except BaseException:
-        shutil.rmtree(path, ignore_errors=True)
+        discard_snapshot(path)
         raise
     if isinstance(result, Future):
-        result.add_done_callback(lambda _: shutil.rmtree(path, ignore_errors=True))
+        result.add_done_callback(lambda _: discard_snapshot(path))
     else:
-        shutil.rmtree(path, ignore_errors=True)
+        discard_snapshot(path)
     return result
 
 
