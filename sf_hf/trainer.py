@@ -187,7 +187,7 @@ class ScheduleFreeTrainer(HubPublishing, Trainer):
         self._sf_loaded_from = read_metadata(self.state.best_model_checkpoint)
 
     def _finalize_training(self, *args, **kwargs):
-        """transformers' end of training (>= 5.x releases that have this method; see `_EndOfTraining` for the rest).
+        """transformers' end of training, from x on (for the final log, the best-model reload and `on_train_end`).
 
         With `save_total_limit=1` and a best checkpoint, transformers deletes every `checkpoint-*` folder but the best
         one, `sf-hf convert`'s `checkpoint-N-x` included: sf_hf deletes the other `checkpoint-N` itself (through a
@@ -203,12 +203,6 @@ class ScheduleFreeTrainer(HubPublishing, Trainer):
             return super()._finalize_training(*args, **kwargs)
         finally:
             self._restore_save_total_limit()
-
-    def _sorted_checkpoints(self, *args, **kwargs):
-        """Older transformers 5.x: the `checkpoint-*` folders it would rotate or delete, less those that are not exactly
-        `checkpoint-N` (`sf-hf convert` writes `checkpoint-N-x`)."""
-        found = super()._sorted_checkpoints(*args, **kwargs)
-        return [path for path in found if checkpoints.CHECKPOINT_RE.match(os.path.basename(path))]
 
     def _restore_save_total_limit(self) -> None:
         if self._sf_end_limit is not None:
@@ -404,8 +398,8 @@ class ScheduleFreeTrainer(HubPublishing, Trainer):
 
 class _EndOfTraining(TrainerCallback):
     """The first of a `ScheduleFreeTrainer`'s callbacks: at `on_train_end`, before any other callback (W&B's and
-    DVCLive's `log_model` save the model there), the model holds x and `save_total_limit` is the user's again. A
-    callback rather than an override, so it holds for every transformers 5.x, whichever method fires the event."""
+    DVCLive's `log_model` save the model there), the model holds x and `save_total_limit` is the user's again (see
+    `_finalize_training`), whichever path fires the event (a pruned hyperparameter-search trial fires it too)."""
 
     def __init__(self, trainer: ScheduleFreeTrainer):
         self._trainer = weakref.ref(trainer)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import ModelCard
 from safetensors.torch import load
-from transformers import Trainer
+from transformers import Trainer, TrainingArguments
 
 from sf_hf import ScheduleFreeTrainer
 from sf_hf import checkpoints as sf_checkpoints
@@ -99,9 +99,10 @@ class HeldJobs(CheckpointPipelineCallback):
 def test_nothing_but_published_files_leaves_with_the_pipeline_callback(hub_server, tmp_path, trainer_cls):
     pipeline = HeldJobs(repo_id="org/branches", retry=RetryPolicy(attempts=2, initial_delay=0.01))
     if trainer_cls is Trainer:
-        trainer = Trainer(model=tiny_model(), train_dataset=TRAIN_SET, callbacks=[pipeline], args=config(
-            tmp_path, max_steps=6, save_strategy="steps", save_steps=3, push_to_hub=True, hub_model_id="org/root",
-            hub_always_push=True, optim="schedule_free_adamw", lr_scheduler_type="constant"))
+        trainer = Trainer(model=tiny_model(), train_dataset=TRAIN_SET, callbacks=[pipeline], args=TrainingArguments(
+            str(tmp_path), max_steps=6, per_device_train_batch_size=4, save_strategy="steps", save_steps=3,
+            push_to_hub=True, hub_model_id="org/root", hub_always_push=True, optim="schedule_free_adamw",
+            lr_scheduler_type="constant", report_to="none", use_cpu=True, disable_tqdm=True))
     else:
         trainer = hub_trainer(tmp_path, "org/root", callbacks=[pipeline], hub_always_push=True)
     pipeline.trainer = trainer

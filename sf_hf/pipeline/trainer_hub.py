@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Dict, Iterable, Optional, Sequence
 
 from huggingface_hub import HfApi, ModelCard
+from transformers.utils.hub import hf_api
 
 from ..metadata import read_metadata
 from .card import build_model_card
@@ -39,12 +40,6 @@ SNAPSHOT_PREFIX = "_sf_hf-push-"
 def hub_api() -> HfApi:
     """The `HfApi` transformers itself uploads with: its one background worker runs the pushes in the order they were
     started (separate clients would commit them in any order, and the root could end on an older checkpoint)."""
-    try:
-        from transformers.utils.hub import hf_api  # later transformers 5.x releases
-    except ImportError:
-        from huggingface_hub.hf_api import api  # what `huggingface_hub.upload_folder` (earlier releases) is bound to
-
-        return api
     return hf_api()
 
 
