@@ -195,7 +195,7 @@ class ScheduleFreeTrainer(HubPublishing, Trainer):
         self.use_averaged_weights()
         best = self.state.best_model_checkpoint
         if self.args.save_total_limit == 1 and best is not None:
-            if self.args.should_save:
+            if self.args.should_save and os.path.isdir(best):
                 checkpoints.keep_only_checkpoints(self._get_output_dir(kwargs.get("trial", args[0] if args else None)),
                                                   keep=[best])
             self._sf_end_limit, self.args.save_total_limit = self.args.save_total_limit, None

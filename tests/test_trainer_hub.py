@@ -20,6 +20,7 @@ from sf_hf import checkpoints as sf_checkpoints
 from sf_hf.pipeline import CheckpointPipelineCallback, RetryPolicy
 from sf_hf.pipeline.checkpoints import NEVER_PUBLISHED, PUBLISHED_PATTERNS
 
+from .test_trainer_end import best_is_first_run
 from .trainer_utils import TokenDataset, config, max_abs_diff, saved_weights, tiny_model
 
 TRAIN_SET = TokenDataset(64, seed=1)
@@ -163,3 +164,13 @@ def test_a_push_that_cannot_be_prepared_is_skipped_and_training_goes_on(hub_serv
     assert trainer.state.global_step == 3 and commits_of_main(hub_server, "org/broken") == []
     assert "not pushing" in caplog.text and (tmp_path / "checkpoint-3").is_dir()
     assert not [p for p in tmp_path.iterdir() if "sf_hf-push" in p.name]
+
+
+def test_after_a_best_model_reload_the_root_names_the_best_step(hub_server, tmp_path):
+    trainer = best_is_first_run(tmp_path, push_to_hub=True, hub_model_id="org/best", hub_strategy="end")
+    trainer.push_to_hub()
+    root = hub_server.files("org/best")
+    assert json.loads(root["schedule_free.json"])["global_step"] == 2
+    assert max_abs_diff(load(root["model.safetensors"]), saved_weights(tmp_path / "checkpoint-2")) == 0.0
+    assert max_abs_diff(load(root["model.safetensors"]), saved_weights(tmp_path / "checkpoint-6")) > 1e-3
+    assert "- Steps: 2;" in root["README.md"].decode()
