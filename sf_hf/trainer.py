@@ -14,12 +14,13 @@ from a checkpoint (which holds x) rebuilds exactly the y of an uninterrupted run
 
 import logging
 import os
+import weakref
 from datetime import timedelta
 from typing import Optional
 
 import torch
 from torch import nn
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 from transformers.optimization import get_scheduler
 from transformers.pytorch_utils import Conv1D
 from transformers.trainer_callback import ExportableState
@@ -28,8 +29,9 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy
 from . import checkpoints
 from .configs import ScheduleFreeConfig
 from .distributed import resolve_optimizer, switch_weights
-from .metadata import optimizer_hyperparameters, write_metadata
+from .metadata import optimizer_hyperparameters, read_metadata, write_metadata
 from .registry import get_optimizer_spec, resolve_warmup_steps
+from .trainer_publishing import HubPublishing
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ def linear_weight_names(model: nn.Module) -> list:
     return [name for name, p in model.named_parameters() if id(p) in linear]
 
 
-class ScheduleFreeTrainer(Trainer):
+class ScheduleFreeTrainer(HubPublishing, Trainer):
     """`Trainer` for the optimizers of `sf_hf.registry` (see the module docstring).
 
     Args:
@@ -71,6 +73,9 @@ class ScheduleFreeTrainer(Trainer):
             raise ValueError("ScheduleFreeTrainer builds its optimizer from args.optimizer_name; do not pass one.")
         super().__init__(*args, **kwargs)
         self._num_training_steps: Optional[int] = None
+        self._sf_loaded_from: Optional[dict] = None  # the best checkpoint's metadata while the model holds its weights
+        self._sf_end_limit = None  # save_total_limit, while the end of training is sf_hf's (see _finalize_training)
+        self.callback_handler.callbacks.insert(0, _EndOfTraining(self))
 
     # ------------------------------------------------------------------ optimizer and scheduler
 
@@ -158,6 +163,7 @@ class ScheduleFreeTrainer(Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self.use_training_weights()
+        self._sf_loaded_from = None
         return super().training_step(model, inputs, num_items_in_batch)
 
     def evaluate(self, *args, **kwargs):
@@ -179,9 +185,33 @@ class ScheduleFreeTrainer(Trainer):
         self.use_averaged_weights()
         with checkpoints.loads_saved_names(self.model):  # see _load_from_checkpoint
             super()._load_best_model()
+        self._sf_loaded_from = read_metadata(self.state.best_model_checkpoint)
+
+    def _finalize_training(self, *args, **kwargs):
+        """transformers' end of training, from x on (for the final log, the best-model reload and `on_train_end`).
+
+        With `save_total_limit=1` and a best checkpoint, transformers deletes every `checkpoint-*` folder but the best
+        one, `sf-hf convert`'s `checkpoint-N-x` included: sf_hf deletes the other `checkpoint-N` itself (through a
+        hidden name, as its rotation does) and hands transformers no limit until `on_train_end`."""
+        self.use_averaged_weights()
+        best = self.state.best_model_checkpoint
+        if self.args.save_total_limit == 1 and best is not None:
+            if self.args.should_save and os.path.isdir(best):
+                checkpoints.keep_only_checkpoints(self._get_output_dir(kwargs.get("trial", args[0] if args else None)),
+                                                  keep=[best])
+            self._sf_end_limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            return super()._finalize_training(*args, **kwargs)
+        finally:
+            self._restore_save_total_limit()
+
+    def _restore_save_total_limit(self) -> None:
+        if self._sf_end_limit is not None:
+            self.args.save_total_limit, self._sf_end_limit = self._sf_end_limit, None
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         self._bound_collective_timeout()
+        self._sf_loaded_from = None
         resume_from_checkpoint = self._checkpoint_to_resume(resume_from_checkpoint)
         try:
             result = super().train(resume_from_checkpoint, *args, **kwargs)
@@ -200,17 +230,20 @@ class ScheduleFreeTrainer(Trainer):
         return result
 
     def _write_metadata(self, output_dir: str) -> None:
+        """`schedule_free.json` for the weights the model holds: the current step's, or after a best-model reload the
+        best checkpoint's step and tokens seen."""
         optimizer = self._base_optimizer()
+        loaded = self._sf_loaded_from or {}
         os.makedirs(output_dir, exist_ok=True)
         write_metadata(
             output_dir, weights=get_optimizer_spec(self.args.optimizer_name).saved_weights,
-            optimizer_name=self.args.optimizer_name, global_step=self.state.global_step,
+            optimizer_name=self.args.optimizer_name, global_step=loaded.get("global_step", self.state.global_step),
             hyperparameters=optimizer_hyperparameters(optimizer) if optimizer is not None else {},
             extra=dict(
                 train_batch_size=self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
                 * self.args.world_size,
                 num_training_steps=self._num_training_steps,
-                tokens_seen=self.state.num_input_tokens_seen or None,
+                tokens_seen=loaded.get("tokens_seen", self.state.num_input_tokens_seen or None),
             ),
         )
 
@@ -385,3 +418,18 @@ class ScheduleFreeTrainer(Trainer):
             logs["learning_rate"] = group["scheduled_lr"]
             logs["averaging_weight"] = group["averaging_weight"]
         super().log(logs, start_time)
+
+
+class _EndOfTraining(TrainerCallback):
+    """The first of a `ScheduleFreeTrainer`'s callbacks: at `on_train_end`, before any other callback (W&B's and
+    DVCLive's `log_model` save the model there), the model holds x and `save_total_limit` is the user's again (see
+    `_finalize_training`), whichever path fires the event (a pruned hyperparameter-search trial fires it too)."""
+
+    def __init__(self, trainer: ScheduleFreeTrainer):
+        self._trainer = weakref.ref(trainer)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        trainer = self._trainer()
+        if trainer is not None:
+            trainer.use_averaged_weights()
+            trainer._restore_save_total_limit()

@@ -1353,8 +1353,9 @@ def patch_hf_clients(monkeypatch: Any, server: HubServer, hf_home: str | os.Path
     # 3. Objects that captured the endpoint when they were created at import time.
     monkeypatch.setattr(hf_api_module.api, "endpoint", url)  # module-level HfApi behind `huggingface_hub.whoami`...
     monkeypatch.setattr(hf_api_module.api, "_whoami_cache", {})
-    monkeypatch.setattr(_http, "_HUB_ORIGINS", frozenset(_http._HUB_ORIGINS | {_http._url_origin(url)}))
-    if _detect_agent._registry is None:  # don't let user-agent building fetch/write the agent registry
+    if hasattr(_http, "_HUB_ORIGINS"):  # huggingface_hub 2.x: redirects that keep auth (1.x has no such list)
+        monkeypatch.setattr(_http, "_HUB_ORIGINS", frozenset(_http._HUB_ORIGINS | {_http._url_origin(url)}))
+    if getattr(_detect_agent, "_registry", False) is None:  # don't let user-agent building fetch/write the registry
         monkeypatch.setattr(_detect_agent, "_registry", dict(_detect_agent._EMPTY_REGISTRY))
 
     transformers_hub = sys.modules.get("transformers.utils.hub")

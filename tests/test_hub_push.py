@@ -205,7 +205,7 @@ def test_callback_evaluates_and_pushes_each_checkpoint_at_x_during_training(hub_
         assert json.loads(hub_server.files("org/live", revision)["schedule_free.json"])["weights"] == "x"
     assert not (tmp_path / "run" / "checkpoint-3").exists()
     assert json.loads((tmp_path / "run" / "checkpoint-6" / "eval_results.json").read_text()) == pipeline.results[1]
-    assert not list((tmp_path / "run").glob(".sf_hf-*"))  # snapshots are cleaned up
+    assert not list((tmp_path / "run").glob("*sf_hf-*"))  # snapshots are cleaned up
     assert_card_matches(hub_card("org/live", "step-000000006"), tmp_path / "run" / "checkpoint-6")
 
 

@@ -85,9 +85,10 @@ def test_push_to_hub_uploads_x(tmp_path, monkeypatch):
     class FakeApi:
         def upload_folder(self, folder_path, **kwargs):
             uploaded.update(saved_weights(folder_path))
+            return "commit"
 
     monkeypatch.setattr(ScheduleFreeTrainer, "init_hf_repo", lambda self, token=None: None)
-    monkeypatch.setattr("transformers.trainer.hf_api", lambda: FakeApi())
+    monkeypatch.setattr("sf_hf.pipeline.trainer_hub.hub_api", FakeApi)
     trainer.hub_model_id = "org/name"
     trainer.push_to_hub()
     assert uploaded and max_abs_diff(uploaded, y) > 1e-3

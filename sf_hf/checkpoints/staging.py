@@ -147,6 +147,17 @@ def rotate_checkpoints(run_dir: PathLike, save_total_limit: Optional[int], keep:
     return removed
 
 
+def keep_only_checkpoints(run_dir: PathLike, keep: Iterable[Optional[PathLike]]) -> List[Path]:
+    """Deletes every `checkpoint-N` of `run_dir` but those in `keep` (what transformers does at the end of training
+    with `save_total_limit=1`, on exact `checkpoint-N` names only: never a user's `checkpoint-N-x`), each through a
+    `.deleted-` name. Returns the removed folders."""
+    kept = {Path(k).resolve() for k in keep if k}
+    removed = [path for path in checkpoint_folders(run_dir) if path.resolve() not in kept]
+    for path in removed:
+        _remove(path)
+    return removed
+
+
 def save_error(final: PathLike, err: BaseException, run_dir: PathLike) -> CheckpointSaveError:
     """The `CheckpointSaveError` for a failed save of `final`: what failed (a full or read-only disk is named as
     such: torch reports a full disk as "unexpected pos"), where, and what is still intact. Call it before the

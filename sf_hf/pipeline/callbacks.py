@@ -33,6 +33,9 @@ from .report import PLOT_NAME, plot_loss
 from .retry import DEFAULT_RETRY, RetryPolicy
 
 logger = logging.getLogger(__name__)
+WORKSPACE_PREFIX = "_sf_hf-"
+"""The jobs' folders in `output_dir`: transformers' `push_to_hub` never uploads `_*` (the hidden `.sf_hf-*` of earlier
+releases went up, optimizer state included, with a plain `Trainer`'s pushes)."""
 
 
 def snapshot_checkpoint(folder: Path, parent: Path) -> Path:
@@ -90,7 +93,7 @@ class CheckpointPipelineCallback(TrainerCallback):
         if not state.is_world_process_zero:
             return
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        workspace = Path(tempfile.mkdtemp(prefix=".sf_hf-", dir=args.output_dir))
+        workspace = Path(tempfile.mkdtemp(prefix=WORKSPACE_PREFIX, dir=args.output_dir))
         try:
             snapshot = snapshot_checkpoint(folder, workspace)
         except OSError as err:  # never stop training for the pipeline's sake

@@ -12,7 +12,7 @@ and citations of both papers.
 
 import os
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -82,7 +82,8 @@ def hyperparameter_rows(info: CheckpointInfo, block_size: Optional[int]) -> List
 
 def build_model_card(info: CheckpointInfo, results: Optional[dict], *, repo_id: str, run_args: dict,
                      revision: Optional[str] = None, base_model: Optional[str] = None,
-                     plot_file: Optional[str] = None) -> ModelCard:
+                     plot_file: Optional[str] = None, publisher: str = "`sf-hf push`", step_branches: bool = True,
+                     extra_tags: Sequence[str] = (), language=None, license: Optional[str] = None) -> ModelCard:
     """Renders the card of one revision of `repo_id`.
 
     Args:
@@ -94,6 +95,11 @@ def build_model_card(info: CheckpointInfo, results: Optional[dict], *, repo_id: 
         base_model (`str`, *optional*): the model this run fine-tuned; defaults to `run_args["model"]`'s
             `model_name_or_path`. Recorded in the metadata when it is a Hub id.
         plot_file (`str`, *optional*): the plot's path in the repository.
+        publisher (`str`, *optional*, defaults to ``"`sf-hf push`"``): what published it, for the summary.
+        step_branches (`bool`, *optional*, defaults to `True`): whether the checkpoints are on `step-*` branches (the
+            `sf-hf push` layout; a `ScheduleFreeTrainer` push has them in `last-checkpoint/` or `checkpoint-N/`).
+        extra_tags (`Sequence[str]`, *optional*): more tags (e.g. the model's own `model_tags`).
+        language, license (*optional*): the card metadata fields of that name.
 
     Returns:
         `huggingface_hub.ModelCard`.
@@ -115,7 +121,9 @@ def build_model_card(info: CheckpointInfo, results: Optional[dict], *, repo_id: 
     card_data = ModelCardData(
         model_name=model_name, library_name="transformers", pipeline_tag="text-generation",
         tags=["sf_hf"] + (["schedule-free"] if is_schedule_free(info) else [])
-        + ([info.optimizer_name] if info.optimizer_name.isidentifier() else []), eval_results=eval_results or None,
+        + ([info.optimizer_name] if info.optimizer_name.isidentifier() else [])
+        + [tag for tag in extra_tags if tag not in ("sf_hf", "schedule-free", info.optimizer_name)],
+        eval_results=eval_results or None, language=language, license=license,
         datasets=[dataset] if _is_hub_id(dataset) else None,
         base_model=base_model if _is_hub_id(base_model) else None,
     )
@@ -124,7 +132,8 @@ def build_model_card(info: CheckpointInfo, results: Optional[dict], *, repo_id: 
     spec = OPTIMIZERS.get(info.optimizer_name)
     return ModelCard.from_template(
         card_data, template_path=str(TEMPLATE_PATH), model_name=model_name,
-        summary=f"A causal language model {kind} with `{info.optimizer_name}`, published by `sf-hf push`.",
+        summary=f"A causal language model {kind} with `{info.optimizer_name}`, published by {publisher}.",
+        step_branches=step_branches,
         repo_id=repo_id, revision=revision or info.revision, schedule_free=is_schedule_free(info),
         converted_from_y=results.get("converted_from") == "y",
         metrics=[(metric, f"{value:.4f}" if isinstance(value, float) else value) for metric, value in metrics],

@@ -1,0 +1,110 @@
+"""The end of training: what callbacks see after the last step, what the final model's metadata says after a best-model
+reload, and which folders the end of training may delete.
+
+    pytest tests/test_trainer_end.py -q
+"""
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from sf_hf import ScheduleFreeTrainer
+from sf_hf.metadata import read_metadata
+from sf_hf.pipeline import convert_checkpoint
+
+from .trainer_utils import TokenDataset, config, max_abs_diff, saved_weights, tiny_model, weights
+
+TRAIN_SET, EVAL_SET = TokenDataset(64, seed=1), TokenDataset(8, seed=2)
+
+
+def x_and_y_from_optimizer(trainer):
+    """x = (y - (1 - b1) z) / b1 in float64, from the optimizer's y (train mode) and z; the model is left at x."""
+    opt = trainer.optimizer
+    opt.train()
+    y = weights(trainer.model)
+    beta1 = opt.param_groups[0]["betas"][0]
+    x = {n: (y[n].double() - (1 - beta1) * opt.state[p]["z"].double()) / beta1
+         for n, p in trainer.model.named_parameters()}
+    opt.eval()
+    return x, y
+
+
+class SaveTheModel(TrainerCallback):
+    """Saves the model the way W&B's and DVCLive's `log_model` do at `on_train_end`, and records the weights seen at
+    the last step's `on_evaluate` and `on_save`."""
+
+    def __init__(self, folder, last_step):
+        self.folder, self.last_step, self.seen = folder, last_step, {}
+
+    def on_evaluate(self, args, state, control, model=None, **kwargs):
+        if state.global_step == self.last_step:
+            self.seen["on_evaluate"] = weights(model)
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        if state.global_step == self.last_step:
+            self.seen["on_save"] = weights(model)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.seen["on_train_end"] = weights(model)
+        model.save_pretrained(self.folder)
+
+
+@pytest.mark.parametrize("strategy", ["steps", "no"], ids=["last-step-evaluated-and-saved", "no-evaluation-nor-save"])
+def test_callbacks_after_the_last_step_see_x(tmp_path, strategy):
+    saver = SaveTheModel(tmp_path / "logged_model", last_step=8)
+    trainer = ScheduleFreeTrainer(
+        model=tiny_model(), train_dataset=TRAIN_SET, eval_dataset=EVAL_SET, callbacks=[saver],
+        args=config(tmp_path / "run", max_steps=8, eval_strategy=strategy, eval_steps=4, save_strategy=strategy,
+                    save_steps=4))
+    trainer.train()
+    x, y = x_and_y_from_optimizer(trainer)
+    assert max_abs_diff(x, y) > 1e-3  # far apart: the checks below tell them apart
+    expected = {"on_evaluate", "on_save", "on_train_end"} if strategy == "steps" else {"on_train_end"}
+    assert set(saver.seen) == expected
+    for event, seen in saver.seen.items():
+        assert max_abs_diff(seen, x) < 1e-6, event
+    assert max_abs_diff(saved_weights(tmp_path / "logged_model"), x) < 1e-6
+
+
+class ConvertAt(TrainerCallback):
+    """Runs `sf-hf convert`'s default (`checkpoint-N` -> `checkpoint-N-x`) on a checkpoint while training goes on."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            convert_checkpoint(f"{args.output_dir}/checkpoint-{self.step}")
+
+
+def best_is_first_run(tmp_path, callbacks=(), **overrides):
+    """6 steps, evaluated and saved every 2; "best" is the highest eval loss, i.e. step 2's (losses fall), so the
+    best checkpoint's weights differ from the last step's."""
+    trainer = ScheduleFreeTrainer(
+        model=tiny_model(), train_dataset=TRAIN_SET, eval_dataset=EVAL_SET, callbacks=list(callbacks),
+        args=config(tmp_path, max_steps=6, eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2,
+                    load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=True,
+                    include_num_input_tokens_seen=True, **overrides))
+    trainer.train()
+    assert trainer.state.best_model_checkpoint.endswith("checkpoint-2") and trainer.state.global_step == 6
+    return trainer
+
+
+def test_after_a_best_model_reload_the_metadata_names_the_best_step(tmp_path):
+    trainer = best_is_first_run(tmp_path / "run")
+    best = tmp_path / "run" / "checkpoint-2"
+    trainer.save_model(str(tmp_path / "final"))
+    final = read_metadata(tmp_path / "final")
+    assert max_abs_diff(saved_weights(tmp_path / "final"), saved_weights(best)) == 0.0
+    assert max_abs_diff(saved_weights(tmp_path / "final"), saved_weights(tmp_path / "run" / "checkpoint-6")) > 1e-3
+    assert final["global_step"] == 2 and final["tokens_seen"] == read_metadata(best)["tokens_seen"]
+    assert final["tokens_seen"] < read_metadata(tmp_path / "run" / "checkpoint-6")["tokens_seen"]
+
+
+def test_the_end_of_training_never_deletes_converted_folders(tmp_path):
+    run = tmp_path / "run"
+    trainer = best_is_first_run(run, callbacks=[ConvertAt(2)], save_total_limit=1)
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith("checkpoint-")) == ["checkpoint-2",
+                                                                                          "checkpoint-2-x"]
+    torch.testing.assert_close(saved_weights(run / "checkpoint-2-x"), saved_weights(run / "checkpoint-2"))
+    assert trainer.args.save_total_limit == 1

@@ -1,0 +1,176 @@
+"""What `ScheduleFreeTrainer`'s `push_to_hub` (the argument and the method) publishes, against the local fake Hub.
+
+    pytest tests/test_trainer_hub.py -q
+
+Each test lists what the repo holds after the push (every commit of `main`, for the pushes during training).
+"""
+
+import fnmatch
+import json
+import threading
+from pathlib import Path
+
+import pytest
+from huggingface_hub import ModelCard
+from safetensors.torch import load
+from transformers import Trainer, TrainingArguments
+
+from sf_hf import ScheduleFreeTrainer
+from sf_hf import checkpoints as sf_checkpoints
+from sf_hf.pipeline import CheckpointPipelineCallback, RetryPolicy
+from sf_hf.pipeline.checkpoints import NEVER_PUBLISHED, PUBLISHED_PATTERNS
+
+from .test_trainer_end import best_is_first_run
+from .trainer_utils import TokenDataset, config, max_abs_diff, saved_weights, tiny_model
+
+TRAIN_SET = TokenDataset(64, seed=1)
+PUBLISHED = PUBLISHED_PATTERNS + ("README.md", ".gitattributes")
+
+
+def unpublished(paths, under=""):
+    """The paths (top level of `under`) that are not published files: hidden folders, optimizer state, ..."""
+    found = []
+    for path in paths:
+        if under and not path.startswith(under):
+            continue
+        name = path[len(under):]
+        if "/" in name or not any(fnmatch.fnmatch(name, p) for p in PUBLISHED) \
+                or any(fnmatch.fnmatch(name, p) for p in NEVER_PUBLISHED):
+            found.append(path)
+    return found
+
+
+def root_files(files: dict) -> dict:
+    return {path: data for path, data in files.items() if "/" not in path}
+
+
+def commits_of_main(hub_server, repo_id):
+    """`(message, files)` of every commit of main, oldest first, the repo's initial commit left out."""
+    return [(c.message, hub_server.files(repo_id, c.oid)) for c in reversed(hub_server.commits(repo_id))][1:]
+
+
+def hub_trainer(tmp_path, repo_id, callbacks=(), trainer_cls=ScheduleFreeTrainer, **overrides):
+    args = dict(max_steps=6, save_strategy="steps", save_steps=3, push_to_hub=True, hub_model_id=repo_id)
+    args.update(overrides)
+    return trainer_cls(model=tiny_model(), args=config(tmp_path, **args), train_dataset=TRAIN_SET,
+                       callbacks=list(callbacks))
+
+
+@pytest.mark.parametrize("strategy", ["every_save", "checkpoint", "end"])
+def test_every_push_of_the_root_says_which_weights_it_holds(hub_server, tmp_path, strategy):
+    trainer = hub_trainer(tmp_path, f"org/{strategy}", hub_strategy=strategy)
+    trainer.train()
+    trainer.push_to_hub()
+    commits = commits_of_main(hub_server, f"org/{strategy}")
+    assert len(commits) == 1 if strategy == "end" else len(commits) >= 2  # a save's push is skipped while one runs
+    for message, files in commits:
+        root = root_files(files)
+        step = json.loads(root["schedule_free.json"])["global_step"]
+        weights = load(root["model.safetensors"])
+        assert max_abs_diff(weights, saved_weights(tmp_path / f"checkpoint-{step}")) == 0.0, message
+        assert unpublished(root) == [], message
+    assert step == 6 and max_abs_diff(weights, saved_weights(tmp_path)) == 0.0  # the final model, saved by push_to_hub
+    if strategy == "checkpoint":  # the resumable checkpoint the user asked for, optimizer state included
+        files = commits[-1][1]
+        step = json.loads(files["last-checkpoint/schedule_free.json"])["global_step"]
+        weights = load(files["last-checkpoint/model.safetensors"])
+        assert max_abs_diff(weights, saved_weights(tmp_path / f"checkpoint-{step}")) == 0.0
+        assert "last-checkpoint/optimizer.pt" in files
+
+
+class HeldJobs(CheckpointPipelineCallback):
+    """The pipeline callback with its background jobs held until the trainer's own pushes are done: its workspace
+    (`output_dir/.sf_hf-*`, optimizer state included) exists while the trainer pushes the root."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.release, self.trainer = threading.Event(), None
+
+    def _process(self, *args):
+        assert self.release.wait(60)
+        super()._process(*args)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.trainer._finish_current_push()
+        self.release.set()
+        super().on_train_end(args, state, control, **kwargs)
+
+
+@pytest.mark.parametrize("trainer_cls", [ScheduleFreeTrainer, Trainer])
+def test_nothing_but_published_files_leaves_with_the_pipeline_callback(hub_server, tmp_path, trainer_cls):
+    pipeline = HeldJobs(repo_id="org/branches", retry=RetryPolicy(attempts=2, initial_delay=0.01))
+    if trainer_cls is Trainer:
+        trainer = Trainer(model=tiny_model(), train_dataset=TRAIN_SET, callbacks=[pipeline], args=TrainingArguments(
+            str(tmp_path), max_steps=6, per_device_train_batch_size=4, save_strategy="steps", save_steps=3,
+            push_to_hub=True, hub_model_id="org/root", hub_always_push=True, optim="schedule_free_adamw",
+            lr_scheduler_type="constant", report_to="none", use_cpu=True, disable_tqdm=True))
+    else:
+        trainer = hub_trainer(tmp_path, "org/root", callbacks=[pipeline], hub_always_push=True)
+    pipeline.trainer = trainer
+    trainer.train()
+    assert pipeline.errors == []
+    pushed = [path for _, files in commits_of_main(hub_server, "org/root") for path in files]
+    assert pushed and not [p for p in pushed if "sf_hf-" in p or fnmatch.fnmatch(p.split("/")[-1], "optimizer*")]
+    if trainer_cls is ScheduleFreeTrainer:
+        assert unpublished(pushed) == []
+    assert set(hub_server.branches("org/branches")) == {"main", "step-000000003", "step-000000006"}
+
+
+def test_pushes_never_carry_staged_or_deleted_folders(hub_server, tmp_path, monkeypatch):
+    """A push that starts while a checkpoint is staged (`hub_always_push` lets one start at any time), with debris
+    of an interrupted earlier run in `output_dir`."""
+    debris = [tmp_path / ".partial-checkpoint-99", tmp_path / ".deleted-checkpoint-1"]
+    for folder in debris:
+        folder.mkdir(parents=True)
+        (folder / "optimizer.pt").write_bytes(b"state")
+    trainer = hub_trainer(tmp_path, "org/always", max_steps=4, save_steps=1, save_total_limit=1, hub_always_push=True)
+    commit = sf_checkpoints.commit_staged_checkpoint
+
+    def push_while_staged(staging, final, **kwargs):
+        assert (tmp_path / Path(staging).name).is_dir()
+        if trainer.state.global_step > 1:
+            trainer._push_from_checkpoint(str(tmp_path / f"checkpoint-{trainer.state.global_step - 1}"))
+            trainer._finish_current_push()
+        return commit(staging, final, **kwargs)
+
+    monkeypatch.setattr(sf_checkpoints, "commit_staged_checkpoint", push_while_staged)
+    trainer.train()
+    pushed = {path for _, files in commits_of_main(hub_server, "org/always") for path in files}
+    assert "model.safetensors" in pushed
+    assert not [p for p in pushed if p.startswith((".partial-", ".deleted-"))]
+    assert unpublished(pushed) == []
+
+
+def test_push_to_hub_writes_sf_hfs_model_card(hub_server, tmp_path):
+    trainer = hub_trainer(tmp_path, "org/card", hub_strategy="end")
+    trainer.train()
+    trainer.push_to_hub()
+    card = ModelCard(hub_server.files("org/card")["README.md"].decode())
+    assert {"sf_hf", "schedule-free", "sf_adamw_refined"} <= set(card.data.tags)
+    assert "holds **x**, the averaged weights" in card.text and "2405.15682" in card.text
+    assert "published by `ScheduleFreeTrainer.push_to_hub`" in card.text
+    for row in ("| b1 (interpolation weight of y) | 0.9 |", "| C (decoupling constant", "| warmup steps | 3 |",
+                "| peak learning rate | 0.01 |"):
+        assert row in card.text
+    assert "- Steps: 6;" in card.text and 'from_pretrained("org/card", revision="main")' in card.text
+    assert (tmp_path / "README.md").read_text() == card.content  # create_model_card wrote the same card locally
+
+
+def test_a_push_that_cannot_be_prepared_is_skipped_and_training_goes_on(hub_server, tmp_path, caplog):
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / "run_args.json").write_text('{"data": ')  # the card reads it
+    trainer = hub_trainer(tmp_path, "org/broken", max_steps=3, save_steps=3)
+    trainer.train()
+    assert trainer.state.global_step == 3 and commits_of_main(hub_server, "org/broken") == []
+    assert "not pushing" in caplog.text and (tmp_path / "checkpoint-3").is_dir()
+    assert not [p for p in tmp_path.iterdir() if "sf_hf-push" in p.name]
+
+
+def test_after_a_best_model_reload_the_root_names_the_best_step(hub_server, tmp_path):
+    trainer = best_is_first_run(tmp_path, push_to_hub=True, hub_model_id="org/best", hub_strategy="end")
+    trainer.push_to_hub()
+    root = hub_server.files("org/best")
+    assert json.loads(root["schedule_free.json"])["global_step"] == 2
+    assert max_abs_diff(load(root["model.safetensors"]), saved_weights(tmp_path / "checkpoint-2")) == 0.0
+    assert max_abs_diff(load(root["model.safetensors"]), saved_weights(tmp_path / "checkpoint-6")) > 1e-3
+    assert "- Steps: 2;" in root["README.md"].decode()
