@@ -114,3 +114,137 @@ def test_weight_dependent_gradients_and_loss_track_float64():
     ref.eval()
     assert max(rel_err(a, b) for a, b in zip(fast_p, ref_p)) <= 1e-5
     assert max((p.detach().double() - 1.0).abs().max().item() for p in ref_p) < 0.5  # and it converges
+
+
+@pytest.mark.skipif(not fused_available(), reason="torch.compile cannot build kernels here")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_equals_foreach(dtype):
+    hp = random_plus_hparams(random.Random(3))
+    runs = {}
+    for fused in (False, True):
+        params = make_params(3, dtype)
+        opt = ScheduleFreePlusAdamW(plus_groups(params, hp), fused=fused, **hp)
+        opt.train()
+        for grads, f in zip(gradient_stream(3, steps=60), losses(3, 60)):
+            set_grads(params, grads)
+            opt.set_loss(f)
+            opt.step()
+        y = [p.detach().clone() for p in params]
+        opt.eval()
+        runs[fused] = (y, [p.detach().clone() for p in params],
+                       *([opt.state[p][key] for p in params] for key in ("z", "exp_avg", "exp_avg_sq")))
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    for reference, fast in zip(runs[False], runs[True]):
+        assert max(rel_err(a, b) for a, b in zip(fast, reference)) <= (tolerance if reference[0].dtype == dtype
+                                                                       else 1e-5)
+
+
+# ------------------------------------------------------------------ modes, state dicts, precision
+
+
+def trained(steps=30, seed=4, dtype=torch.float32, **kw):
+    params = make_params(seed, dtype)
+    hp = dict(sf_beta1=0.8, sf_beta1_anneal_steps=40, c_warmup=3, weight_decay=2.0, fused=False)
+    opt = ScheduleFreePlusAdamW(params, **{**hp, **kw})
+    opt.train()
+    for grads, f in zip(gradient_stream(seed, steps=steps), losses(seed, steps)):
+        set_grads(params, grads)
+        opt.set_loss(f)
+        opt.step()
+    return params, opt
+
+
+def test_state_is_z_and_the_two_moments_and_eval_is_x():
+    params, opt = trained()
+    assert all(set(opt.state[p]) == {"z", "exp_avg", "exp_avg_sq"} for p in params)
+    beta = opt.param_groups[0]["sf_beta1_y"]
+    assert 0.8 < beta < 0.965  # annealed part of the way
+    y = [p.detach().clone() for p in params]
+    opt.eval()
+    for p, y_i in zip(params, y):
+        assert torch.equal(p.detach(), x_from_y(y_i, opt.state[p]["z"], beta))
+        assert rel_err(p.detach(), y_i) > 1e-4
+    opt.train()
+    assert max(rel_err(p.detach(), y_i) for p, y_i in zip(params, y)) < 1e-7
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_state_dict_round_trip_continues_bitwise(dtype):
+    params, opt = trained(steps=15, dtype=dtype)
+    opt.eval()  # a checkpoint holds x
+    saved_params = [p.detach().clone() for p in params]
+    saved_state = copy.deepcopy(opt.state_dict())
+    new_params = [torch.nn.Parameter(t.clone()) for t in saved_params]
+    new_opt = ScheduleFreePlusAdamW(new_params, fused=False)
+    new_opt.load_state_dict(saved_state)
+    assert all(new_opt.state[p][key].dtype == torch.float32 for p in new_params
+               for key in ("z", "exp_avg", "exp_avg_sq"))  # not cast to the parameters' dtype
+    for o in (opt, new_opt):
+        o.train()
+    for grads, f in zip(gradient_stream(99, steps=15), losses(99, 15)):
+        for ps, o in ((params, opt), (new_params, new_opt)):
+            set_grads(ps, grads)
+            o.set_loss(f)
+            o.step()
+    assert all(torch.equal(a, b) for a, b in zip(params, new_params))
+    assert all(torch.equal(opt.state[p]["z"], new_opt.state[q]["z"]) for p, q in zip(params, new_params))
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def test_step_without_a_loss_is_a_clear_error():
+    params, opt = trained(steps=2)
+    set_grads(params, next(gradient_stream(5)))
+    with pytest.raises(RuntimeError, match=r"set_loss"):
+        opt.step()
+    opt.set_loss(1.0)
+    opt.step()
+    with pytest.raises(RuntimeError, match=r"set_loss"):  # a loss serves one step
+        opt.step()
+    assert opt.step(closure=lambda: 2.0) == 2.0  # or a closure returns it
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("where", ["loss", "gradient"])
+def test_non_finite_loss_or_gradient_skips_the_whole_step(bad, where, caplog):
+    params, opt = trained(steps=5)
+    before_p = [p.detach().clone() for p in params]
+    before_state = copy.deepcopy(opt.state_dict())
+    grads = next(gradient_stream(8))
+    if where == "gradient":
+        grads[2][0, 0, 0] = bad
+    set_grads(params, grads)
+    opt.set_loss(torch.tensor(bad if where == "loss" else 1.0))
+    with caplog.at_level(logging.WARNING):
+        opt.step()
+    assert "skipped" in caplog.text
+    assert all(torch.equal(a, b) for a, b in zip(params, before_p))
+    after = opt.state_dict()
+    for i, st in before_state["state"].items():
+        assert all(torch.equal(st[key], after["state"][i][key]) for key in st)
+    group = opt.param_groups[0]
+    saved_group = before_state["param_groups"][0]
+    assert all(group[key] == saved_group[key] for key in ("k", "weight_sum", "grad_l1_ema", "lr_max", "sf_beta1_y"))
+    assert group["skipped_steps"] == 1
+    set_grads(params, next(gradient_stream(9)))
+    opt.set_loss(1.0)
+    opt.step()
+    assert group["k"] == 6 and all(p.isfinite().all() for p in params)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [(dict(lr=-1.0), "lr"), (dict(eps=0.0), "eps"), (dict(weight_decay=-1.0), "weight_decay"),
+     (dict(betas=(1.0, 0.95)), "beta1"), (dict(betas=(0.9, 1.0)), "beta2"), (dict(betas=(0.9,)), "betas"),
+     (dict(sf_beta1=0.0), "sf_beta1"), (dict(sf_beta1=1.0), "sf_beta1"), (dict(sf_beta1_max=1.0), "sf_beta1_max"),
+     (dict(polyak_beta=1.0), "polyak_beta"), (dict(polyak_beta=-0.1), "polyak_beta"), (dict(r=-1.0), "r"),
+     (dict(weight_lr_power=float("nan")), "weight_lr_power"), (dict(c_warmup=-1), "c_warmup"),
+     (dict(c_warmup=0.5), "c_warmup"), (dict(sf_beta1_anneal_steps=-3), "sf_beta1_anneal_steps"),
+     (dict(warmup_steps=0.05), "warmup_steps")],
+)
+def test_bad_hyperparameters_raise_value_error_naming_them(kwargs, name):
+    with pytest.raises(ValueError, match=rf"Invalid {name}: .* {name} must be"):
+        ScheduleFreePlusAdamW(make_params(0), **kwargs)
+    with pytest.raises(ValueError, match=rf"Invalid {name}:"):
+        ScheduleFreePlusAdamW([dict(params=make_params(0)[:1]), dict(params=make_params(1)[1:], **kwargs)])
