@@ -136,6 +136,9 @@ class ScheduleFreePlusAdamW(ScheduleFreeAdamW):
         )
         self._loss = None
         self._partition_group = None
+        self._all_groups = None  # set when the caller steps one group per call (DeepSpeed ZeRO-1/2)
+        self._after_deferred_step = None
+        self._pending_grads, self._pending_groups = {}, set()
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
@@ -150,6 +153,8 @@ class ScheduleFreePlusAdamW(ScheduleFreeAdamW):
         """As torch's, but floating state keeps the dtype it was saved in (float32 z, m, v for bf16 parameters)."""
         super().load_state_dict(state_dict)
         restore_saved_state_dtypes(self, state_dict)
+        if self._all_groups is not None:  # torch made new group dicts
+            self._all_groups = list(self.param_groups)
 
     # ----------------------------------------------------------------- modes: x = (y - (1 - b) z) / b
 
@@ -182,10 +187,23 @@ class ScheduleFreePlusAdamW(ScheduleFreeAdamW):
         """
         self._loss = loss.detach() if isinstance(loss, torch.Tensor) else float(loss)
 
-    def set_partition_group(self, group) -> None:
+    def set_partition_group(self, group, steps_per_group: bool = False,
+                            after_deferred_step: Optional[Callable[[], None]] = None) -> None:
         """Says that each rank steps its own partition of the parameters (DeepSpeed ZeRO-1/2): the Polyak step's
-        sums over the gradient are then added over `group`. `None`: the gradient is whole on every rank."""
+        sums over the gradient are then added over `group`. `None`: the gradient is whole on every rank.
+
+        Args:
+            group: the process group of the partitions, or None.
+            steps_per_group (`bool`, defaults to `False`): the caller calls `step()` once per parameter group, with
+                `param_groups` narrowed to that group and only its gradients present (DeepSpeed ZeRO-1/2). The
+                Polyak step needs every group's gradient first, so the calls are deferred and the last one steps
+                every group (the gradients are kept until then).
+            after_deferred_step (`Callable`, *optional*): called after that step, e.g. to copy the groups updated
+                after their own call into the caller's low-precision copies.
+        """
         self._partition_group = group
+        self._all_groups = list(self.param_groups) if steps_per_group else None
+        self._after_deferred_step = after_deferred_step
 
     def _shard_groups(self, grads) -> list:
         """The process groups over which this rank's sums are partial."""
@@ -246,6 +264,35 @@ class ScheduleFreePlusAdamW(ScheduleFreeAdamW):
         group.update(k=k + 1, scheduled_lr=lr, averaging_weight=c, sf_beta1_y=beta)
         return PlusScalars.for_step(lr, group["weight_decay"], beta1, beta2, k, group["eps"], c, beta, beta_of_y)
 
+    def _deferred_step(self, closure):
+        """One call per group (see `set_partition_group`): keeps this call's gradients; the call that completes the
+        set steps every group at once, with the gradients of the earlier calls put back for its duration."""
+        known = {id(group) for group in self._all_groups}
+        for group in self.param_groups:
+            if id(group) not in known:
+                raise RuntimeError("ScheduleFreePlusAdamW: step() was called with a parameter group it was not told of "
+                                   "in set_partition_group(steps_per_group=True); call it again after replacing groups.")
+            self._pending_groups.add(id(group))
+            self._pending_grads.update({id(p): (p, p.grad) for p in group["params"] if p.grad is not None})
+        if any(id(group) not in self._pending_groups for group in self._all_groups):
+            return None
+        pending, self._pending_grads, self._pending_groups = self._pending_grads, {}, set()
+        narrowed = self.param_groups
+        own = {id(p) for group in narrowed for p in group["params"]}
+        for p, grad in pending.values():
+            p.grad = grad
+        self.param_groups = self._all_groups
+        try:
+            result = self.step(closure)
+        finally:
+            self.param_groups = narrowed
+            for p, _ in pending.values():
+                if id(p) not in own:
+                    p.grad = None
+        if self._after_deferred_step is not None:
+            self._after_deferred_step()
+        return result
+
     def _follow_beta(self, group: dict, stepped: list, beta_of_y: float) -> None:
         """Parameters with state but no gradient this step keep x and z; their y moves to the group's new b,
         y <- (b / bp) y + (1 - b / bp) z, so every y of the group is b x + (1 - b) z with one b (the authors' code
@@ -282,6 +329,8 @@ class ScheduleFreePlusAdamW(ScheduleFreeAdamW):
             closure (`Callable`, *optional*): re-evaluates the model and returns the loss, used as F when no loss
                 was handed over with `set_loss`.
         """
+        if self._all_groups is not None and len(self.param_groups) < len(self._all_groups):
+            return self._deferred_step(closure)
         if not self.train_mode:
             raise RuntimeError(
                 "ScheduleFreePlusAdamW.step() was called in eval mode (the parameters hold x). Call "
