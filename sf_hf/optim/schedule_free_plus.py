@@ -26,7 +26,8 @@ Distributed: F, ||g||_1 and <g, z - x> are global on every rank, so every rank t
 over the ranks (when torch.distributed is initialized); the sums are added over the ranks that hold other parts of
 the gradient: the mesh dimensions a DTensor gradient is sharded over (FSDP2), or the group given to
 `set_partition_group` (DeepSpeed ZeRO-1/2; `sf_hf.distributed.resolve_optimizer` does it). Under DDP the gradient
-is already the global one. A non-finite gradient or loss skips the step on every rank.
+is already the global one. A non-finite gradient or loss skips the step on every rank (before anything is written:
+the global loss and ||g||_1 are non-finite on every rank then).
 """
 
 import logging
@@ -350,18 +351,16 @@ class ScheduleFreePlusAdamW(ScheduleFreeAdamW):
         active = self._active_params()
         if any(p.grad.is_sparse for params in active for p in params):
             raise RuntimeError("ScheduleFreePlusAdamW does not support sparse gradients.")
-        grads = [p.grad for params in active for p in params]
-        if not self._finite_on_every_rank(grads):
-            self._skip("non-finite gradient")
-            return loss
-
+        # No separate finite check (nor a handed-over grad norm): ||g||_1 reads every gradient anyway and is
+        # non-finite when one is, after the same reduction on every rank, so all ranks skip together
+        self._handed_grad_norm = None
         for params in active:
             for p in params:
                 self._state_for(p)
         groups_and_params = list(zip(self.param_groups, active))
         f, l1, ip = self._global_statistics(handed, groups_and_params).tolist()
         if not all(math.isfinite(v) for v in (f, l1, ip)):
-            self._skip(f"non-finite loss or gradient sums (loss {f}, ||g||_1 {l1}, <g, z - x> {ip})")
+            self._skip(f"non-finite loss or gradient (loss {f}, ||g||_1 {l1}, <g, z - x> {ip})")
             return loss
 
         first = self.param_groups[0]

@@ -308,6 +308,18 @@ def run_fsdp2_plus(out: Path) -> None:
     reshard_fsdp2(model)
     x = contiguous({n: p.full_tensor() for n, p in model.named_parameters()})
     results["k"] = [g["k"] for g in optimizer.param_groups]
+    # a NaN in the last rank's gradient shard: the summed ||g||_1 is NaN on every rank, so both skip the step
+    switch_weights(optimizer, train=True, model=model)
+    loss = lm_loss(model, batch_ids(STEPS + 1, world, rank))
+    loss.backward()
+    if rank == world - 1:
+        with torch.no_grad():
+            next(model.parameters()).grad.to_local().view(-1)[-1] = float("nan")
+    optimizer.set_loss(loss)
+    optimizer.step()
+    skipped = [None] * world
+    dist.all_gather_object(skipped, [(g["k"], g["skipped_steps"]) for g in optimizer.param_groups])
+    results["nan_step_k_and_skipped_per_rank"] = skipped
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         save_file(x, str(out / "x_master.safetensors"))

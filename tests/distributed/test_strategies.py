@@ -315,6 +315,12 @@ def test_sf_plus_matches_one_process(kind, tmp_path_factory, request):
     assert max_abs_diff(tensors(out / "sf_plus", "x_master.safetensors"), reference["x"]) < 5e-5
 
 
+def test_sf_plus_skips_a_nan_in_one_fsdp2_shard_on_every_rank(tmp_path_factory):
+    _, out = launched("fsdp2", tmp_path_factory)
+    results = json.loads((out / "sf_plus" / "results.json").read_text())
+    assert results["nan_step_k_and_skipped_per_rank"] == [[[STEPS, 1], [STEPS, 1]]] * 2
+
+
 def test_sf_plus_ddp_replicas_stay_bitwise_equal(tmp_path_factory):
     _, out = launched("ddp", tmp_path_factory)
     for name in ("x_module", "y_module"):
