@@ -18,7 +18,7 @@ weights and sees the same batches. Cost: ~2,700 CPU-seconds (0.16 s per 1,024-to
 ~23 min on 2 idle cores with --jobs 2; the Schedule-Free step is the foreach twin (`sf_fused=False`), as the
 compiled one would compile once per process and the step time is not what is measured here.
 
-Runs (22 trainings plus 8 decay branches; names as in runs/NAME/result.json):
+Runs (23 trainings plus 8 decay branches; names as in runs/NAME/result.json):
     adamw_cosine                   AdamW, cosine to 10% of the peak lr
     adamw_wsd                      AdamW, constant lr then a linear decay over the last 20% (the 100% branch);
                                    checkpoints at 40% and 60% of the steps, in its constant phase
@@ -28,6 +28,8 @@ Runs (22 trainings plus 8 decay branches; names as in runs/NAME/result.json):
     sf_b*-decay50, -decay75        the same short decay from SF checkpoints (`sf_hf.pipeline.probe`)
     refined_c{50,200}_b*           refined SF-AdamW
     *-4x                           cosine, SF and refined again at 4x the batch and 1/4 of the steps
+    sf_plus                        ScheduleFree+ (no lr: the Polyak step, lr multiplier 1; Adam betas (0.9, 0.95),
+                                   AdamC decay 1.0, c warmup = 2 x warmup), next to SF, refined and AdamW WSD
 Each finished run writes runs/NAME/result.json at once; a rerun skips finished runs, so an interrupted
 benchmark loses at most the runs in flight. The tokenized data is cached in OUT/data.
 
@@ -81,6 +83,7 @@ class Scale:
     weight_decay: float = 0.1
     warmup_fraction: float = 0.05
     ema_decay: float = 0.99
+    sf_plus_weight_decay: float = 1.0  # AdamC: scaled by the Polyak step squared, so not comparable to AdamW's 0.1
     seed: int = 0
 
 
@@ -104,7 +107,7 @@ class Task:
 
     name: str
     kind: str
-    family: str  # adamw_cosine, adamw_wsd, adamw_ema, sf, refined
+    family: str  # adamw_cosine, adamw_wsd, adamw_ema, sf, refined, sf_plus
     optimizer_name: str
     batch: int
     steps: int
@@ -145,6 +148,7 @@ def build_tasks(scale: Scale) -> List[Task]:
               Task("adamw_ema", "train", "adamw_ema", "adamw_ema", B, T)]
     tasks += [Task(f"refined_c{c:g}_b{b1}", "train", "refined", "sf_adamw_refined", B, T, b1=b1, c=c)
               for c in CS for b1 in B1S]
+    tasks += [Task("sf_plus", "train", "sf_plus", "sf_plus", B, T)]
     f = scale.big_batch_factor
     big = dict(batch=B * f, steps=T // f, big_batch=True)
     tasks += [Task("adamw_cosine-4x", "train", "adamw_cosine", "adamw_cosine", **big)]
@@ -211,13 +215,18 @@ def training_config(scale: Scale, task: Task, output_dir: Path, **extra):
     from sf_hf import ScheduleFreeConfig
 
     schedule_free = task.family in ("sf", "refined")
+    warmup = math.ceil(scale.warmup_fraction * task.steps)
+    if task.family == "sf_plus":
+        extra = dict(learning_rate=1.0, adam_beta1=0.9, adam_beta2=0.95, weight_decay=scale.sf_plus_weight_decay,
+                     c_warmup=2 * warmup, max_grad_norm=0.0, **extra)
+    else:
+        extra = dict(learning_rate=scale.lr_sf if schedule_free else scale.lr_adamw,
+                     adam_beta1=task.b1 if schedule_free else 0.9, adam_beta2=0.99 if schedule_free else 0.95,
+                     weight_decay=scale.weight_decay, max_grad_norm=0.0 if schedule_free else 1.0, **extra)
     return ScheduleFreeConfig(
-        output_dir=str(output_dir), optimizer_name=task.optimizer_name,
-        learning_rate=scale.lr_sf if schedule_free else scale.lr_adamw,
-        adam_beta1=task.b1 if schedule_free else 0.9, adam_beta2=0.99 if schedule_free else 0.95,
-        decoupling_c=task.c or 200.0, ema_decay=scale.ema_decay, weight_decay=scale.weight_decay,
-        weight_decay_params="linear", warmup_steps=math.ceil(scale.warmup_fraction * task.steps),
-        max_grad_norm=0.0 if schedule_free else 1.0, max_steps=task.steps, per_device_train_batch_size=task.batch,
+        output_dir=str(output_dir), optimizer_name=task.optimizer_name, decoupling_c=task.c or 200.0,
+        ema_decay=scale.ema_decay, weight_decay_params="linear", warmup_steps=warmup, max_steps=task.steps,
+        per_device_train_batch_size=task.batch,
         per_device_eval_batch_size=scale.eval_batch, logging_steps=max(1, task.steps // 20), eval_strategy="no",
         save_strategy="no", report_to="none", use_cpu=True, seed=scale.seed, data_seed=scale.seed,
         dataloader_num_workers=0, disable_tqdm=True, sf_fused=False, **extra,
@@ -261,7 +270,8 @@ def run_training(out: Path, scale: Scale, task: Task, data) -> dict:
     evals = [{k.replace("eval_river_", "").replace("eval_", ""): v for k, v in h.items()}
              for h in history if "eval_loss" in h]
     return dict(final_loss=evals[-1]["loss"], evals=evals,
-                train=[{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h],
+                train=[{"step": h["step"], "loss": h["loss"], "lr": h.get("learning_rate")}
+                       for h in history if "loss" in h],
                 parameters=sum(p.numel() for p in model.parameters()))
 
 
@@ -405,9 +415,24 @@ def report(out: Path, scale: Scale, tasks: List[Task], figures: Path) -> List[st
             ("AdamW + EMA (0.99)", "adamw_ema")]
     rows += [(f"SF-AdamW b1={b1}", f"sf_b{b1}") for b1 in B1S]
     rows += [(f"refined C={c:g} b1={b1}", f"refined_c{c:g}_b{b1}") for c in CS for b1 in B1S]
+    rows.append(("ScheduleFree+ (no lr)", "sf_plus"))
     for label, name in rows:
         big = fmt(final(name + "-4x")) if name + "-4x" in R else "(not run)"
         md.append(f"| {label} | {fmt(final(name))} | {big} |")
+
+    # ScheduleFree+ next to SF, refined and AdamW WSD: validation loss along the run
+    plus = R.get("sf_plus")
+    md += ["", "## ScheduleFree+ next to SF, refined and AdamW WSD", "",
+           "ScheduleFree+ sets its own step (Polyak; `lr` multiplier 1): no lr was tuned for it. Polyak lr = its step "
+           "size at the last logged step.", "",
+           "| step | ScheduleFree+ | SF b1=0.9 | SF b1=0.95 | refined C=200 b1=0.95 | AdamW WSD |", "|---|---|---|---|---|---|"]
+    for step in eval_steps(T):
+        md.append(f"| {step} | " + " | ".join(fmt(loss_at(R.get(n), step)) for n in (
+            "sf_plus", "sf_b0.9", "sf_b0.95", "refined_c200_b0.95", "adamw_wsd")) + " |")
+    if plus:
+        lrs = [h.get("lr") for h in plus["train"] if h.get("lr") is not None]
+        md += ["", f"ScheduleFree+ Polyak lr: first {fmt(lrs[0] if lrs else None, 5)}, max "
+                   f"{fmt(max(lrs) if lrs else None, 5)}, last {fmt(lrs[-1] if lrs else None, 5)}."]
 
     # claim 1: SF's x at each branch point against the WSD branch decayed to that point
     points = [(p, round(p * T)) for p in BRANCH_POINTS] + [(1.0, T)]

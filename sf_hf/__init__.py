@@ -1,10 +1,11 @@
-"""sf_hf: Schedule-Free AdamW and refined Schedule-Free AdamW for the Hugging Face stack."""
+"""sf_hf: Schedule-Free AdamW, refined Schedule-Free AdamW and ScheduleFree+ for the Hugging Face stack."""
 
 from .configs import ScheduleFreeConfig
 from .optim import (
     ReferenceScheduleFreeAdamW,
     RefinedScheduleFreeAdamW,
     ScheduleFreeAdamW,
+    ScheduleFreePlusAdamW,
     x_from_y,
     y_from_x,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "RefinedScheduleFreeAdamW",
     "ReferenceScheduleFreeAdamW",
     "ScheduleFreeAdamW",
+    "ScheduleFreePlusAdamW",
     "x_from_y",
     "y_from_x",
 ]

@@ -15,11 +15,16 @@ from transformers import TrainingArguments
 from .registry import OPTIMIZERS, SF_FIELD_DEFAULTS, get_optimizer_spec
 
 WEIGHT_DECAY_PARAMS = ("hf", "linear")
+SF_PLUS_HF_LEARNING_RATE = 5e-5  # TrainingArguments' default learning_rate (see the NOTE below)
 
 
 @dataclass
 class ScheduleFreeConfig(TrainingArguments):
-    """`TrainingArguments` for `ScheduleFreeTrainer`. Only the fields below are new; see the module docstring."""
+    """`TrainingArguments` for `ScheduleFreeTrainer`. Only the fields below are new; see the module docstring.
+
+    NOTE: with `optimizer_name="sf_plus"`, `learning_rate` is the multiplier of the Polyak step (the paper's 1.0):
+    left at TrainingArguments' default (5e-5, an AdamW lr) it becomes 1.0.
+    """
 
     optimizer_name: str = field(
         default="sf_adamw_refined",
@@ -43,6 +48,27 @@ class ScheduleFreeConfig(TrainingArguments):
     sf_fused: Optional[bool] = field(
         default=SF_FIELD_DEFAULTS["sf_fused"],
         metadata={"help": "SF: compiled single-pass step (None: when it compiles on this device)."},
+    )
+    sf_beta1: float = field(
+        default=SF_FIELD_DEFAULTS["sf_beta1"],
+        metadata={"help": "sf_plus: the interpolation weight b of y = b x + (1 - b) z (adam_beta1/2 are Adam's "
+                          "moments there)."},
+    )
+    sf_beta1_max: float = field(
+        default=SF_FIELD_DEFAULTS["sf_beta1_max"], metadata={"help": "sf_plus: b at the end of its annealing."}
+    )
+    sf_beta1_anneal_steps: int = field(
+        default=SF_FIELD_DEFAULTS["sf_beta1_anneal_steps"],
+        metadata={"help": "sf_plus: anneal b from sf_beta1 to sf_beta1_max over this many steps (0: no annealing)."},
+    )
+    polyak_beta: float = field(
+        default=SF_FIELD_DEFAULTS["polyak_beta"],
+        metadata={"help": "sf_plus: EMA decay of the gradient L1 norm in the Polyak step (0: this step's)."},
+    )
+    c_warmup: int = field(
+        default=SF_FIELD_DEFAULTS["c_warmup"],
+        metadata={"help": "sf_plus: steps with averaging weight c = 1 (x follows z) before the average starts; "
+                          "1-2x warmup_steps."},
     )
     weight_decay_params: str = field(
         default="hf",
@@ -96,8 +122,14 @@ class ScheduleFreeConfig(TrainingArguments):
             raise ValueError(f"cosine_min_lr_ratio must be in [0, 1], got {self.cosine_min_lr_ratio}.")
         if self.decoupling_c <= 0:
             raise ValueError(f"decoupling_c must be > 0, got {self.decoupling_c}.")
+        if self.optimizer_name == "sf_plus" and self.learning_rate == SF_PLUS_HF_LEARNING_RATE:
+            self.learning_rate = 1.0
         super().__post_init__()
-        if spec.schedule_free and not 0 < self.adam_beta1 < 1:
+        if self.optimizer_name == "sf_plus":
+            if not 0 < self.sf_beta1 < 1 or not 0 < self.sf_beta1_max < 1:
+                raise ValueError(f"sf_beta1 and sf_beta1_max must be in (0, 1), got {self.sf_beta1}, "
+                                 f"{self.sf_beta1_max}.")
+        elif spec.schedule_free and not 0 < self.adam_beta1 < 1:
             raise ValueError(f"adam_beta1 is Schedule-Free's b1 and must be in (0, 1), got {self.adam_beta1}.")
 
     def __getstate__(self) -> dict:

@@ -37,7 +37,7 @@ from torch import nn
 from torch.func import functional_call
 from transformers import TrainerCallback
 
-from .optim.conversion import x_to_y_, y_to_x_
+from .optim.conversion import beta_of_y, x_to_y_, y_to_x_
 
 KEYS = ("loss_x", "loss_y", "loss_gap", "xy_distance", "xy_relative", "averaging_weight", "averaging_window")
 
@@ -82,7 +82,7 @@ def averaged_and_training_points(model: nn.Module, optimizer) -> tuple:
     for name, (state, group) in _named_state(model, optimizer).items():
         point = held[name].clone()
         if "z" in state:  # Schedule-Free: lerp toward z, the same conversions as train()/eval()
-            (y_to_x_ if in_train_mode else x_to_y_)([point], [state["z"]], group["betas"][0])
+            (y_to_x_ if in_train_mode else x_to_y_)([point], [state["z"]], beta_of_y(group))
         elif "ema" in state:  # AdamW + EMA: the state holds whichever of (raw, EMA) the model does not
             point = state["ema"].detach()
         else:
@@ -106,7 +106,7 @@ def averaging_weight_and_window(optimizer) -> tuple:
     group = optimizer.param_groups[0]
     if "averaging_weight" in group:
         c = float(group["averaging_weight"])
-        return c, ((1 - group["betas"][0]) / c if c > 0 else math.inf)
+        return c, ((1 - beta_of_y(group)) / c if c > 0 else math.inf)
     if hasattr(optimizer, "ema_decay"):
         c = 1 - optimizer.ema_decay
         return c, (1 / c if c > 0 else math.inf)

@@ -15,7 +15,8 @@ from typing import Optional
 
 METADATA_NAME = "schedule_free.json"
 HYPERPARAMETER_KEYS = ("lr", "betas", "eps", "weight_decay", "warmup_steps", "r", "weight_lr_power", "decoupling_c",
-                       "ema_decay")
+                       "ema_decay", "sf_beta1", "sf_beta1_max", "sf_beta1_anneal_steps", "polyak_beta", "c_warmup",
+                       "sf_beta1_y")
 
 
 def optimizer_hyperparameters(optimizer) -> dict:

@@ -1,4 +1,4 @@
-"""Optimizers by name: the two Schedule-Free variants and the paper's AdamW baselines.
+"""Optimizers by name: the Schedule-Free variants (SF-AdamW, refined, ScheduleFree+) and the paper's AdamW baselines.
 
     from transformers import Trainer
     from sf_hf import optimizer_cls_and_kwargs
@@ -15,12 +15,14 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 from transformers import TrainingArguments
 
-from .optim import RefinedScheduleFreeAdamW, ScheduleFreeAdamW
+from .optim import RefinedScheduleFreeAdamW, ScheduleFreeAdamW, ScheduleFreePlusAdamW
 from .optim.ema import AdamWWithEMA
 
 # The Schedule-Free fields' defaults, used when a plain TrainingArguments (without them) is passed.
 SF_FIELD_DEFAULTS = dict(decoupling_c=200.0, r=0.0, weight_lr_power=2.0, sf_fused=None, ema_decay=0.99,
-                         cosine_min_lr_ratio=0.1, wsd_decay_fraction=0.2, wsd_decay_type="linear")
+                         cosine_min_lr_ratio=0.1, wsd_decay_fraction=0.2, wsd_decay_type="linear",
+                         # ScheduleFree+: the defaults of the authors' AdamCScheduleFreePlusPaper
+                         sf_beta1=0.9, sf_beta1_max=0.965, sf_beta1_anneal_steps=0, polyak_beta=0.0, c_warmup=0)
 
 
 def _field(args: TrainingArguments, name: str):
@@ -69,6 +71,14 @@ def _sf_kwargs(args: TrainingArguments, num_training_steps: Optional[int]) -> di
                 r=_field(args, "r"), weight_lr_power=_field(args, "weight_lr_power"), fused=_field(args, "sf_fused"))
 
 
+def _sf_plus_kwargs(args: TrainingArguments, num_training_steps: Optional[int]) -> dict:
+    """ScheduleFree+: `learning_rate` is the multiplier of the Polyak step, the Adam betas are its inner momentum."""
+    kwargs = _sf_kwargs(args, num_training_steps)
+    kwargs.update({name: _field(args, name) for name in ("sf_beta1", "sf_beta1_max", "sf_beta1_anneal_steps",
+                                                         "polyak_beta", "c_warmup")})
+    return kwargs
+
+
 def _adamw_kwargs(args: TrainingArguments) -> dict:
     return dict(lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
                 weight_decay=args.weight_decay)
@@ -90,6 +100,11 @@ OPTIMIZERS: Dict[str, OptimizerSpec] = {
             "sf_adamw", "Schedule-Free AdamW (Defazio et al. 2024)", True,
             lambda a, n: (ScheduleFreeAdamW, _sf_kwargs(a, n)),
             _constant, "x",
+        ),
+        OptimizerSpec(
+            "sf_plus", "ScheduleFree+ (Defazio 2026): learning-rate-free Polyak step, Adam momentum, AdamC decay", True,
+            lambda a, n: (ScheduleFreePlusAdamW, _sf_plus_kwargs(a, n)),
+            _constant,
         ),
         OptimizerSpec(
             "adamw_cosine", "AdamW, warmup then cosine decay to cosine_min_lr_ratio of the peak", False,

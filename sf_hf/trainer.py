@@ -127,7 +127,7 @@ class ScheduleFreeTrainer(HubPublishing, Trainer):
         if "decoupling_c" in group:
             window = f", averaging window ~T/C = {num_training_steps / group['decoupling_c']:.1f} steps"
         elif spec.schedule_free:
-            window = f", averaging window ~T (b1={group['betas'][0]})"
+            window = f", averaging window ~T (b1={group.get('sf_beta1', group['betas'][0])})"
         logger.info(
             "sf_hf: %s for %d steps, warmup %d steps (%s)%s", spec.name, num_training_steps,
             group.get("warmup_steps", scheduler_warmup), "in the optimizer" if spec.schedule_free else "scheduler",
@@ -164,7 +164,39 @@ class ScheduleFreeTrainer(HubPublishing, Trainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         self.use_training_weights()
         self._sf_loaded_from = None
-        return super().training_step(model, inputs, num_items_in_batch)
+        self._sf_in_training_step = True
+        try:
+            return super().training_step(model, inputs, num_items_in_batch)
+        finally:
+            self._sf_in_training_step = False
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        result = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                      num_items_in_batch=num_items_in_batch)
+        if getattr(self, "_sf_in_training_step", False):
+            self._hand_over_loss(result[0] if return_outputs else result, num_items_in_batch)
+        return result
+
+    def _hand_over_loss(self, loss: torch.Tensor, num_items_in_batch) -> None:
+        """For optimizers that need the loss (ScheduleFree+'s `set_loss`): the step's loss on this rank, i.e. the sum
+        of its micro-batches' losses as `training_step` passes them to backward (divided by the accumulation steps
+        unless already normalized over them: the same rule as `training_step`'s), handed over before the last
+        backward, inside which DeepSpeed steps. The optimizer averages it over the ranks; it is the logged loss."""
+        optimizer = self._base_optimizer()
+        if not hasattr(optimizer, "set_loss"):
+            return
+        scaled = getattr(self, "loss_is_scaled_for_ga", None)
+        if scaled is None:
+            scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) \
+                or self.compute_loss_func is not None
+        part = loss.detach().mean() if self.args.n_gpu > 1 else loss.detach()
+        if not scaled:
+            part = part / self.current_gradient_accumulation_steps
+        total = getattr(self, "_sf_step_loss", None)
+        self._sf_step_loss = part if total is None else total + part
+        if self.accelerator.sync_gradients:
+            optimizer.set_loss(self._sf_step_loss)
+            self._sf_step_loss = None
 
     def evaluate(self, *args, **kwargs):
         self.use_averaged_weights()
@@ -411,12 +443,15 @@ class ScheduleFreeTrainer(HubPublishing, Trainer):
     # ------------------------------------------------------------------ logging
 
     def log(self, logs: dict, start_time: Optional[float] = None) -> None:
-        """Adds the optimizer's scheduled lr and averaging weight c to training logs (train loss is at y)."""
+        """Adds the optimizer's scheduled lr (ScheduleFree+: its Polyak step, and F + I) and averaging weight c to
+        training logs (train loss is at y)."""
         optimizer = self._base_optimizer()
         if "loss" in logs and optimizer is not None and "scheduled_lr" in optimizer.param_groups[0]:
             group = optimizer.param_groups[0]
             logs["learning_rate"] = group["scheduled_lr"]
             logs["averaging_weight"] = group["averaging_weight"]
+            if "polyak_numerator" in group:  # ScheduleFree+: learning_rate is the Polyak step, this its F + I
+                logs["polyak_numerator"] = group["polyak_numerator"]
         super().log(logs, start_time)
 
 

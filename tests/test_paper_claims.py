@@ -26,7 +26,7 @@ def test_quick_benchmark_runs_every_run_and_writes_the_report(quick_run, capsys)
     assert {"adamw_cosine", "adamw_wsd", "adamw_wsd-decay50", "adamw_wsd-decay75", "adamw_ema", "sf_b0.5",
             "sf_b0.95-decay75", "refined_c50_b0.9", "refined_c200_b0.95", "adamw_cosine-4x", "sf_b0.9-4x",
             "refined_c200_b0.5-4x"} <= names
-    assert len([t for t in tasks if t.kind == "train"]) == 22 and len(tasks) == 30
+    assert len([t for t in tasks if t.kind == "train"]) == 23 and len(tasks) == 31
     for task in tasks:
         result = json.loads((out / "runs" / task.name / "result.json").read_text())
         assert result["final_loss"] == pytest.approx(result["evals"][-1]["loss"])
@@ -56,6 +56,9 @@ def test_quick_benchmark_runs_every_run_and_writes_the_report(quick_run, capsys)
     assert all("->" in line for line in claims)
     results = (out / "results.md").read_text()
     assert "## Final validation loss" in results and "| SF-AdamW b1=0.95 |" in results and "n/a |" not in results
+    assert "| ScheduleFree+ (no lr) |" in results and "## ScheduleFree+ next to SF" in results
+    plus = json.loads((out / "runs" / "sf_plus" / "result.json").read_text())
+    assert all(h["lr"] > 0 for h in plus["train"])  # the Polyak step, logged as the learning rate
     for png in ("paper_claims_loss.png", "paper_claims_b1_spread.png", "paper_claims_river.png"):
         assert (out / "figures" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

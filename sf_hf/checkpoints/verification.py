@@ -274,6 +274,9 @@ def optimizer_state_problems(folder: PathLike, optimizer, world_size: int = 1) -
         problems.append(f"{path}: holds the state of another optimizer ({kind}; per-parameter state "
                         f"{state_keys or 'empty'}), but this run trains with {name}. Resume with the optimizer that "
                         "wrote it (see schedule_free.json), or start a new run from its weights.")
+    elif ("sf_beta1_y" in ours[0]) != any("sf_beta1_y" in g for g in theirs):
+        problems.append(f"{path}: written by {'Schedule-Free AdamW' if 'sf_beta1_y' in ours[0] else 'ScheduleFree+'}, "
+                        f"but this run trains with {name}.")
     elif ("decoupling_c" in ours[0]) != any("decoupling_c" in g for g in theirs):
         problems.append(f"{path}: written by {'vanilla' if 'decoupling_c' in ours[0] else 'refined'} Schedule-Free "
                         f"AdamW, but this run trains with {name}.")

@@ -17,6 +17,8 @@
   ACCELERATE_USE_DEEPSPEED) but not running (on CPU, `accelerate launch --use_fsdp` trains with DDP, and
   ACCELERATE_USE_CPU=true turns `--use_deepspeed` into DDP too), or N processes launched that each train
   alone (`--multi_gpu` on CPU without ACCELERATE_USE_CPU), so nobody believes sharding is happening.
+* ScheduleFree+ takes sums over the whole gradient: under ZeRO-1/2 it is told the group that partitions it (the
+  sums are added over it); ZeRO-3, which steps one sub-group at a time, is refused.
 * FSDP2 checkpoints: DCP's `set_optimizer_state_dict` runs a zero-lr dummy `step()` on an optimizer without
   state, which a Schedule-Free optimizer in eval mode refuses; `init_state` creates the state the first
   step would create (z = the weights, v = 0) so that no step is needed.
@@ -109,6 +111,39 @@ def _attach_zero3_hooks(optimizer, base) -> None:
         base._sf_zero3_hooks = OneScheduleAdvancePerStep(zero3, base)
 
 
+def _tell_partitions(optimizer, base) -> None:
+    """An optimizer whose step needs sums over the whole gradient (ScheduleFree+'s Polyak step, `set_partition_group`)
+    learns the group over which DeepSpeed ZeRO-1/2 partitions it. ZeRO-3 hands it one sub-group per `step()` call,
+    so no call sees the whole gradient: refused."""
+    if not hasattr(base, "set_partition_group"):
+        return
+    if zero3_optimizer(optimizer) is not None:
+        raise ValueError(
+            f"{type(base).__name__} needs sums over the whole gradient before it updates anything (its Polyak step), "
+            "but DeepSpeed ZeRO-3 calls step() once per fp32 sub-group, each with only its own gradients. Use ZeRO-1 "
+            "or ZeRO-2 (optimizer states and gradients partitioned) or FSDP2 instead.")
+    for wrapper in optimizer_chain(optimizer)[:-1]:
+        if hasattr(wrapper, "real_dp_process_group") and getattr(wrapper, "dp_process_group", None) is not None:
+            per_group = callable(getattr(wrapper, "_optimizer_step", None))  # ZeRO-1/2: one step() call per group
+            base.set_partition_group(wrapper.dp_process_group, steps_per_group=per_group,
+                                     after_deferred_step=(lambda w=wrapper: _copy_fp32_partitions(w)) if per_group
+                                     else None)
+            return
+
+
+@torch.no_grad()
+def _copy_fp32_partitions(zero) -> None:
+    """ZeRO-1/2: each group's fp32 partition into its low-precision partition, as DeepSpeed does after each group's
+    step (it gathers them all after the last one). For a step that updated every group in the last group's call."""
+    missing = [n for n in ("parallel_partitioned_bit16_groups", "single_partition_of_fp32_groups",
+                           "real_dp_process_group") if not hasattr(zero, n)]
+    if missing:
+        raise RuntimeError(f"sf_hf cannot reach DeepSpeed's ZeRO-1/2 partitions: no {', '.join(missing)} (written "
+                           "against deepspeed 0.19).")
+    for i, (low, fp32) in enumerate(zip(zero.parallel_partitioned_bit16_groups, zero.single_partition_of_fp32_groups)):
+        low[torch.distributed.get_rank(group=zero.real_dp_process_group[i])].data.copy_(fp32.data)
+
+
 def warn_on_silent_fallback(accelerator) -> None:
     """Warns when the launcher asked for FSDP, DeepSpeed or N processes but accelerate runs something else."""
     if accelerator is None:
@@ -146,6 +181,7 @@ def resolve_optimizer(optimizer, expected_cls: Optional[type] = None, accelerato
     _refuse_replaced(base, expected_cls)
     if hasattr(base, "train_mode"):
         _refuse_nvme_offload(optimizer)
+        _tell_partitions(optimizer, base)
         _attach_zero3_hooks(optimizer, base)
         if not base.state and hasattr(base, "_state_for") and any(
                 isinstance(p, DTensor) for group in base.param_groups for p in group["params"]):

@@ -1,4 +1,4 @@
-"""Conversions between the Schedule-Free sequences, from the z state and b1 alone.
+"""Conversions between the Schedule-Free sequences, from the z state and b1 alone (ScheduleFree+: the b of y).
 
     y = (1 - b1) * z + b1 * x        x = (y - (1 - b1) * z) / b1
 
@@ -59,6 +59,14 @@ def _lerp_toward_(tensors: Sequence[torch.Tensor], zs: Sequence[torch.Tensor], w
     for t_part, z_part in plain:
         wide = _wider(t_part.dtype)
         t_part.copy_(t_part.to(wide).lerp_(z_part.to(wide), weight))
+
+
+def beta_of_y(group: dict) -> float:
+    """The interpolation weight b that built the y of a parameter group (of an optimizer or of its `state_dict()`):
+    ScheduleFree+'s `sf_beta1_y` (b is annealed), else Schedule-Free AdamW's b1, else Schedule-Free SGD's momentum."""
+    if "sf_beta1_y" in group:
+        return group["sf_beta1_y"]
+    return group["betas"][0] if "betas" in group else group["momentum"]
 
 
 def y_to_x_(tensors: Sequence[torch.Tensor], zs: Sequence[torch.Tensor], beta1: float, fused: bool = False) -> None:

@@ -1,4 +1,4 @@
-"""A readable reference twin of Algorithms 1 and 2 that stores x, y and z explicitly.
+"""Readable reference twins of Algorithms 1, 2 and 3 that store x, y and z explicitly.
 
 It spends three extra copies of the weights to follow ../shared/PAPER.md line by line, shares no
 code with the memory-efficient optimizers, and is what the tests hold them against (run it on
@@ -7,6 +7,7 @@ float64 parameters for an exact yardstick):
     >>> ref = ReferenceScheduleFreeAdamW(params_float64, lr=1e-3, betas=(0.9, 0.99), decoupling_c=50)
 """
 
+import math
 from typing import Iterable, Optional, Tuple
 
 import torch
@@ -81,4 +82,105 @@ class ReferenceScheduleFreeAdamW(torch.optim.Optimizer):
                 s["z"] = s["z"] - lr_t * g / (v_hat.sqrt() + group["eps"]) - lr_t * group["weight_decay"] * y
                 s["x"] = (1 - c) * s["x"] + c * s["z"]
                 s["y"] = (1 - b1) * s["z"] + b1 * s["x"]
+                p.copy_(s["y"])
+
+
+class ReferenceScheduleFreePlusAdamW(torch.optim.Optimizer):
+    r"""ScheduleFree+ (Algorithm 3) with explicit x, y, z, m and v, for one process; the twin of
+    `sf_hf.ScheduleFreePlusAdamW`, whose arguments it takes (nothing is validated). `set_loss(F)` before each step.
+
+    Per step t (k = t - 1 steps taken before), over every parameter with a gradient:
+
+        b_t = 1 - exp((1 - p) log(1 - sf_beta1) + p log(1 - sf_beta1_max)),  p = min(1, k / sf_beta1_anneal_steps)
+        I_t = sum over groups of b_t <g, z - x>;  e_t = pb e + (1 - pb) ||g||_1 sqrt(pi/2);  e_hat = e_t / (1 - pb^t)
+        a_t = max(lr, eps) min(1, t / warmup_steps) max(0, F + I_t) / e_hat
+        z <- z - a_t^2 wd y - a_t m_hat / (sqrt(v_hat) + eps);  x <- (1 - c) x + c z;  y <- b_t x + (1 - b_t) z
+    """
+
+    def __init__(self, params: Iterable, lr: float = 1.0, betas: Tuple[float, float] = (0.9, 0.95),
+                 sf_beta1: float = 0.9, eps: float = 1e-8, weight_decay: float = 0.0, r: float = 0.0,
+                 polyak_beta: float = 0.0, c_warmup: int = 0, sf_beta1_anneal_steps: int = 0,
+                 sf_beta1_max: float = 0.965, weight_lr_power: float = 2.0, warmup_steps: int = 0):
+        defaults = dict(lr=lr, betas=betas, sf_beta1=sf_beta1, eps=eps, weight_decay=weight_decay, r=r,
+                        polyak_beta=polyak_beta, c_warmup=c_warmup, sf_beta1_anneal_steps=sf_beta1_anneal_steps,
+                        sf_beta1_max=sf_beta1_max, weight_lr_power=weight_lr_power, warmup_steps=warmup_steps)
+        super().__init__(params, defaults)
+        self.t = 0
+        self.e = 0.0
+        self.loss = None
+        self.in_train_mode = True
+        for group in self.param_groups:
+            group["weight_sum"] = 0.0
+            group["lr_max"] = group["eps"]
+            for p in group["params"]:
+                self.state[p] = dict(x=p.detach().clone(), z=p.detach().clone(), y=p.detach().clone(),
+                                     m=torch.zeros_like(p), v=torch.zeros_like(p))
+
+    def set_loss(self, loss) -> None:
+        self.loss = float(loss)
+
+    @torch.no_grad()
+    def eval(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.copy_(self.state[p]["x"])
+        self.in_train_mode = False
+
+    @torch.no_grad()
+    def train(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.copy_(self.state[p]["y"])
+        self.in_train_mode = True
+
+    @staticmethod
+    def interpolation_weight(group: dict, k: int) -> float:
+        if group["sf_beta1_anneal_steps"] <= 0:
+            return group["sf_beta1"]
+        p = min(k / group["sf_beta1_anneal_steps"], 1.0)
+        return 1 - math.exp(math.log(1 - group["sf_beta1"]) * (1 - p) + math.log(1 - group["sf_beta1_max"]) * p)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        assert self.in_train_mode, "step() needs train mode"
+        k, self.t = self.t, self.t + 1
+        t = self.t
+        l1, ip = 0.0, 0.0
+        for group in self.param_groups:
+            b = self.interpolation_weight(group, k)
+            for p in group["params"]:
+                if p.grad is not None:
+                    s = self.state[p]
+                    l1 += p.grad.abs().sum().item()
+                    ip += b * (p.grad * (s["z"] - s["x"])).sum().item()
+        pb = self.param_groups[0]["polyak_beta"]
+        self.e = pb * self.e + (1 - pb) * l1 * math.sqrt(math.pi / 2)
+        e_hat = self.e / (1 - pb ** t)
+        polyak = max(0.0, self.loss + ip) / e_hat if e_hat > 0 else 0.0
+        self.loss = None
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            b = self.interpolation_weight(group, k)
+            warm = min(1.0, t / group["warmup_steps"]) if group["warmup_steps"] else 1.0
+            a = max(group["lr"], group["eps"]) * warm * polyak
+            group["lr_max"] = max(group["lr_max"], a)
+            if k < group["c_warmup"]:
+                c = 1.0
+            else:
+                w = t ** group["r"] * group["lr_max"] ** group["weight_lr_power"]
+                group["weight_sum"] += w
+                c = w / group["weight_sum"]
+            for p in group["params"]:
+                s = self.state[p]
+                if p.grad is None:  # x and z stay; y follows b (the authors' code keeps y, built with an older b)
+                    s["y"] = b * s["x"] + (1 - b) * s["z"]
+                    p.copy_(s["y"])
+                    continue
+                g = p.grad
+                s["m"] = b1 * s["m"] + (1 - b1) * g
+                s["v"] = b2 * s["v"] + (1 - b2) * g * g
+                m_hat, v_hat = s["m"] / (1 - b1 ** t), s["v"] / (1 - b2 ** t)
+                s["z"] = s["z"] - a * a * group["weight_decay"] * s["y"] - a * m_hat / (v_hat.sqrt() + group["eps"])
+                s["x"] = (1 - c) * s["x"] + c * s["z"]
+                s["y"] = b * s["x"] + (1 - b) * s["z"]
                 p.copy_(s["y"])

@@ -214,4 +214,6 @@ def _optimizer_name(group: dict, weights: str) -> str:
         return "unknown (no x/y modes)"
     if "decoupling_c" in group:
         return "sf_adamw_refined"
+    if "sf_beta1_y" in group:
+        return "sf_plus"
     return "schedule_free_sgd" if "momentum" in group else "schedule_free_adamw"

@@ -6,7 +6,8 @@
     model = load_model_at_x("runs/plain/checkpoint-500")      # y on disk, x in memory
 
 A y checkpoint (plain `transformers.Trainer` with a schedule-free optimizer) holds y in its weights and z in
-`optimizer.pt`; x = (y - (1 - b1) z) / b1 with b1 from the saved parameter groups. `optimizer.pt` indexes its
+`optimizer.pt`; x = (y - (1 - b1) z) / b1 with b1 from the saved parameter groups (ScheduleFree+: the annealed b that built y,
+`sf_beta1_y`). `optimizer.pt` indexes its
 state by position, so the position of each parameter is rebuilt from how the Trainer groups them (decayed
 first, then the rest, in `named_parameters()` order) and checked against every z's shape; a state that no
 grouping explains, or that two groupings explain differently, is refused.
@@ -25,6 +26,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, Trainer
 from ..checkpoints import config_mismatch
 from ..metadata import write_metadata
 from ..optim import y_to_x_
+from ..optim.conversion import beta_of_y
 from ..trainer import linear_weight_names
 from .checkpoints import (
     CheckpointInfo,
@@ -78,7 +80,7 @@ def convert_model_to_x_(model: nn.Module, optimizer_state: dict) -> None:
     params = dict(model.named_parameters())
     by_beta1: Dict[float, Tuple[List[torch.Tensor], List[torch.Tensor]]] = {}
     for group in optimizer_state["param_groups"]:
-        beta1 = group["betas"][0] if "betas" in group else group["momentum"]
+        beta1 = beta_of_y(group)
         for position in group["params"]:
             state = optimizer_state["state"].get(position, {})
             if "z" in state:

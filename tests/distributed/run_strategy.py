@@ -13,7 +13,8 @@ must not change it; with --bf16-params all three run again with bf16 parameters)
 fully_shard; accelerate runs DDP on CPU): the same with a plain loop, DCP checkpoints and a consolidated full
 state dict. Every rank writes the weights it computes with (x_module_rank{r}.safetensors); rank 0 writes the
 optimizer's own x (x_master.safetensors, from DeepSpeed's fp32 partitions or the FSDP2 shards), y, the x of the
-resumed and of the unobserved runs, and results.json.
+resumed and of the unobserved runs, and results.json. With --sf-plus, the launch also trains ScheduleFree+
+(Trainer, or a plain loop on FSDP2 shards) and writes the same into OUT/sf_plus.
 """
 
 import argparse
@@ -34,7 +35,7 @@ from safetensors.torch import save_file  # noqa: E402
 from torch.distributed.tensor import DTensor  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
-from sf_hf import RefinedScheduleFreeAdamW, ScheduleFreeTrainer  # noqa: E402
+from sf_hf import RefinedScheduleFreeAdamW, ScheduleFreePlusAdamW, ScheduleFreeTrainer  # noqa: E402
 from sf_hf.distributed import optimizer_chain, reshard_fsdp2, resolve_optimizer, switch_weights  # noqa: E402
 from sf_hf.optim.kernels import all_finite  # noqa: E402
 from tests.trainer_utils import VOCAB, TokenDataset, config, tiny_model  # noqa: E402
@@ -44,6 +45,13 @@ torch.set_num_threads(1)
 STEPS, SAVE_AT, PER_DEVICE = 6, 3, 4
 TRAIN, EVAL = TokenDataset(64, seed=1), TokenDataset(8, seed=2)
 HYPER = dict(lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1, warmup_steps=3, decoupling_c=5.0)  # = trainer_utils.config
+# ScheduleFree+ (--sf-plus): annealing, c warmup and AdamC decay all active within STEPS; the foreach twin (a compile
+# per process would cost more than the whole run)
+HYPER_PLUS = dict(lr=1.0, betas=(0.9, 0.95), weight_decay=1.0, warmup_steps=2, c_warmup=2, sf_beta1=0.8,
+                  sf_beta1_anneal_steps=4, sf_beta1_max=0.95)
+SF_PLUS_ARGS = dict(optimizer_name="sf_plus", learning_rate=1.0, adam_beta1=0.9, adam_beta2=0.95, weight_decay=1.0,
+                    warmup_steps=2, c_warmup=2, sf_beta1=0.8, sf_beta1_anneal_steps=4, sf_beta1_max=0.95,
+                    sf_fused=False)
 
 
 def contiguous(weights: dict) -> dict:
@@ -137,7 +145,7 @@ def refused(out: Path, config_file: str) -> dict:
     return dict(error=None, chain=[type(o).__name__ for o in optimizer_chain(trainer.optimizer)])
 
 
-def run_trainer(out: Path, refuse_config: str = None, bf16_params: bool = False) -> None:
+def run_trainer(out: Path, refuse_config: str = None, bf16_params: bool = False, sf_plus: bool = False) -> None:
     rank = int(os.environ.get("RANK", 0))
     results = {}
     if refuse_config:  # ZeRO-Offload with accelerate's default swap: must fail before the first step
@@ -184,6 +192,8 @@ def run_trainer(out: Path, refuse_config: str = None, bf16_params: bool = False)
         for name, weights in outputs.items():
             save_file(weights, str(out / f"{name}.safetensors"))
         (out / "results.json").write_text(json.dumps(results, indent=1))
+    if sf_plus:
+        run_sf_plus_trainer(out / "sf_plus")
     end_process_group()
 
 
@@ -193,6 +203,32 @@ def unobserved_x(out: Path, model) -> dict:
                                   train_dataset=TRAIN)
     trainer.train()
     return master_weights(trainer)
+
+
+def run_sf_plus_trainer(out: Path) -> None:
+    """ScheduleFree+ through the Trainer: STEPS steps; per-rank x and y, the optimizer's x, losses and Polyak steps."""
+    rank = int(os.environ.get("RANK", 0))
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = ScheduleFreeTrainer(model=tiny_model(), train_dataset=TRAIN, args=trainer_args(
+        out / "run", eval_strategy="no", save_strategy="no", **SF_PLUS_ARGS))
+    try:
+        trainer.train()
+    except ValueError as err:  # ZeRO-3 is refused
+        if rank == 0:
+            (out / "results.json").write_text(json.dumps(dict(error=type(err).__name__, message=str(err))))
+        return
+    base = trainer._base_optimizer()
+    results = dict(describe(trainer), losses=losses(trainer), sf_beta1_y=base.param_groups[0]["sf_beta1_y"],
+                   polyak_lr={h["step"]: h["learning_rate"] for h in trainer.state.log_history if "loss" in h})
+    x_master, x_module = master_weights(trainer), module_weights(trainer)
+    trainer.use_training_weights()
+    y_module = module_weights(trainer)
+    trainer.use_averaged_weights()
+    save_file(x_module, str(out / f"x_module_rank{rank}.safetensors"))
+    save_file(y_module, str(out / f"y_module_rank{rank}.safetensors"))
+    if rank == 0:
+        save_file(x_master, str(out / "x_master.safetensors"))
+        (out / "results.json").write_text(json.dumps(results, indent=1))
 
 
 def end_process_group() -> None:
@@ -235,6 +271,8 @@ def loop_step(model, optimizer, step: int, world: int = 1, rank: int = 0) -> flo
     model.train()
     loss = lm_loss(model, batch_ids(step, world, rank))
     loss.backward()
+    if hasattr(optimizer, "set_loss"):  # ScheduleFree+: this rank's mean loss (equal shares: the mean of ranks is global)
+        optimizer.set_loss(loss)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     value = loss.detach().clone()
@@ -255,13 +293,61 @@ def loop_eval(model, optimizer, world: int = 1, rank: int = 0) -> float:
     return value.item() / world
 
 
-def reference_loop(steps: int = STEPS) -> dict:
+def build_plus_optimizer(model) -> ScheduleFreePlusAdamW:
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    rest = [p for p in model.parameters() if p.ndim < 2]
+    return ScheduleFreePlusAdamW([dict(params=decay), dict(params=rest, weight_decay=0.0)], fused=False, **HYPER_PLUS)
+
+
+def reference_loop(steps: int = STEPS, build=None) -> dict:
     """The FSDP2 run's single-process twin: one unsharded model, the whole global batch per step."""
     model = tiny_model()
-    optimizer = build_optimizer(model)
-    trajectory = {step: loop_step(model, optimizer, step) for step in range(1, steps + 1)}
+    optimizer = (build or build_optimizer)(model)
+    trajectory, lrs = {}, {}
+    for step in range(1, steps + 1):
+        trajectory[step] = loop_step(model, optimizer, step)
+        lrs[step] = optimizer.param_groups[0]["scheduled_lr"]
     eval_loss = loop_eval(model, optimizer)
-    return dict(losses=trajectory, eval_loss=eval_loss, x=contiguous(dict(model.named_parameters())))
+    return dict(losses=trajectory, eval_loss=eval_loss, x=contiguous(dict(model.named_parameters())), lrs=lrs)
+
+
+def run_fsdp2_plus(out: Path) -> None:
+    """ScheduleFree+ on FSDP2 shards (plain loop): losses, Polyak steps and x, for `reference_loop(build=...)`."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    mesh = init_device_mesh("cpu", (world,))
+    model = tiny_model()
+    for layer in model.model.layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    optimizer = build_plus_optimizer(model)
+    resolve_optimizer(optimizer, ScheduleFreePlusAdamW)
+    results = dict(losses={}, lrs={})
+    for step in range(1, STEPS + 1):
+        results["losses"][step] = loop_step(model, optimizer, step, world, rank)
+        results["lrs"][step] = optimizer.param_groups[0]["scheduled_lr"]
+    loop_eval(model, optimizer, world, rank)
+    reshard_fsdp2(model)
+    x = contiguous({n: p.full_tensor() for n, p in model.named_parameters()})
+    results["k"] = [g["k"] for g in optimizer.param_groups]
+    # a NaN in the last rank's gradient shard: the summed ||g||_1 is NaN on every rank, so both skip the step
+    switch_weights(optimizer, train=True, model=model)
+    loss = lm_loss(model, batch_ids(STEPS + 1, world, rank))
+    loss.backward()
+    if rank == world - 1:
+        with torch.no_grad():
+            next(model.parameters()).grad.to_local().view(-1)[-1] = float("nan")
+    optimizer.set_loss(loss)
+    optimizer.step()
+    skipped = [None] * world
+    dist.all_gather_object(skipped, [(g["k"], g["skipped_steps"]) for g in optimizer.param_groups])
+    results["nan_step_k_and_skipped_per_rank"] = skipped
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        save_file(x, str(out / "x_master.safetensors"))
+        (out / "results.json").write_text(json.dumps(results, indent=1))
 
 
 def run_fsdp2(out: Path) -> None:
@@ -458,15 +544,18 @@ if __name__ == "__main__":
     parser.add_argument("--deepspeed-bf16", action="store_true", help="torchrun + DeepSpeed's engine, bf16")
     parser.add_argument("--refuse-config", help="a DeepSpeed JSON that must be refused before the first step")
     parser.add_argument("--bf16-params", action="store_true", help="the Trainer runs again with bf16 parameters")
+    parser.add_argument("--sf-plus", action="store_true", help="also run ScheduleFree+ (into OUT/sf_plus)")
     cli = parser.parse_args()
     cli.out.mkdir(parents=True, exist_ok=True)
     if cli.fsdp2 or cli.deepspeed_bf16:  # one torchrun launch can run both (a process start saved)
         dist.init_process_group("gloo")
         if cli.fsdp2:
             run_fsdp2(cli.out)
+            if cli.sf_plus:
+                run_fsdp2_plus(cli.out / "sf_plus")
         if cli.deepspeed_bf16:
             (cli.out / "deepspeed_bf16").mkdir(exist_ok=True)
             run_deepspeed_bf16(cli.out / "deepspeed_bf16")
         end_process_group()
     else:
-        run_trainer(cli.out, cli.refuse_config, cli.bf16_params)
+        run_trainer(cli.out, cli.refuse_config, cli.bf16_params, cli.sf_plus)

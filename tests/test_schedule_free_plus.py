@@ -1,0 +1,250 @@
+"""ScheduleFree+ (`ScheduleFreePlusAdamW`) against float64 x/y/z equations (`ReferenceScheduleFreePlusAdamW`).
+
+    pytest tests/test_schedule_free_plus.py -q
+"""
+
+import copy
+import logging
+import math
+import random
+
+import pytest
+import torch
+
+from sf_hf import ScheduleFreePlusAdamW
+from sf_hf.optim import ReferenceScheduleFreePlusAdamW, x_from_y
+from sf_hf.optim.kernels import fused_available
+
+from .test_optimizers import gradient_stream, make_params, rel_err, set_grads
+
+
+def random_plus_hparams(rng: random.Random) -> dict:
+    return dict(
+        lr=rng.choice([1.0, 0.5]),
+        betas=(rng.choice([0.0, 0.9]), rng.choice([0.95, 0.99])),
+        sf_beta1=rng.uniform(0.5, 0.95),
+        weight_decay=rng.choice([0.0, 2.0, 10.0]),
+        r=rng.choice([0.0, 1.0, 2.0]),
+        polyak_beta=rng.choice([0.0, 0.9]),
+        c_warmup=rng.choice([0, 10, 40]),
+        sf_beta1_anneal_steps=rng.choice([0, 50, 300]),
+        sf_beta1_max=rng.uniform(0.95, 0.99),
+        weight_lr_power=rng.choice([0.0, 2.0]),
+        warmup_steps=rng.choice([0, 20]),
+    )
+
+
+def plus_groups(params, hp):
+    """Three groups: the defaults, another lr multiplier without decay, another b and c warmup."""
+    return [dict(params=params[:1]), dict(params=params[1:2], lr=hp["lr"] * 0.5, weight_decay=0.0),
+            dict(params=params[2:], sf_beta1=0.7, c_warmup=5)]
+
+
+def losses(seed: int, steps: int):
+    g = torch.Generator().manual_seed(seed + 1000)
+    return [(1.0 + 3.0 * torch.rand((), generator=g)).item() for _ in range(steps)]
+
+
+def run_side_by_side(hp, seed, steps=200, fused=False, dtype=torch.float32):
+    fast_params, ref_params = make_params(seed, dtype), make_params(seed, torch.float64)
+    for p, q in zip(fast_params, ref_params):
+        q.data.copy_(p.data.double())
+    fast = ScheduleFreePlusAdamW(plus_groups(fast_params, hp), fused=fused, **hp)
+    ref = ReferenceScheduleFreePlusAdamW(plus_groups(ref_params, hp), **hp)
+    fast.train()
+    worst, lrs = 0.0, []
+    for t, (grads, f) in enumerate(zip(gradient_stream(seed, steps=steps), losses(seed, steps))):
+        set_grads(fast_params, grads)
+        set_grads(ref_params, grads)
+        fast.set_loss(torch.tensor(f))
+        ref.set_loss(f)
+        fast.step()
+        ref.step()
+        lrs.append(fast.param_groups[0]["scheduled_lr"])
+        if t % 40 == 39 or t == steps - 1:
+            worst = max(worst, *(rel_err(a, b) for a, b in zip(fast_params, ref_params)))  # y
+            fast.eval()
+            ref.eval()
+            worst = max(worst, *(rel_err(a, b) for a, b in zip(fast_params, ref_params)))  # x
+            fast.train()
+            ref.train()
+    return worst, lrs
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_matches_float64_equations(seed):
+    hp = random_plus_hparams(random.Random(seed))
+    worst, lrs = run_side_by_side(hp, seed)
+    assert sum(lr > 0 for lr in lrs) > 100  # the Polyak step really moved the weights
+    assert worst <= 1e-5
+
+
+def test_annealing_c_warmup_and_decay_matter_in_the_reference():
+    """The float64 twin itself tells the features apart, or matching it proves little."""
+    base = dict(sf_beta1=0.8, weight_decay=0.0, c_warmup=0, sf_beta1_anneal_steps=0, r=0.0)
+    finals = []
+    for change in ({}, dict(sf_beta1_anneal_steps=20), dict(c_warmup=20), dict(weight_decay=20.0), dict(r=2.0)):
+        params = make_params(0, torch.float64)
+        opt = ReferenceScheduleFreePlusAdamW(params, **{**base, **change})
+        for grads, f in zip(gradient_stream(0, steps=60), losses(0, 60)):
+            set_grads(params, grads)
+            opt.set_loss(f)
+            opt.step()
+        opt.eval()
+        finals.append(params[0].detach().clone())
+    assert all(rel_err(other, finals[0]) > 1e-4 for other in finals[1:])
+
+
+def test_weight_dependent_gradients_and_loss_track_float64():
+    """A noisy quadratic: F and g taken at y itself, so a wrong y or Polyak step changes the trajectory."""
+    fast_p, ref_p = make_params(3), make_params(3, torch.float64)
+    hp = dict(betas=(0.9, 0.95), sf_beta1=0.9, weight_decay=0.5, c_warmup=10, sf_beta1_anneal_steps=100,
+              polyak_beta=0.9, r=1.0)
+    fast, ref = ScheduleFreePlusAdamW(fast_p, fused=False, **hp), ReferenceScheduleFreePlusAdamW(ref_p, **hp)
+    fast.train()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        noise = [0.1 * torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in fast_p]
+        for params, opt in ((fast_p, fast), (ref_p, ref)):
+            opt.set_loss(sum(0.5 * ((p.detach().double() - 1.0) ** 2).sum() for p in params).item())
+            set_grads(params, [p.detach().double() - 1.0 + n for p, n in zip(params, noise)])
+        fast.step()
+        ref.step()
+    fast.eval()
+    ref.eval()
+    assert max(rel_err(a, b) for a, b in zip(fast_p, ref_p)) <= 1e-5
+    assert max((p.detach().double() - 1.0).abs().max().item() for p in ref_p) < 0.5  # and it converges
+
+
+@pytest.mark.skipif(not fused_available(), reason="torch.compile cannot build kernels here")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_equals_foreach(dtype):
+    hp = random_plus_hparams(random.Random(3))
+    runs = {}
+    for fused in (False, True):
+        params = make_params(3, dtype)
+        opt = ScheduleFreePlusAdamW(plus_groups(params, hp), fused=fused, **hp)
+        opt.train()
+        for grads, f in zip(gradient_stream(3, steps=60), losses(3, 60)):
+            set_grads(params, grads)
+            opt.set_loss(f)
+            opt.step()
+        y = [p.detach().clone() for p in params]
+        opt.eval()
+        runs[fused] = (y, [p.detach().clone() for p in params],
+                       *([opt.state[p][key] for p in params] for key in ("z", "exp_avg", "exp_avg_sq")))
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    for reference, fast in zip(runs[False], runs[True]):
+        assert max(rel_err(a, b) for a, b in zip(fast, reference)) <= (tolerance if reference[0].dtype == dtype
+                                                                       else 1e-5)
+
+
+# ------------------------------------------------------------------ modes, state dicts, precision
+
+
+def trained(steps=30, seed=4, dtype=torch.float32, **kw):
+    params = make_params(seed, dtype)
+    hp = dict(sf_beta1=0.8, sf_beta1_anneal_steps=40, c_warmup=3, weight_decay=2.0, fused=False)
+    opt = ScheduleFreePlusAdamW(params, **{**hp, **kw})
+    opt.train()
+    for grads, f in zip(gradient_stream(seed, steps=steps), losses(seed, steps)):
+        set_grads(params, grads)
+        opt.set_loss(f)
+        opt.step()
+    return params, opt
+
+
+def test_state_is_z_and_the_two_moments_and_eval_is_x():
+    params, opt = trained()
+    assert all(set(opt.state[p]) == {"z", "exp_avg", "exp_avg_sq"} for p in params)
+    beta = opt.param_groups[0]["sf_beta1_y"]
+    assert 0.8 < beta < 0.965  # annealed part of the way
+    y = [p.detach().clone() for p in params]
+    opt.eval()
+    for p, y_i in zip(params, y):
+        assert torch.equal(p.detach(), x_from_y(y_i, opt.state[p]["z"], beta))
+        assert rel_err(p.detach(), y_i) > 1e-4
+    opt.train()
+    assert max(rel_err(p.detach(), y_i) for p, y_i in zip(params, y)) < 1e-7
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_state_dict_round_trip_continues_bitwise(dtype):
+    params, opt = trained(steps=15, dtype=dtype)
+    opt.eval()  # a checkpoint holds x
+    saved_params = [p.detach().clone() for p in params]
+    saved_state = copy.deepcopy(opt.state_dict())
+    new_params = [torch.nn.Parameter(t.clone()) for t in saved_params]
+    new_opt = ScheduleFreePlusAdamW(new_params, fused=False)
+    new_opt.load_state_dict(saved_state)
+    assert all(new_opt.state[p][key].dtype == torch.float32 for p in new_params
+               for key in ("z", "exp_avg", "exp_avg_sq"))  # not cast to the parameters' dtype
+    for o in (opt, new_opt):
+        o.train()
+    for grads, f in zip(gradient_stream(99, steps=15), losses(99, 15)):
+        for ps, o in ((params, opt), (new_params, new_opt)):
+            set_grads(ps, grads)
+            o.set_loss(f)
+            o.step()
+    assert all(torch.equal(a, b) for a, b in zip(params, new_params))
+    assert all(torch.equal(opt.state[p]["z"], new_opt.state[q]["z"]) for p, q in zip(params, new_params))
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def test_step_without_a_loss_is_a_clear_error():
+    params, opt = trained(steps=2)
+    set_grads(params, next(gradient_stream(5)))
+    with pytest.raises(RuntimeError, match=r"set_loss"):
+        opt.step()
+    opt.set_loss(1.0)
+    opt.step()
+    with pytest.raises(RuntimeError, match=r"set_loss"):  # a loss serves one step
+        opt.step()
+    assert opt.step(closure=lambda: 2.0) == 2.0  # or a closure returns it
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("where", ["loss", "gradient"])
+def test_non_finite_loss_or_gradient_skips_the_whole_step(bad, where, caplog):
+    params, opt = trained(steps=5)
+    before_p = [p.detach().clone() for p in params]
+    before_state = copy.deepcopy(opt.state_dict())
+    grads = next(gradient_stream(8))
+    if where == "gradient":
+        grads[2][0, 0, 0] = bad
+    set_grads(params, grads)
+    opt.set_loss(torch.tensor(bad if where == "loss" else 1.0))
+    with caplog.at_level(logging.WARNING):
+        opt.step()
+    assert "skipped" in caplog.text
+    assert all(torch.equal(a, b) for a, b in zip(params, before_p))
+    after = opt.state_dict()
+    for i, st in before_state["state"].items():
+        assert all(torch.equal(st[key], after["state"][i][key]) for key in st)
+    group = opt.param_groups[0]
+    saved_group = before_state["param_groups"][0]
+    assert all(group[key] == saved_group[key] for key in ("k", "weight_sum", "grad_l1_ema", "lr_max", "sf_beta1_y"))
+    assert group["skipped_steps"] == 1
+    set_grads(params, next(gradient_stream(9)))
+    opt.set_loss(1.0)
+    opt.step()
+    assert group["k"] == 6 and all(p.isfinite().all() for p in params)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [(dict(lr=-1.0), "lr"), (dict(eps=0.0), "eps"), (dict(weight_decay=-1.0), "weight_decay"),
+     (dict(betas=(1.0, 0.95)), "beta1"), (dict(betas=(0.9, 1.0)), "beta2"), (dict(betas=(0.9,)), "betas"),
+     (dict(sf_beta1=0.0), "sf_beta1"), (dict(sf_beta1=1.0), "sf_beta1"), (dict(sf_beta1_max=1.0), "sf_beta1_max"),
+     (dict(polyak_beta=1.0), "polyak_beta"), (dict(polyak_beta=-0.1), "polyak_beta"), (dict(r=-1.0), "r"),
+     (dict(weight_lr_power=float("nan")), "weight_lr_power"), (dict(c_warmup=-1), "c_warmup"),
+     (dict(c_warmup=0.5), "c_warmup"), (dict(sf_beta1_anneal_steps=-3), "sf_beta1_anneal_steps"),
+     (dict(warmup_steps=0.05), "warmup_steps")],
+)
+def test_bad_hyperparameters_raise_value_error_naming_them(kwargs, name):
+    with pytest.raises(ValueError, match=rf"Invalid {name}: .* {name} must be"):
+        ScheduleFreePlusAdamW(make_params(0), **kwargs)
+    with pytest.raises(ValueError, match=rf"Invalid {name}:"):
+        ScheduleFreePlusAdamW([dict(params=make_params(0)[:1]), dict(params=make_params(1)[1:], **kwargs)])
