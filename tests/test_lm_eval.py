@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from huggingface_hub import ModelCard
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sf_hf import ScheduleFreeTrainer
@@ -24,6 +25,7 @@ from sf_hf.pipeline import PipelineError, evaluate_run, load_model_at_x
 
 from .test_pipeline import (
     WORDS,
+    RecordX,
     build_plain_run,
     splits_tokenizer_blocks,
     tree_digest,
@@ -280,3 +282,69 @@ def test_bundled_task_files_are_rebuilt_identically_from_the_corpus():
         assert path.read_text(encoding="utf-8") == "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         test = [r for r in rows if r["split"] == "test"]
         assert len(test) == kjv.NUM_TEST
+
+
+def test_callback_runs_tasks_on_each_checkpoint_and_the_hub_branch_carries_them(hub_server, tmp_path):
+    from huggingface_hub import hf_hub_download
+    from transformers import Trainer, TrainingArguments
+
+    from sf_hf.data import pack_into_blocks
+    from sf_hf.pipeline import CheckpointPipelineCallback, DataSpec
+
+    corpus = write_corpus(tmp_path)
+    splits, tokenizer, train = splits_tokenizer_blocks(corpus)
+    write_local_tasks(tmp_path)
+    data = DataSpec(str(corpus), block_size=32, load_options={"validation_fraction": 0.1, "seed": 0})
+    pipeline = CheckpointPipelineCallback(data=data, repo_id="org/live-tasks", tasks=["local_text_ppl"],
+                                          include_path=[str(tmp_path / "tasks")], limit=LIMIT)
+    torch.manual_seed(0)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "run"), optim="schedule_free_adamw", lr_scheduler_type="constant", max_steps=4,
+        per_device_train_batch_size=4, learning_rate=1e-2, warmup_steps=1, save_strategy="steps", save_steps=2,
+        report_to="none", use_cpu=True, disable_tqdm=True)
+    model = build_model("llama-tiny", len(tokenizer), POSITIONS, eos_token_id=tokenizer.eos_token_id)
+    trainer = Trainer(model=model, args=args, train_dataset=pack_into_blocks(splits["train"], tokenizer, 32),
+                      processing_class=tokenizer, callbacks=[pipeline])
+    trainer.train()
+
+    assert pipeline.errors == [] and [r["checkpoint"] for r in pipeline.results] == ["checkpoint-2", "checkpoint-4"]
+    for record in pipeline.results:
+        folder = tmp_path / "run" / record["checkpoint"]
+        assert_same_numbers(record, by_hand(load_model_at_x(folder), folder, ["local_text_ppl"], tmp_path))
+        revision = f"step-{record['global_step']:09d}"
+        card = ModelCard.load(hf_hub_download("org/live-tasks", "README.md", revision=revision))
+        on_card = {r.metric_type: r.metric_value for r in card.data.eval_results if r.task_name == "local_text_ppl"}
+        assert on_card == {m["metric"]: m["value"] for m in record["tasks"]["local_text_ppl"]["metrics"].values()}
+        assert "eval_local_text_ppl.png" in hub_server.files("org/live-tasks", revision)
+
+
+def test_plain_trainer_y_adapter_checkpoints_convert_to_the_optimizers_x(tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import Trainer, TrainingArguments
+
+    from sf_hf.pipeline import inspect_checkpoint
+
+    corpus = write_corpus(tmp_path)
+    _, tokenizer, train = splits_tokenizer_blocks(corpus)
+    torch.manual_seed(0)
+    build_model("llama-tiny", len(tokenizer), 64, eos_token_id=tokenizer.eos_token_id).save_pretrained(tmp_path / "b")
+    tokenizer.save_pretrained(tmp_path / "b")
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tmp_path / "b"),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    recorder = RecordX()
+    args = TrainingArguments(output_dir=str(tmp_path / "run"), optim="schedule_free_adamw", max_steps=4,
+                             lr_scheduler_type="constant", per_device_train_batch_size=4, learning_rate=1e-2,
+                             warmup_steps=1, weight_decay=0.1, save_strategy="steps", save_steps=2, report_to="none",
+                             use_cpu=True, disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=train, processing_class=tokenizer, callbacks=[recorder])
+    recorder.trainer = trainer
+    trainer.train()
+    for step in (2, 4):
+        folder = tmp_path / "run" / f"checkpoint-{step}"
+        info = inspect_checkpoint(folder)
+        assert (info.weights, info.problem, info.adapter_base) == ("y", None, str(tmp_path / "b"))
+        x = {n: p for n, p in recorder.x[step].items() if "lora_" in n}
+        converted = {n: p.detach() for n, p in load_model_at_x(info).named_parameters() if "lora_" in n}
+        torch.testing.assert_close(converted, x, rtol=0, atol=1e-6)
+        saved = load_file(folder / "adapter_model.safetensors")  # the file holds y, far from x
+        assert max((y - x[k.replace(".weight", ".default.weight")]).abs().max().item() for k, y in saved.items()) > 1e-4

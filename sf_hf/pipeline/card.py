@@ -44,7 +44,8 @@ def task_results(results: dict) -> List[EvalResult]:
             out.append(EvalResult(
                 # the model-index groups results by dataset type, config and split: a task's own name keeps two
                 # tasks over the same data (prompt variants, local JSON files) apart
-                task_type="text-generation", task_name=task, dataset_type=task, dataset_name=task, dataset_split=entry.get("split"),
+                task_type="text-generation", task_name=task, dataset_type=task, dataset_name=task,
+                dataset_split=entry.get("split"),
                 dataset_args={"num_few_shot": shots} if shots is not None else None, metric_type=metric["metric"],
                 metric_name=name + (f" ({shots}-shot)" if shots is not None else ""), metric_value=metric["value"],
                 source_name=HARNESS_NAME, source_url=HARNESS_URL))
