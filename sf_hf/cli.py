@@ -125,11 +125,12 @@ def _push(args: argparse.Namespace) -> int:
                       retry=RetryPolicy(attempts=args.retries, initial_delay=args.retry_delay),
                       preview_dir=args.preview_dir)
     if args.dry_run:
-        print(f"Dry run: nothing is uploaded. Cards and plots as they would be uploaded: {report.preview}/<revision>/")
-        print(f"Would push to {args.repo_id}:")
+        print(f"Dry run: nothing is uploaded. Would push to {args.repo_id}:")
     for target in report.targets:
         where = report.commits.get(target.revision, f"{args.repo_id}@{target.revision}")
         print(target.describe() if args.dry_run else f"{target.info.name} -> {where}")
+    if args.dry_run:
+        print(f"Cards and plots as they would be uploaded, to read: {report.preview}/<revision>/README.md")
     for name, reason in report.skipped:
         print(f"sf-hf push: skipped {name}: {reason}", file=sys.stderr)
     return 1 if report.skipped else 0
