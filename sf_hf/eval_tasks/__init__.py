@@ -2,8 +2,8 @@
 
     sf-hf evaluate runs/llama-small --tasks sf_kjv_next_verse,sf_kjv_cloze      # or --tasks sf_kjv (both)
 
-`sf_kjv_next_verse` (multiple choice, `acc`/`acc_norm`): a verse with its chapter heading, and four candidate
-next verses (the true one and three of similar length from other held-out chapters). `sf_kjv_cloze`
+`sf_kjv_next_verse` (multiple choice, `acc`/`acc_norm`): up to three verses after their chapter heading, and four
+candidate next verses (the true one and three of similar length from held-out chapters of other books). `sf_kjv_cloze`
 (generation, `exact_match`): a verse without its last word, greedy-decoded, the first word generated compared
 with the true one. Test documents come from the chapters the default recipe holds out (`validation_fraction`
 0.05, seed 0), few-shot examples from its training chapters. The JSON-lines files are rebuilt, identically,

@@ -14,7 +14,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 NEXT_VERSE_FILE, CLOZE_FILE = HERE / "kjv_next_verse.jsonl", HERE / "kjv_cloze.jsonl"
 VALIDATION_FRACTION, SPLIT_SEED = 0.05, 0  # the default recipe's held-out chapters
-NUM_TEST, NUM_FEWSHOT, NUM_DISTRACTORS = 200, 16, 3
+NUM_TEST, NUM_FEWSHOT, NUM_DISTRACTORS, CONTEXT_VERSES = 200, 16, 3, 3
 _LAST_WORD = re.compile(r"^(.*\S)\s+([A-Za-z]{3,})(\W*)$")
 
 
@@ -29,16 +29,18 @@ def _chapters(split):
 
 def _next_verse_docs(chapters, count, rng):
     pairs = [(c, i) for c, (_, verses) in enumerate(chapters) for i in range(len(verses) - 1)]
-    pool = [(c, v) for c, (_, verses) in enumerate(chapters) for v in verses]
+    book = lambda c: chapters[c][0].rsplit(" ", 1)[0]  # noqa: E731 - "Song of Solomon 4" -> "Song of Solomon"
+    pool = [(book(c), v) for c, (_, verses) in enumerate(chapters) for v in verses]
     docs = []
     for c, i in rng.sample(pairs, count):
         heading, verses = chapters[c]
         answer = verses[i + 1]
-        others = [v for oc, v in pool if oc != c and 0.7 <= len(v) / len(answer) <= 1.3] or \
-            [v for oc, v in pool if oc != c]
+        others = [v for b, v in pool if b != book(c) and 0.7 <= len(v) / len(answer) <= 1.3] or \
+            [v for b, v in pool if b != book(c)]
         choices = rng.sample(others, NUM_DISTRACTORS) + [answer]
         rng.shuffle(choices)
-        docs.append(dict(context=f"{heading}\n\n{verses[i]}", choices=choices, label=choices.index(answer)))
+        context = "\n".join(verses[max(0, i - CONTEXT_VERSES + 1): i + 1])
+        docs.append(dict(context=f"{heading}\n\n{context}", choices=choices, label=choices.index(answer)))
     return docs
 
 

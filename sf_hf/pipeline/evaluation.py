@@ -256,14 +256,15 @@ def evaluate_run(run_dir: os.PathLike, *, dataset: Optional[str] = None, dataset
                                 f"{', '.join(i.name for i in infos)}.")
     evaluation, blocks_by_tokenizer = RunEvaluation(), {}
     per_checkpoint = len(suite.tasks) if suite else 1
-    bar = tqdm(total=len(infos) * per_checkpoint, desc="Evaluating checkpoints" + (" x tasks" if suite else ""))
+    selected = [i for i in infos if not only or i.name in only]  # the others: their earlier results, if any
+    bar = tqdm(total=len(selected) * per_checkpoint, desc="Evaluating checkpoints" + (" x tasks" if suite else ""))
     for info in infos:
+        if info not in selected:
+            if (earlier := read_eval_results(info.path)) is not None:
+                evaluation.results.append(earlier)
+            continue
         bar.set_postfix_str(info.name)
         try:
-            if only and info.name not in only:
-                if (earlier := read_eval_results(info.path)) is not None:
-                    evaluation.results.append(earlier)
-                continue
             if info.problem:
                 raise CheckpointError(info.problem)
             key = tokenizer_fingerprint(info.path)

@@ -129,8 +129,9 @@ def _quiet_logs(verbose: bool):
 def _quiet_bars(verbose: bool):
     """lm-eval draws a bar per task and request type; hide them (the pipeline draws one over checkpoints x tasks).
 
-    lm-eval's modules call `tqdm(...)` imported at module level, without a switch for every bar, so their
-    module-level `tqdm` is swapped for one that is disabled by default, and restored afterwards.
+    lm-eval's modules call `tqdm(...)` imported at module level (some with their own `disable=`), without a
+    switch for every bar, so their module-level `tqdm` is swapped for one that is always disabled, and restored
+    afterwards.
     """
     if verbose:
         yield
@@ -140,12 +141,16 @@ def _quiet_bars(verbose: bool):
         module = importlib.import_module(name)
         if hasattr(module, "tqdm"):
             swapped[module] = module.tqdm
-            module.tqdm = functools.partial(module.tqdm, disable=True)
+            module.tqdm = functools.partial(_disabled_bar, module.tqdm)
     try:
         yield
     finally:
         for module, original in swapped.items():
             module.tqdm = original
+
+
+def _disabled_bar(bar_cls, *args, **kwargs):
+    return bar_cls(*args, **{**kwargs, "disable": True})
 
 
 def _number(value) -> Optional[float]:
