@@ -1,5 +1,5 @@
 # sf_hf: every target bootstraps .venv by itself.
-#   make pretrain   train the embedded default model (offline, CPU, <10 min)
+#   make pretrain   train the embedded default model, then its lm-eval tasks (offline, CPU, <10 min)
 #   make test       install everything and run the test suite
 #   make bench      optimizer-step (sf_hf vs fused AdamW vs schedulefree) and trainer-throughput benchmarks
 #   make test-oldest  the suite again in .venv-oldest, on the oldest transformers minor setup.cfg allows (CI runs both)
@@ -31,8 +31,11 @@ test: install
 test-oldest:
 	$(MAKE) test VENV=.venv-oldest EXTRA_PIP="transformers~=$(TRANSFORMERS_FLOOR).0"
 
+PRETRAIN_OUT := outputs/llama-small-sf_adamw_refined
+
 pretrain: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/accelerate launch --num_processes 1 --cpu recipes/pretrain.py
+	HF_HUB_OFFLINE=1 $(VENV)/bin/sf-hf evaluate $(PRETRAIN_OUT) --only final --tasks sf_kjv
 
 bench: install
 	$(PY) benchmarks/optimizer_step.py

@@ -1,7 +1,8 @@
 """`sf-hf`: the command line of sf_hf, a thin layer over `sf_hf.pipeline`.
 
-    sf-hf evaluate runs/llama-small [--metric next_token_accuracy]
+    sf-hf evaluate runs/llama-small [--metric next_token_accuracy] [--tasks sf_kjv,hellaswag --limit 100]
     sf-hf convert runs/plain/checkpoint-500 --to x [--output DIR]
+    sf-hf card runs/llama-small [--repo-id org/llama-small-sf] [--output-dir DIR]
     sf-hf push runs/llama-small --repo-id org/llama-small-sf [--dry-run] [--overwrite]
     sf-hf probe runs/llama-small/checkpoint-500 [--decay-steps 50] [--control]
 
@@ -18,6 +19,7 @@ from typing import Callable, Dict, List, Optional
 
 from .pipeline import PipelineError, RetryPolicy, convert_checkpoint, evaluate_run, push_run
 from .pipeline.probe import DEFAULT_TOLERANCE, probe_checkpoint
+from .pipeline.push import write_cards
 from .pipeline.report import summary_rows, to_markdown
 
 
@@ -58,19 +60,38 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="blocks per forward pass (default: 8)")
     parser.add_argument("--metric", action="append", default=[],
                         help="extra evaluate module: 'next_token_accuracy' or a local .py/folder (repeatable)")
-    parser.add_argument("--output-dir", help="where the summary table and plot go (default: RUN_DIR)")
+    parser.add_argument("--output-dir", help="where the summary table and plots go (default: RUN_DIR)")
     parser.add_argument("--device", help="default: cuda when available, else cpu")
+    parser.add_argument("--tasks", action="append", default=[],
+                        help="lm-evaluation-harness tasks: names (sf_kjv offline; hellaswag,arc_easy... with the Hub), "
+                             "comma-separated, or task YAML files (repeatable; needs pip install 'sf_hf[eval]')")
+    parser.add_argument("--include-path", action="append", default=[], help="a folder of task YAML files (repeatable)")
+    parser.add_argument("--num-fewshot", type=int, help="few-shot examples per task (default: each task's own)")
+    parser.add_argument("--limit", type=float, help="documents per task, a fraction if < 1 (for quick looks only)")
+    parser.add_argument("--only", action="append", help="evaluate only this checkpoint (checkpoint-N or final; "
+                                                       "repeatable); the summary keeps the others' earlier results")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show lm-eval's own progress bars and logs")
+
+
+def _limit(value: Optional[float]):
+    return int(value) if value is not None and value >= 1 else value
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     evaluation = evaluate_run(args.run_dir, dataset=args.dataset, dataset_config=args.dataset_config,
                               text_column=args.text_column, block_size=args.block_size, batch_size=args.batch_size,
-                              metrics=args.metric, output_dir=args.output_dir, device=args.device)
+                              metrics=args.metric, output_dir=args.output_dir, device=args.device, tasks=args.tasks,
+                              include_path=args.include_path, num_fewshot=args.num_fewshot, limit=_limit(args.limit),
+                              verbose=args.verbose, only=args.only)
     print(to_markdown(summary_rows(evaluation.results, evaluation.failures)))
     print("Wrote " + ", ".join(str(path) for path in evaluation.files.values()))
     for name, reason in evaluation.failures:
         print(f"sf-hf evaluate: skipped {name}: {reason}", file=sys.stderr)
-    return 1 if evaluation.failures else 0
+    task_failures = [(r["checkpoint"], task, reason) for r in evaluation.results
+                     for task, reason in r.get("task_failures", {}).items()]
+    for name, task, reason in task_failures:
+        print(f"sf-hf evaluate: task {task} failed on {name}: {reason}", file=sys.stderr)
+    return 1 if evaluation.failures or task_failures else 0
 
 
 def _convert_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,7 +111,9 @@ def _push_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token", help="write token (default: HF_TOKEN or the stored login)")
     parser.add_argument("--private", action="store_true", help="create the repo private")
     parser.add_argument("--overwrite", action="store_true", help="replace existing branches and a non-empty main")
-    parser.add_argument("--dry-run", action="store_true", help="list what would go where; no network")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="list what would go where and write the cards and plots into a preview folder; no network")
+    parser.add_argument("--preview-dir", help="the dry run's preview folder (default: a new temporary folder)")
     parser.add_argument("--base-model", help="for fine-tunes: the model the run started from (for the card)")
     parser.add_argument("--retries", type=int, default=5, help="tries per Hub call on network errors/5xx (default: 5)")
     parser.add_argument("--retry-delay", type=float, default=1.0, help="first backoff in seconds, doubled (default: 1)")
@@ -99,19 +122,41 @@ def _push_arguments(parser: argparse.ArgumentParser) -> None:
 def _push(args: argparse.Namespace) -> int:
     report = push_run(args.run_dir, args.repo_id, token=args.token, private=args.private, overwrite=args.overwrite,
                       dry_run=args.dry_run, base_model=args.base_model,
-                      retry=RetryPolicy(attempts=args.retries, initial_delay=args.retry_delay))
+                      retry=RetryPolicy(attempts=args.retries, initial_delay=args.retry_delay),
+                      preview_dir=args.preview_dir)
     if args.dry_run:
         print(f"Dry run: nothing is uploaded. Would push to {args.repo_id}:")
     for target in report.targets:
         where = report.commits.get(target.revision, f"{args.repo_id}@{target.revision}")
         print(target.describe() if args.dry_run else f"{target.info.name} -> {where}")
+    if args.dry_run:
+        print(f"Cards and plots as they would be uploaded, to read: {report.preview}/<revision>/README.md")
     for name, reason in report.skipped:
         print(f"sf-hf push: skipped {name}: {reason}", file=sys.stderr)
     return 1 if report.skipped else 0
 
 
-register(Command("evaluate", "validation loss/perplexity of every checkpoint at x; summary table and plot",
+register(Command("evaluate", "validation loss/perplexity (and lm-eval tasks) of every checkpoint at x; summary, plots",
                  _evaluate_arguments, _evaluate))
+
+
+def _card_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", help="the Trainer's output_dir; only read")
+    parser.add_argument("--repo-id", help="the repository the cards name (default: the run folder's name)")
+    parser.add_argument("--output-dir", help="where the cards go, one folder per revision (default: RUN_DIR/cards)")
+    parser.add_argument("--base-model", help="for fine-tunes: the model the run started from")
+
+
+def _card(args: argparse.Namespace) -> int:
+    output = args.output_dir or f"{args.run_dir.rstrip('/')}/cards"
+    for revision, folder in write_cards(args.run_dir, output, args.repo_id, args.base_model).items():
+        plots = ", ".join(sorted(p.name for p in folder.glob("*.png"))) or "no plot"
+        print(f"{revision}: {folder / 'README.md'} (+ {plots})")
+    return 0
+
+
+register(Command("card", "write the model card (and plots) push would upload for each checkpoint and the final model",
+                 _card_arguments, _card))
 register(Command("convert", "write a y checkpoint (plain Trainer) as a new folder at x", _convert_arguments, _convert))
 register(Command("push", "push checkpoints to step-N branches and the final model to main, with model cards",
                  _push_arguments, _push))

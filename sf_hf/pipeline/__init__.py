@@ -1,6 +1,8 @@
 """The checkpoint pipeline: evaluate a run's checkpoints at x, convert y checkpoints, write model cards, push.
 
     sf-hf evaluate runs/llama-small                           # eval_results.json per checkpoint, summary, plot
+    sf-hf evaluate runs/llama-small --tasks sf_kjv            # + lm-evaluation-harness tasks, one plot per task
+    sf-hf card runs/llama-small                               # the model cards push would upload, to read
     sf-hf convert runs/plain/checkpoint-500 --to x            # a y checkpoint of a plain Trainer -> new x folder
     sf-hf push runs/llama-small --repo-id org/llama-small-sf  # step-{N:09d} branches + main, with cards
 
@@ -13,8 +15,9 @@ from .checkpoints import CheckpointInfo, find_checkpoints, inspect_checkpoint
 from .conversion import convert_checkpoint, load_model_at_x
 from .errors import CheckpointError, PipelineError, PushError
 from .evaluation import RunEvaluation, evaluate_checkpoint, evaluate_model, evaluate_run, read_eval_results
+from .harness import TaskSuite, evaluate_tasks
 from .heldout import DataSpec, read_run_args, validation_blocks
-from .push import PushReport, plan_push, push_run
+from .push import PushReport, plan_push, push_run, write_cards
 from .retry import RetryPolicy
 
 __all__ = [
@@ -27,11 +30,13 @@ __all__ = [
     "PushReport",
     "RetryPolicy",
     "RunEvaluation",
+    "TaskSuite",
     "build_model_card",
     "convert_checkpoint",
     "evaluate_checkpoint",
     "evaluate_model",
     "evaluate_run",
+    "evaluate_tasks",
     "find_checkpoints",
     "inspect_checkpoint",
     "load_model_at_x",
@@ -40,4 +45,5 @@ __all__ = [
     "read_eval_results",
     "read_run_args",
     "validation_blocks",
+    "write_cards",
 ]

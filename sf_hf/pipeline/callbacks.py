@@ -7,7 +7,9 @@
 
 As open-r1's `PushToHubRevisionCallback`, work happens on the saved checkpoint folder in a background thread,
 so training does not wait for it. The folder is first snapshotted with hard links (instant; a copy across
-file systems), so `save_total_limit` may delete the checkpoint meanwhile. The weights are always x: a
+file systems), so `save_total_limit` may delete the checkpoint meanwhile. With `tasks=`, lm-evaluation-harness
+tasks run on the same in-memory model after the loss, and the checkpoint's branch carries their results (card
+model-index and plots). The weights are always x: a
 `ScheduleFreeTrainer` checkpoint holds x, a plain `Trainer` one is converted from its optimizer state. The
 token is checked when training begins, so a bad token stops the run before its first step.
 """
@@ -18,18 +20,18 @@ import shutil
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 from transformers import AutoTokenizer, TrainerCallback
 
-from .card import build_model_card
 from .checkpoints import OPTIMIZER_FILE, inspect_checkpoint, published_files
 from .errors import CheckpointError
 from .evaluation import EVAL_RESULTS_NAME, evaluate_checkpoint, tokenizer_fingerprint
+from .harness import TaskSuite
 from .heldout import DataSpec, read_run_args, validation_blocks
 from .hub import authenticated_api, refuse_taken_revisions, upload_revision
-from .push import CARD_NAME
-from .report import PLOT_NAME, plot_loss
+from .push import PushTarget, generated_files
+from .report import run_plots
 from .retry import DEFAULT_RETRY, RetryPolicy
 
 logger = logging.getLogger(__name__)
@@ -63,6 +65,11 @@ class CheckpointPipelineCallback(TrainerCallback):
         overwrite (`bool`, *optional*, defaults to `False`): replace existing `step-*` branches.
         device (`str`, *optional*): where to evaluate; defaults to CUDA when available.
         retry (`RetryPolicy`, *optional*): retries of the Hub calls the client does not retry itself.
+        tasks (`Sequence[str]`, *optional*): lm-evaluation-harness tasks (names or YAML files) to run on each
+            checkpoint too (needs `data` and `sf_hf[eval]`); checked when the callback is built.
+        include_path (`Sequence[str]`, *optional*): folders of task YAML files.
+        num_fewshot (`int`, *optional*): overrides the tasks' few-shot count.
+        limit (`int` or `float`, *optional*): documents per task.
 
     Attributes:
         results (`List[dict]`): the `eval_results.json` records, in checkpoint order.
@@ -71,9 +78,15 @@ class CheckpointPipelineCallback(TrainerCallback):
 
     def __init__(self, data: Optional[DataSpec] = None, repo_id: Optional[str] = None, *, metrics: Sequence[str] = (),
                  batch_size: int = 8, token: Optional[str] = None, private: bool = False, overwrite: bool = False,
-                 device: Optional[str] = None, retry: RetryPolicy = DEFAULT_RETRY):
+                 device: Optional[str] = None, retry: RetryPolicy = DEFAULT_RETRY, tasks: Sequence[str] = (),
+                 include_path: Sequence[str] = (), num_fewshot: Optional[int] = None,
+                 limit: Optional[Union[int, float]] = None):
         if data is None and repo_id is None:
             raise ValueError("CheckpointPipelineCallback needs data= (to evaluate), repo_id= (to push), or both.")
+        if tasks and data is None:
+            raise ValueError("CheckpointPipelineCallback evaluates tasks= with the loss: pass data= as well.")
+        self.suite = TaskSuite.resolve(tasks, include_path, num_fewshot=num_fewshot, limit=limit,
+                                       batch_size=batch_size) if tasks else None
         self.data, self.repo_id, self.metrics, self.batch_size = data, repo_id, tuple(metrics), batch_size
         self.token, self.private, self.overwrite, self.device, self.retry = token, private, overwrite, device, retry
         self.results: List[dict] = []
@@ -119,14 +132,13 @@ class CheckpointPipelineCallback(TrainerCallback):
             info = inspect_checkpoint(snapshot)
             if info.problem:
                 raise CheckpointError(f"{folder}: {info.problem}")
-            record = self._evaluate(info, folder) if self.data else None
+            if self.data:
+                self._evaluate(info, folder)
             if self.repo_id:
                 refuse_taken_revisions(self._api, self.repo_id, [info.revision], self.overwrite, self.retry)
-                plot = {PLOT_NAME: plot_loss(self.results)} if self.results else {}
-                card = build_model_card(info, record, repo_id=self.repo_id, run_args=read_run_args(run_dir),
-                                        plot_file=PLOT_NAME if plot else None)
-                upload_revision(self._api, self.repo_id, info, info.revision,
-                                {CARD_NAME: card.content.encode(), **plot}, self.retry)
+                extra = generated_files(PushTarget(info, info.revision, [], []), self.repo_id, read_run_args(run_dir),
+                                        run_plots(self.results))
+                upload_revision(self._api, self.repo_id, info, info.revision, extra, self.retry)
         finally:
             shutil.rmtree(workspace, ignore_errors=True)
 
@@ -134,7 +146,8 @@ class CheckpointPipelineCallback(TrainerCallback):
         key = tokenizer_fingerprint(info.path)
         if key not in self._blocks:
             self._blocks[key] = validation_blocks(self.data, AutoTokenizer.from_pretrained(info.path))
-        record = evaluate_checkpoint(info, self._blocks[key], self.data, self.batch_size, self.metrics, self.device)
+        record = evaluate_checkpoint(info, self._blocks[key], self.data, self.batch_size, self.metrics, self.device,
+                                     tasks=self.suite, seeded=False)  # never reseed the training's generators
         self.results.append(record)
         try:  # the original may have been rotated away (save_total_limit) meanwhile
             shutil.copy2(info.path / EVAL_RESULTS_NAME, folder / EVAL_RESULTS_NAME)

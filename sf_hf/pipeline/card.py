@@ -5,14 +5,15 @@
     card.save("README.md")        # huggingface_hub.ModelCard: model-index metadata + Markdown
 
 The YAML header carries the model-index (one entry per metric of `eval_results.json`: loss, perplexity and
-any extra `evaluate` metric), the dataset (when it is a Hub id), the base model (for fine-tunes) and tags.
+any extra `evaluate` metric, and one per lm-evaluation-harness task and metric), the dataset (when it is a Hub
+id), the base model (for fine-tunes) and tags.
 The body gives tokens seen, the optimizer with all its hyperparameters, the plot, how to load the revision,
 and citations of both papers.
 """
 
 import os
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -23,12 +24,43 @@ from .checkpoints import CheckpointInfo
 TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "templates" / "model_card.md"
 COUNT_KEYS = ("eval_tokens", "eval_blocks")
 """Keys of `eval_results.json` that are counts, not metrics: in the card text, not in the model-index."""
+HARNESS_NAME, HARNESS_URL = "lm-evaluation-harness", "https://github.com/EleutherAI/lm-evaluation-harness"
 
 
 def card_metrics(results: dict) -> List[Tuple[str, float]]:
     """The `(metric_type, value)` pairs of an `eval_results.json` record that go into the model-index."""
     return [(key[len("eval_"):], value) for key, value in results.items()
             if key.startswith("eval_") and key not in COUNT_KEYS]
+
+
+def task_results(results: dict) -> List[EvalResult]:
+    """One `EvalResult` per lm-evaluation-harness task and metric of an `eval_results.json` record (its `tasks`)."""
+    out = []
+    for task, entry in sorted((results or {}).get("tasks", {}).items()):
+        shots = entry.get("num_fewshot")
+        for name, metric in entry["metrics"].items():
+            if metric["value"] is None:
+                continue
+            out.append(EvalResult(
+                # the model-index groups results by dataset type, config and split: a task's own name keeps two
+                # tasks over the same data (prompt variants, local JSON files) apart
+                task_type="text-generation", task_name=task, dataset_type=task, dataset_name=task,
+                dataset_split=entry.get("split"),
+                dataset_args={"num_few_shot": shots} if shots is not None else None, metric_type=metric["metric"],
+                metric_name=name + (f" ({shots}-shot)" if shots is not None else ""), metric_value=metric["value"],
+                source_name=HARNESS_NAME, source_url=HARNESS_URL))
+    return out
+
+
+def task_rows(results: dict) -> List[Tuple[str, str, str, str, str, str]]:
+    """`(task, metric, value, stderr, shots, documents)` rows of the card's benchmark table."""
+    rows = []
+    for task, entry in sorted((results or {}).get("tasks", {}).items()):
+        for name, metric in entry["metrics"].items():
+            fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
+            rows.append((task, name, fmt(metric["value"]), fmt(metric["stderr"]), fmt(entry.get("num_fewshot")),
+                         fmt(entry.get("samples"))))
+    return rows
 
 
 def _is_hub_id(name: Optional[str]) -> bool:
@@ -82,8 +114,9 @@ def hyperparameter_rows(info: CheckpointInfo, block_size: Optional[int]) -> List
 
 def build_model_card(info: CheckpointInfo, results: Optional[dict], *, repo_id: str, run_args: dict,
                      revision: Optional[str] = None, base_model: Optional[str] = None,
-                     plot_file: Optional[str] = None, publisher: str = "`sf-hf push`", step_branches: bool = True,
-                     extra_tags: Sequence[str] = (), language=None, license: Optional[str] = None) -> ModelCard:
+                     plot_file: Optional[str] = None, task_plot_files: Optional[Dict[str, str]] = None,
+                     publisher: str = "`sf-hf push`", step_branches: bool = True, extra_tags: Sequence[str] = (),
+                     language=None, license: Optional[str] = None) -> ModelCard:
     """Renders the card of one revision of `repo_id`.
 
     Args:
@@ -95,6 +128,7 @@ def build_model_card(info: CheckpointInfo, results: Optional[dict], *, repo_id: 
         base_model (`str`, *optional*): the model this run fine-tuned; defaults to `run_args["model"]`'s
             `model_name_or_path`. Recorded in the metadata when it is a Hub id.
         plot_file (`str`, *optional*): the plot's path in the repository.
+        task_plot_files (`Dict[str, str]`, *optional*): `{task: path in the repository}` of the task plots.
         publisher (`str`, *optional*, defaults to ``"`sf-hf push`"``): what published it, for the summary.
         step_branches (`bool`, *optional*, defaults to `True`): whether the checkpoints are on `step-*` branches (the
             `sf-hf push` layout; a `ScheduleFreeTrainer` push has them in `last-checkpoint/` or `checkpoint-N/`).
@@ -117,7 +151,7 @@ def build_model_card(info: CheckpointInfo, results: Optional[dict], *, repo_id: 
                    dataset_config=results.get("dataset_config"), dataset_split=results.get("split"),
                    metric_type=metric, metric_name=f"validation {metric.replace('_', ' ')}", metric_value=value)
         for metric, value in metrics
-    ]
+    ] + task_results(results)
     card_data = ModelCardData(
         model_name=model_name, library_name="transformers", pipeline_tag="text-generation",
         tags=["sf_hf"] + (["schedule-free"] if is_schedule_free(info) else [])
@@ -142,5 +176,7 @@ def build_model_card(info: CheckpointInfo, results: Optional[dict], *, repo_id: 
         tokens_seen=(f"{seen:,}" + (" (estimated)" if results.get("tokens_seen_estimated") else "")) if seen
         else "not counted",
         optimizer_name=info.optimizer_name, optimizer_description=spec.description if spec else None,
-        hyperparameters=hyperparameter_rows(info, block_size),
+        hyperparameters=hyperparameter_rows(info, block_size), task_rows=task_rows(results),
+        task_failures=sorted(results.get("task_failures", {}).items()),
+        task_plots=sorted((task_plot_files or {}).items()),
     )

@@ -10,7 +10,9 @@ else its `optimizer.pt`: a schedule-free optimizer (state `z`) saved in train mo
 (a plain `transformers.Trainer` checkpoint, convertible to x), saved in eval mode (right after an evaluation)
 means x; an optimizer without modes means the weights are the only weights ("plain"). Anything else (no
 metadata and no optimizer state, a mode-switching optimizer without `z`, missing or truncated files) sets
-`problem`: such a folder is reported, never evaluated or published.
+`problem`: such a folder is reported, never evaluated or published. A PEFT adapter folder (`adapter_config.json`
+and adapter weights, no `config.json`) is a checkpoint too: its model is the base model its config names
+(`base_model_name_or_path`, a local folder or a Hub id) with the adapter applied.
 """
 
 import fnmatch
@@ -29,13 +31,15 @@ from .errors import CheckpointError
 OPTIMIZER_FILE = "optimizer.pt"
 WEIGHT_PATTERNS = (
     "*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin", "pytorch_model.bin.index.json",
+    "adapter_model.bin",
 )
+ADAPTER_CONFIG = "adapter_config.json"
 # What may leave the machine: weights, configs, tokenizer, metadata, results. Never optimizer/scheduler/scaler
 # states, RNG files or training_args.bin (a pickle that can hold a hub_token), even if a pattern matched them.
 PUBLISHED_PATTERNS = WEIGHT_PATTERNS + (
     "config.json", "generation_config.json", "tokenizer*", "special_tokens_map.json", "added_tokens.json",
     "vocab.json", "vocab.txt", "merges.txt", "chat_template.*", "schedule_free.json", "trainer_state.json",
-    "eval_results.json",
+    "eval_results.json", ADAPTER_CONFIG,
 )
 NEVER_PUBLISHED = ("optimizer*", "scheduler*", "scaler*", "rng_state*", "training_args.bin", "*.pt", "*.pth")
 
@@ -55,6 +59,7 @@ class CheckpointInfo:
         tokens_seen (`int`, *optional*): training tokens counted by the Trainer.
         train_batch_size (`int`, *optional*): sequences per optimizer step.
         problem (`str`, *optional*): why the folder cannot be evaluated or published.
+        adapter_base (`str`, *optional*): for a PEFT adapter folder, the base model it applies to.
     """
 
     path: Path
@@ -66,6 +71,7 @@ class CheckpointInfo:
     tokens_seen: Optional[int] = None
     train_batch_size: Optional[int] = None
     problem: Optional[str] = None
+    adapter_base: Optional[str] = None
 
     @property
     def revision(self) -> str:
@@ -99,10 +105,11 @@ def find_checkpoints(run_dir: os.PathLike) -> List[CheckpointInfo]:
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir} is not a directory.")
     infos = [inspect_checkpoint(path, name=path.name) for path in checkpoint_folders(run_dir)]
-    if (run_dir / "config.json").is_file():
+    if (run_dir / "config.json").is_file() or (run_dir / ADAPTER_CONFIG).is_file():
         infos.append(inspect_checkpoint(run_dir, name="final"))
     if not infos:
-        raise CheckpointError(f"{run_dir} holds no checkpoint-N folder and no saved model (config.json).")
+        raise CheckpointError(f"{run_dir} holds no checkpoint-N folder and no saved model (config.json or "
+                              f"{ADAPTER_CONFIG}).")
     return infos
 
 
@@ -116,7 +123,7 @@ def inspect_checkpoint(folder: os.PathLike, name: Optional[str] = None) -> Check
     info.step = trainer_state.get("global_step", info.step)
     info.tokens_seen = trainer_state.get("num_input_tokens_seen") or None
     try:
-        _check_complete(folder)
+        info.adapter_base = _check_complete(folder)
         metadata = read_metadata(folder)
         if metadata is not None and metadata.get("weights") in ("x", "ema", "plain"):
             info.weights = "x" if metadata["weights"] == "x" else "plain"  # the EMA is published as it is
@@ -158,8 +165,16 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-def _check_complete(folder: Path) -> None:
-    if not (folder / "config.json").is_file():
+def _check_complete(folder: Path) -> Optional[str]:
+    """Raises `CheckpointError` for missing or truncated files; returns an adapter's base model (else None)."""
+    base = None
+    if (folder / ADAPTER_CONFIG).is_file() and not (folder / "config.json").is_file():
+        base = _read_json(folder / ADAPTER_CONFIG).get("base_model_name_or_path")
+        if not base:
+            raise CheckpointError(f"{ADAPTER_CONFIG} names no base_model_name_or_path")
+        if not any(w.startswith("adapter_model") for w in weight_files(folder)):
+            raise CheckpointError("incomplete: no adapter weights (adapter_model.safetensors or adapter_model.bin)")
+    elif not (folder / "config.json").is_file():
         raise CheckpointError("incomplete: no config.json")
     weights = weight_files(folder)
     if not weights:
@@ -177,6 +192,7 @@ def _check_complete(folder: Path) -> None:
                     pass
             except Exception as err:  # safetensors raises its own error type for truncated or garbled files
                 raise CheckpointError(f"corrupt {name}: {err}") from err
+    return base
 
 
 def _fill_from_metadata(info: CheckpointInfo, metadata: dict) -> None:

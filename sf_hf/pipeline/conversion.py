@@ -49,7 +49,9 @@ def load_model_at_x(checkpoint: Union[str, os.PathLike, CheckpointInfo],
         model_cls (*optional*, defaults to `AutoModelForCausalLM`): the class whose `from_pretrained` loads it.
 
     Returns:
-        `PreTrainedModel`: the model in eval mode, at x (or at its only weights for a `"plain"` checkpoint).
+        `PreTrainedModel`: the model in eval mode, at x (or at its only weights for a `"plain"` checkpoint). For a
+        PEFT adapter folder, a `peft.PeftModel`: the base model (`CheckpointInfo.adapter_base`) with the adapter at
+        x applied, not merged.
 
     Raises:
         CheckpointError: the folder is incomplete or corrupt, or its y cannot be converted.
@@ -58,13 +60,30 @@ def load_model_at_x(checkpoint: Union[str, os.PathLike, CheckpointInfo],
     if info.problem:
         raise CheckpointError(f"{info.path}: {info.problem}")
     try:
-        model = model_cls.from_pretrained(info.path)
+        model = _load_adapter(info, model_cls) if info.adapter_base else model_cls.from_pretrained(info.path)
+    except CheckpointError:
+        raise
     except Exception as err:  # corrupt weights surface as many error types (safetensors, torch, OSError)
-        detail = "; ".join(config_mismatch(info.path)) or str(err)  # name the tensors and config fields that differ
-        raise CheckpointError(f"{info.path}: cannot load the model: {detail}") from err
+        detail = "; ".join(config_mismatch(info.path)) if not info.adapter_base else ""
+        raise CheckpointError(f"{info.path}: cannot load the model: {detail or err}") from err
     if info.weights == "y":
         convert_model_to_x_(model, load_optimizer_state(info.path))
     return model.eval()
+
+
+def _load_adapter(info: CheckpointInfo, model_cls):
+    """The adapter's base model with the adapter applied; trainable adapters for y, so that the optimizer state's
+    positions (trainable parameters only) can be matched to them."""
+    try:
+        from peft import PeftModel
+    except ImportError as err:
+        raise CheckpointError(f"{info.path} is a PEFT adapter: loading it needs peft (pip install peft)") from err
+    try:
+        base = model_cls.from_pretrained(info.adapter_base)
+    except Exception as err:
+        raise CheckpointError(f"{info.path}: cannot load the adapter's base model {info.adapter_base!r} "
+                              f"(base_model_name_or_path of adapter_config.json): {err}") from err
+    return PeftModel.from_pretrained(base, info.path, is_trainable=info.weights == "y")
 
 
 @torch.no_grad()

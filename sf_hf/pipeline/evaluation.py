@@ -1,14 +1,17 @@
-"""Validation loss and perplexity of every checkpoint of a run, always at x.
+"""Validation loss and perplexity, and lm-evaluation-harness tasks, of every checkpoint of a run, always at x.
 
     sf-hf evaluate runs/llama-small --metric next_token_accuracy
+    sf-hf evaluate runs/llama-small --tasks sf_kjv --limit 100          # + benchmark tasks (`sf_hf[eval]`)
 
     from sf_hf.pipeline import evaluate_run
     evaluation = evaluate_run("runs/llama-small", metrics=["next_token_accuracy"])
     evaluation.results, evaluation.failures      # one record per checkpoint / (name, reason) per skipped one
 
 Each usable checkpoint gets an `eval_results.json` in its folder; the run gets `eval_summary.csv`,
-`eval_summary.md` and `eval_loss.png` (validation loss against tokens seen). A checkpoint that is incomplete,
-corrupt, or holds y that cannot be converted is reported in `failures` and the summary, and never evaluated.
+`eval_summary.md`, `eval_loss.png` (validation loss against tokens seen) and one `eval_<task>.png` per task. A
+checkpoint that is incomplete, corrupt, or holds y that cannot be converted is reported in `failures` and the
+summary, and never evaluated; a task that fails on a checkpoint is reported in its record (`task_failures`) and
+the summary, and the other tasks and checkpoints are still evaluated.
 """
 
 import hashlib
@@ -22,11 +25,12 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer, PreTrainedModel
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .checkpoints import CheckpointInfo, find_checkpoints, published_files
 from .conversion import load_model_at_x
 from .errors import CheckpointError, PipelineError
+from .harness import TaskSuite, evaluate_tasks
 from .heldout import DataSpec, validation_blocks
 from .report import write_summary
 
@@ -119,12 +123,18 @@ def tokens_seen(info: CheckpointInfo, block_size: int) -> Tuple[Optional[int], b
 
 
 def evaluate_checkpoint(info: CheckpointInfo, blocks, spec: DataSpec, batch_size: int = 8,
-                        metrics: Sequence[str] = (), device: Optional[str] = None, write: bool = True) -> dict:
+                        metrics: Sequence[str] = (), device: Optional[str] = None, write: bool = True,
+                        tasks: Optional[TaskSuite] = None, seeded: bool = True) -> dict:
     """Evaluates one checkpoint at x and (if `write`) writes its `eval_results.json`.
 
+    Args:
+        tasks (`TaskSuite`, *optional*): lm-evaluation-harness tasks to run on the same in-memory model.
+        seeded (`bool`, *optional*, defaults to `True`): see `harness.evaluate_tasks`.
+
     Returns:
-        `dict`: the record written: checkpoint, step, tokens seen, which weights were evaluated, the data, and
-        the metrics of `evaluate_model`.
+        `dict`: the record written: checkpoint, step, tokens seen, which weights were evaluated, the data, the
+        metrics of `evaluate_model`, and with `tasks`, `tasks` (`{task: {"metrics": {name: {"value", "stderr"}},
+        ...}}`, see `harness.parse_results`; results of earlier runs on other tasks are kept) and `task_failures`.
 
     Raises:
         CheckpointError: if the checkpoint is unusable (see `load_model_at_x`).
@@ -136,13 +146,28 @@ def evaluate_checkpoint(info: CheckpointInfo, blocks, spec: DataSpec, batch_size
         weights="plain" if info.weights == "plain" else "x", converted_from="y" if info.weights == "y" else None,
         optimizer_name=info.optimizer_name, dataset=spec.dataset_name, dataset_config=spec.dataset_config,
         split=spec.load_options.get("validation_split") or "validation", block_size=spec.block_size,
-        **evaluate_model(model, blocks, batch_size=batch_size, metrics=metrics, progress=True),
+        **evaluate_model(model, blocks, batch_size=batch_size, metrics=metrics, progress=tasks is None),
     )
+    if info.adapter_base:
+        record["adapter_base"] = Path(info.adapter_base).name
+    if tasks is not None:
+        previous = read_eval_results(info.path) or {}
+        results, failures = evaluate_tasks(model, checkpoint_tokenizer(info), tasks, seeded=seeded)
+        record["tasks"] = {**previous.get("tasks", {}), **results}
+        record["task_failures"] = failures
+    elif write and (previous := read_eval_results(info.path)) and previous.get("tasks"):
+        record["tasks"] = previous["tasks"]  # the weights of a folder never change: keep its task results
     if write:  # a new file replaces the old one: never write through a hard link into another folder
         partial = info.path / f".{EVAL_RESULTS_NAME}.partial"
         partial.write_text(json.dumps(record, indent=2))
         os.replace(partial, info.path / EVAL_RESULTS_NAME)
     return record
+
+
+def checkpoint_tokenizer(info: CheckpointInfo) -> PreTrainedTokenizerBase:
+    """The tokenizer saved with the checkpoint (for an adapter without one, its base model's)."""
+    has_own = any(f.startswith(TOKENIZER_PREFIXES) for f in published_files(info.path))
+    return AutoTokenizer.from_pretrained(info.path if has_own or not info.adapter_base else info.adapter_base)
 
 
 def read_eval_results(folder: os.PathLike) -> Optional[dict]:
@@ -188,7 +213,9 @@ def tokenizer_fingerprint(folder: Path) -> str:
 def evaluate_run(run_dir: os.PathLike, *, dataset: Optional[str] = None, dataset_config: Optional[str] = None,
                  text_column: Optional[str] = None, block_size: Optional[int] = None, batch_size: int = 8,
                  metrics: Sequence[str] = (), output_dir: Optional[os.PathLike] = None,
-                 device: Optional[str] = None) -> RunEvaluation:
+                 device: Optional[str] = None, tasks: Sequence[str] = (), include_path: Sequence[str] = (),
+                 num_fewshot: Optional[int] = None, limit: Optional[float] = None, verbose: bool = False,
+                 only: Optional[Sequence[str]] = None) -> RunEvaluation:
     """Evaluates every `checkpoint-N` of a run and its final model at x, on the run's held-out set.
 
     Args:
@@ -197,22 +224,46 @@ def evaluate_run(run_dir: os.PathLike, *, dataset: Optional[str] = None, dataset
         dataset_config (`str`, *optional*): overrides the dataset configuration.
         text_column (`str`, *optional*): overrides the text column.
         block_size (`int`, *optional*): overrides the block size.
-        batch_size (`int`, *optional*, defaults to 8): blocks per forward pass.
+        batch_size (`int`, *optional*, defaults to 8): blocks (and lm-eval requests) per forward pass.
         metrics (`Sequence[str]`, *optional*): extra `evaluate` modules (see `load_metric`).
-        output_dir (`os.PathLike`, *optional*): where the summary and plot go; defaults to `run_dir`.
+        output_dir (`os.PathLike`, *optional*): where the summary and plots go; defaults to `run_dir`.
         device (`str`, *optional*): defaults to CUDA when available.
+        tasks (`Sequence[str]`, *optional*): lm-evaluation-harness tasks (names, comma lists, YAML files).
+        include_path (`Sequence[str]`, *optional*): folders of task YAML files.
+        num_fewshot (`int`, *optional*): overrides the tasks' few-shot count.
+        limit (`float`, *optional*): documents per task (a fraction when < 1).
+        verbose (`bool`, *optional*, defaults to `False`): show lm-eval's own bars and logs.
+        only (`Sequence[str]`, *optional*): evaluate only these checkpoints (`checkpoint-N`, `final`); the
+            summary still lists the others' earlier `eval_results.json`.
 
     Returns:
         `RunEvaluation`. A bad checkpoint is in `failures`; the others are still evaluated.
 
     Raises:
-        PipelineError: if the run has no checkpoint or its data cannot be determined.
+        PipelineError: if the run has no checkpoint, its data cannot be determined, a metric or task is unknown,
+            or lm-eval is missing while tasks are asked for.
     """
     spec = DataSpec.from_run(run_dir, dataset, dataset_config, text_column, block_size)
-    for metric in metrics:  # fail on a bad metric name before the first checkpoint
+    for metric in metrics:  # fail on a bad metric or task name before the first checkpoint
         load_metric(metric)
+    suite = TaskSuite.resolve(tasks, include_path, num_fewshot=num_fewshot, limit=limit, batch_size=batch_size,
+                              verbose=verbose) if tasks else None
+    infos = find_checkpoints(run_dir)
+    if only:
+        unknown = sorted(set(only) - {i.name for i in infos})
+        if unknown:
+            raise PipelineError(f"No checkpoint named {', '.join(unknown)} in {run_dir}; it has "
+                                f"{', '.join(i.name for i in infos)}.")
     evaluation, blocks_by_tokenizer = RunEvaluation(), {}
-    for info in tqdm(find_checkpoints(run_dir), desc="Evaluating checkpoints"):
+    per_checkpoint = len(suite.tasks) if suite else 1
+    selected = [i for i in infos if not only or i.name in only]  # the others: their earlier results, if any
+    bar = tqdm(total=len(selected) * per_checkpoint, desc="Evaluating checkpoints" + (" x tasks" if suite else ""))
+    for info in infos:
+        if info not in selected:
+            if (earlier := read_eval_results(info.path)) is not None:
+                evaluation.results.append(earlier)
+            continue
+        bar.set_postfix_str(info.name)
         try:
             if info.problem:
                 raise CheckpointError(info.problem)
@@ -220,7 +271,7 @@ def evaluate_run(run_dir: os.PathLike, *, dataset: Optional[str] = None, dataset
             if key not in blocks_by_tokenizer:
                 blocks_by_tokenizer[key] = validation_blocks(spec, AutoTokenizer.from_pretrained(info.path))
             evaluation.results.append(evaluate_checkpoint(info, blocks_by_tokenizer[key], spec, batch_size, metrics,
-                                                          device))
+                                                          device, tasks=suite))
         except CheckpointError as err:
             logger.error("Skipping %s: %s", info.name, err)
             evaluation.failures.append((info.name, str(err)))
@@ -229,5 +280,8 @@ def evaluate_run(run_dir: os.PathLike, *, dataset: Optional[str] = None, dataset
         except Exception as err:  # a corrupt file fails in many ways (tokenizer, weights, shapes): skip, go on
             logger.exception("Skipping %s", info.name)
             evaluation.failures.append((info.name, f"{type(err).__name__}: {err}"))
+        finally:
+            bar.update(per_checkpoint)
+    bar.close()
     evaluation.files = write_summary(evaluation.results, evaluation.failures, Path(output_dir or run_dir))
     return evaluation

@@ -2,6 +2,7 @@
 
     sf-hf push runs/llama-small --repo-id org/llama-small-sf --dry-run     # what would go where (offline)
     sf-hf push runs/llama-small --repo-id org/llama-small-sf
+    sf-hf card runs/llama-small --repo-id org/llama-small-sf              # the cards push would upload, to read
 
     from sf_hf.pipeline import push_run
     report = push_run("runs/llama-small", "org/llama-small-sf")
@@ -9,13 +10,17 @@
 Order: the token is checked (whoami) and the repo created if needed; every target revision is checked, and an
 existing one is refused (before any upload) unless `overwrite`; then each checkpoint is committed, oldest
 first, and the final model last (the last good checkpoint when the run has no final model). Each revision
-gets its model card (`README.md`, from the folder's `eval_results.json` when `sf-hf evaluate` wrote one) and
-the run's loss plot. Unusable checkpoints are reported in `skipped` and not pushed.
+gets its model card (`README.md`, from the folder's `eval_results.json` when `sf-hf evaluate` wrote one, task
+results included) and the run's plots (loss, and one per lm-evaluation-harness task). Unusable checkpoints are
+reported in `skipped` and not pushed. `write_cards` (`sf-hf card`, and `push --dry-run` into a preview folder)
+writes exactly those files locally, one folder per revision.
 """
 
 import logging
 import os
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from tqdm.auto import tqdm
@@ -26,7 +31,7 @@ from .errors import PushError
 from .evaluation import read_eval_results
 from .heldout import read_run_args
 from .hub import authenticated_api, refuse_taken_revisions, upload_revision
-from .report import PLOT_NAME, plot_loss
+from .report import PLOT_NAME, run_plots, task_plot_name
 from .retry import DEFAULT_RETRY, RetryPolicy
 
 logger = logging.getLogger(__name__)
@@ -65,11 +70,13 @@ class PushReport:
         targets (`List[PushTarget]`): the planned uploads, in order.
         skipped (`List[Tuple[str, str]]`): `(name, reason)` of unusable checkpoints.
         commits (`Dict[str, str]`): revision -> commit URL of what was pushed (empty for a dry run).
+        preview (`Path`, *optional*): for a dry run, the folder the cards and plots were written to.
     """
 
     targets: List[PushTarget] = field(default_factory=list)
     skipped: List[Tuple[str, str]] = field(default_factory=list)
     commits: Dict[str, str] = field(default_factory=dict)
+    preview: Optional[Path] = None
 
 
 def plan_push(run_dir: os.PathLike) -> PushReport:
@@ -97,9 +104,52 @@ def _target(info: CheckpointInfo, revision: str) -> PushTarget:
     return PushTarget(info, revision, files, kept)
 
 
+def generated_files(target: PushTarget, repo_id: str, run_args: dict, plots: Dict[str, bytes],
+                    base_model: Optional[str] = None) -> Dict[str, bytes]:
+    """The files `push` adds to a revision besides the folder's own: the card `README.md` and the run's plots."""
+    results = read_eval_results(target.info.path)
+    task_plots = {task: task_plot_name(task) for task in (results or {}).get("tasks", {})
+                  if task_plot_name(task) in plots}
+    card = build_model_card(target.info, results, repo_id=repo_id, run_args=run_args, revision=target.revision,
+                            base_model=base_model, plot_file=PLOT_NAME if PLOT_NAME in plots else None,
+                            task_plot_files=task_plots)
+    return {CARD_NAME: card.content.encode(), **plots}
+
+
+def _run_plots(report: PushReport) -> Dict[str, bytes]:
+    results = {r["checkpoint"]: r for t in report.targets if (r := read_eval_results(t.info.path))}
+    return run_plots(list(results.values()))
+
+
+def write_cards(run_dir: os.PathLike, output_dir: os.PathLike, repo_id: Optional[str] = None,
+                base_model: Optional[str] = None, report: Optional[PushReport] = None) -> Dict[str, Path]:
+    """Writes, for each revision `push` would create, the card and plots it would upload: `output_dir/<revision>/`.
+
+    Args:
+        run_dir (`os.PathLike`): the run; only read.
+        output_dir (`os.PathLike`): created if needed; existing files of the same names are replaced.
+        repo_id (`str`, *optional*): the repository the cards name; defaults to the run folder's name.
+        base_model (`str`, *optional*): for fine-tunes, as `push_run`.
+        report (`PushReport`, *optional*): a `plan_push` already made.
+
+    Returns:
+        `Dict[str, Path]`: revision -> its folder.
+    """
+    report = report or plan_push(run_dir)
+    repo_id = repo_id or Path(run_dir).resolve().name
+    run_args, plots, folders = read_run_args(run_dir), _run_plots(report), {}
+    for target in report.targets:
+        folder = Path(output_dir) / target.revision
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, content in generated_files(target, repo_id, run_args, plots, base_model).items():
+            (folder / name).write_bytes(content)
+        folders[target.revision] = folder
+    return folders
+
+
 def push_run(run_dir: os.PathLike, repo_id: str, *, token: Optional[str] = None, private: bool = False,
              overwrite: bool = False, dry_run: bool = False, base_model: Optional[str] = None,
-             retry: RetryPolicy = DEFAULT_RETRY) -> PushReport:
+             retry: RetryPolicy = DEFAULT_RETRY, preview_dir: Optional[os.PathLike] = None) -> PushReport:
     """Pushes a run's checkpoints (each to `step-{N:09d}`) and final model (to `main`) at x, with model cards.
 
     Args:
@@ -108,9 +158,11 @@ def push_run(run_dir: os.PathLike, repo_id: str, *, token: Optional[str] = None,
         token (`str`, *optional*): a write token; defaults to the stored one / `HF_TOKEN`.
         private (`bool`, *optional*, defaults to `False`): create the repo private.
         overwrite (`bool`, *optional*, defaults to `False`): replace existing branches (and a non-empty main).
-        dry_run (`bool`, *optional*, defaults to `False`): only plan; no network.
+        dry_run (`bool`, *optional*, defaults to `False`): only plan and write the cards and plots into a preview
+            folder (`PushReport.preview`); no network, nothing written in the run directory.
         base_model (`str`, *optional*): for fine-tunes, the model they started from (for the card).
         retry (`RetryPolicy`, *optional*): retries of the calls the client does not retry itself.
+        preview_dir (`os.PathLike`, *optional*): the dry run's preview folder; defaults to a new temporary one.
 
     Returns:
         `PushReport`: the plan, the skipped checkpoints and the commit URL of every pushed revision.
@@ -121,21 +173,20 @@ def push_run(run_dir: os.PathLike, repo_id: str, *, token: Optional[str] = None,
     """
     report = plan_push(run_dir)
     if dry_run:
+        report.preview = Path(preview_dir or tempfile.mkdtemp(prefix="sf_hf-push-preview-"))
+        write_cards(run_dir, report.preview, repo_id, base_model, report)
         return report
     if not report.targets:
         raise PushError(f"Nothing to push from {run_dir}: every checkpoint is unusable ({report.skipped}).")
     api = authenticated_api(token, retry)
     retry.call(lambda: api.create_repo(repo_id, private=private, exist_ok=True), f"creating {repo_id}")
     refuse_taken_revisions(api, repo_id, [t.revision for t in report.targets], overwrite, retry)
-    run_args = read_run_args(run_dir)
-    results = {r["checkpoint"]: r for t in report.targets if (r := read_eval_results(t.info.path))}
-    plot = {PLOT_NAME: plot_loss(list(results.values()))} if results else {}
+    run_args, plots = read_run_args(run_dir), _run_plots(report)
     for target in tqdm(report.targets, desc=f"Pushing to {repo_id}"):
-        card = build_model_card(target.info, read_eval_results(target.info.path), repo_id=repo_id, run_args=run_args,
-                                revision=target.revision, base_model=base_model, plot_file=PLOT_NAME if plot else None)
         try:
             report.commits[target.revision] = upload_revision(
-                api, repo_id, target.info, target.revision, {CARD_NAME: card.content.encode(), **plot}, retry)
+                api, repo_id, target.info, target.revision,
+                generated_files(target, repo_id, run_args, plots, base_model), retry)
         except PushError as err:
             done = ", ".join(report.commits) or "nothing"
             raise PushError(f"{err} (already pushed: {done}; local files are unchanged)") from err
