@@ -104,7 +104,7 @@ OPTIMIZERS: Dict[str, OptimizerSpec] = {
         OptimizerSpec(
             "sf_plus", "ScheduleFree+ (Defazio 2026): learning-rate-free Polyak step, Adam momentum, AdamC decay", True,
             lambda a, n: (ScheduleFreePlusAdamW, _sf_plus_kwargs(a, n)),
-            _constant,
+            _constant, "x",
         ),
         OptimizerSpec(
             "adamw_cosine", "AdamW, warmup then cosine decay to cosine_min_lr_ratio of the peak", False,
