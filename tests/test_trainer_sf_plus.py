@@ -10,6 +10,8 @@ import torch
 
 from sf_hf import ScheduleFreePlusAdamW, x_from_y
 from sf_hf.metadata import read_metadata
+from sf_hf.pipeline.card import hyperparameter_rows
+from sf_hf.pipeline.checkpoints import inspect_checkpoint
 from sf_hf.pipeline.conversion import convert_model_to_x_
 
 from .test_trainer import make_trainer
@@ -62,6 +64,8 @@ def test_trainer_hands_over_the_step_loss_and_saves_x(tmp_path, handed, accumula
         meta = read_metadata(folder)
         assert meta["weights"] == "x" and meta["optimizer_name"] == "sf_plus"
         assert meta["hyperparameters"]["c_warmup"] == 3 and meta["hyperparameters"]["sf_beta1_y"] == beta
+    rows = dict(hyperparameter_rows(inspect_checkpoint(tmp_path / "final"), block_size=16))
+    assert rows["b (interpolation weight of y)"] == 0.8 and rows["Adam betas"] == [0.9, 0.95]  # the model card
 
 
 def test_plain_loop_y_state_converts_with_the_b_that_built_y():
