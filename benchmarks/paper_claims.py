@@ -425,7 +425,8 @@ def report(out: Path, scale: Scale, tasks: List[Task], figures: Path) -> List[st
     md += ["", "## ScheduleFree+ next to SF, refined and AdamW WSD", "",
            "ScheduleFree+ sets its own step (Polyak; `lr` multiplier 1): no lr was tuned for it. Polyak lr = its step "
            "size at the last logged step.", "",
-           "| step | ScheduleFree+ | SF b1=0.9 | SF b1=0.95 | refined C=200 b1=0.95 | AdamW WSD |", "|---|---|---|---|---|---|"]
+           "| step | ScheduleFree+ | SF b1=0.9 | SF b1=0.95 | refined C=200 b1=0.95 | AdamW WSD |",
+           "|---|---|---|---|---|---|"]
     for step in eval_steps(T):
         md.append(f"| {step} | " + " | ".join(fmt(loss_at(R.get(n), step)) for n in (
             "sf_plus", "sf_b0.9", "sf_b0.95", "refined_c200_b0.95", "adamw_wsd")) + " |")

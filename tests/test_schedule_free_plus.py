@@ -5,7 +5,6 @@
 
 import copy
 import logging
-import math
 import random
 
 import pytest

@@ -10,6 +10,8 @@ import torch
 
 from sf_hf import ScheduleFreePlusAdamW, x_from_y
 from sf_hf.metadata import read_metadata
+from sf_hf.pipeline.card import hyperparameter_rows
+from sf_hf.pipeline.checkpoints import inspect_checkpoint
 from sf_hf.pipeline.conversion import convert_model_to_x_
 
 from .test_trainer import make_trainer
@@ -62,6 +64,17 @@ def test_trainer_hands_over_the_step_loss_and_saves_x(tmp_path, handed, accumula
         meta = read_metadata(folder)
         assert meta["weights"] == "x" and meta["optimizer_name"] == "sf_plus"
         assert meta["hyperparameters"]["c_warmup"] == 3 and meta["hyperparameters"]["sf_beta1_y"] == beta
+    rows = dict(hyperparameter_rows(inspect_checkpoint(tmp_path / "final"), block_size=16))
+    assert rows["b (interpolation weight of y)"] == 0.8 and rows["Adam betas"] == [0.9, 0.95]  # the model card
+
+    # resuming from the checkpoint of step 4 retraces the uninterrupted run bit for bit
+    resumed = make_trainer(tmp_path / "resumed", model=tiny_model(seed=1), max_steps=8,
+                           gradient_accumulation_steps=accumulation, per_device_train_batch_size=8 // accumulation,
+                           **SF_PLUS)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-4"))
+    assert all(torch.equal(p, x[n]) for n, p in weights(resumed.model).items())
+    assert [h["loss"] for h in resumed.state.log_history if "loss" in h and h["step"] > 4] == \
+        [h["loss"] for h in logs[4:]]
 
 
 def test_plain_loop_y_state_converts_with_the_b_that_built_y():

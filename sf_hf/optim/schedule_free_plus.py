@@ -51,7 +51,8 @@ def interpolation_weight(group: dict, k: int) -> float:
     if steps <= 0:
         return group["sf_beta1"]
     progress = min(k / steps, 1.0)
-    return 1 - math.exp(math.log(1 - group["sf_beta1"]) * (1 - progress) + math.log(1 - group["sf_beta1_max"]) * progress)
+    return 1 - math.exp(math.log(1 - group["sf_beta1"]) * (1 - progress)
+                        + math.log(1 - group["sf_beta1_max"]) * progress)
 
 
 def _check_steps(name: str, value) -> None:
@@ -271,8 +272,9 @@ class ScheduleFreePlusAdamW(ScheduleFreeAdamW):
         known = {id(group) for group in self._all_groups}
         for group in self.param_groups:
             if id(group) not in known:
-                raise RuntimeError("ScheduleFreePlusAdamW: step() was called with a parameter group it was not told of "
-                                   "in set_partition_group(steps_per_group=True); call it again after replacing groups.")
+                raise RuntimeError(
+                    "ScheduleFreePlusAdamW: step() was called with a parameter group it was not told of in "
+                    "set_partition_group(steps_per_group=True); call it again after replacing groups.")
             self._pending_groups.add(id(group))
             self._pending_grads.update({id(p): (p, p.grad) for p in group["params"] if p.grad is not None})
         if any(id(group) not in self._pending_groups for group in self._all_groups):

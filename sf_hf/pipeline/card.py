@@ -98,6 +98,8 @@ def hyperparameter_rows(info: CheckpointInfo, block_size: Optional[int]) -> List
     hp = info.hyperparameters
     betas = hp.get("betas") or [None, None]
     schedule_free = is_schedule_free(info)
+    if "sf_beta1" in hp:  # ScheduleFree+: the betas are Adam's moments, b is annealed, lr multiplies a Polyak step
+        return _sf_plus_rows(info, hp, block_size)
     rows = [("b1 (interpolation weight of y)" if schedule_free else "b1", betas[0]), ("b2", betas[1])]
     if "decoupling_c" in hp:
         rows.append(("C (decoupling constant, x averages over ~T/C steps)", hp["decoupling_c"]))
@@ -109,6 +111,21 @@ def hyperparameter_rows(info: CheckpointInfo, block_size: Optional[int]) -> List
         tokens = f" x {block_size} tokens = {info.train_batch_size * block_size:,} tokens" if block_size else ""
         rows.append(("batch (per optimizer step)", f"{info.train_batch_size} sequences{tokens}"))
     rows += [(key, hp[key]) for key in ("eps", "r", "weight_lr_power", "ema_decay", "momentum") if key in hp]
+    return [(name, value) for name, value in rows if value is not None]
+
+
+def _sf_plus_rows(info: CheckpointInfo, hp: dict, block_size: Optional[int]) -> List[Tuple[str, str]]:
+    betas = hp.get("betas") or [None, None]
+    rows = [("optimizer", "ScheduleFree+ (Polyak step, no learning rate)"),
+            ("b (interpolation weight of y)", hp.get("sf_beta1")),
+            ("b at the end of annealing", hp.get("sf_beta1_max")),
+            ("annealing steps", hp.get("sf_beta1_anneal_steps")), ("Adam betas", betas),
+            ("lr multiplier of the Polyak step", hp.get("lr")), ("warmup steps", hp.get("warmup_steps")),
+            ("c warmup steps", hp.get("c_warmup")), ("weight decay (AdamC)", hp.get("weight_decay"))]
+    if info.train_batch_size:
+        tokens = f" x {block_size} tokens = {info.train_batch_size * block_size:,} tokens" if block_size else ""
+        rows.append(("batch (per optimizer step)", f"{info.train_batch_size} sequences{tokens}"))
+    rows += [(key, hp[key]) for key in ("eps", "r", "weight_lr_power", "polyak_beta") if key in hp]
     return [(name, value) for name, value in rows if value is not None]
 
 

@@ -6,10 +6,10 @@
     model = load_model_at_x("runs/plain/checkpoint-500")      # y on disk, x in memory
 
 A y checkpoint (plain `transformers.Trainer` with a schedule-free optimizer) holds y in its weights and z in
-`optimizer.pt`; x = (y - (1 - b1) z) / b1 with b1 from the saved parameter groups (ScheduleFree+: the annealed b that built y,
-`sf_beta1_y`). `optimizer.pt` indexes its
-state by position, so the position of each parameter is rebuilt from how the Trainer groups them (decayed
-first, then the rest, in `named_parameters()` order) and checked against every z's shape; a state that no
+`optimizer.pt`; x = (y - (1 - b1) z) / b1 with b1 from the saved parameter groups (ScheduleFree+: the annealed b
+that built y, `sf_beta1_y`). `optimizer.pt` indexes its state by position, so the position of each parameter is
+rebuilt from how the Trainer groups them (decayed first, then the rest, in `named_parameters()` order) and
+checked against every z's shape; a state that no
 grouping explains, or that two groupings explain differently, is refused.
 """
 

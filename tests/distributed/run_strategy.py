@@ -271,7 +271,7 @@ def loop_step(model, optimizer, step: int, world: int = 1, rank: int = 0) -> flo
     model.train()
     loss = lm_loss(model, batch_ids(step, world, rank))
     loss.backward()
-    if hasattr(optimizer, "set_loss"):  # ScheduleFree+: this rank's mean loss (equal shares: the mean of ranks is global)
+    if hasattr(optimizer, "set_loss"):  # ScheduleFree+: this rank's mean loss (equal shares: the ranks' mean is global)
         optimizer.set_loss(loss)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
