@@ -153,7 +153,8 @@ def evaluate_checkpoint(info: CheckpointInfo, blocks, spec: DataSpec, batch_size
     if tasks is not None:
         previous = read_eval_results(info.path) or {}
         results, failures = evaluate_tasks(model, checkpoint_tokenizer(info), tasks, seeded=seeded)
-        record["tasks"] = {**previous.get("tasks", {}), **results}
+        kept = {task: entry for task, entry in previous.get("tasks", {}).items() if task not in failures}
+        record["tasks"] = {**kept, **results}
         record["task_failures"] = failures
     elif write and (previous := read_eval_results(info.path)) and previous.get("tasks"):
         record["tasks"] = previous["tasks"]  # the weights of a folder never change: keep its task results
