@@ -163,14 +163,15 @@ def test_unreachable_hub_and_bad_tokens_fail_before_any_upload(hub_server, sf_ru
     assert tree_digest(sf_run) == before
 
 
-def test_cli_dry_run_lists_the_plan_offline_then_pushes(hub_server, sf_run, capsys):
-    assert main(["push", str(sf_run), "--repo-id", "org/cli", "--dry-run"]) == 0
+def test_cli_dry_run_lists_the_plan_offline_then_pushes(hub_server, sf_run, capsys, tmp_path):
+    assert main(["push", str(sf_run), "--repo-id", "org/cli", "--dry-run", "--preview-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "checkpoint-3 (x) -> step-000000003: config.json, eval_results.json" in out
     assert "final (x) -> main:" in out and "README.md (card)" in out
     kept_local = out.splitlines()[1].split("never uploaded: ")[1].split(", ")
     assert NEVER_UPLOADED <= set(kept_local)
     assert hub_server.requests == []
+    assert f"{tmp_path}/<revision>/README.md" in out and (tmp_path / "main" / "README.md").is_file()
 
     assert main(["push", str(sf_run), "--repo-id", "org/cli", "--retry-delay", "0.01"]) == 0
     assert f"checkpoint-6 -> {hub_server.url}/org/cli/commit/" in capsys.readouterr().out
