@@ -28,8 +28,8 @@ Runs (23 trainings plus 8 decay branches; names as in runs/NAME/result.json):
     sf_b*-decay50, -decay75        the same short decay from SF checkpoints (`sf_hf.pipeline.probe`)
     refined_c{50,200}_b*           refined SF-AdamW
     *-4x                           cosine, SF and refined again at 4x the batch and 1/4 of the steps
-    sf_plus                        ScheduleFree+ (no lr: the Polyak step, lr multiplier 1; Adam betas (0.9, 0.95),
-                                   AdamC decay 1.0, c warmup = 2 x warmup), next to SF, refined and AdamW WSD
+    sf_plus                        ScheduleFree+ (no lr: the Polyak step times --lr-sf-plus, default 1; Adam betas
+                                   (0.9, 0.95), AdamC decay 1.0, c warmup = 2 x warmup), beside SF, refined, WSD
 Each finished run writes runs/NAME/result.json at once; a rerun skips finished runs, so an interrupted
 benchmark loses at most the runs in flight. The tokenized data is cached in OUT/data.
 
@@ -84,6 +84,7 @@ class Scale:
     warmup_fraction: float = 0.05
     ema_decay: float = 0.99
     sf_plus_weight_decay: float = 1.0  # AdamC: scaled by the Polyak step squared, so not comparable to AdamW's 0.1
+    lr_sf_plus: float = 1.0  # the multiplier of ScheduleFree+'s Polyak step (the authors' 1)
     seed: int = 0
 
 
@@ -217,8 +218,8 @@ def training_config(scale: Scale, task: Task, output_dir: Path, **extra):
     schedule_free = task.family in ("sf", "refined")
     warmup = math.ceil(scale.warmup_fraction * task.steps)
     if task.family == "sf_plus":
-        extra = dict(learning_rate=1.0, adam_beta1=0.9, adam_beta2=0.95, weight_decay=scale.sf_plus_weight_decay,
-                     c_warmup=2 * warmup, max_grad_norm=0.0, **extra)
+        extra = dict(learning_rate=scale.lr_sf_plus, adam_beta1=0.9, adam_beta2=0.95,
+                     weight_decay=scale.sf_plus_weight_decay, c_warmup=2 * warmup, max_grad_norm=0.0, **extra)
     else:
         extra = dict(learning_rate=scale.lr_sf if schedule_free else scale.lr_adamw,
                      adam_beta1=task.b1 if schedule_free else 0.9, adam_beta2=0.99 if schedule_free else 0.95,
@@ -668,6 +669,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, help="override the base run length (steps at batch x1)")
     parser.add_argument("--lr-adamw", type=float, help="override the AdamW peak lr")
     parser.add_argument("--lr-sf", type=float, help="override the SF lr")
+    parser.add_argument("--lr-sf-plus", type=float, help="override the ScheduleFree+ lr multiplier (default 1)")
     parser.add_argument("--only", nargs="+", help="run only these runs (and nothing they depend on)")
     parser.add_argument("--report-only", action="store_true", help="write the report from finished runs")
     parser.add_argument("--task", help=argparse.SUPPRESS)  # a worker: run this one task
@@ -676,7 +678,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def scale_from(args: argparse.Namespace) -> Scale:
     scale = QUICK if args.quick else FULL
-    changes = {k: v for k, v in dict(steps=args.steps, lr_adamw=args.lr_adamw, lr_sf=args.lr_sf).items()
+    changes = {k: v for k, v in dict(steps=args.steps, lr_adamw=args.lr_adamw, lr_sf=args.lr_sf,
+                                      lr_sf_plus=args.lr_sf_plus).items()
                if v is not None}
     return replace(scale, **changes)
 
