@@ -43,7 +43,7 @@ from typing import Callable, Iterable, Optional, Tuple
 
 import torch
 
-from .conversion import CHUNK_NUMEL, x_to_y_, y_to_x_
+from .conversion import CHUNK_NUMEL, beta_of_y, x_to_y_, y_to_x_
 from .dtensor import DTensor, local_tensor
 from .grad_norm import HandedGradNorm
 from .kept_y import KeptY
@@ -52,7 +52,7 @@ from .kernels import StepScalars, all_finite, foreach_step, fused_available, fus
 logger = logging.getLogger(__name__)
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
-WIDE_STATE = ("z", "exp_avg_sq")
+WIDE_STATE = ("z", "exp_avg", "exp_avg_sq")
 """Per-parameter state kept in float32 for 16-bit parameters (torch's `load_state_dict` would cast it to theirs)."""
 KEPT_Y_KEY = "y_kept_at_eval"
 """The `state_dict()` entry (beside "state" and "param_groups") holding the y that `eval()` replaced, by position."""
@@ -203,7 +203,7 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
             if group["train_mode"]:
                 params, zs = self._params_with_state(group)
                 self._kept_y.keep(params)
-                y_to_x_(params, zs, group["betas"][0], fused=self._fused_switch(params))
+                y_to_x_(params, zs, beta_of_y(group), fused=self._fused_switch(params))
                 group["train_mode"] = False
 
     @torch.no_grad()
@@ -217,7 +217,7 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
         for group in self.param_groups:
             if not group["train_mode"]:
                 params, zs = self._params_with_state(group)
-                beta1, fused = group["betas"][0], self._fused_switch(params)
+                beta1, fused = beta_of_y(group), self._fused_switch(params)
                 left = self._kept_y.restore(params, zs, beta1, fused)
                 if left:
                     x_to_y_([params[i] for i in left], [zs[i] for i in left], beta1, fused=fused)
@@ -242,7 +242,7 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
         return state_dict
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """torch's `load_state_dict`, except that z and `exp_avg_sq` keep float32 for 16-bit parameters (torch casts
+        """torch's `load_state_dict`, except that the `WIDE_STATE` keeps float32 for 16-bit parameters (torch casts
         floating state to the parameter's dtype, which would round them to bf16 for the rest of the run), and the
         kept y of a state dict written in eval mode is restored (or the current one dropped)."""
         state_dict = dict(state_dict)

@@ -36,11 +36,10 @@ from typing import Callable, Iterable, Optional, Tuple
 
 import torch
 
-from .conversion import _lerp_toward_, x_to_y_, y_to_x_
+from .conversion import _lerp_toward_
 from .dtensor import DTensor, local_tensor
 from .kernels_plus import PlusScalars, foreach_plus_step, fused_plus_step, local_sums
-from .schedule_free import LOW_PRECISION, ScheduleFreeAdamW, _check_range
-from .state_dtype import restore_saved_state_dtypes
+from .schedule_free import ScheduleFreeAdamW, _check_range
 
 logger = logging.getLogger(__name__)
 
@@ -152,31 +151,14 @@ class ScheduleFreePlusAdamW(ScheduleFreeAdamW):
         validate_plus_hyperparameters(group)
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """As torch's, but floating state keeps the dtype it was saved in (float32 z, m, v for bf16 parameters)."""
+        """As `ScheduleFreeAdamW`'s (float32 z, m, v for 16-bit parameters; the kept y), and the groups to step one at
+        a time are the new group dicts torch made."""
         super().load_state_dict(state_dict)
-        restore_saved_state_dtypes(self, state_dict)
-        if self._all_groups is not None:  # torch made new group dicts
+        if self._all_groups is not None:
             self._all_groups = list(self.param_groups)
 
-    # ----------------------------------------------------------------- modes: x = (y - (1 - b) z) / b
-
-    @torch.no_grad()
-    def eval(self) -> None:
-        """Puts x into the parameters. Idempotent."""
-        for group in self.param_groups:
-            if group["train_mode"]:
-                params, zs = self._params_with_state(group)
-                y_to_x_(params, zs, group["sf_beta1_y"], fused=self._fused_switch(params))
-                group["train_mode"] = False
-
-    @torch.no_grad()
-    def train(self) -> None:
-        """Puts y into the parameters. Idempotent."""
-        for group in self.param_groups:
-            if not group["train_mode"]:
-                params, zs = self._params_with_state(group)
-                x_to_y_(params, zs, group["sf_beta1_y"], fused=self._fused_switch(params))
-                group["train_mode"] = True
+    # Modes: `ScheduleFreeAdamW`'s eval()/train(), x = (y - (1 - b) z) / b with the b that built y
+    # (`conversion.beta_of_y`: `sf_beta1_y`), exact round trips included.
 
     # ----------------------------------------------------------------- the loss and the ranks
 
@@ -318,7 +300,7 @@ class ScheduleFreePlusAdamW(ScheduleFreeAdamW):
     def _state_for(self, p: torch.Tensor) -> dict:
         state = self.state[p]
         if "z" not in state:
-            state_dtype = torch.float32 if p.dtype in LOW_PRECISION else p.dtype
+            state_dtype = self._state_dtype(p)
             state["z"] = p.detach().to(state_dtype, memory_format=torch.preserve_format, copy=True)
             state["exp_avg"] = torch.zeros_like(p, dtype=state_dtype, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(p, dtype=state_dtype, memory_format=torch.preserve_format)
