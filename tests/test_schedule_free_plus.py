@@ -249,3 +249,48 @@ def test_bad_hyperparameters_raise_value_error_naming_them(kwargs, name):
         ScheduleFreePlusAdamW(make_params(0), **kwargs)
     with pytest.raises(ValueError, match=rf"Invalid {name}:"):
         ScheduleFreePlusAdamW([dict(params=make_params(0)[:1]), dict(params=make_params(1)[1:], **kwargs)])
+
+
+def test_zero3_sub_group_calls_step_once_like_one_call():
+    """DeepSpeed ZeRO-3 calls step() once per flat fp32 sub-group (that sub-group alone in its group's params, the
+    other groups empty, only its gradient prepared, released after the call). Told the groups' tensors, the optimizer
+    keeps the calls' gradients and steps everything in the last call: bitwise the step of one call with everything."""
+    torch.manual_seed(0)
+    owner = [0, 0, 1, 2]  # two sub-groups in group 0
+    flat = [torch.randn(n) for n in (7, 5, 3, 4)]
+    hp = dict(sf_beta1=0.8, sf_beta1_anneal_steps=4, c_warmup=2, weight_decay=2.0, warmup_steps=2, fused=False)
+
+    def groups(tensors):  # as plus_groups: the defaults, another lr multiplier without decay, another b
+        own = [[t for t, o in zip(tensors, owner) if o == i] for i in range(3)]
+        return [dict(params=own[0]), dict(params=own[1], lr=0.5, weight_decay=0.0), dict(params=own[2], sf_beta1=0.7)]
+
+    plain = [t.clone() for t in flat]
+    reference = ScheduleFreePlusAdamW(groups(plain), **hp)
+    sharded = ScheduleFreePlusAdamW(groups(flat), **hp)
+    copies = []
+    sharded.set_partition_group(None, group_params=[g["params"] for g in sharded.param_groups],
+                                after_deferred_step=lambda: copies.append(len(copies)))
+    for group in sharded.param_groups:
+        group["params"] = []  # as DeepSpeed leaves them between steps
+    reference.train()
+    sharded.train()
+    for step in range(6):
+        grads = [torch.randn_like(t) for t in flat]
+        for p, g in zip(plain, grads):
+            p.grad = g
+        reference.set_loss(1.0 + step)
+        reference.step()
+        sharded.set_loss(1.0 + step)
+        before = [t.clone() for t in flat]
+        for sub_group, (t, g) in enumerate(zip(flat, grads)):  # what DeepSpeed's stage-3 step does
+            sharded.param_groups[owner[sub_group]]["params"] = [t]
+            t.grad = g
+            sharded.step()
+            sharded.param_groups[owner[sub_group]]["params"] = []
+            t.grad = None
+            if sub_group < len(flat) - 1:  # nothing moves before the last call: it needs every gradient
+                assert all(torch.equal(a, b) for a, b in zip(flat, before))
+        assert all(torch.equal(a, b) for a, b in zip(flat, plain))
+    assert copies == list(range(6))
+    assert [g["k"] for g in sharded.param_groups] == [6, 6, 6]
+    assert sharded.param_groups[0]["scheduled_lr"] == reference.param_groups[0]["scheduled_lr"] > 0

@@ -12,13 +12,16 @@
   the CPU partitions and the switch copies them back like a step does.
 * ZeRO-3 calls `step()` once per fp32 sub-group (one per parameter group at least, more for large groups),
   but the Schedule-Free schedule (k, warmup, the averaging weight c) must advance once per training step:
-  step hooks replay every call of one training step from the same schedule state.
+  step hooks replay every call of one training step from the same schedule state (ScheduleFree+, which defers
+  the calls and steps once in the last, needs none).
 * accelerate's silent fallbacks are warned about: FSDP or DeepSpeed asked for (ACCELERATE_USE_FSDP /
   ACCELERATE_USE_DEEPSPEED) but not running (on CPU, `accelerate launch --use_fsdp` trains with DDP, and
   ACCELERATE_USE_CPU=true turns `--use_deepspeed` into DDP too), or N processes launched that each train
   alone (`--multi_gpu` on CPU without ACCELERATE_USE_CPU), so nobody believes sharding is happening.
-* ScheduleFree+ takes sums over the whole gradient: under ZeRO-1/2 it is told the group that partitions it (the
-  sums are added over it); ZeRO-3, which steps one sub-group at a time, is refused.
+* ScheduleFree+ takes sums over the whole gradient: under ZeRO-1/2/3 it is told the group that partitions it (the
+  sums are added over it) and how DeepSpeed splits a step into calls (one per group, ZeRO-1/2; one per fp32
+  sub-group, ZeRO-3), so that it steps everything in the last call; ZeRO-3 sub-groups partitioned over different
+  process groups (expert parallelism) are refused.
 * FSDP2 checkpoints: DCP's `set_optimizer_state_dict` runs a zero-lr dummy `step()` on an optimizer without
   state, which a Schedule-Free optimizer in eval mode refuses; `init_state` creates the state the first
   step would create (z = the weights, v = 0) so that no step is needed.
@@ -31,7 +34,7 @@ from typing import Optional
 import torch
 
 from ..optim.schedule_free import DTensor
-from .weights import optimizer_chain, zero3_optimizer
+from .weights import copy_zero3_partitions, optimizer_chain, zero3_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -111,24 +114,48 @@ def _attach_zero3_hooks(optimizer, base) -> None:
         base._sf_zero3_hooks = OneScheduleAdvancePerStep(zero3, base)
 
 
-def _tell_partitions(optimizer, base) -> None:
+def _tell_partitions(optimizer, base) -> bool:
     """An optimizer whose step needs sums over the whole gradient (ScheduleFree+'s Polyak step, `set_partition_group`)
-    learns the group over which DeepSpeed ZeRO-1/2 partitions it. ZeRO-3 hands it one sub-group per `step()` call,
-    so no call sees the whole gradient: refused."""
+    learns the group over which DeepSpeed ZeRO-1/2/3 partitions it, and how DeepSpeed splits a step into calls.
+    Returns whether it defers ZeRO-3's sub-group calls (it then advances its schedule once per step by itself)."""
     if not hasattr(base, "set_partition_group"):
-        return
-    if zero3_optimizer(optimizer) is not None:
-        raise ValueError(
-            f"{type(base).__name__} needs sums over the whole gradient before it updates anything (its Polyak step), "
-            "but DeepSpeed ZeRO-3 calls step() once per fp32 sub-group, each with only its own gradients. Use ZeRO-1 "
-            "or ZeRO-2 (optimizer states and gradients partitioned) or FSDP2 instead.")
+        return False
+    zero3 = zero3_optimizer(optimizer)
+    if zero3 is not None:
+        _tell_zero3_partitions(zero3, base)
+        return True
     for wrapper in optimizer_chain(optimizer)[:-1]:
         if hasattr(wrapper, "real_dp_process_group") and getattr(wrapper, "dp_process_group", None) is not None:
             per_group = callable(getattr(wrapper, "_optimizer_step", None))  # ZeRO-1/2: one step() call per group
             base.set_partition_group(wrapper.dp_process_group, steps_per_group=per_group,
                                      after_deferred_step=(lambda w=wrapper: _copy_fp32_partitions(w)) if per_group
                                      else None)
-            return
+            return False
+    return False
+
+
+def _tell_zero3_partitions(zero3, base) -> None:
+    """ZeRO-3 calls `step()` once per fp32 sub-group, with only that sub-group in its parameter group (the others
+    empty) and only its gradient prepared; it copies each sub-group into its module partition after its call. The
+    optimizer is told every group's fp32 partitions, keeps each call's gradient and steps all partitions in the last
+    call; then every sub-group is copied as DeepSpeed copies the last one (the persistent parameters are gathered
+    by DeepSpeed after the last call). Costs one fp32 gradient partition per sub-group held until the last call."""
+    missing = [n for n in ("sub_group_to_group_id", "sub_group_process_groups", "_get_sub_group_partition_ranks")
+               if not hasattr(zero3, n)]
+    if missing:
+        raise RuntimeError(f"sf_hf cannot reach DeepSpeed's ZeRO-3 sub-groups: no {', '.join(missing)} (written "
+                           "against deepspeed 0.19).")
+    sub_groups = range(len(zero3.fp32_partitioned_groups_flat))
+    if len({tuple(zero3._get_sub_group_partition_ranks(i)) for i in sub_groups}) > 1:
+        raise ValueError(
+            f"{type(base).__name__} adds its Polyak step's sums over the ranks that partition the gradient, but these "
+            "ZeRO-3 sub-groups are partitioned over different process groups (expert parallelism). Use one data-"
+            "parallel group, ZeRO-1/2 or FSDP2.")
+    group_params = [[] for _ in base.param_groups]
+    for i in sub_groups:
+        group_params[zero3.sub_group_to_group_id[i]].append(zero3.fp32_partitioned_groups_flat[i])
+    group = zero3.sub_group_process_groups[0] if sub_groups else None
+    base.set_partition_group(group, group_params=group_params, after_deferred_step=lambda: copy_zero3_partitions(zero3))
 
 
 @torch.no_grad()
@@ -181,8 +208,8 @@ def resolve_optimizer(optimizer, expected_cls: Optional[type] = None, accelerato
     _refuse_replaced(base, expected_cls)
     if hasattr(base, "train_mode"):
         _refuse_nvme_offload(optimizer)
-        _tell_partitions(optimizer, base)
-        _attach_zero3_hooks(optimizer, base)
+        if not _tell_partitions(optimizer, base):
+            _attach_zero3_hooks(optimizer, base)
         if not base.state and hasattr(base, "_state_for") and any(
                 isinstance(p, DTensor) for group in base.param_groups for p in group["params"]):
             init_state(base)  # FSDP2: a DCP load must find state, or it runs a dummy step in eval mode

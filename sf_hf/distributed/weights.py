@@ -75,6 +75,15 @@ def _check_zero3_internals(zero3) -> None:
 
 
 @torch.no_grad()
+def copy_zero3_partitions(zero3) -> None:
+    """Every sub-group's fp32 partition into its module partition, as a ZeRO-3 step does after each sub-group's
+    update (the persistent parameters are re-gathered after that, by the step or by the switch)."""
+    _check_zero3_internals(zero3)
+    for sub_group in range(len(zero3.fp16_groups)):
+        zero3._reassign_or_swap_out_partitioned_parameters(sub_group)
+
+
+@torch.no_grad()
 def _switch_zero3(zero3, base, train: bool) -> None:
     _check_zero3_internals(zero3)
     zero3._partition_all_parameters()  # release gathered copies, as step() does first
@@ -83,8 +92,7 @@ def _switch_zero3(zero3, base, train: bool) -> None:
         base.train() if train else base.eval()
     finally:
         zero3._clear_fp32_optimizer_param_groups()
-    for sub_group in range(len(zero3.fp16_groups)):
-        zero3._reassign_or_swap_out_partitioned_parameters(sub_group)  # fp32 partition -> module partition
+    copy_zero3_partitions(zero3)
     if zero3.persistent_parameters:  # small parameters live gathered on every rank
         zero3.persistent_parameters[0].all_gather(zero3.persistent_parameters)
     zero3.invalidate_secondary_tensor()  # ZeRO++ hpZ copies

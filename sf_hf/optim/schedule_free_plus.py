@@ -25,14 +25,14 @@ and z explicitly is `sf_hf.optim.ReferenceScheduleFreePlusAdamW`.
 Distributed: F, ||g||_1 and <g, z - x> are global on every rank, so every rank takes the same step: F is averaged
 over the ranks (when torch.distributed is initialized); the sums are added over the ranks that hold other parts of
 the gradient: the mesh dimensions a DTensor gradient is sharded over (FSDP2), or the group given to
-`set_partition_group` (DeepSpeed ZeRO-1/2; `sf_hf.distributed.resolve_optimizer` does it). Under DDP the gradient
+`set_partition_group` (DeepSpeed ZeRO-1/2/3; `sf_hf.distributed.resolve_optimizer` does it). Under DDP the gradient
 is already the global one. A non-finite gradient or loss skips the step on every rank (before anything is written:
 the global loss and ||g||_1 are non-finite on every rank then).
 """
 
 import logging
 import math
-from typing import Callable, Iterable, Optional, Tuple
+from typing import Callable, Iterable, List, Optional, Tuple
 
 import torch
 
@@ -139,7 +139,8 @@ class ScheduleFreePlusAdamW(ScheduleFreeAdamW):
         self._partition_group = None
         self._all_groups = None  # set when the caller steps one group per call (DeepSpeed ZeRO-1/2)
         self._after_deferred_step = None
-        self._pending_grads, self._pending_groups = {}, set()
+        self._group_params = None  # set when the caller steps one sub-group per call (DeepSpeed ZeRO-3)
+        self._pending_grads, self._pending_groups, self._pending_params = {}, set(), set()
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
@@ -172,8 +173,9 @@ class ScheduleFreePlusAdamW(ScheduleFreeAdamW):
         self._loss = loss.detach() if isinstance(loss, torch.Tensor) else float(loss)
 
     def set_partition_group(self, group, steps_per_group: bool = False,
-                            after_deferred_step: Optional[Callable[[], None]] = None) -> None:
-        """Says that each rank steps its own partition of the parameters (DeepSpeed ZeRO-1/2): the Polyak step's
+                            after_deferred_step: Optional[Callable[[], None]] = None,
+                            group_params: Optional[List[List[torch.Tensor]]] = None) -> None:
+        """Says that each rank steps its own partition of the parameters (DeepSpeed ZeRO-1/2/3): the Polyak step's
         sums over the gradient are then added over `group`. `None`: the gradient is whole on every rank.
 
         Args:
@@ -184,10 +186,16 @@ class ScheduleFreePlusAdamW(ScheduleFreeAdamW):
                 every group (the gradients are kept until then).
             after_deferred_step (`Callable`, *optional*): called after that step, e.g. to copy the groups updated
                 after their own call into the caller's low-precision copies.
+            group_params (`List[List[torch.Tensor]]`, *optional*): the tensors of each parameter group (by index)
+                in a whole step, when the caller fills the groups' `params` with one part of them per `step()` call
+                and leaves the rest empty (DeepSpeed ZeRO-3: one fp32 sub-group per call). The calls are deferred as
+                with `steps_per_group`: the call that completes the set steps every tensor of `group_params`.
         """
         self._partition_group = group
         self._all_groups = list(self.param_groups) if steps_per_group else None
         self._after_deferred_step = after_deferred_step
+        self._group_params = [list(params) for params in group_params] if group_params is not None else None
+        self._pending_grads, self._pending_groups, self._pending_params = {}, set(), set()
 
     def _shard_groups(self, grads) -> list:
         """The process groups over which this rank's sums are partial."""
@@ -278,6 +286,48 @@ class ScheduleFreePlusAdamW(ScheduleFreeAdamW):
             self._after_deferred_step()
         return result
 
+    def _is_partial_call(self) -> bool:
+        """Whether this call holds only part of `group_params` (see `set_partition_group`)."""
+        if self._group_params is None:
+            return False
+        called = sum(len(group["params"]) for group in self.param_groups)
+        return bool(self._pending_params) or called < sum(len(params) for params in self._group_params)
+
+    def _deferred_sub_group_step(self, closure):
+        """One call per sub-group (see `set_partition_group(group_params=...)`): keeps this call's gradients; the
+        call that completes the set fills every group with all its tensors, puts the kept gradients back and steps
+        once; then the groups hold what the caller put there again."""
+        whole = {id(p) for params in self._group_params for p in params}
+        for group in self.param_groups:
+            for p in group["params"]:
+                if id(p) not in whole:
+                    raise RuntimeError(
+                        "ScheduleFreePlusAdamW: step() was called with a tensor it was not told of in "
+                        "set_partition_group(group_params=...); call it again after replacing the tensors.")
+                self._pending_params.add(id(p))
+                if p.grad is not None:
+                    self._pending_grads[id(p)] = (p, p.grad)
+        if len(self._pending_params) < len(whole):
+            return None
+        pending, self._pending_grads, self._pending_params = self._pending_grads, {}, set()
+        called = [group["params"] for group in self.param_groups]
+        own = {id(p) for params in called for p in params}
+        for p, grad in pending.values():
+            p.grad = grad
+        for group, params in zip(self.param_groups, self._group_params):
+            group["params"] = list(params)
+        try:
+            result = self.step(closure)
+        finally:
+            for group, params in zip(self.param_groups, called):
+                group["params"] = params
+            for p, _ in pending.values():
+                if id(p) not in own:
+                    p.grad = None
+        if self._after_deferred_step is not None:
+            self._after_deferred_step()
+        return result
+
     def _follow_beta(self, group: dict, stepped: list, beta_of_y: float) -> None:
         """Parameters with state but no gradient this step keep x and z; their y moves to the group's new b,
         y <- (b / bp) y + (1 - b / bp) z, so every y of the group is b x + (1 - b) z with one b (the authors' code
@@ -316,6 +366,8 @@ class ScheduleFreePlusAdamW(ScheduleFreeAdamW):
         """
         if self._all_groups is not None and len(self.param_groups) < len(self._all_groups):
             return self._deferred_step(closure)
+        if self._is_partial_call():
+            return self._deferred_sub_group_step(closure)
         if not self.train_mode:
             raise RuntimeError(
                 "ScheduleFreePlusAdamW.step() was called in eval mode (the parameters hold x). Call "
