@@ -251,10 +251,12 @@ def test_bad_hyperparameters_raise_value_error_naming_them(kwargs, name):
         ScheduleFreePlusAdamW([dict(params=make_params(0)[:1]), dict(params=make_params(1)[1:], **kwargs)])
 
 
-def test_zero3_sub_group_calls_step_once_like_one_call():
+@pytest.mark.parametrize("offload", [False, True])
+def test_zero3_sub_group_calls_step_once_like_one_call(offload):
     """DeepSpeed ZeRO-3 calls step() once per flat fp32 sub-group (that sub-group alone in its group's params, the
-    other groups empty, only its gradient prepared, released after the call). Told the groups' tensors, the optimizer
-    keeps the calls' gradients and steps everything in the last call: bitwise the step of one call with everything."""
+    other groups empty, only its gradient prepared, released after the call; with ZeRO-Offload every gradient is a
+    buffer that stays). Told the groups' tensors, the optimizer keeps the calls' gradients and steps everything in
+    the last call: bitwise the step of one call with everything, the gradients left as DeepSpeed left them."""
     torch.manual_seed(0)
     owner = [0, 0, 1, 2]  # two sub-groups in group 0
     flat = [torch.randn(n) for n in (7, 5, 3, 4)]
@@ -282,15 +284,19 @@ def test_zero3_sub_group_calls_step_once_like_one_call():
         reference.step()
         sharded.set_loss(1.0 + step)
         before = [t.clone() for t in flat]
+        for t, g in zip(flat, grads):
+            t.grad = g if offload else None  # offload: written during the backward
         for sub_group, (t, g) in enumerate(zip(flat, grads)):  # what DeepSpeed's stage-3 step does
             sharded.param_groups[owner[sub_group]]["params"] = [t]
             t.grad = g
             sharded.step()
             sharded.param_groups[owner[sub_group]]["params"] = []
-            t.grad = None
+            if not offload:
+                t.grad = None
             if sub_group < len(flat) - 1:  # nothing moves before the last call: it needs every gradient
                 assert all(torch.equal(a, b) for a, b in zip(flat, before))
         assert all(torch.equal(a, b) for a, b in zip(flat, plain))
+        assert all(t.grad is (g if offload else None) for t, g in zip(flat, grads))
     assert copies == list(range(6))
     assert [g["k"] for g in sharded.param_groups] == [6, 6, 6]
     assert sharded.param_groups[0]["scheduled_lr"] == reference.param_groups[0]["scheduled_lr"] > 0

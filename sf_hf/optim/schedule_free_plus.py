@@ -296,7 +296,7 @@ class ScheduleFreePlusAdamW(ScheduleFreeAdamW):
     def _deferred_sub_group_step(self, closure):
         """One call per sub-group (see `set_partition_group(group_params=...)`): keeps this call's gradients; the
         call that completes the set fills every group with all its tensors, puts the kept gradients back and steps
-        once; then the groups hold what the caller put there again."""
+        once; then the groups and the gradients are as the caller left them again."""
         whole = {id(p) for params in self._group_params for p in params}
         for group in self.param_groups:
             for p in group["params"]:
@@ -311,7 +311,7 @@ class ScheduleFreePlusAdamW(ScheduleFreeAdamW):
             return None
         pending, self._pending_grads, self._pending_params = self._pending_grads, {}, set()
         called = [group["params"] for group in self.param_groups]
-        own = {id(p) for params in called for p in params}
+        before = [(p, p.grad) for p, _ in pending.values()]  # None once released; ZeRO-Offload keeps its buffers
         for p, grad in pending.values():
             p.grad = grad
         for group, params in zip(self.param_groups, self._group_params):
@@ -321,9 +321,8 @@ class ScheduleFreePlusAdamW(ScheduleFreeAdamW):
         finally:
             for group, params in zip(self.param_groups, called):
                 group["params"] = params
-            for p, _ in pending.values():
-                if id(p) not in own:
-                    p.grad = None
+            for p, grad in before:
+                p.grad = grad
         if self._after_deferred_step is not None:
             self._after_deferred_step()
         return result
