@@ -252,6 +252,46 @@ def test_bad_hyperparameters_raise_value_error_naming_them(kwargs, name):
 
 
 @pytest.mark.parametrize("offload", [False, True])
+def test_zero12_group_calls_step_once_like_one_call(offload):
+    """DeepSpeed ZeRO-1/2 calls step() once per parameter group with `param_groups` narrowed to that group and only its
+    flat fp32 gradient set (released after the call; with ZeRO-Offload a buffer that stays): the optimizer steps
+    everything in the last call, bitwise as one call, and leaves the gradients as DeepSpeed left them."""
+    torch.manual_seed(0)
+    flat = [torch.randn(n) for n in (7, 3, 4)]
+    hp = dict(sf_beta1=0.8, c_warmup=2, weight_decay=2.0, warmup_steps=2, fused=False)
+
+    def groups(tensors):
+        return [dict(params=[tensors[0]]), dict(params=[tensors[1]], lr=0.5, weight_decay=0.0),
+                dict(params=[tensors[2]], sf_beta1=0.7)]
+
+    plain = [t.clone() for t in flat]
+    reference, sharded = ScheduleFreePlusAdamW(groups(plain), **hp), ScheduleFreePlusAdamW(groups(flat), **hp)
+    sharded.set_partition_group(None, steps_per_group=True)
+    every_group = sharded.param_groups
+    reference.train()
+    sharded.train()
+    for step in range(6):
+        grads = [torch.randn_like(t) for t in flat]
+        for p, g in zip(plain, grads):
+            p.grad = g
+        reference.set_loss(1.0 + step)
+        reference.step()
+        sharded.set_loss(1.0 + step)
+        for t, g in zip(flat, grads):
+            t.grad = g if offload else None
+        for group, t, g in zip(every_group, flat, grads):  # what DeepSpeed's stage-1/2 `_optimizer_step` does
+            sharded.param_groups = [group]
+            t.grad = g
+            sharded.step()
+            sharded.param_groups = every_group
+            if not offload:
+                t.grad = None
+        assert all(torch.equal(a, b) for a, b in zip(flat, plain))
+        assert all(t.grad is (g if offload else None) for t, g in zip(flat, grads))
+    assert [g["k"] for g in sharded.param_groups] == [6, 6, 6]
+
+
+@pytest.mark.parametrize("offload", [False, True])
 def test_zero3_sub_group_calls_step_once_like_one_call(offload):
     """DeepSpeed ZeRO-3 calls step() once per flat fp32 sub-group (that sub-group alone in its group's params, the
     other groups empty, only its gradient prepared, released after the call; with ZeRO-Offload every gradient is a

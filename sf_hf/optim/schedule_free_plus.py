@@ -258,7 +258,8 @@ class ScheduleFreePlusAdamW(ScheduleFreeAdamW):
 
     def _deferred_step(self, closure):
         """One call per group (see `set_partition_group`): keeps this call's gradients; the call that completes the
-        set steps every group at once, with the gradients of the earlier calls put back for its duration."""
+        set steps every group at once, with the gradients of the earlier calls put back for its duration and left
+        as the caller left them afterwards."""
         known = {id(group) for group in self._all_groups}
         for group in self.param_groups:
             if id(group) not in known:
@@ -271,7 +272,7 @@ class ScheduleFreePlusAdamW(ScheduleFreeAdamW):
             return None
         pending, self._pending_grads, self._pending_groups = self._pending_grads, {}, set()
         narrowed = self.param_groups
-        own = {id(p) for group in narrowed for p in group["params"]}
+        before = [(p, p.grad) for p, _ in pending.values()]  # None once released; ZeRO-Offload keeps its buffers
         for p, grad in pending.values():
             p.grad = grad
         self.param_groups = self._all_groups
@@ -279,9 +280,8 @@ class ScheduleFreePlusAdamW(ScheduleFreeAdamW):
             result = self.step(closure)
         finally:
             self.param_groups = narrowed
-            for p, _ in pending.values():
-                if id(p) not in own:
-                    p.grad = None
+            for p, grad in before:
+                p.grad = grad
         if self._after_deferred_step is not None:
             self._after_deferred_step()
         return result
