@@ -13,7 +13,25 @@ from typing import Iterable, Optional, Tuple
 import torch
 
 
-class ReferenceScheduleFreeAdamW(torch.optim.Optimizer):
+class _ExplicitSequences(torch.optim.Optimizer):
+    """The modes of the reference twins: x and y are stored per parameter, `eval()`/`train()` copy one in."""
+
+    @torch.no_grad()
+    def eval(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.copy_(self.state[p]["x"])
+        self.in_train_mode = False
+
+    @torch.no_grad()
+    def train(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.copy_(self.state[p]["y"])
+        self.in_train_mode = True
+
+
+class ReferenceScheduleFreeAdamW(_ExplicitSequences):
     r"""Schedule-Free AdamW with explicit x, y and z; `decoupling_c=None` is Algorithm 1, a number is Algorithm 2.
 
     The parameters hold y after `train()` and x after `eval()`. Arguments are those of
@@ -45,20 +63,6 @@ class ReferenceScheduleFreeAdamW(torch.optim.Optimizer):
                                      v=torch.zeros_like(p))
 
     @torch.no_grad()
-    def eval(self):
-        for group in self.param_groups:
-            for p in group["params"]:
-                p.copy_(self.state[p]["x"])
-        self.in_train_mode = False
-
-    @torch.no_grad()
-    def train(self):
-        for group in self.param_groups:
-            for p in group["params"]:
-                p.copy_(self.state[p]["y"])
-        self.in_train_mode = True
-
-    @torch.no_grad()
     def step(self, closure=None):
         assert self.in_train_mode, "step() needs train mode"
         self.t += 1
@@ -85,7 +89,7 @@ class ReferenceScheduleFreeAdamW(torch.optim.Optimizer):
                 p.copy_(s["y"])
 
 
-class ReferenceScheduleFreePlusAdamW(torch.optim.Optimizer):
+class ReferenceScheduleFreePlusAdamW(_ExplicitSequences):
     r"""ScheduleFree+ (Algorithm 3) with explicit x, y, z, m and v, for one process; the twin of
     `sf_hf.ScheduleFreePlusAdamW`, whose arguments it takes (nothing is validated). `set_loss(F)` before each step.
 
@@ -118,20 +122,6 @@ class ReferenceScheduleFreePlusAdamW(torch.optim.Optimizer):
 
     def set_loss(self, loss) -> None:
         self.loss = float(loss)
-
-    @torch.no_grad()
-    def eval(self):
-        for group in self.param_groups:
-            for p in group["params"]:
-                p.copy_(self.state[p]["x"])
-        self.in_train_mode = False
-
-    @torch.no_grad()
-    def train(self):
-        for group in self.param_groups:
-            for p in group["params"]:
-                p.copy_(self.state[p]["y"])
-        self.in_train_mode = True
 
     @staticmethod
     def interpolation_weight(group: dict, k: int) -> float:
