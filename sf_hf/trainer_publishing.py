@@ -31,7 +31,7 @@ class HubPublishing:
 
         self.callback_handler.on_push_begin(self.args, self.state, self.control)
         token = token if token is not None else self.args.hub_token
-        if self.hub_model_id is None:  # init_hf_repo takes `private` in releases after the 5.10 floor only
+        if self.hub_model_id is None:  # init_hf_repo takes `private` only in releases after 5.18
             self.init_hf_repo(token=token) if private is None else self.init_hf_repo(token=token, private=private)
         self.save_model(_internal_call=True)
         if not self.is_world_process_zero():

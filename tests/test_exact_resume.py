@@ -76,13 +76,15 @@ def test_resume_is_bitwise_across_architectures(tmp_path, model_type, dtype):
 def test_weights_saved_under_other_names_are_loaded_back(tmp_path):
     """transformers 5 saves GPT-NeoX's lm_head as embed_out; Trainer's resume and best-model reload load the file's
     names as they are (strict=False), which left a fresh head: both now put it back."""
+    from safetensors.torch import load_file
+
     from sf_hf.checkpoints import loads_saved_names, saved_name_map
 
     model = tiny_hub_model("gpt_neox")
-    assert saved_name_map(model) == {"embed_out.weight": "lm_head.weight"}
     model.save_pretrained(tmp_path)
+    renamed = "embed_out.weight" in load_file(tmp_path / "model.safetensors")  # the renaming came with 5.x releases
+    assert saved_name_map(model) == ({"embed_out.weight": "lm_head.weight"} if renamed else {})
     other = tiny_hub_model("gpt_neox", seed=1)
-    from safetensors.torch import load_file
 
     with loads_saved_names(other):
         result = other.load_state_dict(load_file(tmp_path / "model.safetensors"), strict=False)
