@@ -32,6 +32,7 @@ the global loss and ||g||_1 are non-finite on every rank then).
 
 import logging
 import math
+from contextlib import contextmanager
 from typing import Callable, Iterable, List, Optional, Tuple
 
 import torch
@@ -256,6 +257,21 @@ class ScheduleFreePlusAdamW(ScheduleFreeAdamW):
         group.update(k=k + 1, scheduled_lr=lr, averaging_weight=c, sf_beta1_y=beta)
         return PlusScalars.for_step(lr, group["weight_decay"], beta1, beta2, k, group["eps"], c, beta, beta_of_y)
 
+    @staticmethod
+    @contextmanager
+    def _kept_gradients(pending: dict):
+        """For the call that completes a deferred step: the gradients kept from the earlier calls are put back for
+        the step, then every gradient is left as the caller left it (None once released; ZeRO-Offload keeps its
+        buffers for the next backward)."""
+        before = [(p, p.grad) for p, _ in pending.values()]
+        for p, grad in pending.values():
+            p.grad = grad
+        try:
+            yield
+        finally:
+            for p, grad in before:
+                p.grad = grad
+
     def _deferred_step(self, closure):
         """One call per group (see `set_partition_group`): keeps this call's gradients; the call that completes the
         set steps every group at once, with the gradients of the earlier calls put back for its duration and left
@@ -272,16 +288,12 @@ class ScheduleFreePlusAdamW(ScheduleFreeAdamW):
             return None
         pending, self._pending_grads, self._pending_groups = self._pending_grads, {}, set()
         narrowed = self.param_groups
-        before = [(p, p.grad) for p, _ in pending.values()]  # None once released; ZeRO-Offload keeps its buffers
-        for p, grad in pending.values():
-            p.grad = grad
-        self.param_groups = self._all_groups
-        try:
-            result = self.step(closure)
-        finally:
-            self.param_groups = narrowed
-            for p, grad in before:
-                p.grad = grad
+        with self._kept_gradients(pending):
+            self.param_groups = self._all_groups
+            try:
+                result = self.step(closure)
+            finally:
+                self.param_groups = narrowed
         if self._after_deferred_step is not None:
             self._after_deferred_step()
         return result
@@ -311,18 +323,14 @@ class ScheduleFreePlusAdamW(ScheduleFreeAdamW):
             return None
         pending, self._pending_grads, self._pending_params = self._pending_grads, {}, set()
         called = [group["params"] for group in self.param_groups]
-        before = [(p, p.grad) for p, _ in pending.values()]  # None once released; ZeRO-Offload keeps its buffers
-        for p, grad in pending.values():
-            p.grad = grad
-        for group, params in zip(self.param_groups, self._group_params):
-            group["params"] = list(params)
-        try:
-            result = self.step(closure)
-        finally:
-            for group, params in zip(self.param_groups, called):
-                group["params"] = params
-            for p, grad in before:
-                p.grad = grad
+        with self._kept_gradients(pending):
+            for group, params in zip(self.param_groups, self._group_params):
+                group["params"] = list(params)
+            try:
+                result = self.step(closure)
+            finally:
+                for group, params in zip(self.param_groups, called):
+                    group["params"] = params
         if self._after_deferred_step is not None:
             self._after_deferred_step()
         return result
