@@ -215,8 +215,8 @@ class ScheduleFreeTrainer(HubPublishing, Trainer):
 
     def _load_best_model(self) -> None:
         self.use_averaged_weights()
-        with checkpoints.loads_saved_names(self.model):  # see _load_from_checkpoint
-            super()._load_best_model()
+        with checkpoints.loads_saved_names(self.model), checkpoints.keeps_adapter_dtypes(self.model):
+            super()._load_best_model()  # see _load_from_checkpoint
         self._sf_loaded_from = read_metadata(self.state.best_model_checkpoint)
 
     def _finalize_training(self, *args, **kwargs):
@@ -420,8 +420,10 @@ class ScheduleFreeTrainer(HubPublishing, Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None) -> None:
         """The parent's load, with the weights that transformers 5 saves under other names (GPT-NeoX's `embed_out`)
-        put back where they belong (see `sf_hf.checkpoints.saved_names`)."""
-        with checkpoints.loads_saved_names(model if model is not None else self.model):
+        put back where they belong (see `sf_hf.checkpoints.saved_names`), and PEFT adapters kept in their dtype
+        (see `sf_hf.checkpoints.adapters`)."""
+        model = model if model is not None else self.model
+        with checkpoints.loads_saved_names(model), checkpoints.keeps_adapter_dtypes(model):
             super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     def _load_optimizer_and_scheduler(self, checkpoint) -> None:

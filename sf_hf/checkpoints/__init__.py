@@ -28,11 +28,13 @@ loaded by sf_hf.
 
 The modules, one job each: `errors` (the exceptions), `layout` (the names in a run directory), `manifest`
 (fsyncs and `checkpoint_manifest.json`), `safe_loading` (pickles loaded or scanned without running code),
-`verification` (a checkpoint's problems, the newest complete one), `saved_names` (weights transformers saves
-under other names, loaded back on resume), `staging` (staged saves, leftovers, rotation,
-save errors) and `peers` (another process of the run lost). Everything public is importable from here.
+`verification` (a checkpoint's problems, the newest complete one), `adapters` (a PEFT adapter checkpoint judged
+as PEFT loads it), `saved_names` (weights transformers saves under other names, loaded back on resume), `staging`
+(staged saves, leftovers, rotation, save errors) and `peers` (another process of the run lost). Everything public
+is importable from here.
 """
 
+from .adapters import adapter_mismatch, keeps_adapter_dtypes
 from .errors import CheckpointCorruptError, CheckpointSaveError, UnsafeCheckpointError
 from .layout import CHECKPOINT_RE, DELETED_PREFIX, MANIFEST_FORMAT, MANIFEST_NAME, STAGING_PREFIX, PathLike
 from .manifest import read_manifest, write_manifest
@@ -89,6 +91,7 @@ __all__ = [
     "SCHEDULE_FREE_STATE",
     "STAGING_PREFIX",
     "UnsafeCheckpointError",
+    "adapter_mismatch",
     "checkpoint_folders",
     "checkpoint_problems",
     "commit_node_part",
@@ -97,6 +100,7 @@ __all__ = [
     "discard_staging",
     "disk_diagnosis",
     "is_lost_peer",
+    "keeps_adapter_dtypes",
     "keep_only_checkpoints",
     "last_complete_checkpoint",
     "loads_saved_names",

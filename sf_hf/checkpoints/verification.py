@@ -11,6 +11,7 @@ from typing import List, Optional
 
 import torch
 
+from .adapters import adapter_mismatch
 from .errors import CheckpointCorruptError, UnsafeCheckpointError, _first_line
 from .layout import CHECKPOINT_RE, MANIFEST_NAME, PathLike
 from .manifest import read_manifest
@@ -164,7 +165,8 @@ def verify_checkpoint(folder: PathLike, *, deep: bool = True, training_state: bo
 def model_weight_files(folder: PathLike) -> List[Path]:
     """The safetensors files transformers' resume loads the model from (`Trainer._load_from_checkpoint`):
     `model.safetensors`, else the shards of `model.safetensors.index.json`; [] when it loads none of them (a PEFT
-    run's `adapter_model.safetensors` goes to PEFT; DeepSpeed and FSDP runs load their own files)."""
+    run's `adapter_model.safetensors` goes to PEFT, see `adapter_mismatch`; DeepSpeed and FSDP runs load their own
+    files)."""
     folder = Path(folder)
     if (folder / "model.safetensors").is_file():
         return [folder / "model.safetensors"]
@@ -184,10 +186,12 @@ def model_mismatch(folder: PathLike, model) -> List[str]:
     names transformers 5 saves under mapped back (`saved_name_map`, GPT-NeoX's `embed_out`): a parameter of
     another shape, and parameters with no weights (the load would leave them at their initialization; tied ones
     are fine). Buffers are not judged (a module's `load_state_dict` may resize one, as a buffer that grows in
-    training), nor extra tensors (the Trainer warns and goes on); they are named only next to another problem."""
+    training), nor extra tensors (the Trainer warns and goes on); they are named only next to another problem.
+    A PEFT model's adapter checkpoint (no model weights, `adapter_model.safetensors`) is judged by
+    `adapter_mismatch`, as PEFT loads it."""
     files = model_weight_files(folder)
     if not files:
-        return []
+        return adapter_mismatch(folder, model)
     saved = {}
     for path in files:
         saved.update({name: (shape, path) for name, shape in safetensors_shapes(path).items()})

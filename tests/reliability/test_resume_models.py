@@ -16,7 +16,7 @@ from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 from sf_hf import ScheduleFreeTrainer
 from sf_hf.checkpoints import CheckpointCorruptError, verify_checkpoint
 
-from ..trainer_utils import VOCAB, RecordY, TokenDataset, config, tiny_model
+from ..trainer_utils import VOCAB, RecordY, TokenDataset, config, tiny_hub_model, tiny_model
 
 TRAIN = TokenDataset(64, seed=1)
 STEPS, SAVE_AT = 6, 3
@@ -50,12 +50,20 @@ def assert_bitwise_equal(straight, resumed):
     assert len(after) == STEPS - SAVE_AT and after == [s for s in losses(resumed) if s[0] > SAVE_AT]
 
 
-def lora_model():
+def lora_model(r=4, target_modules=("q_proj", "v_proj")):
     peft = pytest.importorskip("peft")  # in the dev extra
     LoraConfig, get_peft_model = peft.LoraConfig, peft.get_peft_model
 
-    return get_peft_model(tiny_model(), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+    return get_peft_model(tiny_model(), LoraConfig(r=r, lora_alpha=8, target_modules=list(target_modules),
                                                    lora_dropout=0.0))
+
+
+def gpt2_bf16_lora_model():
+    """GPT-2 (Conv1D layers, fan_in_fan_out) in bfloat16, its adapters in bfloat16 too (PEFT casts them to float32
+    unless told not to)."""
+    peft = pytest.importorskip("peft")
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], fan_in_fan_out=True, lora_dropout=0.0)
+    return peft.get_peft_model(tiny_hub_model("gpt2").to(torch.bfloat16), config, autocast_adapter_dtype=False)
 
 
 class AdaptersAtSave(RecordY):
@@ -66,11 +74,15 @@ class AdaptersAtSave(RecordY):
             self.at_save = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def test_a_lora_run_resumes_from_its_own_checkpoint_bitwise(tmp_path):
+@pytest.mark.parametrize("make_model", [lora_model, gpt2_bf16_lora_model], ids=["llama", "gpt2-bf16"])
+def test_a_lora_run_resumes_from_its_own_checkpoint_bitwise(tmp_path, make_model):
     record = AdaptersAtSave(steps=[SAVE_AT])
-    straight, resumed, checkpoint = run_and_resume(lora_model, tmp_path, callbacks=[record])
+    straight, resumed, checkpoint = run_and_resume(make_model, tmp_path, callbacks=[record])
     assert (checkpoint / "adapter_model.safetensors").is_file() and not (checkpoint / "model.safetensors").exists()
+    assert verify_checkpoint(checkpoint, deep=False, model=make_model()) == checkpoint  # judged, and found to fit
     assert_bitwise_equal(straight, resumed)
+    dtype = torch.bfloat16 if make_model is gpt2_bf16_lora_model else torch.float32
+    assert {p.dtype for p in trained(resumed).values()} == {dtype}
     # the adapters were saved at x: the weights the model evaluates with, not y, the ones it trained with
     saved = load_file(checkpoint / "adapter_model.safetensors")
     at_save = {n.replace(".default", ""): t for n, t in record.at_save.items()}
@@ -78,6 +90,26 @@ def test_a_lora_run_resumes_from_its_own_checkpoint_bitwise(tmp_path):
     assert all(torch.equal(saved[k], at_save[k]) for k in saved)
     y = {n.replace(".default", ""): t for n, t in record.y[SAVE_AT].items() if "lora_" in n}
     assert max((saved[k] - y[k]).abs().max().item() for k in saved) > 1e-4
+
+
+def test_an_adapter_of_another_rank_or_other_modules_is_refused_before_loading(tmp_path):
+    """PEFT's resume loads into the model's own adapter: tensors the file lacks would silently stay at their
+    initialization (other target modules), another rank would stop the load half-way. Both are refused, naming
+    the tensors and the adapter_config.json fields that differ."""
+    lora_model().save_pretrained(tmp_path)
+    verify_checkpoint(tmp_path, deep=False, model=lora_model())
+    with pytest.raises(CheckpointCorruptError,
+                       match=r"(?s)Can't find a valid checkpoint at .*adapter_model.safetensors: "
+                       r"no weights for 4 of the adapter's 12 tensors, e\.g\. \['base_model\.model\.model\.layers\.0"
+                       r"\.self_attn\.k_proj\.lora_A\.weight'.*adapter config mismatch: target_modules="):
+        verify_checkpoint(tmp_path, deep=False, model=lora_model(target_modules=("q_proj", "k_proj", "v_proj")))
+    with pytest.raises(CheckpointCorruptError, match=r"(?s)tensor 'base_model\.model\.model\.layers\.0\.self_attn"
+                       r"\.q_proj\.lora_A\.weight' has shape \[4, 32\], the model's adapter has \[8, 32\].*"
+                       r"\.\.\. and 5 more tensors of other shapes.*adapter config mismatch: r=4 \(model: 8\)"):
+        verify_checkpoint(tmp_path, deep=False, model=lora_model(r=8))
+    with pytest.raises(CheckpointCorruptError, match=r"adapter_model.safetensors: a PEFT adapter without the model's "
+                                                     r"weights, but the model is no PEFT model"):
+        verify_checkpoint(tmp_path, deep=False, model=tiny_model())
 
 
 def tiny_neox():
