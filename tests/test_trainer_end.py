@@ -108,3 +108,35 @@ def test_the_end_of_training_never_deletes_converted_folders(tmp_path):
                                                                                           "checkpoint-2-x"]
     torch.testing.assert_close(saved_weights(run / "checkpoint-2-x"), saved_weights(run / "checkpoint-2"))
     assert trainer.args.save_total_limit == 1
+
+
+def test_merge_and_unload_after_train_is_the_base_model_with_x_merged(tmp_path):
+    """LoRA: after `train()` the adapters hold x, so `merge_and_unload()` gives W + scaling * B_x @ A_x, with x
+    computed in float64 from the optimizer's y and z (not the y the last step trained with)."""
+    peft = pytest.importorskip("peft")
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+    model = peft.get_peft_model(tiny_model(), lora)
+    base = weights(tiny_model())  # the frozen base weights (same seed)
+    trainer = ScheduleFreeTrainer(model=model, args=config(tmp_path, max_steps=6, sf_fused=False),
+                                  train_dataset=TRAIN_SET)
+    trainer.train()
+    opt = trainer.optimizer
+    opt.train()
+    y = {n: p.detach().double() for n, p in model.named_parameters() if p.requires_grad}
+    beta1 = opt.param_groups[0]["betas"][0]
+    x = {n: (y[n] - (1 - beta1) * opt.state[p]["z"].double()) / beta1
+         for n, p in model.named_parameters() if p.requires_grad}
+    opt.eval()
+    merged = trainer.model.merge_and_unload().state_dict()
+    assert merged.keys() == base.keys()
+    scaling = lora.lora_alpha / lora.r
+    for name, weight in base.items():
+        module = name.removesuffix(".weight")
+        if module.endswith(("q_proj", "v_proj")):
+            a, b = (f"base_model.model.{module}.lora_{m}.default.weight" for m in "AB")
+            expected = weight.double() + scaling * x[b] @ x[a]
+            at_y = weight.double() + scaling * y[b] @ y[a]
+            torch.testing.assert_close(merged[name].double(), expected, rtol=0, atol=1e-7)  # measured 3e-9
+            assert (merged[name].double() - at_y).abs().max() > 1e-3  # y merged: 2e-3 to 4e-3 off
+        else:
+            assert torch.equal(merged[name], weight), name  # untouched by the adapter
