@@ -114,7 +114,8 @@ def _push_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true",
                         help="list what would go where and write the cards and plots into a preview folder; no network")
     parser.add_argument("--preview-dir", help="the dry run's preview folder (default: a new temporary folder)")
-    parser.add_argument("--base-model", help="for fine-tunes: the model the run started from (for the card)")
+    parser.add_argument("--base-model", help="for fine-tunes: the model the run started from (for the card; a PEFT "
+                        "adapter's pushed adapter_config.json names it: its base model's Hub id)")
     parser.add_argument("--retries", type=int, default=5, help="tries per Hub call on network errors/5xx (default: 5)")
     parser.add_argument("--retry-delay", type=float, default=1.0, help="first backoff in seconds, doubled (default: 1)")
 

@@ -21,7 +21,7 @@ from sf_hf import ScheduleFreeTrainer
 from sf_hf.cli import main
 from sf_hf.eval_tasks import TASKS_DIR
 from sf_hf.models import build_model
-from sf_hf.pipeline import PipelineError, evaluate_run, load_model_at_x
+from sf_hf.pipeline import PipelineError, convert_checkpoint, evaluate_run, load_model_at_x
 
 from .test_pipeline import (
     WORDS,
@@ -348,3 +348,7 @@ def test_plain_trainer_y_adapter_checkpoints_convert_to_the_optimizers_x(tmp_pat
         torch.testing.assert_close(converted, x, rtol=0, atol=1e-6)
         saved = load_file(folder / "adapter_model.safetensors")  # the file holds y, far from x
         assert max((y - x[k.replace(".weight", ".default.weight")]).abs().max().item() for k, y in saved.items()) > 1e-4
+        written = load_file(convert_checkpoint(folder) / "adapter_model.safetensors")  # sf-hf convert: x on disk
+        assert written.keys() == saved.keys()
+        torch.testing.assert_close({k: written[k] for k in saved}, {k: x[k.replace(".weight", ".default.weight")]
+                                                                  for k in saved}, rtol=0, atol=1e-6)

@@ -22,13 +22,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
-from transformers import AutoTokenizer, TrainerCallback
+from transformers import TrainerCallback
 
 from .checkpoints import OPTIMIZER_FILE, inspect_checkpoint, published_files
 from .errors import CheckpointError
-from .evaluation import EVAL_RESULTS_NAME, evaluate_checkpoint, tokenizer_fingerprint
+from .evaluation import EVAL_RESULTS_NAME, checkpoint_blocks, evaluate_checkpoint
 from .harness import TaskSuite
-from .heldout import DataSpec, read_run_args, validation_blocks
+from .heldout import DataSpec, read_run_args
 from .hub import authenticated_api, refuse_taken_revisions, upload_revision
 from .push import PushTarget, generated_files
 from .report import run_plots
@@ -143,10 +143,8 @@ class CheckpointPipelineCallback(TrainerCallback):
             shutil.rmtree(workspace, ignore_errors=True)
 
     def _evaluate(self, info, folder: Path) -> dict:
-        key = tokenizer_fingerprint(info.path)
-        if key not in self._blocks:
-            self._blocks[key] = validation_blocks(self.data, AutoTokenizer.from_pretrained(info.path))
-        record = evaluate_checkpoint(info, self._blocks[key], self.data, self.batch_size, self.metrics, self.device,
+        blocks = checkpoint_blocks(info, self.data, self._blocks)
+        record = evaluate_checkpoint(info, blocks, self.data, self.batch_size, self.metrics, self.device,
                                      tasks=self.suite, seeded=False)  # never reseed the training's generators
         self.results.append(record)
         try:  # the original may have been rotated away (save_total_limit) meanwhile

@@ -6,7 +6,8 @@
 
 The YAML header carries the model-index (one entry per metric of `eval_results.json`: loss, perplexity and
 any extra `evaluate` metric, and one per lm-evaluation-harness task and metric), the dataset (when it is a Hub
-id), the base model (for fine-tunes) and tags.
+id), the base model (for fine-tunes) and tags. A PEFT adapter's card follows PEFT's: `library_name: peft`, its
+base model in `base_model`, and says that the adapter holds x.
 The body gives tokens seen, the optimizer with all its hyperparameters, the plot, how to load the revision,
 and citations of both papers.
 """
@@ -66,6 +67,11 @@ def task_rows(results: dict) -> List[Tuple[str, str, str, str, str, str]]:
 def _is_hub_id(name: Optional[str]) -> bool:
     return bool(name) and name != EMBEDDED_CORPUS and name.count("/") == 1 and not os.path.exists(name) \
         and not name.startswith((".", "/", "~"))
+
+
+def model_label(name: str) -> str:
+    """How a card (and a published `adapter_config.json`) names a model: its Hub id, or a local folder's name only."""
+    return name if _is_hub_id(name) else Path(name).name
 
 
 def dataset_label(name: Optional[str]) -> str:
@@ -142,8 +148,9 @@ def build_model_card(info: CheckpointInfo, results: Optional[dict], *, repo_id: 
         repo_id (`str`): the Hub repository.
         run_args (`dict`): the run's `run_args.json` (data and model settings; may be empty).
         revision (`str`, *optional*): the branch the card goes to; defaults to `info.revision`.
-        base_model (`str`, *optional*): the model this run fine-tuned; defaults to `run_args["model"]`'s
-            `model_name_or_path`. Recorded in the metadata when it is a Hub id.
+        base_model (`str`, *optional*): the model this run fine-tuned; defaults to a PEFT adapter's own base
+            model (`info.adapter_base`), else `run_args["model"]`'s `model_name_or_path`. Recorded in the metadata
+            when it is a Hub id (a local path is named by its folder name only).
         plot_file (`str`, *optional*): the plot's path in the repository.
         task_plot_files (`Dict[str, str]`, *optional*): `{task: path in the repository}` of the task plots.
         publisher (`str`, *optional*, defaults to ``"`sf-hf push`"``): what published it, for the summary.
@@ -159,7 +166,8 @@ def build_model_card(info: CheckpointInfo, results: Optional[dict], *, repo_id: 
     results = results or {}
     dataset = results.get("dataset") or data.get("dataset_name")
     block_size = results.get("block_size") or data.get("block_size")
-    base_model = base_model or run_args.get("model", {}).get("model_name_or_path")
+    base_model = base_model or info.adapter_base or run_args.get("model", {}).get("model_name_or_path")
+    adapter = info.adapter_base is not None
     metrics = card_metrics(results)
     model_name = repo_id.split("/")[-1]
     eval_results = [
@@ -170,8 +178,10 @@ def build_model_card(info: CheckpointInfo, results: Optional[dict], *, repo_id: 
         for metric, value in metrics
     ] + task_results(results)
     card_data = ModelCardData(
-        model_name=model_name, library_name="transformers", pipeline_tag="text-generation",
+        model_name=model_name, library_name="peft" if adapter else "transformers", pipeline_tag="text-generation",
         tags=["sf_hf"] + (["schedule-free"] if is_schedule_free(info) else [])
+        + (["lora", "transformers"] + ([f"base_model:adapter:{base_model}"] if _is_hub_id(base_model) else [])
+           if adapter else [])
         + ([info.optimizer_name] if info.optimizer_name.isidentifier() else [])
         + [tag for tag in extra_tags if tag not in ("sf_hf", "schedule-free", info.optimizer_name)],
         eval_results=eval_results or None, language=language, license=license,
@@ -179,17 +189,20 @@ def build_model_card(info: CheckpointInfo, results: Optional[dict], *, repo_id: 
         base_model=base_model if _is_hub_id(base_model) else None,
     )
     seen = results.get("tokens_seen") or info.tokens_seen
-    kind = f"fine-tuned from {base_model}" if base_model else "trained from scratch"
+    base_name = model_label(base_model) if base_model else None
+    kind = f"fine-tuned from {base_name}" if base_model else "trained from scratch"
+    what = f"A PEFT adapter for `{base_name}` trained" if adapter else f"A causal language model {kind}"
     spec = OPTIMIZERS.get(info.optimizer_name)
     return ModelCard.from_template(
         card_data, template_path=str(TEMPLATE_PATH), model_name=model_name,
-        summary=f"A causal language model {kind} with `{info.optimizer_name}`, published by {publisher}.",
+        summary=f"{what} with `{info.optimizer_name}`, published by {publisher}.", adapter=adapter,
+        base_is_hub_id=_is_hub_id(base_model),
         step_branches=step_branches,
         repo_id=repo_id, revision=revision or info.revision, schedule_free=is_schedule_free(info),
         converted_from_y=results.get("converted_from") == "y",
         metrics=[(metric, f"{value:.4f}" if isinstance(value, float) else value) for metric, value in metrics],
         split=results.get("split"), block_size=block_size, eval_tokens=results.get("eval_tokens"),
-        dataset_text=describe_dataset(dataset), base_model=base_model, plot_file=plot_file, step=info.step,
+        dataset_text=describe_dataset(dataset), base_model=base_name, plot_file=plot_file, step=info.step,
         tokens_seen=(f"{seen:,}" + (" (estimated)" if results.get("tokens_seen_estimated") else "")) if seen
         else "not counted",
         optimizer_name=info.optimizer_name, optimizer_description=spec.description if spec else None,

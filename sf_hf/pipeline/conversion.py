@@ -81,9 +81,24 @@ def _load_adapter(info: CheckpointInfo, model_cls):
     try:
         base = model_cls.from_pretrained(info.adapter_base)
     except Exception as err:
-        raise CheckpointError(f"{info.path}: cannot load the adapter's base model {info.adapter_base!r} "
-                              f"(base_model_name_or_path of adapter_config.json): {err}") from err
+        raise adapter_base_error(info, "model", err) from err
     return PeftModel.from_pretrained(base, info.path, is_trainable=info.weights == "y")
+
+
+def adapter_base_error(info: CheckpointInfo, what: str, err: Exception) -> CheckpointError:
+    """The error for an adapter whose base model (or its tokenizer: `what`) cannot be loaded, naming the base model,
+    where it was looked for, and offline mode when that is why a Hub id was not fetched."""
+    from huggingface_hub import constants
+
+    base = info.adapter_base
+    where = "a local folder" if os.path.isdir(base) else "not a local folder, so a Hub id"
+    hint = ""
+    if not os.path.isdir(base) and constants.HF_HUB_OFFLINE:
+        hint = (" HF_HUB_OFFLINE=1 is set, so the Hub is not asked: download the base model first (unset "
+                "HF_HUB_OFFLINE, or `hf download` it) or point base_model_name_or_path at a local copy.")
+    return CheckpointError(f"{info.path}: cannot load the {what} of the adapter's base model {base!r} "
+                           f"(base_model_name_or_path of adapter_config.json; {where}).{hint} "
+                           f"{type(err).__name__}: {err}")
 
 
 @torch.no_grad()

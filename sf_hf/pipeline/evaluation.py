@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .checkpoints import CheckpointInfo, find_checkpoints, published_files
-from .conversion import load_model_at_x
+from .conversion import adapter_base_error, load_model_at_x
 from .errors import CheckpointError, PipelineError
 from .harness import TaskSuite, evaluate_tasks
 from .heldout import DataSpec, validation_blocks
@@ -165,10 +165,30 @@ def evaluate_checkpoint(info: CheckpointInfo, blocks, spec: DataSpec, batch_size
     return record
 
 
+def tokenizer_source(info: CheckpointInfo) -> str:
+    """Where the checkpoint's tokenizer is: its folder, or for an adapter saved without one, its base model."""
+    has_own = any(f.startswith(TOKENIZER_PREFIXES) for f in published_files(info.path))
+    return str(info.path if has_own or not info.adapter_base else info.adapter_base)
+
+
 def checkpoint_tokenizer(info: CheckpointInfo) -> PreTrainedTokenizerBase:
     """The tokenizer saved with the checkpoint (for an adapter without one, its base model's)."""
-    has_own = any(f.startswith(TOKENIZER_PREFIXES) for f in published_files(info.path))
-    return AutoTokenizer.from_pretrained(info.path if has_own or not info.adapter_base else info.adapter_base)
+    try:
+        return AutoTokenizer.from_pretrained(tokenizer_source(info))
+    except Exception as err:
+        if not info.adapter_base:
+            raise
+        raise adapter_base_error(info, "tokenizer", err) from err
+
+
+def checkpoint_blocks(info: CheckpointInfo, spec: DataSpec, cache: dict):
+    """The held-out blocks of `spec` tokenized with the checkpoint's tokenizer; `cache` ({tokenizer: blocks}) keeps
+    one set per distinct tokenizer (its files' hash, or the Hub id of an adapter's base model)."""
+    source = tokenizer_source(info)
+    key = tokenizer_fingerprint(Path(source)) if Path(source).is_dir() else source
+    if key not in cache:
+        cache[key] = validation_blocks(spec, checkpoint_tokenizer(info))
+    return cache[key]
 
 
 def read_eval_results(folder: os.PathLike) -> Optional[dict]:
@@ -268,11 +288,9 @@ def evaluate_run(run_dir: os.PathLike, *, dataset: Optional[str] = None, dataset
         try:
             if info.problem:
                 raise CheckpointError(info.problem)
-            key = tokenizer_fingerprint(info.path)
-            if key not in blocks_by_tokenizer:
-                blocks_by_tokenizer[key] = validation_blocks(spec, AutoTokenizer.from_pretrained(info.path))
-            evaluation.results.append(evaluate_checkpoint(info, blocks_by_tokenizer[key], spec, batch_size, metrics,
-                                                          device, tasks=suite))
+            blocks = checkpoint_blocks(info, spec, blocks_by_tokenizer)
+            evaluation.results.append(evaluate_checkpoint(info, blocks, spec, batch_size, metrics, device,
+                                                          tasks=suite))
         except CheckpointError as err:
             logger.error("Skipping %s: %s", info.name, err)
             evaluation.failures.append((info.name, str(err)))

@@ -1,8 +1,9 @@
 """What the Hub gets of a folder's JSON records: the same records with local paths cut to their last component.
 
 `trainer_state.json` names the best checkpoint by its local path (`best_model_checkpoint`), and
-`eval_results.json` names a local dataset by its path; uploaded as they are, both would publish the machine's
-directory layout (user names included). The card already names the data this way (`card.dataset_label`).
+`eval_results.json` names a local dataset by its path, a PEFT adapter's `adapter_config.json` its local base model
+(`base_model_name_or_path`); uploaded as they are, they would publish the machine's directory layout (user names
+included). The card already names the data and the base model this way (`card.dataset_label`, `card.model_label`).
 
     uploads.update(public_records(folder))     # {"trainer_state.json": b"...", ...}: replaces the files as read
 """
@@ -12,12 +13,13 @@ import os
 from pathlib import Path
 from typing import Dict
 
-from .card import dataset_label
+from .card import dataset_label, model_label
 from .errors import PushError
 
 LOCAL_PATH_KEYS = {
     "trainer_state.json": {"best_model_checkpoint": lambda path: Path(path).name},
     "eval_results.json": {"dataset": dataset_label},
+    "adapter_config.json": {"base_model_name_or_path": model_label},
 }
 
 

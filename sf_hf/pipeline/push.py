@@ -16,6 +16,7 @@ reported in `skipped` and not pushed. `write_cards` (`sf-hf card`, and `push --d
 writes exactly those files locally, one folder per revision.
 """
 
+import json
 import logging
 import os
 import tempfile
@@ -26,7 +27,7 @@ from typing import Dict, List, Optional, Tuple
 from tqdm.auto import tqdm
 
 from .card import build_model_card
-from .checkpoints import CheckpointInfo, find_checkpoints, published_files
+from .checkpoints import ADAPTER_CONFIG, CheckpointInfo, find_checkpoints, published_files
 from .errors import PushError
 from .evaluation import read_eval_results
 from .heldout import read_run_args
@@ -106,14 +107,20 @@ def _target(info: CheckpointInfo, revision: str) -> PushTarget:
 
 def generated_files(target: PushTarget, repo_id: str, run_args: dict, plots: Dict[str, bytes],
                     base_model: Optional[str] = None) -> Dict[str, bytes]:
-    """The files `push` adds to a revision besides the folder's own: the card `README.md` and the run's plots."""
+    """The files `push` adds to a revision besides the folder's own: the card `README.md` and the run's plots; for
+    a PEFT adapter given `base_model` (a Hub id), its `adapter_config.json` naming that base model, so that the
+    adapter loads from the Hub (`AutoPeftModelForCausalLM`) where the run's base model was a local folder."""
     results = read_eval_results(target.info.path)
+    extra = {}
+    if target.info.adapter_base and base_model:
+        config = {**json.loads((target.info.path / ADAPTER_CONFIG).read_text()), "base_model_name_or_path": base_model}
+        extra[ADAPTER_CONFIG] = (json.dumps(config, indent=2) + "\n").encode()
     task_plots = {task: task_plot_name(task) for task in (results or {}).get("tasks", {})
                   if task_plot_name(task) in plots}
     card = build_model_card(target.info, results, repo_id=repo_id, run_args=run_args, revision=target.revision,
                             base_model=base_model, plot_file=PLOT_NAME if PLOT_NAME in plots else None,
                             task_plot_files=task_plots)
-    return {CARD_NAME: card.content.encode(), **plots}
+    return {CARD_NAME: card.content.encode(), **plots, **extra}
 
 
 def _run_plots(report: PushReport) -> Dict[str, bytes]:
