@@ -162,3 +162,13 @@ def test_weights_of_another_architecture_are_still_refused(tmp_path):
     with pytest.raises(CheckpointCorruptError, match=r"Can't find a valid checkpoint at .*; sf_hf found:\n  - .*: no "
                                                      r"weights for \d+ of the model's parameters, e.g. \['lm_head"):
         verify_checkpoint(tmp_path, deep=False, model=tiny_model())
+
+
+def test_bf16_adapters_stay_bf16_after_the_best_model_is_reloaded(tmp_path):
+    """`load_best_model_at_end` loads the adapter with PEFT's `load_adapter`, which casts bf16 adapters to float32."""
+    args = config(tmp_path, max_steps=4, eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2,
+                  load_best_model_at_end=True, metric_for_best_model="loss", sf_fused=False)
+    trainer = ScheduleFreeTrainer(model=gpt2_bf16_lora_model(), args=args, train_dataset=TRAIN, eval_dataset=TRAIN)
+    trainer.train()
+    assert trainer.state.best_model_checkpoint is not None
+    assert {p.dtype for p in trained(trainer).values()} == {torch.bfloat16}
