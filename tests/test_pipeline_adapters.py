@@ -22,7 +22,14 @@ from sf_hf import ScheduleFreeTrainer
 from sf_hf.cli import main
 from sf_hf.metadata import read_metadata
 from sf_hf.models import build_model
-from sf_hf.pipeline import CheckpointError, evaluate_run, find_checkpoints, load_model_at_x, validation_blocks
+from sf_hf.pipeline import (
+    CheckpointError,
+    evaluate_run,
+    find_checkpoints,
+    load_model_at_x,
+    validation_blocks,
+    write_cards,
+)
 from sf_hf.pipeline.heldout import DataSpec
 from sf_hf.pipeline.public_records import public_records
 
@@ -172,6 +179,10 @@ def test_a_base_model_that_cannot_be_fetched_offline_is_named(lora_run, tmp_path
     assert err.count("'org/not-downloaded'") >= 3 and "HF_HUB_OFFLINE=1 is set" in err
     assert main(["convert", str(run_dir / "checkpoint-2")]) == 1
     assert "'org/not-downloaded'" in capsys.readouterr().err
+    # a Hub id needs no --base-model: the card's metadata and the published adapter_config.json keep it
+    card = ModelCard.load(write_cards(run_dir, tmp_path / "cards")["main"] / "README.md")
+    assert (card.data.library_name, card.data.base_model) == ("peft", "org/not-downloaded")
+    assert "adapter_config.json" not in public_records(run_dir)  # published as it is
 
 
 def test_an_adapter_saved_without_a_tokenizer_is_evaluated_with_its_base_models(lora_run, tmp_path):
