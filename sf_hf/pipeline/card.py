@@ -12,6 +12,7 @@ The body gives tokens seen, the optimizer with all its hyperparameters, the plot
 and citations of both papers.
 """
 
+import json
 import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -20,7 +21,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..data import EMBEDDED_CORPUS
 from ..registry import OPTIMIZERS
-from .checkpoints import CheckpointInfo
+from .checkpoints import ADAPTER_CONFIG, CheckpointInfo
 
 TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "templates" / "model_card.md"
 COUNT_KEYS = ("eval_tokens", "eval_blocks")
@@ -72,6 +73,17 @@ def _is_hub_id(name: Optional[str]) -> bool:
 def model_label(name: str) -> str:
     """How a card (and a published `adapter_config.json`) names a model: its Hub id, or a local folder's name only."""
     return name if _is_hub_id(name) else Path(name).name
+
+
+def adapter_tags(info: CheckpointInfo, base_model: Optional[str]) -> List[str]:
+    """PEFT's card tags of an adapter: its method (`lora`, from `adapter_config.json`), `transformers`, and
+    `base_model:adapter:<id>` when the base model is a Hub id."""
+    try:
+        method = json.loads((info.path / ADAPTER_CONFIG).read_text()).get("peft_type") or ""
+    except (OSError, ValueError):
+        method = ""
+    return ([method.lower()] if method else []) + ["transformers"] \
+        + ([f"base_model:adapter:{base_model}"] if _is_hub_id(base_model) else [])
 
 
 def dataset_label(name: Optional[str]) -> str:
@@ -180,8 +192,7 @@ def build_model_card(info: CheckpointInfo, results: Optional[dict], *, repo_id: 
     card_data = ModelCardData(
         model_name=model_name, library_name="peft" if adapter else "transformers", pipeline_tag="text-generation",
         tags=["sf_hf"] + (["schedule-free"] if is_schedule_free(info) else [])
-        + (["lora", "transformers"] + ([f"base_model:adapter:{base_model}"] if _is_hub_id(base_model) else [])
-           if adapter else [])
+        + (adapter_tags(info, base_model) if adapter else [])
         + ([info.optimizer_name] if info.optimizer_name.isidentifier() else [])
         + [tag for tag in extra_tags if tag not in ("sf_hf", "schedule-free", info.optimizer_name)],
         eval_results=eval_results or None, language=language, license=license,
