@@ -91,7 +91,8 @@ def lora_run(tmp_path_factory):
     trainer.train()
     trainer.save_model()
     write_run_args(run_dir, corpus)
-    return dict(run_dir=run_dir, base_dir=base_dir, corpus=corpus, tokenizer=tokenizer, x=x_from_optimizer(trainer))
+    return dict(run_dir=run_dir, base_dir=base_dir, corpus=corpus, tokenizer=tokenizer, train=train,
+                x=x_from_optimizer(trainer))
 
 
 def test_adapter_run_evaluates_converts_cards_and_pushes_at_x(lora_run, hub_server, tmp_path, capsys):
@@ -196,3 +197,19 @@ def test_an_adapter_saved_without_a_tokenizer_is_evaluated_with_its_base_models(
                                              run_dir / "checkpoint-2")
     expected = hand_loss(by_hand, lora_run["corpus"], lora_run["tokenizer"])
     assert evaluation.results[0]["eval_loss"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_the_trainers_own_push_of_an_adapter_has_the_adapter_card_and_no_local_path(lora_run, hub_server, tmp_path):
+    base_dir = lora_run["base_dir"]
+    model = peft.get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), peft.LoraConfig(**LORA))
+    trainer = ScheduleFreeTrainer(model=model, train_dataset=lora_run["train"],
+                                  args=config(tmp_path / "run", max_steps=2, sf_fused=False, push_to_hub=True,
+                                              hub_model_id="org/own", hub_strategy="end"))
+    trainer.train()
+    trainer.push_to_hub()
+    files = hub_server.files("org/own", "main")
+    assert files["adapter_model.safetensors"] == (tmp_path / "run" / "adapter_model.safetensors").read_bytes()
+    assert json.loads(files["adapter_config.json"])["base_model_name_or_path"] == "base"
+    card = ModelCard(files["README.md"].decode())
+    assert card.data.library_name == "peft" and "holds a PEFT adapter whose weights are **x**" in card.text
+    assert not hub_server.requests_containing(str(base_dir).encode())
