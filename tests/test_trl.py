@@ -263,3 +263,23 @@ def test_grpo_generates_at_y_and_evaluates_checkpoints_and_saves_at_x(tmp_path):
     assert last_eval and max_diff(last_eval[0], x) <= 1e-6 and max_diff(last_eval[0], recorder.y[6]) > 1e-4
     assert max_diff(saved_weights(tmp_path / "checkpoint-6"), x) <= 1e-6
     assert_checkpoint_holds_x(tmp_path / "checkpoint-3", recorder.y[3], trainer)
+
+
+def test_sft_with_peft_config_saves_the_adapter_at_x(tmp_path):
+    from peft import LoraConfig
+
+    trainer = ScheduleFreeSFTTrainer(
+        model=tiny_model(), args=sf_args(SFTConfig, tmp_path, max_steps=6, max_length=16, save_strategy="steps",
+                                         save_steps=6),
+        train_dataset=text_dataset(32), processing_class=tiny_tokenizer(),
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+    trainer.train()
+    x = reference_x(trainer)
+    assert x and all("lora_" in name for name in x)  # TRL wrapped the model; only the adapter trains
+    saved = load((tmp_path / "checkpoint-6" / "adapter_model.safetensors").read_bytes())
+    saved = {name.replace(".weight", ".default.weight"): t for name, t in saved.items()}
+    assert set(saved) == set(x) and max_diff(saved, x) <= 1e-6
+    trainer._base_optimizer().train()
+    y = weights(trainer.model)
+    trainer._base_optimizer().eval()
+    assert max_diff(saved, {n: y[n] for n in x}) > 1e-4
