@@ -23,8 +23,17 @@ from sf_hf.metadata import read_metadata
 
 from .test_trainer import StopAt
 from .trainer_utils import RecordY, saved_weights, tiny_model, weights
-from .trl_utils import (checkpoint_z, max_diff, preference_dataset, prompt_dataset, reference_x, reference_x_from,
-                        text_dataset, tiny_reward_model, tiny_tokenizer)
+from .trl_utils import (
+    checkpoint_z,
+    max_diff,
+    preference_dataset,
+    prompt_dataset,
+    reference_x,
+    reference_x_from,
+    text_dataset,
+    tiny_reward_model,
+    tiny_tokenizer,
+)
 
 COMMON = dict(per_device_train_batch_size=4, per_device_eval_batch_size=4, learning_rate=1e-2, adam_beta1=0.9,
               adam_beta2=0.99, decoupling_c=5.0, warmup_steps=2, logging_steps=1, save_strategy="no",
