@@ -18,10 +18,11 @@ logger = logging.getLogger(__name__)
 
 
 SCHEDULE_FREE_SECTION = """
+
 ## Schedule-Free
 
-Trained with [sf_hf](https://github.com/sf-hf/sf_hf)'s `{optimizer_name}`. {weights_text} `schedule_free.json`
-beside the weights says which weights they are, with the optimizer's hyperparameters ({hyperparameters}).
+Trained with sf_hf's `{optimizer_name}`: {description}. {weights_text} `schedule_free.json` beside the
+weights says which weights they are, with the optimizer's hyperparameters ({hyperparameters}).
 """
 WEIGHTS_TEXT = {
     "x": "The weights are **x**, the Schedule-Free average (gradients were taken at y): use them as they are.",
@@ -120,9 +121,9 @@ class HubPublishing:
         hyperparameters = optimizer_hyperparameters(optimizer) if optimizer is not None else {}
         shown = ", ".join(f"{key}={hyperparameters[key]}" for key in ("lr", "betas", "decoupling_c", "warmup_steps")
                           if key in hyperparameters) or "see the file"
-        section = SCHEDULE_FREE_SECTION.format(
-            optimizer_name=self.args.optimizer_name, hyperparameters=shown,
-            weights_text=WEIGHTS_TEXT[get_optimizer_spec(self.args.optimizer_name).saved_weights])
+        spec = get_optimizer_spec(self.args.optimizer_name)
+        section = SCHEDULE_FREE_SECTION.format(optimizer_name=spec.name, description=spec.description,
+                                               hyperparameters=shown, weights_text=WEIGHTS_TEXT[spec.saved_weights])
         with open(path, "a") as f:
             f.write(section)
 
