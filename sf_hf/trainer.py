@@ -85,6 +85,18 @@ class ScheduleFreeMixin(HubPublishing):
     _sf_default_args = None
     """A function building the args when none are passed (`ScheduleFreeTrainer`: a default `ScheduleFreeConfig`)."""
 
+    def __init_subclass__(cls, **kwargs):
+        """Refuses `class C(SFTTrainer, ScheduleFreeMixin)`: there transformers' `Trainer` comes before the mixin in
+        the MRO, so none of its methods would run (checkpoints at y, no crash safety) without a word."""
+        super().__init_subclass__(**kwargs)
+        mro = cls.__mro__
+        before = [k for k in mro[1:mro.index(ScheduleFreeMixin)] if issubclass(k, Trainer)
+                  and not issubclass(k, ScheduleFreeMixin)]
+        if before:
+            raise TypeError(f"{cls.__name__}: put ScheduleFreeMixin before {before[0].__name__} in the bases "
+                            f"(class {cls.__name__}(ScheduleFreeMixin, {before[0].__name__})), or use "
+                            f"sf_hf.schedule_free_trainer({before[0].__name__}).")
+
     def __init__(self, *args, **kwargs):
         try:
             bound = inspect.signature(super().__init__).bind_partial(*args, **kwargs).arguments

@@ -116,6 +116,8 @@ def test_mixin_refuses_plain_trl_args_and_the_factory_caches(tmp_path):
     assert made is schedule_free_trainer(SFTTrainer) and made.__mro__[1:3] == (ScheduleFreeMixin,
                                                                                sf_hf.trainer.HubPublishing)
     assert schedule_free_trainer(sf_hf.ScheduleFreeTrainer) is sf_hf.ScheduleFreeTrainer
+    with pytest.raises(TypeError, match="put ScheduleFreeMixin before SFTTrainer"):
+        type("WrongOrder", (SFTTrainer, ScheduleFreeMixin), {})
 
 
 def test_optimizer_cls_and_kwargs_takes_schedule_free_fields_for_a_plain_trl_config(tmp_path):
