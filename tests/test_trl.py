@@ -219,10 +219,14 @@ def test_reward_trainer_holds_x_and_pushes_x_with_trls_card(tmp_path, hub_server
         train_dataset=preference_dataset(24).map(lambda r: {"chosen": r["prompt"] + " " + r["chosen"],
                                                             "rejected": r["prompt"] + " " + r["rejected"]},
                                                  remove_columns=["prompt"]),
+        eval_dataset=preference_dataset(4, seed=1).remove_columns(["prompt"]),
         processing_class=tiny_tokenizer())
     trainer.train()
     x = reference_x(trainer)
     assert max_diff(saved_weights(tmp_path / "checkpoint-6"), x) <= 1e-6
+    trainer._base_optimizer().train()
+    trainer.evaluate()
+    assert max_diff(weights(trainer.model), x) <= 1e-6
     trainer._base_optimizer().train()
     trainer.push_to_hub()
     files = hub_server.files("org/reward")
@@ -274,6 +278,9 @@ def test_grpo_generates_at_y_and_evaluates_checkpoints_and_saves_at_x(tmp_path):
     assert last_eval and max_diff(last_eval[0], x) <= 1e-6 and max_diff(last_eval[0], recorder.y[6]) > 1e-4
     assert max_diff(saved_weights(tmp_path / "checkpoint-6"), x) <= 1e-6
     assert_checkpoint_holds_x(tmp_path / "checkpoint-3", recorder.y[3], trainer)
+    trainer._base_optimizer().train()
+    trainer.save_model(str(tmp_path / "saved"))
+    assert max_diff(saved_weights(tmp_path / "saved"), x) <= 1e-6
 
 
 def test_sft_with_peft_config_saves_the_adapter_at_x(tmp_path):
