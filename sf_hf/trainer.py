@@ -103,7 +103,7 @@ class ScheduleFreeMixin(HubPublishing):
         except TypeError:  # the parent's own call will say what is wrong
             bound = kwargs
         training_args = bound.get("args")
-        if training_args is None and "args" not in bound and self._sf_default_args is not None:
+        if training_args is None and ("args" in kwargs or "args" not in bound) and self._sf_default_args is not None:
             training_args = kwargs["args"] = self._sf_default_args()
             logger.info("sf_hf: no args passed, using a default %s(output_dir='tmp_trainer').",
                         type(training_args).__name__)
