@@ -1,36 +1,50 @@
-"""`ScheduleFreeConfig`: `TrainingArguments` plus the Schedule-Free fields.
+"""The Schedule-Free fields for any `TrainingArguments` subclass: `ScheduleFreeConfig` and `schedule_free_config()`.
 
     args = ScheduleFreeConfig(output_dir="out", optimizer_name="sf_adamw_refined", decoupling_c=200,
                               learning_rate=2e-3, adam_beta1=0.95, adam_beta2=0.99, warmup_steps=0.05)
 
+    from trl import SFTConfig
+    SFTScheduleFreeConfig = schedule_free_config(SFTConfig)      # TRL's defaults, plus the fields below
+    args = SFTScheduleFreeConfig(output_dir="out", decoupling_c=50)
+
 learning_rate, adam_beta1/2, adam_epsilon, weight_decay and warmup_steps (an integer, or a float in
-[0, 1) for a ratio of the real number of training steps) are TrainingArguments' own fields.
+[0, 1) for a ratio of the real number of training steps) are TrainingArguments' own fields. The fields
+are defined once (`ScheduleFreeFields`); `ScheduleFreeConfig` is `schedule_free_config(TrainingArguments)`.
 """
 
-from dataclasses import dataclass, field
+import logging
+import sys
+from dataclasses import MISSING, dataclass, field
 from typing import Optional
 
 from transformers import TrainingArguments
 
 from .registry import OPTIMIZERS, SF_FIELD_DEFAULTS, get_optimizer_spec
 
+logger = logging.getLogger(__name__)
+
 WEIGHT_DECAY_PARAMS = ("hf", "linear")
-SF_PLUS_HF_LEARNING_RATE = 5e-5  # TrainingArguments' default learning_rate (see the NOTE below)
 
 
 @dataclass
-class ScheduleFreeConfig(TrainingArguments):
-    """`TrainingArguments` for `ScheduleFreeTrainer`. Only the fields below are new; see the module docstring.
+class ScheduleFreeFields:
+    """The Schedule-Free fields, mixed in front of a `TrainingArguments` subclass by `schedule_free_config` (use that,
+    or `ScheduleFreeConfig`; this class alone is no config). That class's own defaults are kept, except:
+
+    NOTE: `lr_scheduler_type` defaults to "auto", the scheduler that goes with the optimizer: constant for the
+    Schedule-Free ones (a decaying scheduler fights the averaging and applies warmup twice), the baseline's own
+    schedule otherwise. Any other value is the user's: a contradicting one is refused. So TRL's default "linear"
+    becomes "constant" (logged at info), while `lr_scheduler_type="linear"` set by hand is an error.
 
     NOTE: with `optimizer_name="sf_plus"`, `learning_rate` is the multiplier of the Polyak step (the paper's 1.0):
-    left at TrainingArguments' default (5e-5, an AdamW lr) it becomes 1.0.
+    left at the parent class's default (an AdamW lr: TrainingArguments' 5e-5, TRL's SFTConfig 2e-5) it becomes 1.0.
     """
 
     optimizer_name: str = field(
         default="sf_adamw_refined",
         metadata={"help": f"The optimizer, by name: one of {', '.join(OPTIMIZERS)}. Replaces `optim`."},
     )
-    # "auto" (instead of HF's "linear"): the scheduler follows the optimizer. A decaying scheduler on top of
+    # "auto" (instead of HF's and TRL's "linear"): the scheduler follows the optimizer. A decaying scheduler on top of
     # Schedule-Free fights the averaging and double-applies warmup (../shared/PAPER.md, known weak spots).
     lr_scheduler_type: str = field(
         default="auto",
@@ -86,29 +100,39 @@ class ScheduleFreeConfig(TrainingArguments):
     )
     ema_decay: float = field(default=SF_FIELD_DEFAULTS["ema_decay"], metadata={"help": "adamw_ema: EMA decay."})
 
+    _sf_parent = TrainingArguments
+    """The `TrainingArguments` subclass whose defaults the config keeps (set by `schedule_free_config`)."""
+
     def __post_init__(self):
         spec = get_optimizer_spec(self.optimizer_name)
-        default_optim = TrainingArguments.__dataclass_fields__["optim"].default
+        parent = self._sf_parent.__name__
+        default_optim = _parent_default(self, "optim")
         if str(getattr(self.optim, "value", self.optim)) != str(getattr(default_optim, "value", default_optim)):
             raise ValueError(
                 f"optim={str(getattr(self.optim, 'value', self.optim))!r} is not used by ScheduleFreeTrainer: the "
                 f"optimizer is chosen by optimizer_name (one of {', '.join(OPTIMIZERS)}). Set optimizer_name instead "
                 "and leave optim unset."
             )
+        chosen = str(getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type))
         if spec.schedule_free:
-            if self.lr_scheduler_type not in ("auto", "constant"):
+            if chosen not in ("auto", "constant"):
                 raise ValueError(
                     f"optimizer_name={self.optimizer_name!r} is schedule-free: it needs no lr schedule, and "
-                    f"lr_scheduler_type={self.lr_scheduler_type!r} would fight its averaging. Leave lr_scheduler_type "
+                    f"lr_scheduler_type={chosen!r} would fight its averaging. Leave lr_scheduler_type "
                     "unset ('auto') or 'constant'; warmup_steps goes into the optimizer."
                 )
+            parent_default = _parent_default(self, "lr_scheduler_type")
+            parent_default = str(getattr(parent_default, "value", parent_default))
+            if chosen == "auto" and parent_default != "constant":
+                logger.info("sf_hf: lr_scheduler_type='constant' for the schedule-free %s (%s's default %r is not "
+                            "used: a decaying lr fights the averaging)", self.optimizer_name, parent, parent_default)
             self.lr_scheduler_type = "constant"
-        elif self.lr_scheduler_type == "auto":
+        elif chosen == "auto":
             self.lr_scheduler_type = spec.scheduler(self, 1)[0]
-        elif self.lr_scheduler_type != spec.scheduler(self, 1)[0]:
+        elif chosen != spec.scheduler(self, 1)[0]:
             raise ValueError(
                 f"optimizer_name={self.optimizer_name!r} defines its own schedule ({spec.scheduler(self, 1)[0]}); "
-                f"lr_scheduler_type={self.lr_scheduler_type!r} contradicts it. Leave lr_scheduler_type unset."
+                f"lr_scheduler_type={chosen!r} contradicts it. Leave lr_scheduler_type unset."
             )
         if self.weight_decay_params not in WEIGHT_DECAY_PARAMS:
             raise ValueError(
@@ -122,7 +146,7 @@ class ScheduleFreeConfig(TrainingArguments):
             raise ValueError(f"cosine_min_lr_ratio must be in [0, 1], got {self.cosine_min_lr_ratio}.")
         if self.decoupling_c <= 0:
             raise ValueError(f"decoupling_c must be > 0, got {self.decoupling_c}.")
-        if self.optimizer_name == "sf_plus" and self.learning_rate == SF_PLUS_HF_LEARNING_RATE:
+        if self.optimizer_name == "sf_plus" and self.learning_rate == _parent_default(self, "learning_rate"):
             self.learning_rate = 1.0
         super().__post_init__()
         if self.optimizer_name == "sf_plus":
@@ -131,6 +155,10 @@ class ScheduleFreeConfig(TrainingArguments):
                                  f"{self.sf_beta1_max}.")
         elif spec.schedule_free and not 0 < self.adam_beta1 < 1:
             raise ValueError(f"adam_beta1 is Schedule-Free's b1 and must be in (0, 1), got {self.adam_beta1}.")
+
+    def __reduce__(self):
+        """Pickled as (the parent class, the state): `schedule_free_config(parent)` rebuilds the class on loading."""
+        return _rebuild_config, (self._sf_parent, self.__getstate__())
 
     def __getstate__(self) -> dict:
         """Pickles (the Trainer's `training_args.bin`, uploaded with every checkpoint push) never hold a token."""
@@ -144,3 +172,57 @@ class ScheduleFreeConfig(TrainingArguments):
     def is_schedule_free(self) -> bool:
         """True for the Schedule-Free optimizers (x/y weights, constant lr, warmup in the optimizer)."""
         return get_optimizer_spec(self.optimizer_name).schedule_free
+
+
+def _parent_default(config: ScheduleFreeFields, name: str):
+    """The default of field `name` in the class whose defaults `config` keeps."""
+    parent_field = config._sf_parent.__dataclass_fields__[name]
+    return parent_field.default_factory() if parent_field.default is MISSING else parent_field.default
+
+
+@dataclass
+class ScheduleFreeConfig(ScheduleFreeFields, TrainingArguments):
+    """`TrainingArguments` for `ScheduleFreeTrainer`: `schedule_free_config(TrainingArguments)`. Only the fields of
+    `ScheduleFreeFields` are new (see its NOTEs and the module docstring)."""
+
+
+_CONFIG_CLASSES = {TrainingArguments: ScheduleFreeConfig}
+
+
+def schedule_free_config(config_cls: type) -> type:
+    """The config class with the Schedule-Free fields for `config_cls`, a `TrainingArguments` subclass (TRL's
+    `SFTConfig`, `DPOConfig`, `GRPOConfig`, ...), for `sf_hf.ScheduleFreeMixin`.
+
+    It subclasses `config_cls` and keeps all its defaults (TRL's learning rate, bf16, gradient checkpointing,
+    logging_steps) but `lr_scheduler_type`, which follows the optimizer (see `ScheduleFreeFields`). The class is made
+    once per `config_cls` and named `ScheduleFree<Name>` in this module; `schedule_free_config(TrainingArguments)`
+    is `ScheduleFreeConfig`.
+
+    Args:
+        config_cls (`type`): a dataclass subclass of `transformers.TrainingArguments`.
+
+    Returns:
+        `type`: the dataclass `ScheduleFree<Name>(ScheduleFreeFields, config_cls)`.
+    """
+    if isinstance(config_cls, type) and issubclass(config_cls, ScheduleFreeFields):
+        return config_cls
+    if not (isinstance(config_cls, type) and issubclass(config_cls, TrainingArguments)):
+        raise TypeError(f"schedule_free_config needs a TrainingArguments subclass, got {config_cls!r}.")
+    if config_cls not in _CONFIG_CLASSES:
+        module = sys.modules[__name__]
+        name = f"ScheduleFree{config_cls.__name__}"
+        while hasattr(module, name):  # another parent of the same name: a name of its own
+            name += "_"
+        cls = dataclass(type(name, (ScheduleFreeFields, config_cls), {
+            "__module__": __name__, "__qualname__": name, "_sf_parent": config_cls,
+            "__doc__": f"`{config_cls.__name__}` with the Schedule-Free fields (`sf_hf.schedule_free_config`).",
+        }))
+        setattr(module, name, cls)
+        _CONFIG_CLASSES[config_cls] = cls
+    return _CONFIG_CLASSES[config_cls]
+
+
+def _rebuild_config(parent: type, state: dict) -> ScheduleFreeFields:
+    config = object.__new__(schedule_free_config(parent))
+    config.__dict__.update(state)
+    return config

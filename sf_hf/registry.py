@@ -136,23 +136,42 @@ def get_optimizer_spec(name: str) -> OptimizerSpec:
     return OPTIMIZERS[name]
 
 
+class _WithOverrides:
+    """`args` as the builders read it, with some Schedule-Free fields set by the caller."""
+
+    def __init__(self, args: TrainingArguments, overrides: dict):
+        self._args, self._overrides = args, overrides
+
+    def __getattr__(self, name: str):
+        overrides = self.__dict__["_overrides"]
+        return overrides[name] if name in overrides else getattr(self.__dict__["_args"], name)
+
+
 def optimizer_cls_and_kwargs(
-    args: TrainingArguments, num_training_steps: Optional[int] = None, optimizer_name: Optional[str] = None
+    args: TrainingArguments, num_training_steps: Optional[int] = None, optimizer_name: Optional[str] = None,
+    **overrides,
 ) -> Tuple[type, dict]:
     """The `(optimizer_cls, kwargs)` pair for `transformers.Trainer(optimizer_cls_and_kwargs=...)`.
 
     Args:
-        args (`TrainingArguments`): a `ScheduleFreeConfig`, or plain `TrainingArguments` (the Schedule-Free
-            fields then take their defaults).
+        args (`TrainingArguments`): a `ScheduleFreeConfig` (or any `schedule_free_config(...)` class), or plain
+            `TrainingArguments` / TRL's `SFTConfig` (the Schedule-Free fields then take their defaults, or `overrides`).
         num_training_steps (`int`, *optional*): needed when `warmup_steps` is a ratio and `max_steps` is unset.
         optimizer_name (`str`, *optional*): defaults to `args.optimizer_name`, else "sf_adamw_refined".
+        **overrides: Schedule-Free fields (`decoupling_c=50`, `r`, `weight_lr_power`, `sf_fused`, the sf_plus and
+            baseline fields), taking precedence over `args`' own.
 
     Raises:
-        `ValueError`: unknown name; a warmup ratio without a known number of steps; a Schedule-Free optimizer
-        with a non-constant lr scheduler (a plain Trainer would multiply the optimizer's lr by it).
+        `ValueError`: unknown name or field; a warmup ratio without a known number of steps; a Schedule-Free
+        optimizer with a non-constant lr scheduler (a plain Trainer would multiply the optimizer's lr by it).
 
-    Note: a plain `Trainer` saves checkpoints at y; `sf_hf.ScheduleFreeTrainer` saves x.
+    Note: a plain `Trainer` leaves the weights in whatever mode they are in: its checkpoints hold y, or x when an
+    evaluation ran just before; `sf_hf.ScheduleFreeTrainer` and `sf_hf.ScheduleFreeMixin` always save x.
     """
+    unknown = sorted(set(overrides) - set(SF_FIELD_DEFAULTS))
+    if unknown:
+        raise ValueError(f"Unknown Schedule-Free field(s) {', '.join(unknown)}; known: "
+                         f"{', '.join(sorted(SF_FIELD_DEFAULTS))} (TrainingArguments' own fields go into args).")
     spec = get_optimizer_spec(optimizer_name or getattr(args, "optimizer_name", "sf_adamw_refined"))
     if spec.schedule_free and str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)) != "constant":
         raise ValueError(
@@ -160,4 +179,4 @@ def optimizer_cls_and_kwargs(
             "fights the averaging and warmup would be applied twice. Set lr_scheduler_type='constant'; warmup_steps "
             "goes into the optimizer."
         )
-    return spec.build(args, num_training_steps)
+    return spec.build(_WithOverrides(args, overrides) if overrides else args, num_training_steps)

@@ -1,17 +1,33 @@
-"""`ScheduleFreeTrainer`: a `transformers.Trainer` that trains at y and evaluates, saves and publishes x.
+"""`ScheduleFreeMixin` (any `transformers.Trainer` subclass) and `ScheduleFreeTrainer`: train at y; evaluate, save and
+publish x.
 
     from sf_hf import ScheduleFreeConfig, ScheduleFreeTrainer
     args = ScheduleFreeConfig(output_dir="out", optimizer_name="sf_adamw_refined", learning_rate=2e-3, max_steps=1000)
     trainer = ScheduleFreeTrainer(model=model, args=args, train_dataset=train, eval_dataset=valid)
     trainer.train()          # returns with the model at x
 
-This file is the one place where the weights' mode is decided: `use_training_weights()` before every
-training step, `use_averaged_weights()` before every evaluation, prediction, checkpoint, `save_model`,
-`push_to_hub`, best-model reload and when `train()` returns. The switch back to y happens lazily at
-the next training step, so an evaluation followed by a checkpoint is one switch, and a run resumed
-from a checkpoint (which holds x) rebuilds exactly the y of an uninterrupted run.
+    from trl import SFTConfig, SFTTrainer
+    from sf_hf import ScheduleFreeMixin, schedule_free_config
+    class ScheduleFreeSFTTrainer(ScheduleFreeMixin, SFTTrainer): ...       # or sf_hf.schedule_free_trainer(SFTTrainer)
+    args = schedule_free_config(SFTConfig)(output_dir="out", decoupling_c=50)
+
+`ScheduleFreeMixin` in this file is the one place where the weights' mode is decided:
+`use_training_weights()` before every training step, `use_averaged_weights()` before every evaluation,
+prediction, checkpoint, `save_model`, `push_to_hub`, best-model reload and when `train()` returns. The
+switch back to y happens lazily at the next training step, so an evaluation followed by a checkpoint is
+one switch, and a run resumed from a checkpoint (which holds x) rebuilds exactly the y of an uninterrupted
+run. Only the optimizer's parameters switch: a frozen reference model (TRL's DPO and GRPO `ref_model`)
+never does.
+
+On-policy trainers (TRL's GRPO, RLOO, online DPO) generate their rollouts inside `training_step`
+(`_prepare_inputs`), after the switch: from y, the policy that takes the gradient steps, as the
+algorithms assume. Rollouts buffered for later steps (`steps_per_generation`, `num_iterations`) come
+from the y of the step that generated them, as without Schedule-Free. Generations during evaluation,
+and every checkpoint and push, use x.
 """
 
+import functools
+import inspect
 import logging
 import os
 import weakref
@@ -27,9 +43,10 @@ from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy
 
 from . import checkpoints
-from .configs import ScheduleFreeConfig
+from .configs import ScheduleFreeConfig, ScheduleFreeFields
 from .distributed import resolve_optimizer, switch_weights
 from .metadata import optimizer_hyperparameters, read_metadata, write_metadata
+from .optim.averaging import no_averaging_message
 from .registry import get_optimizer_spec, resolve_warmup_steps
 from .trainer_publishing import HubPublishing
 
@@ -45,32 +62,61 @@ def linear_weight_names(model: nn.Module) -> list:
     return [name for name, p in model.named_parameters() if id(p) in linear]
 
 
-class ScheduleFreeTrainer(HubPublishing, Trainer):
-    """`Trainer` for the optimizers of `sf_hf.registry` (see the module docstring).
+class ScheduleFreeMixin(HubPublishing):
+    """The Schedule-Free behaviour for any `transformers.Trainer` subclass, mixed in first:
+    `class ScheduleFreeSFTTrainer(ScheduleFreeMixin, SFTTrainer)` (see the module docstring).
+
+    It builds the optimizer from `args.optimizer_name` (with a constant lr scheduler for the Schedule-Free ones),
+    decides the weights' mode (y for training steps, x for everything else), writes crash-safe checkpoints with
+    `schedule_free.json`, hands the gradient norm and the loss to the optimizer, logs the lr and averaging weight,
+    checks checkpoints before resuming and pushes only published files at x (`HubPublishing`). The parent's own
+    work is kept: TRL's dataset preparation, `peft_config`, reference model, logging and its model card, written
+    before each checkpoint as TRL does (`create_model_card` is the parent's card with a Schedule-Free section; with
+    a plain `Trainer` parent it is sf_hf's card). Not kept: what a parent does in `_save_checkpoint` besides its
+    card (sf_hf writes the checkpoint itself; TRL 1.16's GRPO adaptive-entropy state is not saved).
 
     Args:
-        args (`ScheduleFreeConfig`, *optional*): training arguments with the Schedule-Free fields. Without them, a
-            default `ScheduleFreeConfig(output_dir="tmp_trainer")`, as `Trainer` builds default `TrainingArguments`.
-        **kwargs: as for `transformers.Trainer`; `optimizers` and `optimizer_cls_and_kwargs` are not accepted
-            (the optimizer is chosen by `args.optimizer_name`).
+        args: an instance of a `sf_hf.schedule_free_config(...)` class (e.g. of TRL's `SFTConfig`); a `TypeError`
+            otherwise.
+        **kwargs: as for the parent; `optimizers` and `optimizer_cls_and_kwargs` are not accepted (the optimizer is
+            chosen by `args.optimizer_name`).
     """
 
+    _sf_default_args = None
+    """A function building the args when none are passed (`ScheduleFreeTrainer`: a default `ScheduleFreeConfig`)."""
+
+    def __init_subclass__(cls, **kwargs):
+        """Refuses `class C(SFTTrainer, ScheduleFreeMixin)`: there transformers' `Trainer` comes before the mixin in
+        the MRO, so none of its methods would run (checkpoints at y, no crash safety) without a word."""
+        super().__init_subclass__(**kwargs)
+        mro = cls.__mro__
+        before = [k for k in mro[1:mro.index(ScheduleFreeMixin)] if issubclass(k, Trainer)
+                  and not issubclass(k, ScheduleFreeMixin)]
+        if before:
+            raise TypeError(f"{cls.__name__}: put ScheduleFreeMixin before {before[0].__name__} in the bases "
+                            f"(class {cls.__name__}(ScheduleFreeMixin, {before[0].__name__})), or use "
+                            f"sf_hf.schedule_free_trainer({before[0].__name__}).")
+
     def __init__(self, *args, **kwargs):
-        if len(args) > 1:
-            training_args = args[1]
-        else:
-            training_args = kwargs.get("args")
-            if training_args is None:
-                training_args = kwargs["args"] = ScheduleFreeConfig(output_dir="tmp_trainer")
-                logger.info("sf_hf: no args passed, using a default ScheduleFreeConfig(output_dir='tmp_trainer').")
-        if not isinstance(training_args, ScheduleFreeConfig):
+        try:
+            bound = inspect.signature(super().__init__).bind_partial(*args, **kwargs).arguments
+        except TypeError:  # the parent's own call will say what is wrong
+            bound = kwargs
+        training_args = bound.get("args")
+        if training_args is None and ("args" in kwargs or "args" not in bound) and self._sf_default_args is not None:
+            training_args = kwargs["args"] = self._sf_default_args()
+            logger.info("sf_hf: no args passed, using a default %s(output_dir='tmp_trainer').",
+                        type(training_args).__name__)
+        if not isinstance(training_args, ScheduleFreeFields):
             raise TypeError(
-                f"ScheduleFreeTrainer needs args=ScheduleFreeConfig(...), got {type(training_args).__name__}: the "
-                "Schedule-Free fields (optimizer_name, decoupling_c, ...) live there. Build one with "
-                "ScheduleFreeConfig(**training_args.to_dict()) or leave args out for the defaults."
+                f"{type(self).__name__} needs args with the Schedule-Free fields (optimizer_name, decoupling_c, ...), "
+                f"got {type(training_args).__name__}: build them with sf_hf.schedule_free_config("
+                f"{type(training_args).__name__ if training_args is not None else 'TrainingArguments'})(...), or "
+                "ScheduleFreeConfig(...) for a plain Trainer."
             )
-        if kwargs.get("optimizer_cls_and_kwargs") is not None or kwargs.get("optimizers", (None, None))[0] is not None:
-            raise ValueError("ScheduleFreeTrainer builds its optimizer from args.optimizer_name; do not pass one.")
+        if bound.get("optimizer_cls_and_kwargs") is not None \
+                or (bound.get("optimizers") or (None, None))[0] is not None:
+            raise ValueError(f"{type(self).__name__} builds its optimizer from args.optimizer_name; do not pass one.")
         super().__init__(*args, **kwargs)
         self._num_training_steps: Optional[int] = None
         self._sf_loaded_from: Optional[dict] = None  # the best checkpoint's metadata while the model holds its weights
@@ -115,7 +161,18 @@ class ScheduleFreeTrainer(HubPublishing, Trainer):
             )
             self._created_lr_scheduler = True
             self._log_schedule(spec, num_training_steps, warmup)
+            self._warn_if_no_averaging(num_training_steps)
         return self.lr_scheduler
+
+    def _warn_if_no_averaging(self, num_training_steps: int) -> None:
+        """Warns once when the averaging weight stays 1 at every step of the run, so x = y (see
+        `sf_hf.optim.averaging`): a short fine-tune with the paper's decoupling_c."""
+        if getattr(self, "_sf_warned_no_averaging", False) or not self.is_world_process_zero():
+            return
+        message = no_averaging_message(self._base_optimizer(), num_training_steps)
+        if message:
+            self._sf_warned_no_averaging = True
+            logger.warning(message)
 
     def _user_kwargs(self) -> dict:
         kwargs = self.args.lr_scheduler_kwargs
@@ -306,7 +363,11 @@ class ScheduleFreeTrainer(HubPublishing, Trainer):
     def _save_checkpoint(self, model, trial) -> None:
         """The parent's checkpoint (model at x, optimizer, scheduler, scaler, RNG, trainer state), written into
         `.partial-checkpoint-N` and renamed to `checkpoint-N` once every process has written its part: a crash or a
-        full disk never leaves a partial `checkpoint-N` (transformers writes straight into it)."""
+        full disk never leaves a partial `checkpoint-N` (transformers writes straight into it). A parent with a model
+        card of its own (TRL's trainers) gets it written first, as its `_save_checkpoint` does (pinned by
+        tests/test_trl.py against a plain TRL run)."""
+        if self._parent_card_owner() is not None:  # TRL writes its card before each checkpoint (into output_dir)
+            self.create_model_card(model_name=self._card_model_name())
         if self.hp_search_backend is None and trial is None:
             self.store_flos()
         run_dir = self._get_output_dir(trial=trial)
@@ -457,12 +518,41 @@ class ScheduleFreeTrainer(HubPublishing, Trainer):
         super().log(logs, start_time)
 
 
+class ScheduleFreeTrainer(ScheduleFreeMixin, Trainer):
+    """`Trainer` for the optimizers of `sf_hf.registry` (see the module docstring): `ScheduleFreeMixin` on
+    `transformers.Trainer`, with sf_hf's model card.
+
+    Args:
+        args (`ScheduleFreeConfig`, *optional*): training arguments with the Schedule-Free fields. Without them, a
+            default `ScheduleFreeConfig(output_dir="tmp_trainer")`, as `Trainer` builds default `TrainingArguments`.
+        **kwargs: as for `transformers.Trainer`; `optimizers` and `optimizer_cls_and_kwargs` are not accepted
+            (the optimizer is chosen by `args.optimizer_name`).
+    """
+
+    _sf_default_args = staticmethod(functools.partial(ScheduleFreeConfig, output_dir="tmp_trainer"))
+
+
+@functools.cache
+def schedule_free_trainer(trainer_cls: type) -> type:
+    """`class ScheduleFree<Name>(ScheduleFreeMixin, trainer_cls)`, made once per class: e.g.
+    `schedule_free_trainer(trl.SFTTrainer)(model=..., args=schedule_free_config(SFTConfig)(...), ...)`."""
+    if not (isinstance(trainer_cls, type) and issubclass(trainer_cls, Trainer)):
+        raise TypeError(f"schedule_free_trainer needs a transformers.Trainer subclass, got {trainer_cls!r}.")
+    if issubclass(trainer_cls, ScheduleFreeMixin):
+        return trainer_cls
+    if trainer_cls is Trainer:
+        return ScheduleFreeTrainer
+    name = f"ScheduleFree{trainer_cls.__name__}"
+    namespace = {"__module__": __name__, "__qualname__": name, "__doc__": f"{trainer_cls.__name__} + ScheduleFreeMixin"}
+    return type(name, (ScheduleFreeMixin, trainer_cls), namespace)
+
+
 class _EndOfTraining(TrainerCallback):
-    """The first of a `ScheduleFreeTrainer`'s callbacks: at `on_train_end`, before any other callback (W&B's and
+    """The first of a `ScheduleFreeMixin`'s callbacks: at `on_train_end`, before any other callback (W&B's and
     DVCLive's `log_model` save the model there), the model holds x and `save_total_limit` is the user's again (see
     `_finalize_training`), whichever path fires the event (a pruned hyperparameter-search trial fires it too)."""
 
-    def __init__(self, trainer: ScheduleFreeTrainer):
+    def __init__(self, trainer: ScheduleFreeMixin):
         self._trainer = weakref.ref(trainer)
 
     def on_train_end(self, args, state, control, **kwargs):

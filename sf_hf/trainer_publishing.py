@@ -1,21 +1,40 @@
-"""What a `ScheduleFreeTrainer` publishes: `push_to_hub()`, the pushes during training (`push_to_hub=True`,
-`hub_strategy`) and `create_model_card()`, as transformers does them and when it would, but with sf_hf's card and only
-published files (see `sf_hf.pipeline.trainer_hub` for why transformers' own uploads cannot be wrapped).
+"""What a `ScheduleFreeMixin` trainer publishes: `push_to_hub()`, the pushes during training (`push_to_hub=True`,
+`hub_strategy`) and `create_model_card()`, as transformers does them and when it would, but only published files
+(see `sf_hf.pipeline.trainer_hub` for why transformers' own uploads cannot be wrapped), with sf_hf's card, or with
+the parent trainer's own card (TRL's) plus a Schedule-Free section.
 """
 
+import inspect
 import logging
 import os
+from pathlib import Path
 from typing import Optional
 
+from transformers import Trainer
 from transformers.trainer_utils import HubStrategy, SaveStrategy
 from transformers.utils.hub import PushInProgress
 
 logger = logging.getLogger(__name__)
 
 
+SCHEDULE_FREE_SECTION = """
+
+## Schedule-Free
+
+Trained with sf_hf's `{optimizer_name}`: {description}. {weights_text} `schedule_free.json` beside the
+weights says which weights they are, with the optimizer's hyperparameters ({hyperparameters}).
+"""
+WEIGHTS_TEXT = {
+    "x": "The weights are **x**, the Schedule-Free average (gradients were taken at y): use them as they are.",
+    "ema": "The weights are the EMA of the iterates (`adamw_ema`).",
+    "plain": "The weights are the optimizer's only iterate (an AdamW baseline).",
+}
+
+
 class HubPublishing:
-    """Mixed into `ScheduleFreeTrainer` before `transformers.Trainer`: the Trainer's Hub methods, re-implemented around
-    `sf_hf.pipeline.trainer_hub` (imported when first used: `sf_hf.pipeline` imports the trainer)."""
+    """Mixed into `ScheduleFreeMixin` (before the `transformers.Trainer` subclass): the Trainer's Hub methods,
+    re-implemented around `sf_hf.pipeline.trainer_hub` (imported when first used: `sf_hf.pipeline` imports the
+    trainer)."""
 
     def push_to_hub(self, commit_message: Optional[str] = "End of training", blocking: bool = True,
                     token: Optional[str] = None, revision: Optional[str] = None, private: Optional[bool] = None,
@@ -49,12 +68,20 @@ class HubPublishing:
                                            revision=revision if revision is not None else self.args.hub_revision)
 
     def create_model_card(self, language=None, license=None, tags=None, model_name=None, finetuned_from=None,
-                          tasks=None, dataset_tags=None, dataset=None, dataset_args=None) -> None:
-        """Writes sf_hf's model card (`sf_hf.pipeline.card`, the one `sf-hf push` writes) for the model saved in
-        `output_dir` into its `README.md`. `tasks`, `dataset_tags`, `dataset` and `dataset_args` are not used: the
-        card names the data from the run's `run_args.json`."""
+                          tasks=None, dataset_tags=None, dataset=None, dataset_args=None, **kwargs) -> None:
+        """Writes the model card for the model saved in `output_dir` into its `README.md`.
+
+        With a parent that writes its own card (TRL's trainers: `create_model_card(model_name, dataset_name, tags)`),
+        that card, called with the arguments it takes, plus a Schedule-Free section. Otherwise sf_hf's model card
+        (`sf_hf.pipeline.card`, the one `sf-hf push` writes); `tasks`, `dataset_tags`, `dataset` and `dataset_args`
+        are then not used: the card names the data from the run's `run_args.json`."""
         from .pipeline import trainer_hub
 
+        if self._parent_card_owner() is not None:
+            self._parent_model_card(dict(kwargs, language=language, license=license, tags=tags, model_name=model_name,
+                                         finetuned_from=finetuned_from, tasks=tasks, dataset_tags=dataset_tags,
+                                         dataset=dataset, dataset_args=dataset_args))
+            return
         if not self.is_world_process_zero():
             return
         card = trainer_hub.trainer_model_card(
@@ -63,9 +90,59 @@ class HubPublishing:
             tags or (), language=language, license=license)
         card.save(os.path.join(self.args.output_dir, trainer_hub.CARD_NAME))
 
+    def _parent_card_owner(self) -> Optional[type]:
+        """The class after the Schedule-Free mixins that defines `create_model_card`, unless it is transformers'
+        `Trainer` (whose generic card sf_hf's replaces): e.g. TRL's `_BaseTrainer`."""
+        mro = type(self).__mro__
+        for klass in mro[mro.index(HubPublishing) + 1:]:
+            if "create_model_card" in vars(klass):
+                return None if klass is Trainer else klass
+        return None
+
+    def _card_model_name(self) -> str:
+        """The name TRL's `_save_checkpoint` gives its card: the hub_model_id's last part, or output_dir's name."""
+        if self.args.hub_model_id is None:
+            return Path(self.args.output_dir).name
+        return self.args.hub_model_id.split("/")[-1]
+
+    def _parent_model_card(self, arguments: dict) -> None:
+        """The parent's card, called with the arguments it takes (those set), and the Schedule-Free section after it."""
+        from .metadata import optimizer_hyperparameters
+        from .pipeline import trainer_hub
+        from .registry import get_optimizer_spec
+
+        parent_card = super().create_model_card
+        accepted = inspect.signature(parent_card).parameters
+        parent_card(**{name: value for name, value in arguments.items() if name in accepted and value is not None})
+        path = os.path.join(self.args.output_dir, trainer_hub.CARD_NAME)
+        if not self.is_world_process_zero() or not os.path.isfile(path):
+            return
+        optimizer = self._base_optimizer()
+        hyperparameters = optimizer_hyperparameters(optimizer) if optimizer is not None else {}
+        shown = ", ".join(f"{key}={hyperparameters[key]}" for key in ("lr", "betas", "decoupling_c", "warmup_steps")
+                          if key in hyperparameters) or "see the file"
+        spec = get_optimizer_spec(self.args.optimizer_name)
+        section = SCHEDULE_FREE_SECTION.format(optimizer_name=spec.name, description=spec.description,
+                                               hyperparameters=shown, weights_text=WEIGHTS_TEXT[spec.saved_weights])
+        with open(path, "a") as f:
+            f.write(section)
+
     def _repo_id(self, model_name: Optional[str] = None) -> str:
         return getattr(self, "hub_model_id", None) or self.args.hub_model_id or model_name \
             or os.path.basename(os.path.abspath(self.args.output_dir))
+
+    def _checkpoint_card(self, checkpoint_folder: str) -> bytes:
+        """The card of a checkpoint's push: sf_hf's for that folder, or the parent's (written into `output_dir` just
+        before the checkpoint, see `ScheduleFreeMixin._save_checkpoint`)."""
+        from .pipeline import trainer_hub
+
+        parent_card = os.path.join(self.args.output_dir, trainer_hub.CARD_NAME)
+        if self._parent_card_owner() is not None and os.path.isfile(parent_card):
+            with open(parent_card, "rb") as f:
+                return f.read()
+        return trainer_hub.trainer_model_card(checkpoint_folder, repo_id=self.hub_model_id,
+                                              run_dir=self.args.output_dir,
+                                              revision=self.args.hub_revision).content.encode()
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         """The push of a saved checkpoint to the repo root (and, for `hub_strategy="checkpoint"` / `"all_checkpoints"`,
@@ -85,10 +162,8 @@ class HubPublishing:
             message = f"Training in progress, epoch {int(self.state.epoch)}"
         uploads = []
         try:
-            card = trainer_hub.trainer_model_card(checkpoint_folder, repo_id=self.hub_model_id,
-                                                  run_dir=self.args.output_dir, revision=self.args.hub_revision)
             uploads.append((trainer_hub.published_snapshot(checkpoint_folder, self.args.output_dir,
-                                                           card.content.encode()), None, message))
+                                                           self._checkpoint_card(checkpoint_folder)), None, message))
             if self.args.hub_strategy in (HubStrategy.CHECKPOINT, HubStrategy.ALL_CHECKPOINTS):
                 path_in_repo = "last-checkpoint" if self.args.hub_strategy == HubStrategy.CHECKPOINT \
                     else os.path.basename(checkpoint_folder)
