@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
 from .pipeline import PipelineError, RetryPolicy, convert_checkpoint, evaluate_run, push_run
-from .pipeline.probe import DEFAULT_TOLERANCE, probe_checkpoint
 from .pipeline.push import write_cards
 from .pipeline.report import summary_rows, to_markdown
+from .probe import DEFAULT_TOLERANCE, probe_checkpoint
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
     sf-hf probe runs/llama-small/checkpoint-600                    # decay over 10% of the steps so far
     sf-hf probe runs/llama-small/checkpoint-600 --decay-steps 60 --control
 
-    from sf_hf.pipeline.probe import probe_checkpoint
+    from sf_hf.probe import probe_checkpoint
     print(probe_checkpoint("runs/llama-small/checkpoint-600", decay_steps=60).describe())
 
 What a branch is. The checkpoint's run is resumed exactly as `trainer.train(resume_from_checkpoint=...)` would
@@ -41,14 +41,14 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer
 
-from ..configs import ScheduleFreeConfig
-from ..data import load_text_dataset, pack_into_blocks
-from ..diagnostics import base_optimizer
-from ..metadata import read_metadata
-from ..registry import OPTIMIZERS, get_optimizer_spec
-from ..trainer import ScheduleFreeTrainer, linear_weight_names
-from .errors import CheckpointError, PipelineError
-from .heldout import DataSpec
+from .configs import ScheduleFreeConfig
+from .data import load_text_dataset, pack_into_blocks
+from .diagnostics import base_optimizer
+from .metadata import read_metadata
+from .pipeline.errors import CheckpointError, PipelineError
+from .pipeline.heldout import DataSpec
+from .registry import OPTIMIZERS, get_optimizer_spec
+from .trainer import ScheduleFreeTrainer, linear_weight_names
 
 logger = logging.getLogger(__name__)
 

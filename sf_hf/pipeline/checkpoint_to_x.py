@@ -28,14 +28,14 @@ from ..metadata import write_metadata
 from ..optim import y_to_x_
 from ..optim.conversion import beta_of_y
 from ..trainer import linear_weight_names
-from .checkpoints import (
+from .errors import CheckpointError
+from .run_inventory import (
     CheckpointInfo,
     inspect_checkpoint,
     load_optimizer_state,
     published_files,
     weight_files,
 )
-from .errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
