@@ -39,7 +39,7 @@ from typing import Optional, Sequence
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
-from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .configs import ScheduleFreeConfig
 from .data import load_text_dataset, pack_into_blocks
@@ -48,7 +48,8 @@ from .metadata import read_metadata
 from .pipeline.errors import CheckpointError, PipelineError
 from .pipeline.heldout import DataSpec
 from .registry import OPTIMIZERS, get_optimizer_spec
-from .trainer import ScheduleFreeTrainer, linear_weight_names
+from .trainer import ScheduleFreeTrainer
+from .weight_decay import decay_name_sets
 
 logger = logging.getLogger(__name__)
 
@@ -176,9 +177,7 @@ def infer_weight_decay_params(model, optimizer_groups: Sequence[dict]) -> str:
     """
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     sizes = [len(g["params"]) for g in optimizer_groups]
-    candidates = {"linear": set(linear_weight_names(model)),
-                  "hf": set(Trainer.get_decay_parameter_names(None, model))}
-    for label, decay in candidates.items():
+    for label, decay in decay_name_sets(model).items():
         if [sum(n in decay for n in names), sum(n not in decay for n in names)] == sizes:
             return label
     raise CheckpointError(f"the optimizer state has parameter groups of sizes {sizes}, which matches neither "
