@@ -37,16 +37,10 @@ from torch import nn
 from torch.func import functional_call
 from transformers import TrainerCallback
 
+from .distributed import base_optimizer
 from .optim.conversion import beta_of_y, x_to_y_, y_to_x_
 
 KEYS = ("loss_x", "loss_y", "loss_gap", "xy_distance", "xy_relative", "averaging_weight", "averaging_window")
-
-
-def base_optimizer(optimizer):
-    """The optimizer under accelerate's/DeepSpeed's wrappers (the one that holds the state)."""
-    while optimizer is not None and hasattr(optimizer, "optimizer") and not hasattr(optimizer, "train_mode"):
-        optimizer = optimizer.optimizer
-    return optimizer
 
 
 def _named_state(model: nn.Module, optimizer) -> Dict[str, dict]:

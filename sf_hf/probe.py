@@ -43,7 +43,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .configs import ScheduleFreeConfig
 from .data import load_text_dataset, pack_into_blocks
-from .diagnostics import base_optimizer
+from .distributed import base_optimizer
 from .metadata import read_metadata
 from .pipeline.errors import CheckpointError, PipelineError
 from .pipeline.heldout import DataSpec

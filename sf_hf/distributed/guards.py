@@ -34,7 +34,7 @@ from typing import Optional
 import torch
 
 from ..optim.schedule_free import DTensor
-from .weights import copy_zero3_partitions, optimizer_chain, zero3_optimizer
+from .weights import base_optimizer, copy_zero3_partitions, optimizer_chain, zero3_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -201,10 +201,9 @@ def resolve_optimizer(optimizer, expected_cls: Optional[type] = None, accelerato
     DeepSpeed or accelerate replaced) and `ValueError` for NVMe optimizer offload; attaches the ZeRO-3 step hooks
     (once) and warns about accelerate's silent fallbacks. Call it after `accelerator.prepare`, before the first step.
     """
-    chain = optimizer_chain(optimizer)
-    if not chain:
+    base = base_optimizer(optimizer)
+    if base is None:
         return None
-    base = chain[-1]
     _refuse_replaced(base, expected_cls)
     if hasattr(base, "train_mode"):
         _refuse_nvme_offload(optimizer)

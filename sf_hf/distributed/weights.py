@@ -41,6 +41,13 @@ def optimizer_chain(optimizer) -> List:
     return chain
 
 
+def base_optimizer(optimizer):
+    """The optimizer under accelerate's and DeepSpeed's wrappers, the one that holds the state (the innermost of
+    `optimizer_chain`: the first with modes, else the last); None for None."""
+    chain = optimizer_chain(optimizer)
+    return chain[-1] if chain else None
+
+
 def zero3_optimizer(optimizer):
     """DeepSpeed's ZeRO-3 optimizer in the chain of `optimizer`, or None."""
     for wrapper in optimizer_chain(optimizer):
@@ -125,8 +132,7 @@ def switch_weights(optimizer, train: bool, model: Optional[nn.Module] = None) ->
     Returns:
         `bool`: whether the mode changed.
     """
-    chain = optimizer_chain(optimizer)
-    base = chain[-1] if chain else None
+    base = base_optimizer(optimizer)
     if base is None or not hasattr(base, "train_mode") or base.train_mode == train:
         return False
     zero3 = zero3_optimizer(optimizer)
