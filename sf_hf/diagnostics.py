@@ -38,6 +38,7 @@ from torch.func import functional_call
 from transformers import TrainerCallback
 
 from .distributed import base_optimizer
+from .optim.averaging import averaging_window
 from .optim.conversion import beta_of_y, x_to_y_, y_to_x_
 
 KEYS = ("loss_x", "loss_y", "loss_gap", "xy_distance", "xy_relative", "averaging_weight", "averaging_window")
@@ -92,15 +93,15 @@ def averaging_weight_and_window(optimizer) -> tuple:
     """`(c, window)` of the first parameter group, or `(None, None)` for an optimizer without averaging.
 
     c is the weight of the newest iterate in x at the last step; the window is (1 - b1) / c steps for
-    Schedule-Free (x is close to an EMA of y with rate c / (1 - b1)) and 1 / (1 - decay) for AdamW + EMA.
+    Schedule-Free (`sf_hf.optim.averaging.averaging_window`: x is close to an EMA of y with rate c / (1 - b1))
+    and 1 / (1 - decay) for AdamW + EMA.
     """
     optimizer = base_optimizer(optimizer)
     if optimizer is None:
         return None, None
     group = optimizer.param_groups[0]
     if "averaging_weight" in group:
-        c = float(group["averaging_weight"])
-        return c, ((1 - beta_of_y(group)) / c if c > 0 else math.inf)
+        return float(group["averaging_weight"]), averaging_window(group)
     if hasattr(optimizer, "ema_decay"):
         c = 1 - optimizer.ema_decay
         return c, (1 / c if c > 0 else math.inf)

@@ -43,6 +43,7 @@ from typing import Callable, Iterable, Optional, Tuple
 
 import torch
 
+from .averaging import decoupled_averaging_weight
 from .conversion import CHUNK_NUMEL, beta_of_y, x_to_y_, y_to_x_
 from .dtensor import DTensor, local_tensor
 from .grad_norm import HandedGradNorm
@@ -418,8 +419,4 @@ class RefinedScheduleFreeAdamW(ScheduleFreeAdamW):
         _check_range("decoupling_c", group["decoupling_c"], lambda v: v > 0, "a finite number > 0")
 
     def averaging_weight(self, group: dict, weight: float, weight_sum: float) -> float:
-        vanilla = super().averaging_weight(group, weight, weight_sum)
-        scale = (1 - group["betas"][0]) * group["decoupling_c"]
-        if math.isclose(scale, 1.0, rel_tol=1e-12):  # C = 1 / (1 - b1): the vanilla algorithm, bit for bit
-            return vanilla
-        return min(scale * vanilla, 1.0)
+        return decoupled_averaging_weight(super().averaging_weight(group, weight, weight_sum), group)
