@@ -7,7 +7,7 @@
     sf-hf probe runs/llama-small/checkpoint-500 [--decay-steps 50] [--control]
 
 Subcommands live in `COMMANDS`; a new one is a `Command` passed to `register` (its parser arguments and a
-`run(args) -> exit status`). Pipeline errors are printed without a traceback and exit with status 1.
+`run(args) -> exit status`). Pipeline and checkpoint errors are printed without a traceback and exit with status 1.
 """
 
 import argparse
@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
-from .pipeline import PipelineError, RetryPolicy, convert_checkpoint, evaluate_run, push_run
+from .pipeline import CheckpointError, PipelineError, RetryPolicy, convert_checkpoint, evaluate_run, push_run
 from .pipeline.push import write_cards
 from .pipeline.report import summary_rows, to_markdown
 from .probe import DEFAULT_TOLERANCE, probe_checkpoint
@@ -214,7 +214,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return COMMANDS[args.command].run(args)
-    except PipelineError as err:
+    except (PipelineError, CheckpointError) as err:
         print(f"sf-hf {args.command}: error: {err}", file=sys.stderr)
         return 1
 
