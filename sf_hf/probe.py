@@ -29,7 +29,6 @@ are not stored with a checkpoint take the paper's values: gradient clipping 1.0 
 Schedule-Free, unless `max_grad_norm` says otherwise; data order matches the original run when `seed` does.
 """
 
-import json
 import logging
 import os
 import tempfile
@@ -37,10 +36,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-import torch
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from .checkpoints import CheckpointCorruptError, checkpoint_problems, read_json, safe_torch_load
 from .configs import ScheduleFreeConfig
 from .data import load_text_dataset, pack_into_blocks
 from .distributed import base_optimizer
@@ -143,11 +142,6 @@ class DecayBranchTrainer(ScheduleFreeTrainer):
         self.lr_scheduler = LambdaLR(optimizer, factor)
 
 
-def _read_json(path: Path) -> dict:
-    with open(path) as f:
-        return json.load(f)
-
-
 def _check_checkpoint(folder: Path) -> tuple:
     if not folder.is_dir():
         raise CheckpointError(f"{folder} is not a folder.")
@@ -157,6 +151,9 @@ def _check_checkpoint(folder: Path) -> tuple:
             f"{folder} cannot be resumed: it lacks {', '.join(missing)}. A probe continues training from the "
             "optimizer state, so it needs a full Trainer checkpoint (not a save_model folder)."
         )
+    problems = checkpoint_problems(folder, training_state=True)
+    if problems:
+        raise CheckpointCorruptError(f"{folder} cannot be resumed: " + "; ".join(problems))
     metadata = read_metadata(folder)
     if metadata is None or metadata.get("optimizer_name") not in OPTIMIZERS \
             or metadata.get("weights") != OPTIMIZERS[metadata["optimizer_name"]].saved_weights:
@@ -165,7 +162,7 @@ def _check_checkpoint(folder: Path) -> tuple:
             "the probe resumes runs of ScheduleFreeTrainer. For a plain Trainer checkpoint, retrain with "
             "ScheduleFreeTrainer or evaluate it with `sf-hf evaluate`."
         )
-    state = _read_json(folder / "trainer_state.json")
+    state = read_json(folder / "trainer_state.json")
     return metadata, state
 
 
@@ -272,7 +269,7 @@ def probe_checkpoint(
         eval_dataset = eval_dataset.take(max_eval_blocks)
 
     if weight_decay_params is None:
-        saved = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True, mmap=True)
+        saved = safe_torch_load(folder / "optimizer.pt", mmap=True)
         weight_decay_params = infer_weight_decay_params(AutoModelForCausalLM.from_pretrained(folder),
                                                         saved["param_groups"])
     betas = hyper.get("betas", (0.9, 0.999))

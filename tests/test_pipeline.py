@@ -266,11 +266,12 @@ def test_corrupt_and_unconvertible_checkpoints_are_reported_and_skipped(sf_run, 
     weights_file = run_dir / "checkpoint-3" / "model.safetensors"
     weights_file.write_bytes(weights_file.read_bytes()[: weights_file.stat().st_size // 2])
     assert main(["evaluate", str(run_dir)]) == 1
-    assert "skipped checkpoint-3: corrupt model.safetensors" in capsys.readouterr().err
+    assert "skipped checkpoint-3: " in (err := capsys.readouterr().err)
+    assert "checkpoint-3/model.safetensors: truncated or corrupt" in err
     assert not (run_dir / "checkpoint-3" / "eval_results.json").exists()
     assert (run_dir / "checkpoint-6" / "eval_results.json").exists() and (run_dir / "eval_results.json").exists()
     assert "| checkpoint-3 |" in (run_dir / "eval_summary.md").read_text()
-    assert "skipped: corrupt model.safetensors" in (run_dir / "eval_summary.csv").read_text()
+    assert "model.safetensors: truncated or corrupt" in (run_dir / "eval_summary.csv").read_text()
 
     plain_dir = copy_run(plain_run[0], tmp_path)
     (plain_dir / "checkpoint-3" / "optimizer.pt").unlink()  # y that cannot be converted
