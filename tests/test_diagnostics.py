@@ -169,7 +169,7 @@ def test_cli_probe_rebuilds_the_data_from_run_args(tmp_path, capsys):
     out = tmp_path / "probe.json"
     capsys.readouterr()
     assert main(["probe", str(checkpoint), "--decay-steps", "3", "--max-grad-norm", "1.0", "--seed", "0",
-                 "--output", str(out)]) == 0
+                 "--output-file", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "a 3-step linear lr decay" in printed and "validation loss at x" in printed
     result = json.loads(out.read_text())

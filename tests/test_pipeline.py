@@ -164,7 +164,7 @@ def test_plain_trainer_y_checkpoint_is_detected_and_converted_to_the_optimizers_
 
     # `sf-hf convert` writes a new folder holding x (with metadata saying so) and only reads the source
     out = tmp_path / "checkpoint-6-x"
-    assert main(["convert", str(run_dir / "checkpoint-6"), "--to", "x", "--output", str(out)]) == 0
+    assert main(["convert", str(run_dir / "checkpoint-6"), "--to", "x", "--output-dir", str(out)]) == 0
     assert tree_digest(run_dir) == before
     meta = read_metadata(out)
     assert meta["weights"] == "x" and meta["converted_from"] == "y" and meta["global_step"] == 6
@@ -287,9 +287,9 @@ def test_evaluate_overrides_and_clear_errors(sf_run, tmp_path, capsys):
     run_dir = copy_run(sf_run, tmp_path)
     (run_dir / "run_args.json").unlink()
     assert main(["evaluate", str(run_dir)]) == 1
-    assert "pass --dataset and --block-size" in capsys.readouterr().err
+    assert "pass --dataset-name and --block-size" in capsys.readouterr().err
     corpus = str(sf_run.parent / "corpus.jsonl")
     evaluation = evaluate_run(run_dir, dataset=corpus, block_size=16)
     assert [r["block_size"] for r in evaluation.results] == [16, 16, 16]
-    assert main(["evaluate", str(run_dir), "--dataset", corpus, "--block-size", "16", "--metric", "nope"]) == 1
+    assert main(["evaluate", str(run_dir), "--dataset-name", corpus, "--block-size", "16", "--metric", "nope"]) == 1
     assert "neither bundled (next_token_accuracy) nor a local evaluate module" in capsys.readouterr().err
