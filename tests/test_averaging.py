@@ -50,8 +50,8 @@ def test_window_is_infinite_before_the_first_step():
 
 
 @pytest.mark.parametrize("cls, kwargs, expected", [
-    (ScheduleFreeAdamW, dict(), 400 * (1 - 0.9)),  # vanilla: T(1 - b1) = 40 steps, not ~T = 400
-    (RefinedScheduleFreeAdamW, dict(decoupling_c=20.0), 400 / 20.0),
+    pytest.param(ScheduleFreeAdamW, dict(), 400 * (1 - 0.9), id="vanilla"),  # T(1 - b1) = 40 steps, not ~T = 400
+    pytest.param(RefinedScheduleFreeAdamW, dict(decoupling_c=20.0), 400 / 20.0, id="refined"),
 ])
 def test_x_lags_y_by_about_the_window(cls, kwargs, expected):
     """What the number means: when y drifts at a steady speed, x trails the newest y by about `window` steps of
