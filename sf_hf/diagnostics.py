@@ -30,7 +30,6 @@ ZeRO or FSDP the parameters are sharded and the callback raises.
 """
 
 import math
-from typing import Dict, Optional
 
 import torch
 from torch import nn
@@ -44,7 +43,7 @@ from .optim.conversion import beta_of_y, x_to_y_, y_to_x_
 KEYS = ("loss_x", "loss_y", "loss_gap", "xy_distance", "xy_relative", "averaging_weight", "averaging_window")
 
 
-def _named_state(model: nn.Module, optimizer) -> Dict[str, dict]:
+def _named_state(model: nn.Module, optimizer) -> dict[str, dict]:
     """Parameter name -> (its optimizer state, its group) for the parameters the optimizer holds state for."""
     by_id = {id(p): name for name, p in model.named_parameters()}
     found = {}
@@ -109,8 +108,8 @@ def averaging_weight_and_window(optimizer) -> tuple:
 
 
 @torch.no_grad()
-def mean_loss(model: nn.Module, batches, weights: Optional[Dict[str, torch.Tensor]] = None,
-              max_batches: Optional[int] = None) -> float:
+def mean_loss(model: nn.Module, batches, weights: dict[str, torch.Tensor] | None = None,
+              max_batches: int | None = None) -> float:
     """Token-weighted mean causal-LM loss of `model` (at `weights` when given, else as it is) over `batches`.
 
     Args:
@@ -160,7 +159,7 @@ class RiverDiagnosticsCallback(TrainerCallback):
             the trainer's `eval_loss`.
     """
 
-    def __init__(self, max_eval_batches: Optional[int] = None):
+    def __init__(self, max_eval_batches: int | None = None):
         self.max_eval_batches = max_eval_batches
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, optimizer=None, eval_dataloader=None,
@@ -194,6 +193,6 @@ class RiverDiagnosticsCallback(TrainerCallback):
             state.log_history.append({**record, "step": state.global_step})
 
 
-def _model_holds(model: nn.Module, weights: Dict[str, torch.Tensor]) -> bool:
+def _model_holds(model: nn.Module, weights: dict[str, torch.Tensor]) -> bool:
     """Whether the model's parameters are (the same tensors as) `weights`."""
     return all(p.detach().data_ptr() == weights[n].data_ptr() for n, p in model.named_parameters())

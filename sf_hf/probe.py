@@ -32,9 +32,9 @@ Schedule-Free, unless `max_grad_norm` says otherwise; data order matches the ori
 import logging
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -79,7 +79,7 @@ class ProbeResult:
     start_lr: float
     loss_before: float
     loss_after: float
-    loss_control: Optional[float] = None
+    loss_control: float | None = None
 
     @property
     def gain(self) -> float:
@@ -87,7 +87,7 @@ class ProbeResult:
         return self.loss_before - self.loss_after
 
     @property
-    def decay_gain(self) -> Optional[float]:
+    def decay_gain(self) -> float | None:
         """loss_control - loss_after: what the decay gains over the same steps at constant lr."""
         return None if self.loss_control is None else self.loss_control - self.loss_after
 
@@ -129,9 +129,9 @@ class DecayBranchTrainer(ScheduleFreeTrainer):
         super().__init__(*args, **kwargs)
         self.decay_steps = decay_steps
         self.decay = decay
-        self.start_lr: Optional[float] = None
+        self.start_lr: float | None = None
 
-    def _load_optimizer_and_scheduler(self, checkpoint: Optional[str]) -> None:
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
         optimizer = base_optimizer(self.optimizer)
         for group in optimizer.param_groups:
@@ -197,23 +197,23 @@ def load_probe_data(folder: Path, tokenizer, dataset=None, dataset_config=None, 
 def probe_checkpoint(
     checkpoint: os.PathLike,
     *,
-    decay_steps: Optional[int] = None,
+    decay_steps: int | None = None,
     decay_fraction: float = DEFAULT_DECAY_FRACTION,
     control: bool = False,
     train_dataset=None,
     eval_dataset=None,
-    max_eval_blocks: Optional[int] = None,
-    dataset: Optional[str] = None,
-    dataset_config: Optional[str] = None,
-    text_column: Optional[str] = None,
-    block_size: Optional[int] = None,
-    batch_size: Optional[int] = None,
+    max_eval_blocks: int | None = None,
+    dataset: str | None = None,
+    dataset_config: str | None = None,
+    text_column: str | None = None,
+    block_size: int | None = None,
+    batch_size: int | None = None,
     gradient_accumulation_steps: int = 1,
     eval_batch_size: int = 16,
-    max_grad_norm: Optional[float] = None,
-    weight_decay_params: Optional[str] = None,
+    max_grad_norm: float | None = None,
+    weight_decay_params: str | None = None,
     seed: int = 42,
-    output_dir: Optional[os.PathLike] = None,
+    output_dir: os.PathLike | None = None,
     callbacks: Sequence = (),
     **training_overrides,
 ) -> ProbeResult:

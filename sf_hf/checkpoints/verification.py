@@ -6,7 +6,6 @@ unsafe pickles), weights or optimizer state that do not fit the run, and the new
 import json
 import logging
 from pathlib import Path
-from typing import List, Optional
 
 import torch
 from safetensors import safe_open
@@ -23,7 +22,7 @@ logger = logging.getLogger(__name__)
 SCHEDULE_FREE_STATE = ("z", "exp_avg_sq")
 
 
-def checkpoint_folders(run_dir: PathLike) -> List[Path]:
+def checkpoint_folders(run_dir: PathLike) -> list[Path]:
     """The `checkpoint-N` folders of `run_dir`, by increasing N (hidden staging and deleted ones excluded)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -51,7 +50,7 @@ def read_json(path: PathLike) -> dict:
     return record
 
 
-def safetensors_problem(path: PathLike) -> Optional[str]:
+def safetensors_problem(path: PathLike) -> str | None:
     """Why a `.safetensors` file is unusable (truncated, padded, garbled header), or None. Opens it with safetensors'
     own `safe_open`, which reads the header and checks that it describes the file's length exactly."""
     path = Path(path)
@@ -72,7 +71,7 @@ def safetensors_shapes(path: PathLike) -> dict:
         return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
 
 
-def _json_problem(path: Path) -> Optional[str]:
+def _json_problem(path: Path) -> str | None:
     try:
         read_json(path)
     except CheckpointCorruptError as err:
@@ -81,7 +80,7 @@ def _json_problem(path: Path) -> Optional[str]:
 
 
 def checkpoint_problems(folder: PathLike, *, deep: bool = False, manifest: bool = False,
-                        training_state: bool = False, sizes: bool = True) -> List[str]:
+                        training_state: bool = False, sizes: bool = True) -> list[str]:
     """Everything wrong with a checkpoint folder, one line each naming the file; [] when it is usable.
 
     Args:
@@ -161,7 +160,7 @@ def verify_checkpoint(folder: PathLike, *, deep: bool = True, training_state: bo
     return folder
 
 
-def model_weight_files(folder: PathLike) -> List[Path]:
+def model_weight_files(folder: PathLike) -> list[Path]:
     """The safetensors files transformers' resume loads the model from (`Trainer._load_from_checkpoint`):
     `model.safetensors`, else the shards of `model.safetensors.index.json`; [] when it loads none of them (a PEFT
     run's `adapter_model.safetensors` goes to PEFT; DeepSpeed and FSDP runs load their own files)."""
@@ -176,7 +175,7 @@ def model_weight_files(folder: PathLike) -> List[Path]:
     return sorted({folder / s for s in shards if (folder / s).is_file()})
 
 
-def model_mismatch(folder: PathLike, model) -> List[str]:
+def model_mismatch(folder: PathLike, model) -> list[str]:
     """Problems that keep the model weights of `folder` from loading into `model` the way transformers' resume
     loads them, naming the tensors and the config fields that differ (headers only, no tensor is read).
 
@@ -214,7 +213,7 @@ def model_mismatch(folder: PathLike, model) -> List[str]:
     return [p for p in problems if p]
 
 
-def config_mismatch(folder: PathLike) -> List[str]:
+def config_mismatch(folder: PathLike) -> list[str]:
     """`model_mismatch` of a folder's weights against a model built from its own `config.json` on the meta device
     (no weight is read, no remote code is trusted): finds a config.json that does not describe the weights."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -245,7 +244,7 @@ def _config_difference(folder: Path, model) -> str:
     return f"{path}: config mismatch: {', '.join(differ)}" if differ else ""
 
 
-def optimizer_state_problems(folder: PathLike, optimizer, world_size: int = 1) -> List[str]:
+def optimizer_state_problems(folder: PathLike, optimizer, world_size: int = 1) -> list[str]:
     """What keeps `folder` from restoring `optimizer`'s training state: missing `optimizer.pt`, state of another
     optimizer (e.g. AdamW's, for a Schedule-Free run), other parameter groups or shapes, unloadable or unsafe
     scheduler / RNG pickles. Each line names the file."""
@@ -319,7 +318,7 @@ def optimizer_state_problems(folder: PathLike, optimizer, world_size: int = 1) -
     return problems
 
 
-def last_complete_checkpoint(run_dir: PathLike, *, deep: bool = False, quiet: bool = False) -> Optional[str]:
+def last_complete_checkpoint(run_dir: PathLike, *, deep: bool = False, quiet: bool = False) -> str | None:
     """The `checkpoint-N` of `run_dir` with the highest N that is complete (see `checkpoint_problems`), or None.
 
     Newer folders that are incomplete or corrupt are skipped with a warning that says why (unless `quiet`).

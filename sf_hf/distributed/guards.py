@@ -29,7 +29,6 @@
 
 import logging
 import os
-from typing import Optional
 
 import torch
 
@@ -194,7 +193,7 @@ def warn_on_silent_fallback(accelerator) -> None:
                 "docs/distributed.md.)", name, running)
 
 
-def resolve_optimizer(optimizer, expected_cls: Optional[type] = None, accelerator=None):
+def resolve_optimizer(optimizer, expected_cls: type | None = None, accelerator=None):
     """The optimizer that steps, inside the accelerate/DeepSpeed wrappers, checked and made ready for the strategy.
 
     Raises `ReplacedOptimizerError` when it is not an instance of `expected_cls` (an optimizer with modes that

@@ -24,13 +24,12 @@ DeepSpeed has no public call for the ZeRO-3 part; the private methods used are c
 naming the DeepSpeed version, so a change in DeepSpeed fails loudly instead of leaving the model at y.
 """
 
-from typing import List, Optional
 
 import torch
 from torch import nn
 
 
-def optimizer_chain(optimizer) -> List:
+def optimizer_chain(optimizer) -> list:
     """The optimizer and every optimizer it wraps (`.optimizer`), outermost first, down to one with modes."""
     chain = []
     while optimizer is not None and not any(optimizer is seen for seen in chain):
@@ -105,7 +104,7 @@ def _switch_zero3(zero3, base, train: bool) -> None:
     zero3.invalidate_secondary_tensor()  # ZeRO++ hpZ copies
 
 
-def reshard_fsdp2(model: Optional[nn.Module]) -> None:
+def reshard_fsdp2(model: nn.Module | None) -> None:
     """Drops FSDP2's unsharded parameters, so the next forward gathers the (just switched) shards."""
     if model is None:
         return
@@ -118,7 +117,7 @@ def reshard_fsdp2(model: Optional[nn.Module]) -> None:
             module.reshard()
 
 
-def switch_weights(optimizer, train: bool, model: Optional[nn.Module] = None) -> bool:
+def switch_weights(optimizer, train: bool, model: nn.Module | None = None) -> bool:
     """Puts y (`train=True`) or x into the weights the model computes with, on every rank.
 
     Call it on every rank (ZeRO-1/2/3 all-gather). A no-op when the optimizer is already in that mode or has no

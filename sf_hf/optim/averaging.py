@@ -24,7 +24,6 @@ is what the optimizers of this package run (their lr warmup is inside the optimi
 """
 
 import math
-from typing import Optional
 
 import torch
 
@@ -57,7 +56,7 @@ def final_averaging_weight(group: dict, num_training_steps: int) -> float:
     return decoupled_averaging_weight(c, group) if "decoupling_c" in group else c
 
 
-def averaging_window(group: dict, num_training_steps: Optional[int] = None) -> float:
+def averaging_window(group: dict, num_training_steps: int | None = None) -> float:
     """(1 - b) / c: about how many recent steps of y the weights x average (see the module docstring).
 
     Args:

@@ -39,7 +39,7 @@ in `sf_hf.pipeline`.
 
 import logging
 import math
-from typing import Callable, Iterable, Optional, Tuple
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -153,13 +153,13 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
         self,
         params: Iterable,
         lr: float = 2e-3,
-        betas: Tuple[float, float] = (0.95, 0.99),
+        betas: tuple[float, float] = (0.95, 0.99),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
         r: float = 0.0,
         weight_lr_power: float = 2.0,
-        fused: Optional[bool] = None,
+        fused: bool | None = None,
         **extra_defaults,
     ):
         defaults = dict(
@@ -171,7 +171,7 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
         self._kept_y = KeptY()
         super().__init__(params, defaults)
         self.fused = fused
-        self._handed_grad_norm: Optional[HandedGradNorm] = None
+        self._handed_grad_norm: HandedGradNorm | None = None
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
@@ -348,7 +348,7 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
         return state
 
     @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """Performs one optimization step (train mode only; see the class docstring).
 
         Args:
