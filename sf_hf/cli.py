@@ -1,13 +1,18 @@
 """`sf-hf`: the command line of sf_hf, a thin layer over `sf_hf.pipeline`.
 
     sf-hf evaluate runs/llama-small [--metric next_token_accuracy] [--tasks sf_kjv,hellaswag --limit 100]
-    sf-hf convert runs/plain/checkpoint-500 --to x [--output DIR]
+    sf-hf convert runs/plain/checkpoint-500 --to x [--output-dir DIR]
     sf-hf card runs/llama-small [--repo-id org/llama-small-sf] [--output-dir DIR]
     sf-hf push runs/llama-small --repo-id org/llama-small-sf [--dry-run] [--overwrite]
-    sf-hf probe runs/llama-small/checkpoint-500 [--decay-steps 50] [--control]
+    sf-hf probe runs/llama-small/checkpoint-500 [--decay-steps 50] [--control] [--output-file probe.json]
 
 Subcommands live in `COMMANDS`; a new one is a `Command` passed to `register` (its parser arguments and a
-`run(args) -> exit status`). Pipeline errors are printed without a traceback and exit with status 1.
+`run(args) -> exit status`). Pipeline and checkpoint errors are printed without a traceback and exit with status 1.
+
+Flags share one spelling across commands and with the recipes' fields: `--output-dir` for a folder, `--output-file`
+for a file, `--dataset-name` / `--dataset-config` / `--text-column` / `--block-size` as in the recipes' YAML. The
+older `--output` (convert, probe) and `--dataset` (evaluate, probe) still work, with a warning, until the next release
+(`add_renamed_argument`).
 """
 
 import argparse
@@ -17,10 +22,10 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
-from .pipeline import PipelineError, RetryPolicy, convert_checkpoint, evaluate_run, push_run
-from .pipeline.probe import DEFAULT_TOLERANCE, probe_checkpoint
+from .pipeline import CheckpointError, PipelineError, RetryPolicy, convert_checkpoint, evaluate_run, push_run
 from .pipeline.push import write_cards
 from .pipeline.report import summary_rows, to_markdown
+from .probe import DEFAULT_TOLERANCE, probe_checkpoint
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,27 @@ class Command:
 COMMANDS: Dict[str, Command] = {}
 
 
+class _DeprecatedSpelling(argparse.Action):
+    """An old spelling of a renamed option: stores into the new option's `dest` and warns."""
+
+    def __init__(self, option_strings, dest, new_spelling: str, **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.new_spelling = new_spelling
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog}: warning: option '{option_string}' is deprecated and goes in the next release; use "
+              f"'{self.new_spelling}'.", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_renamed_argument(parser: argparse.ArgumentParser, new: str, old: str, **kwargs) -> None:
+    """Adds option `new` and, hidden from `--help`, its deprecated spelling `old` (same value; a warning on stderr,
+    as Python 3.13's `deprecated=True` prints)."""
+    action = parser.add_argument(new, **kwargs)
+    parser.add_argument(old, dest=action.dest, action=_DeprecatedSpelling, new_spelling=new, default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS, **{k: v for k, v in kwargs.items() if k in ("type", "choices")})
+
+
 def register(command: Command) -> Command:
     """Adds a subcommand to `COMMANDS` (a name can be registered once)."""
     if command.name in COMMANDS:
@@ -53,7 +79,8 @@ def register(command: Command) -> Command:
 
 def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", help="the Trainer's output_dir (checkpoint-N folders and the final model)")
-    parser.add_argument("--dataset", help="'embedded', a local file/folder or a Hub id (default: run_args.json)")
+    add_renamed_argument(parser, "--dataset-name", "--dataset",
+                         help="'embedded', a local file/folder or a Hub id (default: run_args.json)")
     parser.add_argument("--dataset-config", help="dataset configuration (default: run_args.json)")
     parser.add_argument("--text-column", help="column with the text (default: run_args.json, else 'text')")
     parser.add_argument("--block-size", type=int, help="tokens per block (default: run_args.json)")
@@ -78,7 +105,7 @@ def _limit(value: Optional[float]):
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    evaluation = evaluate_run(args.run_dir, dataset=args.dataset, dataset_config=args.dataset_config,
+    evaluation = evaluate_run(args.run_dir, dataset=args.dataset_name, dataset_config=args.dataset_config,
                               text_column=args.text_column, block_size=args.block_size, batch_size=args.batch_size,
                               metrics=args.metric, output_dir=args.output_dir, device=args.device, tasks=args.tasks,
                               include_path=args.include_path, num_fewshot=args.num_fewshot, limit=_limit(args.limit),
@@ -97,11 +124,12 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _convert_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a checkpoint folder (x or y); it is only read")
     parser.add_argument("--to", choices=["x"], default="x", help="the sequence to write (only x)")
-    parser.add_argument("--output", help="the new folder (default: CHECKPOINT-x); must not exist")
+    add_renamed_argument(parser, "--output-dir", "--output",
+                         help="the new folder (default: CHECKPOINT-x); must not exist")
 
 
 def _convert(args: argparse.Namespace) -> int:
-    print(convert_checkpoint(args.checkpoint, args.output))
+    print(convert_checkpoint(args.checkpoint, args.output_dir))
     return 0
 
 
@@ -171,7 +199,8 @@ def _probe_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also run K steps at constant lr, to separate the decay's gain from progress (2x cost)")
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                         help=f"a gain below this many nats counts as on the river (default: {DEFAULT_TOLERANCE})")
-    parser.add_argument("--dataset", help="'embedded', a local file/folder or a Hub id (default: run_args.json)")
+    add_renamed_argument(parser, "--dataset-name", "--dataset",
+                         help="'embedded', a local file/folder or a Hub id (default: run_args.json)")
     parser.add_argument("--dataset-config", help="dataset configuration (default: run_args.json)")
     parser.add_argument("--text-column", help="column with the text (default: run_args.json, else 'text')")
     parser.add_argument("--block-size", type=int, help="tokens per block (default: run_args.json)")
@@ -180,18 +209,19 @@ def _probe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-eval-blocks", type=int, help="evaluate on the first N validation blocks only")
     parser.add_argument("--max-grad-norm", type=float, help="clipping (default: none for SF, 1.0 for AdamW)")
     parser.add_argument("--seed", type=int, default=42, help="the run's seed: it sets the data order (default: 42)")
-    parser.add_argument("--output", help="also write the result as JSON to this file")
+    add_renamed_argument(parser, "--output-file", "--output", help="also write the result as JSON to this file")
 
 
 def _probe(args: argparse.Namespace) -> int:
     result = probe_checkpoint(args.checkpoint, decay_steps=args.decay_steps, control=args.control,
-                              dataset=args.dataset, dataset_config=args.dataset_config, text_column=args.text_column,
+                              dataset=args.dataset_name, dataset_config=args.dataset_config,
+                              text_column=args.text_column,
                               block_size=args.block_size, batch_size=args.batch_size,
                               gradient_accumulation_steps=args.gradient_accumulation_steps,
                               max_eval_blocks=args.max_eval_blocks, max_grad_norm=args.max_grad_norm, seed=args.seed)
     print(result.describe(args.tolerance))
-    if args.output:
-        with open(args.output, "w") as f:
+    if args.output_file:
+        with open(args.output_file, "w") as f:
             json.dump(result.to_dict(), f, indent=2)
     return 0
 
@@ -215,7 +245,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return COMMANDS[args.command].run(args)
-    except PipelineError as err:
+    except (PipelineError, CheckpointError) as err:
         print(f"sf-hf {args.command}: error: {err}", file=sys.stderr)
         return 1
 

@@ -30,26 +30,20 @@ ZeRO or FSDP the parameters are sharded and the callback raises.
 """
 
 import math
-from typing import Dict, Optional
 
 import torch
 from torch import nn
 from torch.func import functional_call
 from transformers import TrainerCallback
 
+from .distributed import base_optimizer
+from .optim.averaging import averaging_window
 from .optim.conversion import beta_of_y, x_to_y_, y_to_x_
 
 KEYS = ("loss_x", "loss_y", "loss_gap", "xy_distance", "xy_relative", "averaging_weight", "averaging_window")
 
 
-def base_optimizer(optimizer):
-    """The optimizer under accelerate's/DeepSpeed's wrappers (the one that holds the state)."""
-    while optimizer is not None and hasattr(optimizer, "optimizer") and not hasattr(optimizer, "train_mode"):
-        optimizer = optimizer.optimizer
-    return optimizer
-
-
-def _named_state(model: nn.Module, optimizer) -> Dict[str, dict]:
+def _named_state(model: nn.Module, optimizer) -> dict[str, dict]:
     """Parameter name -> (its optimizer state, its group) for the parameters the optimizer holds state for."""
     by_id = {id(p): name for name, p in model.named_parameters()}
     found = {}
@@ -98,15 +92,15 @@ def averaging_weight_and_window(optimizer) -> tuple:
     """`(c, window)` of the first parameter group, or `(None, None)` for an optimizer without averaging.
 
     c is the weight of the newest iterate in x at the last step; the window is (1 - b1) / c steps for
-    Schedule-Free (x is close to an EMA of y with rate c / (1 - b1)) and 1 / (1 - decay) for AdamW + EMA.
+    Schedule-Free (`sf_hf.optim.averaging.averaging_window`: x is close to an EMA of y with rate c / (1 - b1))
+    and 1 / (1 - decay) for AdamW + EMA.
     """
     optimizer = base_optimizer(optimizer)
     if optimizer is None:
         return None, None
     group = optimizer.param_groups[0]
     if "averaging_weight" in group:
-        c = float(group["averaging_weight"])
-        return c, ((1 - beta_of_y(group)) / c if c > 0 else math.inf)
+        return float(group["averaging_weight"]), averaging_window(group)
     if hasattr(optimizer, "ema_decay"):
         c = 1 - optimizer.ema_decay
         return c, (1 / c if c > 0 else math.inf)
@@ -114,8 +108,8 @@ def averaging_weight_and_window(optimizer) -> tuple:
 
 
 @torch.no_grad()
-def mean_loss(model: nn.Module, batches, weights: Optional[Dict[str, torch.Tensor]] = None,
-              max_batches: Optional[int] = None) -> float:
+def mean_loss(model: nn.Module, batches, weights: dict[str, torch.Tensor] | None = None,
+              max_batches: int | None = None) -> float:
     """Token-weighted mean causal-LM loss of `model` (at `weights` when given, else as it is) over `batches`.
 
     Args:
@@ -165,7 +159,7 @@ class RiverDiagnosticsCallback(TrainerCallback):
             the trainer's `eval_loss`.
     """
 
-    def __init__(self, max_eval_batches: Optional[int] = None):
+    def __init__(self, max_eval_batches: int | None = None):
         self.max_eval_batches = max_eval_batches
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, optimizer=None, eval_dataloader=None,
@@ -199,6 +193,6 @@ class RiverDiagnosticsCallback(TrainerCallback):
             state.log_history.append({**record, "step": state.global_step})
 
 
-def _model_holds(model: nn.Module, weights: Dict[str, torch.Tensor]) -> bool:
+def _model_holds(model: nn.Module, weights: dict[str, torch.Tensor]) -> bool:
     """Whether the model's parameters are (the same tensors as) `weights`."""
     return all(p.detach().data_ptr() == weights[n].data_ptr() for n, p in model.named_parameters())

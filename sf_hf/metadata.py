@@ -11,7 +11,6 @@ average (`adamw_cosine`, `adamw_wsd`). "y" would mean the training point, which 
 
 import json
 import os
-from typing import Optional
 
 METADATA_NAME = "schedule_free.json"
 HYPERPARAMETER_KEYS = ("lr", "betas", "eps", "weight_decay", "warmup_steps", "r", "weight_lr_power", "decoupling_c",
@@ -31,7 +30,7 @@ def optimizer_hyperparameters(optimizer) -> dict:
 
 
 def write_metadata(folder: str, *, weights: str, optimizer_name: str, global_step: int, hyperparameters: dict,
-                   extra: Optional[dict] = None) -> str:
+                   extra: dict | None = None) -> str:
     """Writes `schedule_free.json` into `folder` and returns its path."""
     record = dict(weights=weights, optimizer_name=optimizer_name, global_step=global_step,
                   hyperparameters=hyperparameters, **(extra or {}))
@@ -41,7 +40,7 @@ def write_metadata(folder: str, *, weights: str, optimizer_name: str, global_ste
     return path
 
 
-def read_metadata(folder: str) -> Optional[dict]:
+def read_metadata(folder: str) -> dict | None:
     """The folder's `schedule_free.json`, or None when it has none (e.g. a plain Trainer checkpoint)."""
     path = os.path.join(folder, METADATA_NAME)
     if not os.path.isfile(path):

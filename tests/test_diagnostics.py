@@ -1,4 +1,4 @@
-"""River diagnostics (`sf_hf.diagnostics`) and the decay probe (`sf_hf.pipeline.probe`, `sf-hf probe`).
+"""River diagnostics (`sf_hf.diagnostics`) and the decay probe (`sf_hf.probe`, `sf-hf probe`).
 
     pytest tests/test_diagnostics.py -q
 """
@@ -15,7 +15,7 @@ from transformers import TrainerCallback
 from sf_hf import ScheduleFreeTrainer
 from sf_hf.diagnostics import RiverDiagnosticsCallback, averaged_and_training_points
 from sf_hf.pipeline.errors import CheckpointError
-from sf_hf.pipeline.probe import probe_checkpoint
+from sf_hf.probe import probe_checkpoint
 
 from .trainer_utils import TokenDataset, config, hand_loss, max_abs_diff, tiny_model, weights
 
@@ -169,7 +169,7 @@ def test_cli_probe_rebuilds_the_data_from_run_args(tmp_path, capsys):
     out = tmp_path / "probe.json"
     capsys.readouterr()
     assert main(["probe", str(checkpoint), "--decay-steps", "3", "--max-grad-norm", "1.0", "--seed", "0",
-                 "--output", str(out)]) == 0
+                 "--output-file", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "a 3-step linear lr decay" in printed and "validation loss at x" in printed
     result = json.loads(out.read_text())

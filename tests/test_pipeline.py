@@ -164,7 +164,7 @@ def test_plain_trainer_y_checkpoint_is_detected_and_converted_to_the_optimizers_
 
     # `sf-hf convert` writes a new folder holding x (with metadata saying so) and only reads the source
     out = tmp_path / "checkpoint-6-x"
-    assert main(["convert", str(run_dir / "checkpoint-6"), "--to", "x", "--output", str(out)]) == 0
+    assert main(["convert", str(run_dir / "checkpoint-6"), "--to", "x", "--output-dir", str(out)]) == 0
     assert tree_digest(run_dir) == before
     meta = read_metadata(out)
     assert meta["weights"] == "x" and meta["converted_from"] == "y" and meta["global_step"] == 6
@@ -266,11 +266,12 @@ def test_corrupt_and_unconvertible_checkpoints_are_reported_and_skipped(sf_run, 
     weights_file = run_dir / "checkpoint-3" / "model.safetensors"
     weights_file.write_bytes(weights_file.read_bytes()[: weights_file.stat().st_size // 2])
     assert main(["evaluate", str(run_dir)]) == 1
-    assert "skipped checkpoint-3: corrupt model.safetensors" in capsys.readouterr().err
+    assert "skipped checkpoint-3: " in (err := capsys.readouterr().err)
+    assert "checkpoint-3/model.safetensors: truncated or corrupt" in err
     assert not (run_dir / "checkpoint-3" / "eval_results.json").exists()
     assert (run_dir / "checkpoint-6" / "eval_results.json").exists() and (run_dir / "eval_results.json").exists()
     assert "| checkpoint-3 |" in (run_dir / "eval_summary.md").read_text()
-    assert "skipped: corrupt model.safetensors" in (run_dir / "eval_summary.csv").read_text()
+    assert "model.safetensors: truncated or corrupt" in (run_dir / "eval_summary.csv").read_text()
 
     plain_dir = copy_run(plain_run[0], tmp_path)
     (plain_dir / "checkpoint-3" / "optimizer.pt").unlink()  # y that cannot be converted
@@ -286,9 +287,9 @@ def test_evaluate_overrides_and_clear_errors(sf_run, tmp_path, capsys):
     run_dir = copy_run(sf_run, tmp_path)
     (run_dir / "run_args.json").unlink()
     assert main(["evaluate", str(run_dir)]) == 1
-    assert "pass --dataset and --block-size" in capsys.readouterr().err
+    assert "pass --dataset-name and --block-size" in capsys.readouterr().err
     corpus = str(sf_run.parent / "corpus.jsonl")
     evaluation = evaluate_run(run_dir, dataset=corpus, block_size=16)
     assert [r["block_size"] for r in evaluation.results] == [16, 16, 16]
-    assert main(["evaluate", str(run_dir), "--dataset", corpus, "--block-size", "16", "--metric", "nope"]) == 1
+    assert main(["evaluate", str(run_dir), "--dataset-name", corpus, "--block-size", "16", "--metric", "nope"]) == 1
     assert "neither bundled (next_token_accuracy) nor a local evaluate module" in capsys.readouterr().err

@@ -18,7 +18,7 @@ from transformers import Trainer, TrainingArguments
 from sf_hf import ScheduleFreeTrainer
 from sf_hf import checkpoints as sf_checkpoints
 from sf_hf.pipeline import CheckpointPipelineCallback, RetryPolicy
-from sf_hf.pipeline.checkpoints import NEVER_PUBLISHED, PUBLISHED_PATTERNS
+from sf_hf.pipeline.run_inventory import NEVER_PUBLISHED, PUBLISHED_PATTERNS
 
 from .test_trainer_end import best_is_first_run
 from .trainer_utils import TokenDataset, config, max_abs_diff, saved_weights, tiny_model

@@ -26,16 +26,16 @@ i.e. `torch.load(weights_only=True)`: a pickle that would import or call anythin
 `UnsafeCheckpointError` and never executed. `training_args.bin` (a full pickle of the arguments) is never
 loaded by sf_hf.
 
-The modules, one job each: `errors` (the exceptions), `layout` (the names in a run directory), `manifest`
-(fsyncs and `checkpoint_manifest.json`), `safe_loading` (pickles loaded or scanned without running code),
-`verification` (a checkpoint's problems, the newest complete one), `adapters` (a PEFT adapter checkpoint judged
-as PEFT loads it), `saved_names` (weights transformers saves under other names, loaded back on resume), `staging`
-(staged saves, leftovers, rotation, save errors) and `peers` (another process of the run lost). Everything public
-is importable from here.
+The modules, one job each: `errors` (`CheckpointError` and its kinds, the pipeline's too), `layout` (the names
+in a run directory), `manifest` (fsyncs and `checkpoint_manifest.json`), `safe_loading` (pickles loaded or
+scanned without running code), `verification` (a checkpoint's problems, the newest complete one), `adapters` (a
+PEFT adapter checkpoint judged as PEFT loads it), `saved_names` (weights transformers saves under other names,
+loaded back on resume), `staging` (staged saves, leftovers, rotation, save errors) and `peers` (another process
+of the run lost). Everything public is importable from here.
 """
 
 from .adapters import adapter_mismatch, keeps_adapter_dtypes
-from .errors import CheckpointCorruptError, CheckpointSaveError, UnsafeCheckpointError
+from .errors import CheckpointCorruptError, CheckpointError, CheckpointSaveError, UnsafeCheckpointError
 from .layout import CHECKPOINT_RE, DELETED_PREFIX, MANIFEST_FORMAT, MANIFEST_NAME, STAGING_PREFIX, PathLike
 from .manifest import read_manifest, write_manifest
 from .peers import LOST_PEER_MARKERS, is_lost_peer, lost_peer_error
@@ -70,6 +70,7 @@ from .verification import (
     last_complete_checkpoint,
     model_mismatch,
     optimizer_state_problems,
+    read_json,
     safetensors_problem,
     safetensors_shapes,
     verify_checkpoint,
@@ -78,6 +79,7 @@ from .verification import (
 __all__ = [
     "CHECKPOINT_RE",
     "CheckpointCorruptError",
+    "CheckpointError",
     "CheckpointSaveError",
     "DCP_GLOBALS",
     "DEEPSPEED_GLOBALS",
@@ -108,6 +110,7 @@ __all__ = [
     "model_mismatch",
     "optimizer_state_problems",
     "prepare_staging",
+    "read_json",
     "read_manifest",
     "recover_leftovers",
     "rotate_checkpoints",

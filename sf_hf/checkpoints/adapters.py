@@ -20,7 +20,6 @@ autocast_adapter_dtype=False)`) would go on in float32 after a resume, and end e
 import json
 from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Optional
 
 from .layout import PathLike
 
@@ -31,7 +30,7 @@ CONFIG_KEYS = ("peft_type", "r", "lora_alpha", "target_modules", "modules_to_sav
                "fan_in_fan_out", "rank_pattern", "alpha_pattern")
 
 
-def active_adapter(model) -> Optional[str]:
+def active_adapter(model) -> str | None:
     """The adapter PEFT's resume loads into (the first active one) for a `peft.PeftModel`, else None."""
     if not (hasattr(model, "peft_config") and hasattr(model, "load_adapter")):
         return None
@@ -49,7 +48,7 @@ def expected_adapter_shapes(model, adapter_name: str) -> dict:
     return {name: tuple(t.shape) for name, t in state.items()}
 
 
-def adapter_mismatch(folder: PathLike, model) -> List[str]:
+def adapter_mismatch(folder: PathLike, model) -> list[str]:
     """Problems that keep the adapter of `folder` from loading into `model` (a `peft.PeftModel`) the way
     transformers' resume loads it: adapter tensors without weights, tensors of another shape (headers only, no
     tensor is read), an adapter for a model that is no PEFT model. [] when the folder has no

@@ -4,9 +4,8 @@ written) and `.deleted-` (being removed) forms, and the manifest that marks a ch
 
 import os
 import re
-from typing import Union
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 MANIFEST_NAME = "checkpoint_manifest.json"
 MANIFEST_FORMAT = 1

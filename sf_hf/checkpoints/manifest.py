@@ -5,7 +5,6 @@ fsynced, it records each file's size, so that a checkpoint can later be checked 
 import json
 import os
 from pathlib import Path
-from typing import List, Optional
 
 from .errors import CheckpointCorruptError, _first_line
 from .layout import MANIFEST_FORMAT, MANIFEST_NAME, PathLike
@@ -25,11 +24,11 @@ def _fsync(path: Path, directory: bool = False) -> None:
         os.close(fd)
 
 
-def _files(folder: Path) -> List[Path]:
+def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_NAME)
 
 
-def write_manifest(folder: PathLike, global_step: Optional[int] = None) -> Path:
+def write_manifest(folder: PathLike, global_step: int | None = None) -> Path:
     """Fsyncs every file of `folder`, then writes and fsyncs `checkpoint_manifest.json` (each file's size)."""
     folder = Path(folder)
     files = {}
@@ -50,7 +49,7 @@ def write_manifest(folder: PathLike, global_step: Optional[int] = None) -> Path:
     return target
 
 
-def read_manifest(folder: PathLike) -> Optional[dict]:
+def read_manifest(folder: PathLike) -> dict | None:
     """The folder's manifest, or None when it has none (a checkpoint not written by sf_hf).
 
     Raises:

@@ -6,8 +6,8 @@ an allow-list. Nothing of a refused file is executed.
 
 import pickle
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, List
 
 import torch
 
@@ -73,7 +73,7 @@ def safe_torch_load(path: PathLike, *, map_location="cpu", mmap: bool = False):
             from err
 
 
-def unsafe_globals(path) -> List[str]:
+def unsafe_globals(path) -> list[str]:
     """The globals a torch file (zip or legacy format; a path or a binary file object) would import beyond torch's
     weights-only set, read without executing anything."""
     try:
@@ -84,7 +84,7 @@ def unsafe_globals(path) -> List[str]:
             from err
 
 
-def _pickles(folder: Path) -> List[Path]:
+def _pickles(folder: Path) -> list[Path]:
     return [p for p in _files(folder) if p.suffix in (".pt", ".pth", ".bin") and p.name not in NEVER_LOADED]
 
 

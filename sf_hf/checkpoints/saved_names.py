@@ -10,12 +10,11 @@ renamed weights were dropped with a warning, and a resumed GPT-NeoX went on with
 """
 
 from contextlib import contextmanager
-from typing import Dict
 
 from torch import nn
 
 
-def saved_name_map(model: nn.Module) -> Dict[str, str]:
+def saved_name_map(model: nn.Module) -> dict[str, str]:
     """{name in the saved file: name in `model.state_dict()`} for each weight `save_pretrained` saves under another
     name (one-to-one renamings only; weights merged or split on save are left to transformers)."""
     try:

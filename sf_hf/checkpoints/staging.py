@@ -7,8 +7,8 @@ hidden `.deleted-` name; and a failed save becomes a `CheckpointSaveError` that 
 import logging
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, List, Optional
 
 from .errors import CheckpointSaveError, _first_line
 from .layout import CHECKPOINT_RE, DELETED_PREFIX, STAGING_PREFIX, PathLike
@@ -47,7 +47,7 @@ def _remove(path: Path) -> None:
     shutil.rmtree(doomed, ignore_errors=True)
 
 
-def commit_staged_checkpoint(staging: PathLike, final: PathLike, global_step: Optional[int] = None) -> Path:
+def commit_staged_checkpoint(staging: PathLike, final: PathLike, global_step: int | None = None) -> Path:
     """Makes a fully written staging folder `final`: manifest (after fsyncs), then an atomic rename.
 
     An existing `final` (left by an earlier timeline of the run) is moved aside first and removed after.
@@ -61,8 +61,8 @@ def commit_staged_checkpoint(staging: PathLike, final: PathLike, global_step: Op
     return final
 
 
-def commit_node_part(staging: PathLike, final: PathLike, save_total_limit: Optional[int] = None,
-                     keep: Iterable[Optional[PathLike]] = ()) -> Optional[Path]:
+def commit_node_part(staging: PathLike, final: PathLike, save_total_limit: int | None = None,
+                     keep: Iterable[PathLike | None] = ()) -> Path | None:
     """Commits a node's own part of a checkpoint on a node-local disk; call it on each node's first process that does
     not save the checkpoint itself (`save_on_each_node=False`), after the saving process has committed.
 
@@ -94,7 +94,7 @@ def commit_node_part(staging: PathLike, final: PathLike, save_total_limit: Optio
     return final
 
 
-def recover_leftovers(run_dir: PathLike) -> List[str]:
+def recover_leftovers(run_dir: PathLike) -> list[str]:
     """Clears what an interrupted save or rotation left in `run_dir`; returns what it did, one line each.
 
     A `.partial-checkpoint-N` whose manifest was written (the crash came between the manifest and the rename) is
@@ -125,7 +125,7 @@ def recover_leftovers(run_dir: PathLike) -> List[str]:
     return done
 
 
-def rotate_checkpoints(run_dir: PathLike, save_total_limit: Optional[int], keep: Iterable[Optional[PathLike]] = ()):
+def rotate_checkpoints(run_dir: PathLike, save_total_limit: int | None, keep: Iterable[PathLike | None] = ()):
     """Deletes the oldest `checkpoint-N` (by N) beyond `save_total_limit`; never the newest, nor those in `keep`
     (the one just saved, the best one). Each is renamed to `.deleted-checkpoint-N` before it is removed, so an
     interrupted rotation never leaves a partial `checkpoint-N`. Returns the removed folders."""
@@ -147,7 +147,7 @@ def rotate_checkpoints(run_dir: PathLike, save_total_limit: Optional[int], keep:
     return removed
 
 
-def keep_only_checkpoints(run_dir: PathLike, keep: Iterable[Optional[PathLike]]) -> List[Path]:
+def keep_only_checkpoints(run_dir: PathLike, keep: Iterable[PathLike | None]) -> list[Path]:
     """Deletes every `checkpoint-N` of `run_dir` but those in `keep` (what transformers does at the end of training
     with `save_total_limit=1`, on exact `checkpoint-N` names only: never a user's `checkpoint-N-x`), each through a
     `.deleted-` name. Returns the removed folders."""

@@ -10,10 +10,11 @@ calls them itself. See docs/distributed.md for the launch commands of each strat
 """
 
 from .guards import ReplacedOptimizerError, init_state, resolve_optimizer, warn_on_silent_fallback
-from .weights import optimizer_chain, reshard_fsdp2, switch_weights, zero3_optimizer
+from .weights import base_optimizer, optimizer_chain, reshard_fsdp2, switch_weights, zero3_optimizer
 
 __all__ = [
     "ReplacedOptimizerError",
+    "base_optimizer",
     "init_state",
     "optimizer_chain",
     "reshard_fsdp2",

@@ -29,12 +29,11 @@
 
 import logging
 import os
-from typing import Optional
 
 import torch
 
 from ..optim.schedule_free import DTensor
-from .weights import copy_zero3_partitions, optimizer_chain, zero3_optimizer
+from .weights import base_optimizer, copy_zero3_partitions, optimizer_chain, zero3_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -194,17 +193,16 @@ def warn_on_silent_fallback(accelerator) -> None:
                 "docs/distributed.md.)", name, running)
 
 
-def resolve_optimizer(optimizer, expected_cls: Optional[type] = None, accelerator=None):
+def resolve_optimizer(optimizer, expected_cls: type | None = None, accelerator=None):
     """The optimizer that steps, inside the accelerate/DeepSpeed wrappers, checked and made ready for the strategy.
 
     Raises `ReplacedOptimizerError` when it is not an instance of `expected_cls` (an optimizer with modes that
     DeepSpeed or accelerate replaced) and `ValueError` for NVMe optimizer offload; attaches the ZeRO-3 step hooks
     (once) and warns about accelerate's silent fallbacks. Call it after `accelerator.prepare`, before the first step.
     """
-    chain = optimizer_chain(optimizer)
-    if not chain:
+    base = base_optimizer(optimizer)
+    if base is None:
         return None
-    base = chain[-1]
     _refuse_replaced(base, expected_cls)
     if hasattr(base, "train_mode"):
         _refuse_nvme_offload(optimizer)

@@ -24,13 +24,12 @@ DeepSpeed has no public call for the ZeRO-3 part; the private methods used are c
 naming the DeepSpeed version, so a change in DeepSpeed fails loudly instead of leaving the model at y.
 """
 
-from typing import List, Optional
 
 import torch
 from torch import nn
 
 
-def optimizer_chain(optimizer) -> List:
+def optimizer_chain(optimizer) -> list:
     """The optimizer and every optimizer it wraps (`.optimizer`), outermost first, down to one with modes."""
     chain = []
     while optimizer is not None and not any(optimizer is seen for seen in chain):
@@ -39,6 +38,13 @@ def optimizer_chain(optimizer) -> List:
             break
         optimizer = getattr(optimizer, "optimizer", None)
     return chain
+
+
+def base_optimizer(optimizer):
+    """The optimizer under accelerate's and DeepSpeed's wrappers, the one that holds the state (the innermost of
+    `optimizer_chain`: the first with modes, else the last); None for None."""
+    chain = optimizer_chain(optimizer)
+    return chain[-1] if chain else None
 
 
 def zero3_optimizer(optimizer):
@@ -98,7 +104,7 @@ def _switch_zero3(zero3, base, train: bool) -> None:
     zero3.invalidate_secondary_tensor()  # ZeRO++ hpZ copies
 
 
-def reshard_fsdp2(model: Optional[nn.Module]) -> None:
+def reshard_fsdp2(model: nn.Module | None) -> None:
     """Drops FSDP2's unsharded parameters, so the next forward gathers the (just switched) shards."""
     if model is None:
         return
@@ -111,7 +117,7 @@ def reshard_fsdp2(model: Optional[nn.Module]) -> None:
             module.reshard()
 
 
-def switch_weights(optimizer, train: bool, model: Optional[nn.Module] = None) -> bool:
+def switch_weights(optimizer, train: bool, model: nn.Module | None = None) -> bool:
     """Puts y (`train=True`) or x into the weights the model computes with, on every rank.
 
     Call it on every rank (ZeRO-1/2/3 all-gather). A no-op when the optimizer is already in that mode or has no
@@ -125,8 +131,7 @@ def switch_weights(optimizer, train: bool, model: Optional[nn.Module] = None) ->
     Returns:
         `bool`: whether the mode changed.
     """
-    chain = optimizer_chain(optimizer)
-    base = chain[-1] if chain else None
+    base = base_optimizer(optimizer)
     if base is None or not hasattr(base, "train_mode") or base.train_mode == train:
         return False
     zero3 = zero3_optimizer(optimizer)

@@ -10,7 +10,7 @@ plain ``transformers.Trainer``) into x:
     >>> x = x_from_y(y, z, beta1=0.9)
 """
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -10,7 +10,7 @@ evaluates, checkpoints and publishes the EMA exactly where it would publish x:
 It costs one extra copy of the weights (the EMA), which is the point the paper makes against it.
 """
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 

@@ -11,7 +11,7 @@ was handed with: `step()` uses it when every gradient is still the same tensor w
 """
 
 import weakref
-from typing import List, Sequence, Union
+from collections.abc import Sequence
 
 import torch
 
@@ -27,7 +27,7 @@ class HandedGradNorm:
         grads (`Sequence[torch.Tensor]`): the gradients the norm covers, as the optimizer will read them.
     """
 
-    def __init__(self, total_norm: Union[torch.Tensor, float], grads: Sequence[torch.Tensor]):
+    def __init__(self, total_norm: torch.Tensor | float, grads: Sequence[torch.Tensor]):
         if isinstance(total_norm, DTensor):
             total_norm = total_norm.full_tensor()
         self.finite = bool(torch.as_tensor(total_norm).isfinite().all())
@@ -35,7 +35,7 @@ class HandedGradNorm:
 
     @staticmethod
     @torch.no_grad()  # so that a DTensor's `to_local()` is its shard itself, the same tensor at every call
-    def _shards(grads: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+    def _shards(grads: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         return [local_tensor(g) for g in grads]  # a DTensor's data lives, and is modified in place, in its shard
 
     def holds_for(self, grads: Sequence[torch.Tensor]) -> bool:

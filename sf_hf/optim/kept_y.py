@@ -15,7 +15,7 @@ loaded meanwhile, or another z, fall back to the lerp. The copy costs one parame
 parameter's dtype) while the optimizer is in eval mode, and the same in a checkpoint written then.
 """
 
-from typing import Dict, List, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -42,7 +42,7 @@ class KeptY:
     """Host copies of y per parameter (for DTensors: of this rank's shard), keyed by the parameter tensor."""
 
     def __init__(self):
-        self.copies: Dict[torch.Tensor, torch.Tensor] = {}
+        self.copies: dict[torch.Tensor, torch.Tensor] = {}
 
     def __bool__(self) -> bool:
         return bool(self.copies)
@@ -54,7 +54,7 @@ class KeptY:
 
     @torch.no_grad()
     def restore(self, params: Sequence[torch.Tensor], zs: Sequence[torch.Tensor], beta1: float,
-                fused: bool) -> List[int]:
+                fused: bool) -> list[int]:
         """Writes the kept y into each parameter that holds exactly the x it gives; drops every kept copy of
         `params`. Returns the positions of the parameters left at x (no copy, or other weights)."""
         left = []
@@ -75,7 +75,7 @@ class KeptY:
     def clear(self) -> None:
         self.copies.clear()
 
-    def load(self, copies: Dict[torch.Tensor, torch.Tensor]) -> None:
+    def load(self, copies: dict[torch.Tensor, torch.Tensor]) -> None:
         """Replaces the kept copies with `copies` (parameter -> saved y), in the parameter's dtype, in host memory;
         one whose shape is not the parameter's (local shard's) is dropped."""
         self.copies = {p: y.to(device="cpu", dtype=p.dtype) for p, y in copies.items()

@@ -27,9 +27,9 @@ update is then computed in float32 and y is rounded back to its dtype.
 import logging
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from typing import Callable, List, Optional
 
 import torch
 import torch.fx.experimental._config as shape_config
@@ -65,7 +65,7 @@ class StepScalars:
 
 @torch.no_grad()
 def foreach_step(
-    ys: List[torch.Tensor], zs: List[torch.Tensor], vs: List[torch.Tensor], gs: List[torch.Tensor], s: StepScalars
+    ys: list[torch.Tensor], zs: list[torch.Tensor], vs: list[torch.Tensor], gs: list[torch.Tensor], s: StepScalars
 ) -> None:
     """Reference twin of `fused_step`: the update with `torch._foreach_*` ops."""
     low_precision = [i for i, (y, z) in enumerate(zip(ys, zs)) if y.dtype != z.dtype]
@@ -149,7 +149,7 @@ def _kernel_for(chunk_function: Callable, parallel: bool, device: torch.device, 
     return kernel
 
 
-def _run_in_chunks(chunk_function: Callable, rows: List[tuple], scalars_for: Callable) -> None:
+def _run_in_chunks(chunk_function: Callable, rows: list[tuple], scalars_for: Callable) -> None:
     """Runs the compiled `chunk_function` over `rows` (one tuple of flat tensors per parameter), `CHUNK` rows per
     call; rows share a call when they share threading, device and dtypes. `scalars_for(dtypes, device)` gives
     the scalars tensor of a call."""
@@ -176,7 +176,7 @@ def _kernel_scalars(s: StepScalars) -> tuple:
 
 @torch.no_grad()
 def fused_step(
-    ys: List[torch.Tensor], zs: List[torch.Tensor], vs: List[torch.Tensor], gs: List[torch.Tensor], s: StepScalars
+    ys: list[torch.Tensor], zs: list[torch.Tensor], vs: list[torch.Tensor], gs: list[torch.Tensor], s: StepScalars
 ) -> None:
     """The update as one compiled single pass per tensor, `CHUNK` tensors per call (see the module docstring).
 
@@ -190,7 +190,7 @@ def fused_step(
 
 
 @torch.no_grad()
-def fused_lerp_toward_(ts: List[torch.Tensor], zs: List[torch.Tensor], weight: float,
+def fused_lerp_toward_(ts: list[torch.Tensor], zs: list[torch.Tensor], weight: float,
                        wider: Callable[[torch.dtype], torch.dtype]) -> None:
     """``t <- t + weight * (z - t)`` for each pair in one compiled pass per tensor (reads t and z, writes t), computed
     in `wider(t.dtype)` and rounded once to t's dtype: the fast twin of `conversion._lerp_toward_`. Contiguous only."""
@@ -200,7 +200,7 @@ def fused_lerp_toward_(ts: List[torch.Tensor], zs: List[torch.Tensor], weight: f
 
 
 @torch.no_grad()
-def all_finite(tensors: List[torch.Tensor]) -> bool:
+def all_finite(tensors: list[torch.Tensor]) -> bool:
     """Whether no tensor holds a NaN or an infinity. Reads each element once in the usual case; writes nothing.
 
     On CPU, a sum per tensor first, the cheapest reduction: NaN and infinities propagate through it,
@@ -222,7 +222,7 @@ def all_finite(tensors: List[torch.Tensor]) -> bool:
     return bool(torch.stack([m for t in tensors for m in torch.aminmax(t)]).isfinite().all())
 
 
-def fused_available(example: Optional[torch.Tensor] = None) -> bool:
+def fused_available(example: torch.Tensor | None = None) -> bool:
     """Whether `fused_step` compiles and runs here (a C++ compiler on CPU, Triton on CUDA).
 
     Args:
@@ -233,7 +233,7 @@ def fused_available(example: Optional[torch.Tensor] = None) -> bool:
 
 
 @cache
-def _probe_fused(device_type: str, device_index: Optional[int]) -> bool:
+def _probe_fused(device_type: str, device_index: int | None) -> bool:
     device = torch.device(device_type, device_index) if device_index is not None else torch.device(device_type)
     try:
         t = [torch.ones(4, device=device)]

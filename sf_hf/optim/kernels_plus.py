@@ -21,7 +21,6 @@ Gradients are never modified; for bf16/fp16 parameters the update runs in z's dt
 
 import math
 from dataclasses import dataclass
-from typing import List
 
 import torch
 
@@ -54,7 +53,7 @@ class PlusScalars:
 
 
 @torch.no_grad()
-def local_sums(ys: List[torch.Tensor], zs: List[torch.Tensor], gs: List[torch.Tensor]) -> torch.Tensor:
+def local_sums(ys: list[torch.Tensor], zs: list[torch.Tensor], gs: list[torch.Tensor]) -> torch.Tensor:
     """(||g||_1, <g, z - y>) over the given (local) tensors, as a float64 tensor of 2 on the gradients' device.
 
     Each tensor's sums are taken in z's dtype (float32 for 16-bit parameters) and added in float64.

@@ -8,7 +8,7 @@ float64 parameters for an exact yardstick):
 """
 
 import math
-from typing import Iterable, Optional, Tuple
+from collections.abc import Iterable
 
 import torch
 
@@ -42,13 +42,13 @@ class ReferenceScheduleFreeAdamW(_ExplicitSequences):
         self,
         params: Iterable,
         lr: float = 2e-3,
-        betas: Tuple[float, float] = (0.95, 0.99),
+        betas: tuple[float, float] = (0.95, 0.99),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
         r: float = 0.0,
         weight_lr_power: float = 2.0,
-        decoupling_c: Optional[float] = None,
+        decoupling_c: float | None = None,
     ):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, warmup_steps=warmup_steps, r=r,
                         weight_lr_power=weight_lr_power, decoupling_c=decoupling_c)
@@ -101,7 +101,7 @@ class ReferenceScheduleFreePlusAdamW(_ExplicitSequences):
         z <- z - a_t^2 wd y - a_t m_hat / (sqrt(v_hat) + eps);  x <- (1 - c) x + c z;  y <- b_t x + (1 - b_t) z
     """
 
-    def __init__(self, params: Iterable, lr: float = 1.0, betas: Tuple[float, float] = (0.9, 0.95),
+    def __init__(self, params: Iterable, lr: float = 1.0, betas: tuple[float, float] = (0.9, 0.95),
                  sf_beta1: float = 0.9, eps: float = 1e-8, weight_decay: float = 0.0, r: float = 0.0,
                  polyak_beta: float = 0.0, c_warmup: int = 0, sf_beta1_anneal_steps: int = 0,
                  sf_beta1_max: float = 0.965, weight_lr_power: float = 2.0, warmup_steps: int = 0):

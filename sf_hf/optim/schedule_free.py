@@ -39,10 +39,11 @@ in `sf_hf.pipeline`.
 
 import logging
 import math
-from typing import Callable, Iterable, Optional, Tuple
+from collections.abc import Callable, Iterable
 
 import torch
 
+from .averaging import decoupled_averaging_weight
 from .conversion import CHUNK_NUMEL, beta_of_y, x_to_y_, y_to_x_
 from .dtensor import DTensor, local_tensor
 from .grad_norm import HandedGradNorm
@@ -152,13 +153,13 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
         self,
         params: Iterable,
         lr: float = 2e-3,
-        betas: Tuple[float, float] = (0.95, 0.99),
+        betas: tuple[float, float] = (0.95, 0.99),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
         r: float = 0.0,
         weight_lr_power: float = 2.0,
-        fused: Optional[bool] = None,
+        fused: bool | None = None,
         **extra_defaults,
     ):
         defaults = dict(
@@ -170,7 +171,7 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
         self._kept_y = KeptY()
         super().__init__(params, defaults)
         self.fused = fused
-        self._handed_grad_norm: Optional[HandedGradNorm] = None
+        self._handed_grad_norm: HandedGradNorm | None = None
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
@@ -347,7 +348,7 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
         return state
 
     @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """Performs one optimization step (train mode only; see the class docstring).
 
         Args:
@@ -418,8 +419,4 @@ class RefinedScheduleFreeAdamW(ScheduleFreeAdamW):
         _check_range("decoupling_c", group["decoupling_c"], lambda v: v > 0, "a finite number > 0")
 
     def averaging_weight(self, group: dict, weight: float, weight_sum: float) -> float:
-        vanilla = super().averaging_weight(group, weight, weight_sum)
-        scale = (1 - group["betas"][0]) * group["decoupling_c"]
-        if math.isclose(scale, 1.0, rel_tol=1e-12):  # C = 1 / (1 - b1): the vanilla algorithm, bit for bit
-            return vanilla
-        return min(scale * vanilla, 1.0)
+        return decoupled_averaging_weight(super().averaging_weight(group, weight, weight_sum), group)

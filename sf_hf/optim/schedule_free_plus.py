@@ -32,8 +32,8 @@ the global loss and ||g||_1 are non-finite on every rank then).
 
 import logging
 import math
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
-from typing import Callable, Iterable, List, Optional, Tuple
 
 import torch
 
@@ -117,7 +117,7 @@ class ScheduleFreePlusAdamW(ScheduleFreeAdamW):
         self,
         params: Iterable,
         lr: float = 1.0,
-        betas: Tuple[float, float] = (0.9, 0.95),
+        betas: tuple[float, float] = (0.9, 0.95),
         sf_beta1: float = 0.9,
         eps: float = 1e-8,
         weight_decay: float = 0.0,
@@ -128,7 +128,7 @@ class ScheduleFreePlusAdamW(ScheduleFreeAdamW):
         sf_beta1_max: float = 0.965,
         weight_lr_power: float = 2.0,
         warmup_steps: int = 0,
-        fused: Optional[bool] = None,
+        fused: bool | None = None,
     ):
         super().__init__(
             params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, warmup_steps=warmup_steps, r=r,
@@ -174,8 +174,8 @@ class ScheduleFreePlusAdamW(ScheduleFreeAdamW):
         self._loss = loss.detach() if isinstance(loss, torch.Tensor) else float(loss)
 
     def set_partition_group(self, group, steps_per_group: bool = False,
-                            after_deferred_step: Optional[Callable[[], None]] = None,
-                            group_params: Optional[List[List[torch.Tensor]]] = None) -> None:
+                            after_deferred_step: Callable[[], None] | None = None,
+                            group_params: list[list[torch.Tensor]] | None = None) -> None:
         """Says that each rank steps its own partition of the parameters (DeepSpeed ZeRO-1/2/3): the Polyak step's
         sums over the gradient are then added over `group`. `None`: the gradient is whole on every rank.
 
@@ -364,7 +364,7 @@ class ScheduleFreePlusAdamW(ScheduleFreeAdamW):
         return state
 
     @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """Performs one optimization step (train mode only; after `set_loss`, or with a closure returning the loss).
 
         Args:

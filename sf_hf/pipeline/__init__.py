@@ -11,14 +11,14 @@ Checkpoints -> evaluation -> card -> Hub, always at x. See docs/pipeline.md.
 
 from .callbacks import CheckpointPipelineCallback
 from .card import build_model_card
-from .checkpoints import CheckpointInfo, find_checkpoints, inspect_checkpoint
-from .conversion import convert_checkpoint, load_model_at_x
+from .checkpoint_to_x import convert_checkpoint, load_model_at_x
 from .errors import CheckpointError, PipelineError, PushError
 from .evaluation import RunEvaluation, evaluate_checkpoint, evaluate_model, evaluate_run, read_eval_results
 from .harness import TaskSuite, evaluate_tasks
 from .heldout import DataSpec, read_run_args, validation_blocks
 from .push import PushReport, plan_push, push_run, write_cards
 from .retry import RetryPolicy
+from .run_inventory import CheckpointInfo, find_checkpoints, inspect_checkpoint
 
 __all__ = [
     "CheckpointError",

@@ -24,7 +24,6 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 from transformers import TrainerCallback
 
-from .checkpoints import OPTIMIZER_FILE, inspect_checkpoint, published_files
 from .errors import CheckpointError
 from .evaluation import EVAL_RESULTS_NAME, checkpoint_blocks, evaluate_checkpoint
 from .harness import TaskSuite
@@ -33,6 +32,7 @@ from .hub import authenticated_api, refuse_taken_revisions, upload_revision
 from .push import PushTarget, generated_files
 from .report import run_plots
 from .retry import DEFAULT_RETRY, RetryPolicy
+from .run_inventory import OPTIMIZER_FILE, inspect_checkpoint, published_files
 
 logger = logging.getLogger(__name__)
 WORKSPACE_PREFIX = "_sf_hf-"

@@ -21,7 +21,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..data import EMBEDDED_CORPUS
 from ..registry import OPTIMIZERS
-from .checkpoints import ADAPTER_CONFIG, CheckpointInfo
+from .run_inventory import ADAPTER_CONFIG, CheckpointInfo
 
 TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "templates" / "model_card.md"
 COUNT_KEYS = ("eval_tokens", "eval_blocks")

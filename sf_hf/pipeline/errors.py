@@ -1,12 +1,15 @@
-"""The pipeline's errors: each message says what is wrong and what to do; `sf-hf` prints it and exits 1."""
+"""The pipeline's errors: each message says what is wrong and what to do; `sf-hf` prints it and exits 1.
+
+`CheckpointError` is `sf_hf.checkpoints`' (one hierarchy for checkpoints, re-exported here).
+"""
+
+from ..checkpoints.errors import CheckpointError
+
+__all__ = ["CheckpointError", "PipelineError", "PushError"]
 
 
 class PipelineError(Exception):
-    """A run, checkpoint or Hub problem the user can fix (the CLI prints it without a traceback)."""
-
-
-class CheckpointError(PipelineError):
-    """A checkpoint that cannot be used: incomplete, corrupt, or with weights that cannot be made x."""
+    """A run, data or Hub problem the user can fix (the CLI prints it without a traceback)."""
 
 
 class PushError(PipelineError):

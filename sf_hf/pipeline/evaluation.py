@@ -27,12 +27,12 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from .checkpoints import CheckpointInfo, find_checkpoints, published_files
-from .conversion import adapter_base_error, load_model_at_x
+from .checkpoint_to_x import adapter_base_error, load_model_at_x
 from .errors import CheckpointError, PipelineError
 from .harness import TaskSuite, evaluate_tasks
 from .heldout import DataSpec, validation_blocks
 from .report import write_summary
+from .run_inventory import CheckpointInfo, find_checkpoints, published_files
 
 logger = logging.getLogger(__name__)
 

@@ -75,7 +75,7 @@ class DataSpec:
         if not spec.dataset_name or not spec.block_size:
             raise PipelineError(
                 f"{Path(run_dir) / RUN_ARGS_NAME} is missing or does not give data.dataset_name and data.block_size: "
-                "pass --dataset and --block-size."
+                "pass --dataset-name and --block-size."
             )
         return spec
 

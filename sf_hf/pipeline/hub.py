@@ -20,11 +20,11 @@ from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, co
 from huggingface_hub.errors import HfHubHTTPError
 
 from ..metadata import METADATA_NAME
-from .checkpoints import CheckpointInfo, published_files
-from .conversion import convert_checkpoint
+from .checkpoint_to_x import convert_checkpoint
 from .errors import PushError
 from .public_records import public_records
 from .retry import DEFAULT_RETRY, RetryPolicy
+from .run_inventory import CheckpointInfo, published_files
 
 logger = logging.getLogger(__name__)
 KEPT_REMOTE_FILES = {".gitattributes"}

@@ -27,13 +27,13 @@ from typing import Dict, List, Optional, Tuple
 from tqdm.auto import tqdm
 
 from .card import build_model_card
-from .checkpoints import ADAPTER_CONFIG, CheckpointInfo, find_checkpoints, published_files
 from .errors import PushError
 from .evaluation import read_eval_results
 from .heldout import read_run_args
 from .hub import authenticated_api, refuse_taken_revisions, upload_revision
 from .report import PLOT_NAME, run_plots, task_plot_name
 from .retry import DEFAULT_RETRY, RetryPolicy
+from .run_inventory import ADAPTER_CONFIG, CheckpointInfo, find_checkpoints, published_files
 
 logger = logging.getLogger(__name__)
 CARD_NAME = "README.md"

@@ -27,11 +27,11 @@ from transformers.utils.hub import hf_api
 
 from ..metadata import read_metadata
 from .card import build_model_card
-from .checkpoints import _fill_from_metadata, inspect_checkpoint, published_files
 from .evaluation import read_eval_results
 from .heldout import read_run_args
 from .public_records import public_records
 from .push import CARD_NAME
+from .run_inventory import _fill_from_metadata, inspect_checkpoint, published_files
 
 SNAPSHOT_PREFIX = "_sf_hf-push-"
 """Folders of `output_dir` holding a push's files until it is done (`_*` is never uploaded by transformers either)."""

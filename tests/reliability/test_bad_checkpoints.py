@@ -245,3 +245,29 @@ def test_convert_names_the_bad_file(pipeline_runs, tmp_path, capsys):
     assert sf_hf_cli(["convert", str(plain_dir / "checkpoint-6")]) == 1
     assert "checkpoint-6/optimizer.pt: cannot be read, the file is truncated or corrupt" in capsys.readouterr().err
     assert not (plain_dir / "checkpoint-3-x").exists() and not (plain_dir / "checkpoint-6-x").exists()
+
+
+def test_safetensors_and_json_files_are_judged_by_safetensors_and_json_themselves(tmp_path):
+    """One way to read a safetensors header (safetensors' `safe_open`), one way to read a checkpoint's JSON."""
+    from safetensors.torch import save_file
+
+    from sf_hf.checkpoints import read_json, safetensors_problem, safetensors_shapes
+
+    good = tmp_path / "good.safetensors"
+    save_file({"a": torch.zeros(100), "b": torch.ones(3, 4)}, str(good))
+    data = good.read_bytes()
+    assert safetensors_problem(good) is None
+    assert safetensors_shapes(good) == {"a": (100,), "b": (3, 4)}
+    damaged = {"cut": data[:-10], "padded": data + b"\0" * 4, "short": data[:5], "garbled": data[:8] + b"!" * 20}
+    for name, content in damaged.items():
+        (tmp_path / f"{name}.safetensors").write_bytes(content)
+        problem = safetensors_problem(tmp_path / f"{name}.safetensors")
+        assert problem.startswith(f"{tmp_path / name}.safetensors: truncated or corrupt ({len(content)} bytes; "), name
+    (tmp_path / "state.json").write_text('{"global_step": 4,')
+    with pytest.raises(CheckpointCorruptError, match="state.json: truncated or corrupt JSON"):
+        read_json(tmp_path / "state.json")
+    with pytest.raises(CheckpointCorruptError, match="missing.json: unreadable"):
+        read_json(tmp_path / "missing.json")
+    (tmp_path / "list.json").write_text("[1]")
+    with pytest.raises(CheckpointCorruptError, match="not an object"):
+        read_json(tmp_path / "list.json")

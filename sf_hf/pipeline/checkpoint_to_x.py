@@ -21,21 +21,21 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, PreTrainedModel, Trainer
+from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from ..checkpoints import config_mismatch
 from ..metadata import write_metadata
 from ..optim import y_to_x_
 from ..optim.conversion import beta_of_y
-from ..trainer import linear_weight_names
-from .checkpoints import (
+from ..weight_decay import decay_name_sets
+from .errors import CheckpointError
+from .run_inventory import (
     CheckpointInfo,
     inspect_checkpoint,
     load_optimizer_state,
     published_files,
     weight_files,
 )
-from .errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -157,9 +157,8 @@ def parameter_positions(model: nn.Module, param_groups: list, state: dict) -> Di
 
 
 def _candidate_groupings(model: nn.Module, names: List[str]) -> Dict[str, List[List[str]]]:
-    # Trainer.get_decay_parameter_names does not use `self`: calling it unbound keeps this in step with upstream.
-    hf_decay = set(Trainer.get_decay_parameter_names(None, model))
-    linear_decay = set(linear_weight_names(model))
+    decay = decay_name_sets(model)
+    hf_decay, linear_decay = decay["hf"], decay["linear"]
     return {
         "transformers.Trainer": [[n for n in names if n in hf_decay], [n for n in names if n not in hf_decay]],
         "weight_decay_params=linear": [[n for n in names if n in linear_decay],

@@ -16,15 +16,19 @@ and adapter weights, no `config.json`) is a checkpoint too: its model is the bas
 """
 
 import fnmatch
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
-from safetensors import safe_open
-
-from ..checkpoints import CHECKPOINT_RE, checkpoint_folders, safe_torch_load
+from ..checkpoints import (
+    CHECKPOINT_RE,
+    CheckpointCorruptError,
+    checkpoint_folders,
+    checkpoint_problems,
+    read_json,
+    safe_torch_load,
+)
 from ..metadata import HYPERPARAMETER_KEYS, read_metadata
 from .errors import CheckpointError
 
@@ -158,10 +162,10 @@ def load_optimizer_state(folder: os.PathLike) -> dict:
 
 
 def _read_json(path: Path) -> dict:
+    """`read_json`, or {} for a missing or unreadable file (`checkpoint_problems` reports the unreadable ones)."""
     try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
+        return read_json(path)
+    except CheckpointCorruptError:
         return {}
 
 
@@ -176,22 +180,11 @@ def _check_complete(folder: Path) -> Optional[str]:
             raise CheckpointError("incomplete: no adapter weights (adapter_model.safetensors or adapter_model.bin)")
     elif not (folder / "config.json").is_file():
         raise CheckpointError("incomplete: no config.json")
-    weights = weight_files(folder)
-    if not weights:
+    if not weight_files(folder):
         raise CheckpointError("incomplete: no model weights (model.safetensors or pytorch_model.bin)")
-    index = next((w for w in weights if w.endswith(".index.json")), None)
-    if index is not None:
-        shards = set(_read_json(folder / index).get("weight_map", {}).values())
-        missing = sorted(s for s in shards if not (folder / s).is_file())
-        if not shards or missing:
-            raise CheckpointError(f"incomplete: {index} lists missing shards {missing}")
-    for name in weights:
-        if name.endswith(".safetensors"):
-            try:
-                with safe_open(str(folder / name), "pt"):
-                    pass
-            except Exception as err:  # safetensors raises its own error type for truncated or garbled files
-                raise CheckpointError(f"corrupt {name}: {err}") from err
+    problems = checkpoint_problems(folder, sizes=False)  # safetensors files, shard indexes, JSON files
+    if problems:
+        raise CheckpointCorruptError("; ".join(problems))
     return base
 
 
