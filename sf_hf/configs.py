@@ -1,7 +1,7 @@
 """The Schedule-Free fields for any `TrainingArguments` subclass: `ScheduleFreeConfig` and `schedule_free_config()`.
 
     args = ScheduleFreeConfig(output_dir="out", optimizer_name="sf_adamw_refined", decoupling_c=200,
-                              learning_rate=2e-3, adam_beta1=0.95, adam_beta2=0.99, warmup_steps=0.05)
+                              warmup_steps=0.05)     # the paper's lr 2e-3, betas (0.95, 0.99), no clipping
 
     from trl import SFTConfig
     SFTScheduleFreeConfig = schedule_free_config(SFTConfig)      # TRL's defaults, plus the fields below
@@ -10,20 +10,38 @@
 learning_rate, adam_beta1/2, adam_epsilon, weight_decay and warmup_steps (an integer, or a float in
 [0, 1) for a ratio of the real number of training steps) are TrainingArguments' own fields. The fields
 are defined once (`ScheduleFreeFields`); `ScheduleFreeConfig` is `schedule_free_config(TrainingArguments)`.
+Their defaults are decided in `sf_hf.registry` (`TRAINING_DEFAULTS`, `FIELD_DEFAULTS`): `ScheduleFreeConfig`
+takes the paper's lr, betas and clipping per optimizer (its NOTE), TRL's configs keep TRL's.
 """
 
 import logging
 import sys
-from dataclasses import MISSING, dataclass, field
-from typing import Optional
+from dataclasses import MISSING, dataclass, field, fields
 
 from transformers import TrainingArguments
 
-from .registry import OPTIMIZERS, SF_FIELD_DEFAULTS, get_optimizer_spec
+from .registry import FIELD_DEFAULTS, OPTIMIZERS, TRAINING_DEFAULTS, get_optimizer_spec, lr_scheduler_type_for
+from .registry import training_defaults as _training_defaults
 
 logger = logging.getLogger(__name__)
 
 WEIGHT_DECAY_PARAMS = ("hf", "linear")
+
+
+def _per_optimizer(name: str) -> str:
+    """'2e-3 for sf_adamw_refined, sf_adamw; 1 for sf_plus; ...': a `TrainingArguments` field's default per optimizer,
+    from `sf_hf.registry.TRAINING_DEFAULTS`, for `--help`."""
+    by_value = {}
+    for optimizer, defaults in TRAINING_DEFAULTS.items():
+        by_value.setdefault(defaults[name], []).append(optimizer)
+    return "; ".join(f"{value:g} for {', '.join(names)}" for value, names in by_value.items())
+
+
+def _optimizer_default(name: str, help_text: str):
+    """A `TrainingArguments` field whose default the optimizer decides: None (unset) becomes the optimizer's default
+    in `__post_init__` (`sf_hf.registry.training_defaults`)."""
+    return field(default=None, metadata={"help": f"{help_text} Unset: the optimizer's ({_per_optimizer(name)}); "
+                                                 "under a TRL config, the TRL config's own."})
 
 
 @dataclass
@@ -36,13 +54,17 @@ class ScheduleFreeFields:
     schedule otherwise. Any other value is the user's: a contradicting one is refused. So TRL's default "linear"
     becomes "constant" (logged at info), while `lr_scheduler_type="linear"` set by hand is an error.
 
-    NOTE: with `optimizer_name="sf_plus"`, `learning_rate` is the multiplier of the Polyak step (the paper's 1.0):
-    left at the parent class's default (an AdamW lr: TrainingArguments' 5e-5, TRL's SFTConfig 2e-5) it becomes 1.0.
+    NOTE: with `optimizer_name="sf_plus"`, `learning_rate` is the multiplier of the Polyak step: left unset it is 1.0
+    (the paper's) under any parent class (TRL's SFTConfig's AdamW lr, 2e-5, would be no multiplier).
+
+    `learning_rate`, `adam_beta1`, `adam_beta2` and `max_grad_norm` left unset take the parent class's defaults
+    (TRL's), except under `ScheduleFreeConfig`, where they are the paper's for the optimizer (see its NOTE). The
+    defaults live in `sf_hf.registry` (`TRAINING_DEFAULTS`, `FIELD_DEFAULTS`).
     """
 
     optimizer_name: str = field(
         default="sf_adamw_refined",
-        metadata={"help": f"The optimizer, by name: one of {', '.join(OPTIMIZERS)}. Replaces `optim`."},
+        metadata={"help": "The optimizer, by name (replaces `optim`).", "choices": list(OPTIMIZERS)},
     )
     # "auto" (instead of HF's and TRL's "linear"): the scheduler follows the optimizer. A decaying scheduler on top of
     # Schedule-Free fights the averaging and double-applies warmup (../shared/PAPER.md, known weak spots).
@@ -50,61 +72,68 @@ class ScheduleFreeFields:
         default="auto",
         metadata={"help": "'auto': constant for Schedule-Free, the baseline's own schedule otherwise."},
     )
+    learning_rate: float | None = _optimizer_default(
+        "learning_rate", "The peak learning rate (sf_plus: the multiplier of the Polyak step).")
+    adam_beta1: float | None = _optimizer_default(
+        "adam_beta1", "Schedule-Free: the interpolation weight b1 of y; AdamW and sf_plus: the first moment's decay.")
+    adam_beta2: float | None = _optimizer_default("adam_beta2", "The second moment's decay.")
+    max_grad_norm: float | None = _optimizer_default("max_grad_norm", "Gradient clipping (0: none).")
     decoupling_c: float = field(
-        default=SF_FIELD_DEFAULTS["decoupling_c"],
+        default=FIELD_DEFAULTS["decoupling_c"],
         metadata={"help": "Refined SF: the decoupling constant C (x averages over ~T/C steps). 1/(1-beta1) is "
                           "vanilla SF."},
     )
-    r: float = field(default=SF_FIELD_DEFAULTS["r"], metadata={"help": "SF: polynomial weight t^r of the average."})
+    r: float = field(default=FIELD_DEFAULTS["r"], metadata={"help": "SF: polynomial weight t^r of the average."})
     weight_lr_power: float = field(
-        default=SF_FIELD_DEFAULTS["weight_lr_power"], metadata={"help": "SF: the average weights steps by lr^power."}
+        default=FIELD_DEFAULTS["weight_lr_power"], metadata={"help": "SF: the average weights steps by lr^power."}
     )
-    sf_fused: Optional[bool] = field(
-        default=SF_FIELD_DEFAULTS["sf_fused"],
+    sf_fused: bool | None = field(
+        default=FIELD_DEFAULTS["sf_fused"],
         metadata={"help": "SF: compiled single-pass step (None: when it compiles on this device)."},
     )
     sf_beta1: float = field(
-        default=SF_FIELD_DEFAULTS["sf_beta1"],
+        default=FIELD_DEFAULTS["sf_beta1"],
         metadata={"help": "sf_plus: the interpolation weight b of y = b x + (1 - b) z (adam_beta1/2 are Adam's "
                           "moments there)."},
     )
     sf_beta1_max: float = field(
-        default=SF_FIELD_DEFAULTS["sf_beta1_max"], metadata={"help": "sf_plus: b at the end of its annealing."}
+        default=FIELD_DEFAULTS["sf_beta1_max"], metadata={"help": "sf_plus: b at the end of its annealing."}
     )
     sf_beta1_anneal_steps: int = field(
-        default=SF_FIELD_DEFAULTS["sf_beta1_anneal_steps"],
+        default=FIELD_DEFAULTS["sf_beta1_anneal_steps"],
         metadata={"help": "sf_plus: anneal b from sf_beta1 to sf_beta1_max over this many steps (0: no annealing)."},
     )
     polyak_beta: float = field(
-        default=SF_FIELD_DEFAULTS["polyak_beta"],
+        default=FIELD_DEFAULTS["polyak_beta"],
         metadata={"help": "sf_plus: EMA decay of the gradient L1 norm in the Polyak step (0: this step's)."},
     )
     c_warmup: int = field(
-        default=SF_FIELD_DEFAULTS["c_warmup"],
+        default=FIELD_DEFAULTS["c_warmup"],
         metadata={"help": "sf_plus: steps with averaging weight c = 1 (x follows z) before the average starts; "
                           "1-2x warmup_steps."},
     )
     weight_decay_params: str = field(
         default="hf",
         metadata={"help": "Which parameters decay: 'hf' (all but biases and norms, HF's default) or 'linear' "
-                          "(only nn.Linear weights, the paper's)."},
+                          "(only nn.Linear weights, the paper's).", "choices": list(WEIGHT_DECAY_PARAMS)},
     )
     cosine_min_lr_ratio: float = field(
-        default=SF_FIELD_DEFAULTS["cosine_min_lr_ratio"], metadata={"help": "adamw_cosine: final lr / peak lr."}
+        default=FIELD_DEFAULTS["cosine_min_lr_ratio"], metadata={"help": "adamw_cosine: final lr / peak lr."}
     )
     wsd_decay_fraction: float = field(
-        default=SF_FIELD_DEFAULTS["wsd_decay_fraction"], metadata={"help": "adamw_wsd: fraction of steps that decay."}
+        default=FIELD_DEFAULTS["wsd_decay_fraction"], metadata={"help": "adamw_wsd: fraction of steps that decay."}
     )
     wsd_decay_type: str = field(
-        default=SF_FIELD_DEFAULTS["wsd_decay_type"], metadata={"help": "adamw_wsd: 'linear' or '1-sqrt' decay."}
+        default=FIELD_DEFAULTS["wsd_decay_type"],
+        metadata={"help": "adamw_wsd: the shape of the final decay.", "choices": ["linear", "1-sqrt", "cosine"]},
     )
-    ema_decay: float = field(default=SF_FIELD_DEFAULTS["ema_decay"], metadata={"help": "adamw_ema: EMA decay."})
+    ema_decay: float = field(default=FIELD_DEFAULTS["ema_decay"], metadata={"help": "adamw_ema: EMA decay."})
 
     _sf_parent = TrainingArguments
     """The `TrainingArguments` subclass whose defaults the config keeps (set by `schedule_free_config`)."""
 
     def __post_init__(self):
-        spec = get_optimizer_spec(self.optimizer_name)
+        self._check_choices()
         parent = self._sf_parent.__name__
         default_optim = _parent_default(self, "optim")
         if str(getattr(self.optim, "value", self.optim)) != str(getattr(default_optim, "value", default_optim)):
@@ -114,47 +143,40 @@ class ScheduleFreeFields:
                 "and leave optim unset."
             )
         chosen = str(getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type))
-        if spec.schedule_free:
-            if chosen not in ("auto", "constant"):
-                raise ValueError(
-                    f"optimizer_name={self.optimizer_name!r} is schedule-free: it needs no lr schedule, and "
-                    f"lr_scheduler_type={chosen!r} would fight its averaging. Leave lr_scheduler_type "
-                    "unset ('auto') or 'constant'; warmup_steps goes into the optimizer."
-                )
-            parent_default = _parent_default(self, "lr_scheduler_type")
-            parent_default = str(getattr(parent_default, "value", parent_default))
-            if chosen == "auto" and parent_default != "constant":
-                logger.info("sf_hf: lr_scheduler_type='constant' for the schedule-free %s (%s's default %r is not "
-                            "used: a decaying lr fights the averaging)", self.optimizer_name, parent, parent_default)
-            self.lr_scheduler_type = "constant"
-        elif chosen == "auto":
-            self.lr_scheduler_type = spec.scheduler(self, 1)[0]
-        elif chosen != spec.scheduler(self, 1)[0]:
-            raise ValueError(
-                f"optimizer_name={self.optimizer_name!r} defines its own schedule ({spec.scheduler(self, 1)[0]}); "
-                f"lr_scheduler_type={chosen!r} contradicts it. Leave lr_scheduler_type unset."
-            )
-        if self.weight_decay_params not in WEIGHT_DECAY_PARAMS:
-            raise ValueError(
-                f"weight_decay_params must be one of {WEIGHT_DECAY_PARAMS}, got {self.weight_decay_params!r}."
-            )
+        self.lr_scheduler_type = lr_scheduler_type_for(self.optimizer_name, chosen)
+        parent_scheduler = _parent_default(self, "lr_scheduler_type")
+        parent_scheduler = str(getattr(parent_scheduler, "value", parent_scheduler))
+        if self.is_schedule_free and chosen == "auto" and parent_scheduler != "constant":
+            logger.info("sf_hf: lr_scheduler_type='constant' for the schedule-free %s (%s's default %r is not "
+                        "used: a decaying lr fights the averaging)", self.optimizer_name, parent, parent_scheduler)
+        defaults = _training_defaults(self.optimizer_name, keeps_parent_defaults=self._sf_parent is not
+                                      TrainingArguments)
+        for name in TRAINING_DEFAULTS[self.optimizer_name]:
+            if getattr(self, name) is None:
+                setattr(self, name, defaults[name] if name in defaults else _parent_default(self, name))
         if not 0 < self.wsd_decay_fraction <= 1:
             raise ValueError(f"wsd_decay_fraction must be in (0, 1], got {self.wsd_decay_fraction}.")
-        if self.wsd_decay_type not in ("linear", "1-sqrt", "cosine"):
-            raise ValueError(f"wsd_decay_type must be 'linear', '1-sqrt' or 'cosine', got {self.wsd_decay_type!r}.")
         if not 0 <= self.cosine_min_lr_ratio <= 1:
             raise ValueError(f"cosine_min_lr_ratio must be in [0, 1], got {self.cosine_min_lr_ratio}.")
         if self.decoupling_c <= 0:
             raise ValueError(f"decoupling_c must be > 0, got {self.decoupling_c}.")
-        if self.optimizer_name == "sf_plus" and self.learning_rate == _parent_default(self, "learning_rate"):
-            self.learning_rate = 1.0
         super().__post_init__()
         if self.optimizer_name == "sf_plus":
             if not 0 < self.sf_beta1 < 1 or not 0 < self.sf_beta1_max < 1:
                 raise ValueError(f"sf_beta1 and sf_beta1_max must be in (0, 1), got {self.sf_beta1}, "
                                  f"{self.sf_beta1_max}.")
-        elif spec.schedule_free and not 0 < self.adam_beta1 < 1:
+        elif self.is_schedule_free and not 0 < self.adam_beta1 < 1:
             raise ValueError(f"adam_beta1 is Schedule-Free's b1 and must be in (0, 1), got {self.adam_beta1}.")
+
+    def _check_choices(self) -> None:
+        """The fields with `choices` in their metadata (what `HfArgumentParser` offers on the command line) hold one
+        of them: a value passed in Python is checked here."""
+        for f in fields(ScheduleFreeFields):
+            choices = f.metadata.get("choices")
+            if choices is not None and getattr(self, f.name) not in choices:
+                if f.name == "optimizer_name":
+                    get_optimizer_spec(self.optimizer_name)  # its error lists the optimizers with their descriptions
+                raise ValueError(f"{f.name} must be one of {tuple(choices)}, got {getattr(self, f.name)!r}.")
 
     def __reduce__(self):
         """Pickled as (the parent class, the state): `schedule_free_config(parent)` rebuilds the class on loading."""
@@ -182,8 +204,23 @@ def _parent_default(config: ScheduleFreeFields, name: str):
 
 @dataclass
 class ScheduleFreeConfig(ScheduleFreeFields, TrainingArguments):
-    """`TrainingArguments` for `ScheduleFreeTrainer`: `schedule_free_config(TrainingArguments)`. Only the fields of
-    `ScheduleFreeFields` are new (see its NOTEs and the module docstring)."""
+    """`TrainingArguments` for `ScheduleFreeTrainer`: `schedule_free_config(TrainingArguments)`, with the fields of
+    `ScheduleFreeFields` (see its NOTEs and the module docstring) and the paper's setup as defaults.
+
+    NOTE: these defaults differ from `TrainingArguments`' where left unset, by optimizer (../shared/PAPER.md, "setup";
+    the table is `sf_hf.registry.TRAINING_DEFAULTS`):
+
+    | field | sf_adamw_refined, sf_adamw | sf_plus | adamw_cosine, adamw_wsd, adamw_ema | TrainingArguments |
+    |---|---|---|---|---|
+    | `learning_rate` | 2e-3 | 1.0 (the Polyak step's multiplier) | 1e-3 | 5e-5 |
+    | `adam_beta1`, `adam_beta2` | 0.95, 0.99 | 0.9, 0.95 | 0.9, 0.95 | 0.9, 0.999 |
+    | `max_grad_norm` | 0 (no clipping) | 0 (no clipping) | 1.0 | 1.0 |
+    | `lr_scheduler_type` | "constant" (warmup inside) | "constant" | the baseline's (cosine, WSD) | "linear" |
+
+    `optimizer_name` (default "sf_adamw_refined", with `decoupling_c` 200) replaces `optim`. Weight decay (0) and
+    warmup (0) stay `TrainingArguments`' (the paper's are 0.1 on linear weights and 5%: `weight_decay=0.1,
+    weight_decay_params="linear", warmup_steps=0.05`, as the recipes set them).
+    """
 
 
 _CONFIG_CLASSES = {TrainingArguments: ScheduleFreeConfig}

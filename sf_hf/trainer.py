@@ -32,13 +32,11 @@ import logging
 import os
 import weakref
 from datetime import timedelta
-from typing import Optional
 
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.optimization import get_scheduler
-from transformers.pytorch_utils import Conv1D
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy
 
@@ -46,20 +44,12 @@ from . import checkpoints
 from .configs import ScheduleFreeConfig, ScheduleFreeFields
 from .distributed import resolve_optimizer, switch_weights
 from .metadata import optimizer_hyperparameters, read_metadata, write_metadata
-from .optim.averaging import no_averaging_message
-from .registry import get_optimizer_spec, resolve_warmup_steps
+from .optim.averaging import averaging_window, no_averaging_message
+from .registry import get_optimizer_spec, lr_schedule
 from .trainer_publishing import HubPublishing
+from .weight_decay import linear_weight_names  # noqa: F401  (sf_hf.trainer.linear_weight_names, as before)
 
 logger = logging.getLogger(__name__)
-
-
-def linear_weight_names(model: nn.Module) -> list:
-    """Names of the weights of every linear layer, the paper's weight-decay set: `nn.Linear` and transformers'
-    `Conv1D` (GPT-2's projections). A weight shared by several modules (an output head tied to the embedding) is
-    named as `model.named_parameters()` names it, so the Trainer's decay group finds it."""
-    linear = {id(module.weight) for module in model.modules()
-              if isinstance(module, (nn.Linear, Conv1D)) and isinstance(getattr(module, "weight", None), torch.Tensor)}
-    return [name for name, p in model.named_parameters() if id(p) in linear]
 
 
 class ScheduleFreeMixin(HubPublishing):
@@ -118,8 +108,8 @@ class ScheduleFreeMixin(HubPublishing):
                 or (bound.get("optimizers") or (None, None))[0] is not None:
             raise ValueError(f"{type(self).__name__} builds its optimizer from args.optimizer_name; do not pass one.")
         super().__init__(*args, **kwargs)
-        self._num_training_steps: Optional[int] = None
-        self._sf_loaded_from: Optional[dict] = None  # the best checkpoint's metadata while the model holds its weights
+        self._num_training_steps: int | None = None
+        self._sf_loaded_from: dict | None = None  # the best checkpoint's metadata while the model holds its weights
         self._sf_end_limit = None  # save_total_limit, while the end of training is sf_hf's (see _finalize_training)
         self.callback_handler.callbacks.insert(0, _EndOfTraining(self))
 
@@ -150,17 +140,18 @@ class ScheduleFreeMixin(HubPublishing):
                                "nothing decays.", type(model).__name__)
         return names
 
-    def create_scheduler(self, num_training_steps: int, optimizer: Optional[torch.optim.Optimizer] = None):
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        """The scheduler `sf_hf.registry.lr_schedule` decides (constant for Schedule-Free, whose warmup is in the
+        optimizer; the baseline's own otherwise), with the user's `lr_scheduler_kwargs` on top."""
         if self.lr_scheduler is None:
-            spec = get_optimizer_spec(self.args.optimizer_name)
-            name, kwargs = spec.scheduler(self.args, num_training_steps)
-            warmup = 0 if spec.schedule_free else resolve_warmup_steps(self.args, num_training_steps)
+            schedule = lr_schedule(self.args, num_training_steps)
             self.lr_scheduler = get_scheduler(
-                name, optimizer=optimizer or self.optimizer, num_warmup_steps=warmup,
-                num_training_steps=num_training_steps, scheduler_specific_kwargs={**kwargs, **self._user_kwargs()},
+                schedule.name, optimizer=optimizer or self.optimizer, num_warmup_steps=schedule.scheduler_warmup_steps,
+                num_training_steps=num_training_steps,
+                scheduler_specific_kwargs={**schedule.kwargs, **self._user_kwargs()},
             )
             self._created_lr_scheduler = True
-            self._log_schedule(spec, num_training_steps, warmup)
+            self._log_schedule(schedule, num_training_steps)
             self._warn_if_no_averaging(num_training_steps)
         return self.lr_scheduler
 
@@ -178,18 +169,15 @@ class ScheduleFreeMixin(HubPublishing):
         kwargs = self.args.lr_scheduler_kwargs
         return kwargs if isinstance(kwargs, dict) else {}
 
-    def _log_schedule(self, spec, num_training_steps: int, scheduler_warmup: int) -> None:
+    def _log_schedule(self, schedule, num_training_steps: int) -> None:
+        spec = get_optimizer_spec(self.args.optimizer_name)
         group = self._base_optimizer().param_groups[0]
         window = ""
-        if "decoupling_c" in group:
-            window = f", averaging window ~T/C = {num_training_steps / group['decoupling_c']:.1f} steps"
-        elif spec.schedule_free:
-            window = f", averaging window ~T (b1={group.get('sf_beta1', group['betas'][0])})"
-        logger.info(
-            "sf_hf: %s for %d steps, warmup %d steps (%s)%s", spec.name, num_training_steps,
-            group.get("warmup_steps", scheduler_warmup), "in the optimizer" if spec.schedule_free else "scheduler",
-            window,
-        )
+        if spec.schedule_free:  # sf_hf.optim.averaging: (1 - b) / c, ~T(1 - b1) vanilla, ~T/C refined
+            window = f", averaging window ~{averaging_window(group, num_training_steps):.1f} steps at the end"
+        where = "in the optimizer" if spec.schedule_free else f"{schedule.name} scheduler"
+        logger.info("sf_hf: %s for %d steps, warmup %d steps (%s)%s", spec.name, num_training_steps,
+                    schedule.optimizer_warmup_steps or schedule.scheduler_warmup_steps, where, window)
 
     def _base_optimizer(self) -> torch.optim.Optimizer:
         """The optimizer that steps, inside accelerate's and DeepSpeed's wrappers (None before there is one).
@@ -263,7 +251,7 @@ class ScheduleFreeMixin(HubPublishing):
         self.use_averaged_weights()
         return super().predict(*args, **kwargs)
 
-    def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         self.use_averaged_weights()
         output_dir = output_dir or self.args.output_dir
         super().save_model(output_dir, _internal_call=_internal_call)
@@ -505,7 +493,7 @@ class ScheduleFreeMixin(HubPublishing):
 
     # ------------------------------------------------------------------ logging
 
-    def log(self, logs: dict, start_time: Optional[float] = None) -> None:
+    def log(self, logs: dict, start_time: float | None = None) -> None:
         """Adds the optimizer's scheduled lr (ScheduleFree+: its Polyak step, and F + I) and averaging weight c to
         training logs (train loss is at y)."""
         optimizer = self._base_optimizer()

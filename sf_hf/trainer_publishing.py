@@ -8,7 +8,6 @@ import inspect
 import logging
 import os
 from pathlib import Path
-from typing import Optional
 
 from transformers import Trainer
 from transformers.trainer_utils import HubStrategy, SaveStrategy
@@ -36,8 +35,8 @@ class HubPublishing:
     re-implemented around `sf_hf.pipeline.trainer_hub` (imported when first used: `sf_hf.pipeline` imports the
     trainer)."""
 
-    def push_to_hub(self, commit_message: Optional[str] = "End of training", blocking: bool = True,
-                    token: Optional[str] = None, revision: Optional[str] = None, private: Optional[bool] = None,
+    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True,
+                    token: str | None = None, revision: str | None = None, private: bool | None = None,
                     **kwargs):
         """As `Trainer.push_to_hub` (the model saved at x into `output_dir`, then uploaded to the repo root), but what
         is uploaded is `output_dir`'s published files only, with sf_hf's model card (see `create_model_card`): never
@@ -90,7 +89,7 @@ class HubPublishing:
             tags or (), language=language, license=license)
         card.save(os.path.join(self.args.output_dir, trainer_hub.CARD_NAME))
 
-    def _parent_card_owner(self) -> Optional[type]:
+    def _parent_card_owner(self) -> type | None:
         """The class after the Schedule-Free mixins that defines `create_model_card`, unless it is transformers'
         `Trainer` (whose generic card sf_hf's replaces): e.g. TRL's `_BaseTrainer`."""
         mro = type(self).__mro__
@@ -127,7 +126,7 @@ class HubPublishing:
         with open(path, "a") as f:
             f.write(section)
 
-    def _repo_id(self, model_name: Optional[str] = None) -> str:
+    def _repo_id(self, model_name: str | None = None) -> str:
         return getattr(self, "hub_model_id", None) or self.args.hub_model_id or model_name \
             or os.path.basename(os.path.abspath(self.args.output_dir))
 

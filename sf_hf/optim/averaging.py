@@ -33,8 +33,6 @@ own schedule (`_advance_schedule`, `_advance_plus_schedule`) on a copy of a para
 
 import math
 
-import torch
-
 from .conversion import beta_of_y
 
 
@@ -48,20 +46,29 @@ def decoupled_averaging_weight(vanilla: float, group: dict) -> float:
 
 
 def final_averaging_weight(group: dict, num_training_steps: int) -> float:
-    """c_T, the weight of the last z in x after `num_training_steps` steps, from the group's hyperparameters (the
-    optimizers' own w_t = t^r * (max lr so far)^weight_lr_power, with the base lr constant after the warmup)."""
+    """c_T, the weight of the last z in x after `num_training_steps` steps, from the group's hyperparameters: the
+    optimizer's own schedule (`averaging_weights`) replayed from step 1 with the base lr constant after the warmup.
+    The group's keys say whose schedule: `c_warmup` ScheduleFree+'s, `decoupling_c` the refined variant's, else
+    vanilla Schedule-Free's."""
     steps = int(num_training_steps)
     if steps < 1:
         raise ValueError(f"num_training_steps must be >= 1, got {num_training_steps}.")
-    start = int(group.get("c_warmup", 0))
-    if steps <= start:  # ScheduleFree+'s c warmup: x follows z
-        return 1.0
-    t = torch.arange(start + 1, steps + 1, dtype=torch.float64)
-    warmup = group.get("warmup_steps", 0) or 0
-    lr = (t / warmup).clamp(max=1.0) if warmup > 0 else torch.ones_like(t)
-    w = t ** group.get("r", 0.0) * lr ** group.get("weight_lr_power", 2.0)
-    c = float(w[-1] / w.sum())
-    return decoupled_averaging_weight(c, group) if "decoupling_c" in group else c
+    return _replay(_schedule_owner(group), group, steps)[-1]
+
+
+def _schedule_owner(group: dict):
+    """An optimizer without parameters whose schedule methods (`_advance_schedule`, `_advance_plus_schedule`, which
+    read and write only the group they are given) are the ones the group's optimizer runs."""
+    from .schedule_free import RefinedScheduleFreeAdamW, ScheduleFreeAdamW  # (they import this module)
+    from .schedule_free_plus import ScheduleFreePlusAdamW
+
+    if "c_warmup" in group:
+        cls = ScheduleFreePlusAdamW
+    elif "decoupling_c" in group:
+        cls = RefinedScheduleFreeAdamW
+    else:
+        cls = ScheduleFreeAdamW
+    return cls.__new__(cls)
 
 
 def averaging_window(group: dict, num_training_steps: int | None = None) -> float:
@@ -110,15 +117,17 @@ def averaging_weights(optimizer, num_steps: int, group_index: int = 0, stop_belo
     ScheduleFree+'s weights are computed with a Polyak step of 1 (its lr is not known ahead); which steps have
     c = 1 does not depend on it (the first `c_warmup` steps and the first averaged one).
     """
-    group = {key: value for key, value in optimizer.param_groups[group_index].items() if key != "params"}
+    return _replay(optimizer, optimizer.param_groups[group_index], num_steps, stop_below_one, **group_overrides)
+
+
+def _replay(optimizer, group: dict, num_steps: int, stop_below_one: bool = False, **group_overrides) -> list[float]:
+    group = {key: value for key, value in group.items() if key != "params"}
     group.update(FRESH_COUNTERS, lr=group.get("initial_lr", group["lr"]), **group_overrides)
-    plus = hasattr(optimizer, "_advance_plus_schedule")
+    advance = getattr(optimizer, "_advance_plus_schedule", None)
+    step = (lambda: advance(group, 1.0)) if advance is not None else (lambda: optimizer._advance_schedule(group))
     weights = []
     for _ in range(num_steps):
-        if plus:
-            optimizer._advance_plus_schedule(group, 1.0)
-        else:
-            optimizer._advance_schedule(group)
+        step()
         weights.append(group["averaging_weight"])
         if stop_below_one and weights[-1] < ONE:
             break

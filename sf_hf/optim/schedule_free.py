@@ -67,16 +67,27 @@ def _check_range(name: str, value, valid: Callable[[float], bool], description: 
         raise ValueError(f"Invalid {name}: {value!r}. {name} must be {description}.")
 
 
-def validate_hyperparameters(group: dict) -> None:
-    """Raises a `ValueError` naming the argument, its value and the valid range for any bad hyperparameter."""
-    _check_range("lr", group["lr"], lambda v: v >= 0, "a finite number >= 0")
+def validate_hyperparameters(group: dict, lr_description: str = "a finite number >= 0",
+                             beta1_may_be_zero: bool = False) -> None:
+    """Raises a `ValueError` naming the argument, its value and the valid range for any bad hyperparameter.
+
+    Args:
+        group (`dict`): a parameter group.
+        lr_description (`str`): what `lr` is, in the message (ScheduleFree+: a multiplier of the Polyak step).
+        beta1_may_be_zero (`bool`): beta1 in [0, 1) (ScheduleFree+, where it is Adam's first moment decay) instead
+            of Schedule-Free's open (0, 1).
+    """
+    _check_range("lr", group["lr"], lambda v: v >= 0, lr_description)
     _check_range("eps", group["eps"], lambda v: v > 0, "a finite number > 0 (it keeps 0 / 0 out of the update)")
     _check_range("weight_decay", group["weight_decay"], lambda v: v >= 0, "a finite number >= 0")
     betas = group["betas"]
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise ValueError(f"Invalid betas: {betas!r}. betas must be a pair (beta1, beta2).")
-    _check_range("beta1", betas[0], lambda v: 0 < v < 1,
-                 "in the open interval (0, 1): x = (y - (1 - beta1) z) / beta1 is undefined at 0")
+    if beta1_may_be_zero:
+        _check_range("beta1", betas[0], lambda v: 0 <= v < 1, "in [0, 1)")
+    else:
+        _check_range("beta1", betas[0], lambda v: 0 < v < 1,
+                     "in the open interval (0, 1): x = (y - (1 - beta1) z) / beta1 is undefined at 0")
     _check_range("beta2", betas[1], lambda v: 0 <= v < 1, "in [0, 1)")
     warmup = group["warmup_steps"]
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
