@@ -19,6 +19,10 @@ one switch, and a run resumed from a checkpoint (which holds x) rebuilds exactly
 run. Only the optimizer's parameters switch: a frozen reference model (TRL's DPO and GRPO `ref_model`)
 never does.
 
+The lr schedule and warmup are not decided here: `create_scheduler` asks `sf_hf.registry.lr_schedule` (the one
+place: constant for Schedule-Free with the warmup inside the optimizer, the baseline's scheduler otherwise), and the
+defaults are `sf_hf.registry`'s too.
+
 On-policy trainers (TRL's GRPO, RLOO, online DPO) generate their rollouts inside `training_step`
 (`_prepare_inputs`), after the switch: from y, the policy that takes the gradient steps, as the
 algorithms assume. Rollouts buffered for later steps (`steps_per_generation`, `num_iterations`) come
@@ -226,7 +230,10 @@ class ScheduleFreeMixin(HubPublishing):
         """For optimizers that need the loss (ScheduleFree+'s `set_loss`): the step's loss on this rank, i.e. the sum
         of its micro-batches' losses as `training_step` passes them to backward (divided by the accumulation steps
         unless already normalized over them: the same rule as `training_step`'s), handed over before the last
-        backward, inside which DeepSpeed steps. The optimizer averages it over the ranks; it is the logged loss."""
+        backward, inside which DeepSpeed steps. The optimizer averages it over the ranks; it is the logged loss.
+
+        The scaling rule is copied: transformers (5.18 to 5.24) decides it inline in `training_step` (from
+        `loss_is_scaled_for_ga`, `model_accepts_loss_kwargs`, `compute_loss_func`), with no method to call."""
         optimizer = self._base_optimizer()
         if not hasattr(optimizer, "set_loss"):
             return

@@ -183,6 +183,7 @@ def test_hook_gives_a_plain_trainer_the_same_optimizer_and_losses(tmp_path):
     plain_args = TrainingArguments(
         output_dir=str(tmp_path / "plain"), max_steps=20, per_device_train_batch_size=4, learning_rate=1e-2,
         adam_beta1=0.9, adam_beta2=0.99, weight_decay=0.1, warmup_steps=3, lr_scheduler_type="constant",
+        max_grad_norm=0.0,  # ScheduleFreeConfig's default for Schedule-Free (no clipping); TrainingArguments' is 1.0
         logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, seed=0, data_seed=0, disable_tqdm=True)
     cls, kwargs = optimizer_cls_and_kwargs(plain_args, optimizer_name="sf_adamw_refined")
     kwargs["decoupling_c"] = 5.0

@@ -143,7 +143,8 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
     Args:
         params (`Iterable`): parameters or parameter-group dicts.
         lr (`float`, defaults to 2e-3): peak learning rate. The paper's setting for LM pretraining with
-            SF-AdamW (the reference package uses 2.5e-3).
+            SF-AdamW (the reference package uses 2.5e-3); also `ScheduleFreeConfig`'s default (lr, betas and
+            clipping per optimizer: `sf_hf.registry.TRAINING_DEFAULTS`).
         betas (`Tuple[float, float]`, defaults to `(0.95, 0.99)`): b1 is the interpolation weight of y
             between z and x (there is no first-moment EMA), b2 the second-moment decay. The paper's
             LM setting; the reference package uses (0.9, 0.999).
