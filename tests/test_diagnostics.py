@@ -113,8 +113,8 @@ def test_probe_branches_a_decay_and_leaves_the_checkpoint_untouched(tmp_path, na
     assert {"optimizer.pt", "scheduler.pt", "schedule_free.json", "model.safetensors"} <= set(before)
     recorder = RecordLR()
     result = probe_checkpoint(checkpoint, decay_steps=4, control=True, train_dataset=TRAIN, eval_dataset=EVAL,
-                              output_dir=tmp_path / "probe", callbacks=[recorder], max_grad_norm=1.0, use_cpu=True,
-                              seed=0)
+                              output_dir=tmp_path / "probe", callbacks=[recorder], use_cpu=True, seed=0)
+    # (the probe's default clipping, none for Schedule-Free and 1.0 for AdamW, is the run's: ScheduleFreeConfig's)
     assert file_hashes(checkpoint) == before
     assert result.step == 6 and result.decay_steps == 4 and result.optimizer_name == name
     assert result.loss_before == pytest.approx(hand_loss(model_at(load_file(checkpoint / "model.safetensors")), EVAL),

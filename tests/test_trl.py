@@ -71,14 +71,21 @@ def assert_checkpoint_holds_x(folder, y_at_step: dict, trainer):
 
 
 @pytest.mark.parametrize("config_cls", [SFTConfig, DPOConfig, RewardConfig, GRPOConfig])
-def test_schedule_free_config_keeps_every_trl_default(config_cls):
+def test_schedule_free_config_keeps_every_trl_default(config_cls, tmp_path):
     made = schedule_free_config(config_cls)
     assert issubclass(made, config_cls) and schedule_free_config(config_cls) is made  # made once
     ours = {f.name: f for f in dataclasses.fields(made)}
     theirs = {f.name: f for f in dataclasses.fields(config_cls)}
+    decided = ("learning_rate", "adam_beta1", "adam_beta2", "max_grad_norm")  # None: unset, the parent's then
+    built = made(output_dir=str(tmp_path), bf16=False, optimizer_name="sf_adamw")
+    trl = config_cls(output_dir=str(tmp_path), bf16=False)
+    assert [getattr(built, n) for n in decided] == [getattr(trl, n) for n in decided]
     for name, f in theirs.items():
         if name == "lr_scheduler_type":
             assert ours[name].default == "auto"
+            continue
+        if name in decided:
+            assert ours[name].default is None
             continue
         assert (ours[name].default, ours[name].default_factory) == (f.default, f.default_factory), name
     sf_fields = {f.name for f in dataclasses.fields(ScheduleFreeFields)}
