@@ -53,7 +53,6 @@ FIELD_DEFAULTS = dict(decoupling_c=200.0, r=0.0, weight_lr_power=2.0, sf_fused=N
                       # ScheduleFree+: the defaults of the authors' AdamCScheduleFreePlusPaper
                       sf_beta1=0.9, sf_beta1_max=0.965, sf_beta1_anneal_steps=0, polyak_beta=0.0, c_warmup=0)
 """The Schedule-Free fields' defaults (`ScheduleFreeFields` declares them from here)."""
-SF_FIELD_DEFAULTS = FIELD_DEFAULTS  # the former name
 
 
 def training_defaults(optimizer_name: str, keeps_parent_defaults: bool = False) -> dict:
