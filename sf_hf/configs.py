@@ -20,8 +20,14 @@ from dataclasses import MISSING, dataclass, field, fields
 
 from transformers import TrainingArguments
 
-from .registry import FIELD_DEFAULTS, OPTIMIZERS, TRAINING_DEFAULTS, get_optimizer_spec, lr_scheduler_type_for
-from .registry import training_defaults as _training_defaults
+from .registry import (
+    FIELD_DEFAULTS,
+    OPTIMIZERS,
+    TRAINING_DEFAULTS,
+    get_optimizer_spec,
+    lr_scheduler_type_for,
+    training_defaults,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -149,8 +155,9 @@ class ScheduleFreeFields:
         if self.is_schedule_free and chosen == "auto" and parent_scheduler != "constant":
             logger.info("sf_hf: lr_scheduler_type='constant' for the schedule-free %s (%s's default %r is not "
                         "used: a decaying lr fights the averaging)", self.optimizer_name, parent, parent_scheduler)
-        defaults = _training_defaults(self.optimizer_name, keeps_parent_defaults=self._sf_parent is not
-                                      TrainingArguments)
+        # learning_rate, betas, clipping left unset (None): the optimizer's (sf_hf.registry), or the parent's (TRL's)
+        keeps_parent = self._sf_parent is not TrainingArguments
+        defaults = training_defaults(self.optimizer_name, keeps_parent_defaults=keeps_parent)
         for name in TRAINING_DEFAULTS[self.optimizer_name]:
             if getattr(self, name) is None:
                 setattr(self, name, defaults[name] if name in defaults else _parent_default(self, name))
