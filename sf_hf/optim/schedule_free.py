@@ -67,16 +67,17 @@ def _check_range(name: str, value, valid: Callable[[float], bool], description: 
         raise ValueError(f"Invalid {name}: {value!r}. {name} must be {description}.")
 
 
-def validate_hyperparameters(group: dict) -> None:
-    """Raises a `ValueError` naming the argument, its value and the valid range for any bad hyperparameter."""
-    _check_range("lr", group["lr"], lambda v: v >= 0, "a finite number >= 0")
-    _check_range("eps", group["eps"], lambda v: v > 0, "a finite number > 0 (it keeps 0 / 0 out of the update)")
+def validate_shared_hyperparameters(group: dict, lr: str, eps: str, beta1: Callable[[float], bool],
+                                    beta1_range: str) -> None:
+    """The checks every Schedule-Free AdamW variant shares (lr, eps, weight decay, betas, warmup_steps, r,
+    weight_lr_power); `lr`, `eps` and `beta1_range` describe the valid values, `beta1` tests b1."""
+    _check_range("lr", group["lr"], lambda v: v >= 0, lr)
+    _check_range("eps", group["eps"], lambda v: v > 0, eps)
     _check_range("weight_decay", group["weight_decay"], lambda v: v >= 0, "a finite number >= 0")
     betas = group["betas"]
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise ValueError(f"Invalid betas: {betas!r}. betas must be a pair (beta1, beta2).")
-    _check_range("beta1", betas[0], lambda v: 0 < v < 1,
-                 "in the open interval (0, 1): x = (y - (1 - beta1) z) / beta1 is undefined at 0")
+    _check_range("beta1", betas[0], beta1, beta1_range)
     _check_range("beta2", betas[1], lambda v: 0 <= v < 1, "in [0, 1)")
     warmup = group["warmup_steps"]
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
@@ -86,6 +87,15 @@ def validate_hyperparameters(group: dict) -> None:
         )
     _check_range("r", group["r"], lambda v: v >= 0, "a finite number >= 0")
     _check_range("weight_lr_power", group["weight_lr_power"], lambda v: v >= 0, "a finite number >= 0")
+
+
+def validate_hyperparameters(group: dict) -> None:
+    """Raises a `ValueError` naming the argument, its value and the valid range for any bad hyperparameter."""
+    validate_shared_hyperparameters(
+        group, lr="a finite number >= 0", eps="a finite number > 0 (it keeps 0 / 0 out of the update)",
+        beta1=lambda v: 0 < v < 1,
+        beta1_range="in the open interval (0, 1): x = (y - (1 - beta1) z) / beta1 is undefined at 0",
+    )
 
 
 def _on_every_rank(finite: bool, grads) -> bool:

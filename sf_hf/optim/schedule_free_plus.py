@@ -40,7 +40,7 @@ import torch
 from .conversion import _lerp_toward_
 from .dtensor import DTensor, local_tensor
 from .kernels_plus import PlusScalars, foreach_plus_step, fused_plus_step, local_sums
-from .schedule_free import ScheduleFreeAdamW, _check_range
+from .schedule_free import ScheduleFreeAdamW, _check_range, validate_shared_hyperparameters
 
 logger = logging.getLogger(__name__)
 
@@ -62,27 +62,14 @@ def _check_steps(name: str, value) -> None:
 
 def validate_plus_hyperparameters(group: dict) -> None:
     """Raises a `ValueError` naming the argument, its value and the valid range for any bad hyperparameter."""
-    _check_range("lr", group["lr"], lambda v: v >= 0, "a finite number >= 0 (a multiplier of the Polyak step)")
-    _check_range("eps", group["eps"], lambda v: v > 0, "a finite number > 0")
-    _check_range("weight_decay", group["weight_decay"], lambda v: v >= 0, "a finite number >= 0")
-    betas = group["betas"]
-    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-        raise ValueError(f"Invalid betas: {betas!r}. betas must be a pair (beta1, beta2).")
-    _check_range("beta1", betas[0], lambda v: 0 <= v < 1, "in [0, 1)")
-    _check_range("beta2", betas[1], lambda v: 0 <= v < 1, "in [0, 1)")
+    validate_shared_hyperparameters(group, lr="a finite number >= 0 (a multiplier of the Polyak step)",
+                                    eps="a finite number > 0", beta1=lambda v: 0 <= v < 1, beta1_range="in [0, 1)")
     for name in ("sf_beta1", "sf_beta1_max"):
         _check_range(name, group[name], lambda v: 0 < v < 1,
                      "in the open interval (0, 1): x = (y - (1 - b) z) / b is undefined at 0")
     _check_range("polyak_beta", group["polyak_beta"], lambda v: 0 <= v < 1, "in [0, 1)")
-    _check_range("r", group["r"], lambda v: v >= 0, "a finite number >= 0")
-    _check_range("weight_lr_power", group["weight_lr_power"], lambda v: v >= 0, "a finite number >= 0")
     for name in ("c_warmup", "sf_beta1_anneal_steps"):
         _check_steps(name, group[name])
-    warmup = group["warmup_steps"]
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(
-            f"Invalid warmup_steps: {warmup!r}. warmup_steps must be an integer >= 0; a warmup ratio must be "
-            "turned into steps first (e.g. math.ceil(ratio * max_steps)).")
 
 
 class ScheduleFreePlusAdamW(ScheduleFreeAdamW):
