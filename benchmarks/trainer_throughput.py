@@ -90,7 +90,7 @@ def main(argv=None):
         flags = ["--output_dir", f"{tmp}/sf", "--max_steps", str(args.steps), "--eval_strategy", "no",
                  "--save_strategy", "no", "--report_to", "none", "--logging_steps", str(10 * args.steps),
                  "--disable_tqdm", "true", *recipe_flags]
-        _, data_args, sf_args, tokenizer, model, train_blocks, _, _, _ = prepare(flags, DEFAULT_RECIPE)
+        _, data_args, sf_args, tokenizer, model, train_blocks, _, _, _, _ = prepare(flags, DEFAULT_RECIPE)
         initial = copy.deepcopy(model.state_dict())
         tokens_per_step = sf_args.per_device_train_batch_size * sf_args.gradient_accumulation_steps \
             * data_args.block_size

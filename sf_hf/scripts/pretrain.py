@@ -20,12 +20,13 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM, default_data_collator, set_seed
 
 from .. import ScheduleFreeTrainer
+from ..callbacks import get_callbacks
 from ..data import load_text_dataset
 from ..models import build_model
 from ..script_args import RecipeError, parse_script_args, run_args_changes, run_args_record
 from .checks import check_model, find_checkpoint, resolve_batch, steps_and_epochs
 from .data import baseline_entropy, load_tokenizer, prepare_data
-from .reporting import log_derived_numbers, log_done, setup_logging
+from .reporting import SpeedCallback, log_derived_numbers, log_done, setup_logging
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"  # the repository's recipes (a source checkout)
 DEFAULT_RECIPE = RECIPES / "llama-small" / "pretrain" / "config_sf_adamw_refined.yaml"
@@ -48,7 +49,7 @@ def build(model_args, tokenizer, positions, config):
 
 def prepare(argv, default_config, require_pretrained=False):
     """Everything before training; every input error surfaces here as a RecipeError/ValueError, within seconds."""
-    model_args, data_args, training_args = parse_script_args(argv, default_config=default_config)
+    model_args, data_args, training_args, script_args = parse_script_args(argv, default_config, with_script_args=True)
     if require_pretrained and not model_args.model_name_or_path:
         raise RecipeError("Fine-tuning needs a model: pass --model_name_or_path (a local folder, e.g. the output_dir "
                           "of recipes/pretrain.py, or a Hub id). To train from scratch use recipes/pretrain.py.")
@@ -73,7 +74,10 @@ def prepare(argv, default_config, require_pretrained=False):
     model = build(model_args, tokenizer, positions, config)
     entropy = baseline_entropy(train_blocks, eval_blocks)
     log_derived_numbers(model, data_args, training_args, seqs_per_step, steps, epochs, entropy)
-    return model_args, data_args, training_args, tokenizer, model, train_blocks, eval_blocks, checkpoint, entropy
+    callbacks = get_callbacks(script_args.callbacks, model_args, data_args, training_args)
+    callbacks.append(SpeedCallback(seqs_per_step * data_args.block_size))
+    return (model_args, data_args, training_args, tokenizer, model, train_blocks, eval_blocks, checkpoint, entropy,
+            callbacks)
 
 
 def main(argv=None, default_config=DEFAULT_RECIPE, require_pretrained=False):
@@ -83,9 +87,10 @@ def main(argv=None, default_config=DEFAULT_RECIPE, require_pretrained=False):
         prepared = prepare(argv, default_config, require_pretrained)
     except (ValueError, ImportError) as err:  # bad input: say what to fix, no traceback, before any training
         raise SystemExit(f"{Path(sys.argv[0]).name}: error: {err}") from None
-    model_args, data_args, training_args, tokenizer, model, train_blocks, eval_blocks, checkpoint, entropy = prepared
+    (model_args, data_args, training_args, tokenizer, model, train_blocks, eval_blocks, checkpoint, entropy,
+     callbacks) = prepared
     trainer = ScheduleFreeTrainer(model=model, args=training_args, train_dataset=train_blocks, eval_dataset=eval_blocks,
-                                  processing_class=tokenizer, data_collator=default_data_collator)
+                                  processing_class=tokenizer, data_collator=default_data_collator, callbacks=callbacks)
     out = Path(training_args.output_dir)
     if trainer.is_world_process_zero():
         out.mkdir(parents=True, exist_ok=True)
