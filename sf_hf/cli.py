@@ -289,7 +289,8 @@ for _name, _module in SCRIPTS.items():
 
 def build_parser() -> argparse.ArgumentParser:
     """The `sf-hf` parser with one subparser per registered command."""
-    parser = argparse.ArgumentParser(prog="sf-hf", description="Schedule-Free checkpoints: evaluate, convert, push.")
+    parser = argparse.ArgumentParser(prog="sf-hf", description="Schedule-Free training (pretrain, finetune) and "
+                                                               "checkpoints: evaluate, convert, push.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS.values():
         command.add_arguments(subparsers.add_parser(command.name, help=command.help, description=command.help,
