@@ -10,7 +10,7 @@ read). The factories import their callback when called, so this module is cheap 
 """
 
 import inspect
-from typing import Callable, Dict, List, Sequence
+from collections.abc import Callable, Sequence
 
 from transformers import TrainerCallback
 
@@ -38,7 +38,7 @@ def _checkpoint_pipeline(model_args, data_args, training_args) -> TrainerCallbac
     return CheckpointPipelineCallback(data=data, batch_size=training_args.per_device_eval_batch_size)
 
 
-CALLBACKS: Dict[str, Callable[..., TrainerCallback]] = {
+CALLBACKS: dict[str, Callable[..., TrainerCallback]] = {
     "river_diagnostics": _river_diagnostics,
     "checkpoint_pipeline": _checkpoint_pipeline,
 }
@@ -51,7 +51,7 @@ def check_callback_names(names: Sequence[str]) -> None:
         raise ValueError(f"Unknown callback(s) {', '.join(map(repr, unknown))}; known: {', '.join(CALLBACKS)}.")
 
 
-def get_callbacks(names: Sequence[str], model_args, data_args, training_args) -> List[TrainerCallback]:
+def get_callbacks(names: Sequence[str], model_args, data_args, training_args) -> list[TrainerCallback]:
     """The callbacks `names` pick, built from the recipe's arguments, in the order given."""
     check_callback_names(names)
     return [CALLBACKS[name](model_args, data_args, training_args) for name in names]

@@ -448,12 +448,7 @@ class ScheduleFreeMixin(HubPublishing):
         self.accelerator.wait_for_everyone()
         if not self.args.should_save and self.args.local_process_index == 0:  # none left unless on a node-local disk
             checkpoints.recover_leftovers(self.args.output_dir)
-        if resume_from_checkpoint is True:
-            found = checkpoints.last_complete_checkpoint(self.args.output_dir)
-            if found is None:
-                raise ValueError(f"No valid checkpoint found in output directory ({self.args.output_dir}): sf_hf "
-                                 "found no complete checkpoint-N there.")
-            resume_from_checkpoint = found
+        resume_from_checkpoint = checkpoints.checkpoint_to_resume(self.args.output_dir, resume_from_checkpoint)
         # The model weights are judged only where transformers loads them from model.safetensors (DeepSpeed and FSDP
         # load their own files into partitioned or sharded parameters); the optimizer-state check judges the rest.
         loads_safetensors = not (self.is_deepspeed_enabled or self.is_fsdp_enabled)

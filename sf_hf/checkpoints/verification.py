@@ -336,3 +336,19 @@ def last_complete_checkpoint(run_dir: PathLike, *, deep: bool = False, quiet: bo
         if not quiet:
             logger.warning("sf_hf: skipping %s for resume: %s", path, "; ".join(problems))
     return None
+def checkpoint_to_resume(run_dir: PathLike, requested) -> str | None:
+    """The checkpoint a run resumes from, as `Trainer.train(resume_from_checkpoint=...)` and the recipes' flag say it:
+    None/False (or "false") -> None; True (or "true", "last") -> the newest complete `checkpoint-N` of `run_dir`
+    (`last_complete_checkpoint`; a `ValueError` when there is none); a path -> that path (whether it is a sound
+    checkpoint is `verify_checkpoint`'s to say)."""
+    if requested is None or requested is False or str(requested).lower() == "false":
+        return None
+    if requested is True or str(requested).lower() in ("true", "last"):
+        found = last_complete_checkpoint(run_dir)
+        if found is None:
+            raise ValueError(f"No valid checkpoint found in output directory ({run_dir}): sf_hf found no complete "
+                             "checkpoint-N there.")
+        return found
+    return str(requested)
+
+

@@ -7,7 +7,7 @@ import os
 import datasets
 from transformers import AutoConfig
 
-from ..checkpoints import last_complete_checkpoint
+from ..checkpoints import checkpoint_to_resume, last_complete_checkpoint
 from ..models import MODEL_PRESETS
 from ..script_args import RecipeError
 
@@ -55,20 +55,19 @@ def check_model(model_args, data_args):
 
 
 def find_checkpoint(training_args):
-    """The checkpoint to resume from: --resume_from_checkpoint, else the last complete one in output_dir (a newer,
-    interrupted or damaged one is skipped with a warning that says why; see sf_hf.checkpoints), else None."""
+    """The checkpoint to resume from: --resume_from_checkpoint (`sf_hf.checkpoints.checkpoint_to_resume`), else the
+    last complete one in output_dir, so that re-running a command resumes it (a newer, interrupted or damaged one is
+    skipped with a warning that says why), else None."""
     requested = training_args.resume_from_checkpoint
-    last = last_complete_checkpoint(training_args.output_dir)
     if requested is None or str(requested).lower() == "false":
-        return last
-    if str(requested).lower() in ("true", "last"):
-        if last is None:
-            raise RecipeError(f"resume_from_checkpoint={requested!r} but {training_args.output_dir} has no complete "
-                              "checkpoint.")
-        return last
-    if not os.path.isdir(requested):
+        return last_complete_checkpoint(training_args.output_dir)
+    try:
+        checkpoint = checkpoint_to_resume(training_args.output_dir, requested)
+    except ValueError as err:
+        raise RecipeError(str(err)) from None
+    if not os.path.isdir(checkpoint):
         raise RecipeError(f"resume_from_checkpoint={requested!r} is not a folder; pass a checkpoint-N folder.")
-    return requested
+    return checkpoint
 
 
 def steps_and_epochs(training_args, train_blocks, seqs_per_step):

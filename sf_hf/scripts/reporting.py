@@ -5,7 +5,6 @@ import logging
 import math
 import sys
 import time
-from typing import Optional
 
 import datasets
 import torch
@@ -13,7 +12,8 @@ import transformers
 from tqdm import tqdm
 from transformers import TrainerCallback
 
-from ..registry import get_optimizer_spec, resolve_warmup_steps
+from ..optim.averaging import averaging_window
+from ..registry import get_optimizer_spec, optimizer_cls_and_kwargs, resolve_warmup_steps
 
 logger = logging.getLogger("sf_hf.recipes")
 
@@ -42,10 +42,9 @@ def log_derived_numbers(model, data_args, training_args, seqs_per_step, steps, e
     spec = get_optimizer_spec(args.optimizer_name)
     warmup = resolve_warmup_steps(args, steps)
     tokens_per_step = seqs_per_step * data_args.block_size
-    if args.optimizer_name == "sf_adamw_refined":
-        window = f"~T/C = {steps}/{args.decoupling_c:g} = {steps / args.decoupling_c:.1f} steps"
-    elif spec.schedule_free:
-        window = f"~T(1-b1) = {steps * (1 - args.adam_beta1):.1f} steps (vanilla SF: C = 1/(1-b1))"
+    if spec.schedule_free:
+        window = f"~{final_averaging_window(args, steps):.1f} steps of y at the end ((1 - b) / c: ~T/C refined, " \
+                 "~T(1-b1) vanilla)"
     elif args.optimizer_name == "adamw_ema":
         window = f"EMA ~1/(1-decay) = {1 / (1 - args.ema_decay):.0f} steps"
     else:
@@ -69,6 +68,14 @@ def log_derived_numbers(model, data_args, training_args, seqs_per_step, steps, e
     return numbers
 
 
+def final_averaging_window(args, steps: int) -> float:
+    """The averaging window of x at the end of the run (`sf_hf.optim.averaging.averaging_window`), from the parameter
+    group the optimizer will build for these arguments."""
+    optimizer_cls, kwargs = optimizer_cls_and_kwargs(args, steps)
+    group = optimizer_cls([torch.nn.Parameter(torch.zeros(1))], **kwargs).param_groups[0]
+    return averaging_window(group, steps)
+
+
 class SpeedCallback(TrainerCallback):
     """Logs the training speed and the time left, once, after `measure_steps` optimizer steps in a row:
 
@@ -85,7 +92,7 @@ class SpeedCallback(TrainerCallback):
 
     def __init__(self, tokens_per_step: int, measure_steps: int = 10):
         self.tokens_per_step, self.measure_steps = tokens_per_step, measure_steps
-        self.start: Optional[tuple] = None  # (step, time) of the measurement's first step end
+        self.start: tuple | None = None  # (step, time) of the measurement's first step end
         self.logged = False
 
     def on_train_begin(self, args, state, control, **kwargs):
