@@ -5,10 +5,11 @@
     python benchmarks/trainer_throughput.py --model_preset llama-tiny --sf_fused true        # recipe flags pass through
 
 Both arms train the same model (the same initial weights) on the same batches of the recipe
-(`recipes/pretrain.py`'s `prepare`: data, tokenizer, model, batch and optimizer settings all come from it; every
-flag this script does not know is a recipe flag). The only differences are the trainer and the optimizer: the
-recipe's `ScheduleFreeTrainer` with its Schedule-Free optimizer, against a plain `transformers.Trainer` with
-`optim="adamw_torch_fused"` and a cosine schedule at the same learning rate, warmup, weight decay and clipping.
+(`sf_hf.scripts.pretrain.prepare`, which `recipes/pretrain.py` runs: data, tokenizer, model, batch and optimizer
+settings all come from it; every flag this script does not know is a recipe flag). The only differences are the
+trainer and the optimizer: the recipe's `ScheduleFreeTrainer` with its Schedule-Free optimizer, against a plain
+`transformers.Trainer` with `optim="adamw_torch_fused"` and a cosine schedule at the same learning rate, warmup,
+weight decay and clipping.
 No evaluation, checkpoint or report runs during the timed steps.
 
 A step's time is the wall clock between consecutive `on_step_end` callbacks (data loading, forward, backward,
@@ -23,12 +24,10 @@ Target (issue #7): SF throughput within 3% of Trainer + fused AdamW (ratio >= 0.
 import argparse
 import copy
 import dataclasses
-import importlib.util
 import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 import transformers
@@ -36,16 +35,9 @@ from common import load_average, machine_summary
 from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
 
 from sf_hf import ScheduleFreeTrainer
+from sf_hf.scripts.pretrain import DEFAULT_RECIPE, prepare
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "pretrain.py"
 TARGET_RATIO = 0.97
-
-
-def load_recipe():
-    spec = importlib.util.spec_from_file_location("sf_hf_pretrain_recipe", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class StepTimer(TrainerCallback):
@@ -94,12 +86,11 @@ def main(argv=None):
         parser.error("--steps must be larger than --warmup, --repeats at least 1 and --warmup_run_steps at least 0.")
 
     transformers.utils.logging.set_verbosity_error()
-    recipe = load_recipe()
     with tempfile.TemporaryDirectory(prefix="sf_hf_throughput_") as tmp:
         flags = ["--output_dir", f"{tmp}/sf", "--max_steps", str(args.steps), "--eval_strategy", "no",
                  "--save_strategy", "no", "--report_to", "none", "--logging_steps", str(10 * args.steps),
                  "--disable_tqdm", "true", *recipe_flags]
-        _, data_args, sf_args, tokenizer, model, train_blocks, _, _, _ = recipe.prepare(flags, recipe.DEFAULT_RECIPE)
+        _, data_args, sf_args, tokenizer, model, train_blocks, _, _, _, _ = prepare(flags, DEFAULT_RECIPE)
         initial = copy.deepcopy(model.state_dict())
         tokens_per_step = sf_args.per_device_train_batch_size * sf_args.gradient_accumulation_steps \
             * data_args.block_size

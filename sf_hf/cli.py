@@ -1,5 +1,7 @@
-"""`sf-hf`: the command line of sf_hf, a thin layer over `sf_hf.pipeline`.
+"""`sf-hf`: the command line of sf_hf, a thin layer over `sf_hf.scripts` (training) and `sf_hf.pipeline`.
 
+    sf-hf pretrain --config RECIPE.yaml [--accelerate-config ddp|FILE] [--num-processes N] [--max_steps 100 ...]
+    sf-hf finetune --config RECIPE.yaml --model_name_or_path MODEL [...]
     sf-hf evaluate runs/llama-small [--metric next_token_accuracy] [--tasks sf_kjv,hellaswag --limit 100]
     sf-hf convert runs/plain/checkpoint-500 --to x [--output-dir DIR]
     sf-hf card runs/llama-small [--repo-id org/llama-small-sf] [--output-dir DIR]
@@ -13,19 +15,29 @@ Flags share one spelling across commands and with the recipes' fields: `--output
 for a file, `--dataset-name` / `--dataset-config` / `--text-column` / `--block-size` as in the recipes' YAML. The
 older `--output` (convert, probe) and `--dataset` (evaluate, probe) still work, with a warning, until the next release
 (`add_renamed_argument`).
+
+The training commands are `sf_hf.scripts.SCRIPTS` (name -> module), each launched through accelerate's own launcher
+as `accelerate launch [--config_file FILE] [--num_processes N] -m MODULE ARGS...` would run it (TRL's `trl sft`
+does the same): every argument but the launcher's two goes to the script. A new training command (`sft`, `dpo`) is
+one more entry in `SCRIPTS`.
 """
 
 import argparse
 import json
 import logging
+import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from .pipeline import CheckpointError, PipelineError, RetryPolicy, convert_checkpoint, evaluate_run, push_run
 from .pipeline.push import write_cards
 from .pipeline.report import summary_rows, to_markdown
 from .probe import DEFAULT_TOLERANCE, probe_checkpoint
+from .scripts import SCRIPTS
+
+ACCELERATE_CONFIGS = Path(__file__).resolve().parents[1] / "accelerate_configs"  # the repository's (ddp, zero3...)
 
 
 @dataclass(frozen=True)
@@ -37,12 +49,15 @@ class Command:
         help (`str`): one line for `sf-hf --help`.
         add_arguments (`Callable`): adds the subcommand's arguments to its parser.
         run (`Callable`): `(args) -> exit status`.
+        passes_through (`bool`, *optional*, defaults to `False`): arguments the parser does not know are handed
+            to `run` as `args.passed_through` (the training commands' script arguments) instead of failing.
     """
 
     name: str
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
+    passes_through: bool = False
 
 
 COMMANDS: Dict[str, Command] = {}
@@ -230,18 +245,66 @@ register(Command("probe", "branch a short linear lr decay from a checkpoint; a n
                           "the river", _probe_arguments, _probe))
 
 
+def _launch_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="the YAML recipe (default: the script's own default recipe)")
+    parser.add_argument("--accelerate-config",
+                        help="an accelerate config file, or the name of one in accelerate_configs/ (ddp, "
+                             "deepspeed_zero3, ...); default: accelerate's own default config")
+    parser.add_argument("--num-processes", type=int, help="processes to launch (default: the accelerate config's)")
+
+
+def accelerate_launch_args(args: argparse.Namespace, module: str) -> List[str]:
+    """The `accelerate launch` argument list that runs `module` with the recipe and the passed-through arguments."""
+    launch = []
+    if args.accelerate_config:
+        config = Path(args.accelerate_config)
+        if not config.is_file():
+            config = ACCELERATE_CONFIGS / f"{args.accelerate_config}.yaml"
+            if not config.is_file():
+                known = ", ".join(sorted(p.stem for p in ACCELERATE_CONFIGS.glob("*.yaml")))
+                raise PipelineError(f"--accelerate-config {args.accelerate_config!r} is neither a file nor a config "
+                                    f"in {ACCELERATE_CONFIGS} ({known}).")
+        launch += ["--config_file", str(config)]
+    if args.num_processes is not None:
+        launch += ["--num_processes", str(args.num_processes)]
+    recipe = ["--config", args.config] if args.config else []
+    return [*launch, "-m", module, *recipe, *args.passed_through]
+
+
+def _launch(args: argparse.Namespace) -> int:
+    from accelerate.commands.launch import launch_command, launch_command_parser
+
+    launch_args = accelerate_launch_args(args, SCRIPTS[args.command])
+    try:
+        launch_command(launch_command_parser().parse_args(launch_args))
+    except subprocess.CalledProcessError as err:  # the script has printed its error; no launcher traceback
+        return err.returncode
+    return 0
+
+
+for _name, _module in SCRIPTS.items():
+    register(Command(_name, f"launch {_module} through accelerate (a recipe; other arguments go to the script)",
+                     _launch_arguments, _launch, passes_through=True))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `sf-hf` parser with one subparser per registered command."""
     parser = argparse.ArgumentParser(prog="sf-hf", description="Schedule-Free checkpoints: evaluate, convert, push.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS.values():
-        command.add_arguments(subparsers.add_parser(command.name, help=command.help, description=command.help))
+        command.add_arguments(subparsers.add_parser(command.name, help=command.help, description=command.help,
+                                                    allow_abbrev=not command.passes_through))
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Runs `sf-hf` with `argv` (default: `sys.argv[1:]`) and returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if COMMANDS[args.command].passes_through:
+        args.passed_through = unknown
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return COMMANDS[args.command].run(args)

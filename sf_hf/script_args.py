@@ -1,12 +1,13 @@
-"""The recipes' arguments: `ModelArguments`, `DataArguments` and a strict YAML + command-line parser.
+"""The recipes' arguments: `ModelArguments`, `DataArguments`, `ScriptArguments` and a strict YAML + command-line
+parser.
 
     from sf_hf.script_args import parse_script_args
     model_args, data_args, training_args = parse_script_args(
         ["--config", "recipes/llama-small/pretrain/config_sf_adamw_refined.yaml", "--max_steps", "20"])
 
-A recipe is a flat YAML file whose keys are fields of `ModelArguments`, `DataArguments` and
-`sf_hf.ScheduleFreeConfig`; flags on the command line override it (as TRL's `TrlParser` does), and an
-unknown key, in the file or on the command line, is an error that names the closest known key.
+A recipe is a flat YAML file whose keys are fields of `ModelArguments`, `DataArguments`,
+`sf_hf.ScheduleFreeConfig` and `ScriptArguments`; flags on the command line override it (as TRL's `TrlParser`
+does), and an unknown key, in the file or on the command line, is an error that names the closest known key.
 """
 
 import argparse
@@ -20,6 +21,7 @@ from typing import List, Optional, Sequence, Tuple
 import yaml
 from transformers import HfArgumentParser
 
+from .callbacks import check_callback_names
 from .configs import ScheduleFreeConfig
 
 TOKENIZER_CHOICES = ("bpe", "gpt2")
@@ -118,7 +120,24 @@ class DataArguments:
                 raise RecipeError(f"{name} must be a positive integer or unset, got {value}.")
 
 
-SCRIPT_DATACLASSES = (ModelArguments, DataArguments, ScheduleFreeConfig)
+@dataclass
+class ScriptArguments:
+    """What the training script adds to the trainer: the callbacks the recipe names (`sf_hf.callbacks`)."""
+
+    callbacks: List[str] = field(
+        default_factory=list,
+        metadata={"help": "Callbacks by name, e.g. [river_diagnostics, checkpoint_pipeline] in the YAML or "
+                          "`--callbacks river_diagnostics` (the names of sf_hf.callbacks.CALLBACKS)."},
+    )
+
+    def __post_init__(self):
+        try:
+            check_callback_names(self.callbacks)
+        except ValueError as err:
+            raise RecipeError(str(err)) from None
+
+
+SCRIPT_DATACLASSES = (ModelArguments, DataArguments, ScheduleFreeConfig, ScriptArguments)
 
 
 def known_keys(dataclass_types: Sequence[type] = SCRIPT_DATACLASSES) -> List[str]:
@@ -132,7 +151,7 @@ def _unknown_key_message(unknown: Sequence[str], where: str, keys: Sequence[str]
         close = difflib.get_close_matches(key.lstrip("-"), keys, n=1)
         hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
     return (f"Unknown key(s) in {where}: {', '.join(hints)}. A recipe key must be a field of ModelArguments, "
-            "DataArguments or ScheduleFreeConfig (see --help); remove or rename it.")
+            "DataArguments, ScheduleFreeConfig or ScriptArguments (see --help); remove or rename it.")
 
 
 def load_recipe(path: str, dataclass_types: Sequence[type] = SCRIPT_DATACLASSES) -> dict:
@@ -199,10 +218,12 @@ class RecipeParser(HfArgumentParser):
             raise RecipeError(str(err)) from err
 
 
-def parse_script_args(args: Optional[Sequence[str]] = None, default_config: Optional[str] = None
-                      ) -> Tuple[ModelArguments, DataArguments, ScheduleFreeConfig]:
-    """`(model_args, data_args, training_args)` from `--config` (or `default_config`) and command-line flags."""
-    return RecipeParser().parse_recipe_and_args(args, default_config=default_config)
+def parse_script_args(args: Optional[Sequence[str]] = None, default_config: Optional[str] = None,
+                      with_script_args: bool = False) -> Tuple:
+    """`(model_args, data_args, training_args)` from `--config` (or `default_config`) and command-line flags, and
+    `script_args` (a `ScriptArguments`) fourth with `with_script_args=True`."""
+    parsed = RecipeParser().parse_recipe_and_args(args, default_config=default_config)
+    return parsed if with_script_args else parsed[:3]
 
 
 def run_args_record(model_args: ModelArguments, data_args: DataArguments) -> dict:

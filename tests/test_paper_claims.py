@@ -3,16 +3,15 @@
     pytest tests/test_paper_claims.py -q
 """
 
+import importlib
 import json
 
 import pytest
 
-from .scripts import load_script
-
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    bench = load_script("benchmarks/paper_claims.py")
+    bench = importlib.import_module("benchmarks.paper_claims")
     out = tmp_path_factory.mktemp("paper_claims")
     status = bench.main(["--quick", "--jobs", "1", "--out", str(out)])
     return bench, out, status

@@ -22,8 +22,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sf_hf.metadata import read_metadata
 from sf_hf.script_args import RecipeError, load_recipe, parse_script_args, run_args_changes
+from sf_hf.scripts import finetune, pretrain
 
-from .scripts import ROOT, load_script
+ROOT = Path(__file__).resolve().parents[1]
 
 RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
 DEFAULT_RECIPE = ROOT / "recipes" / "llama-small" / "pretrain" / "config_sf_adamw_refined.yaml"
@@ -35,10 +36,6 @@ SHORT = ["--model_preset", "llama-tiny", "--tokenizer_vocab_size", "512", "--tok
          "--per_device_eval_batch_size", "16", "--max_eval_blocks", "32", "--learning_rate", "1e-2",
          "--max_steps", "100", "--eval_steps", "25", "--save_steps", "50", "--logging_steps", "10",
          "--disable_tqdm", "true"]
-
-
-pretrain = load_script("recipes/pretrain.py")
-finetune = load_script("recipes/finetune.py")
 
 
 def run_main(module, argv, **kwargs):
@@ -228,8 +225,7 @@ def test_finetuning_a_pretrained_output_lowers_validation_loss_on_new_text(pretr
                                   "--output_dir", str(target), "--block_size", "64", "--global_batch_size", "8",
                                   "--per_device_train_batch_size", "8", "--max_steps", "20", "--eval_steps", "10",
                                   "--save_steps", "20", "--max_eval_blocks", "32", "--learning_rate", "3e-3",
-                                  "--logging_steps", "5", "--disable_tqdm", "true", "--report_to", "none"],
-                       default_config=finetune.DEFAULT_RECIPE, require_pretrained=True)
+                                  "--logging_steps", "5", "--disable_tqdm", "true", "--report_to", "none"])
     assert metrics["eval_loss"] < metrics["initial_eval_loss"] - 0.3, metrics
     assert read_metadata(target)["weights"] == "x" and read_metadata(target / "checkpoint-20")["weights"] == "x"
     run_args = json.loads((target / "run_args.json").read_text())
@@ -268,14 +264,14 @@ def test_bad_input_fails_fast_with_what_to_fix(tmp_path):
     for argv, message in cases:
         fails_fast(pretrain, argv, message, tmp_path)
     fails_fast(finetune, ["--dataset_name", str(wrong_column)],
-               r"needs a model: pass --model_name_or_path", tmp_path, default_config=None, require_pretrained=True)
+               r"needs a model: pass --model_name_or_path", tmp_path, default_config=None)
 
 
 def test_block_size_beyond_a_pretrained_models_context_fails_fast(pretrained, tmp_path):
     out, _ = pretrained
     fails_fast(finetune, ["--model_name_or_path", str(out), "--dataset_name", "embedded", "--block_size", "128"],
                r"block_size=128 is longer than the model's context: .*max_position_embeddings=64.*block_size <= 64",
-               tmp_path, default_config=finetune.DEFAULT_RECIPE, require_pretrained=True)
+               tmp_path)
 
 
 def test_unknown_yaml_key_fails_in_seconds_from_the_command_line(tmp_path):

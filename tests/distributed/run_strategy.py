@@ -1,10 +1,10 @@
 """One launch per strategy: train, evaluate, save and resume, and write the values tests/distributed asserts on.
 
     ACCELERATE_USE_CPU=true accelerate launch --config_file accelerate_configs/ddp.yaml --num_processes 2 \
-        --mixed_precision no tests/distributed/run_strategy.py --out /tmp/ddp
+        --mixed_precision no -m tests.distributed.run_strategy --out /tmp/ddp
     accelerate launch --config_file accelerate_configs/deepspeed_zero3.yaml --num_processes 2 --mixed_precision no \
-        --zero3_init_flag false tests/distributed/run_strategy.py --out /tmp/zero3
-    torchrun --nproc_per_node 2 tests/distributed/run_strategy.py --fsdp2 --deepspeed-bf16 --out /tmp/torchrun
+        --zero3_init_flag false -m tests.distributed.run_strategy --out /tmp/zero3
+    torchrun --nproc_per_node 2 -m tests.distributed.run_strategy --fsdp2 --deepspeed-bf16 --out /tmp/torchrun
 
 Trainer strategies (DDP, DeepSpeed ZeRO-1/2/3): a ScheduleFreeTrainer runs STEPS steps with a checkpoint at
 SAVE_AT (and an evaluation there, so the run switches y -> x -> y mid-way), evaluates, saves; a second trainer
@@ -21,12 +21,9 @@ import argparse
 import faulthandler
 import json
 import os
-import sys
 from contextlib import nullcontext
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402

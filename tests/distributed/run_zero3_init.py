@@ -2,7 +2,7 @@
 after their TrainingArguments, as the recipes build theirs, are born partitioned; train, checkpoint, resume.
 
     accelerate launch --config_file accelerate_configs/deepspeed_zero3.yaml --num_processes 2 --mixed_precision no \
-        tests/distributed/run_zero3_init.py --out /tmp/zero3_init
+        -m tests.distributed.run_zero3_init --out /tmp/zero3_init
 
 Rank 0 writes the optimizer's x of the uninterrupted and of the resumed run (x_master, x_resumed) and results.json
 (tests/distributed/test_strategies.py asserts on them). The helpers are run_strategy.py's.
@@ -11,17 +11,14 @@ Rank 0 writes the optimizer's x of the uninterrupted and of the resumed run (x_m
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import torch
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM
 
-import torch  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
-from transformers import AutoModelForCausalLM  # noqa: E402
-
-from sf_hf import ScheduleFreeTrainer  # noqa: E402
-from tests.distributed.run_strategy import (  # noqa: E402
+from sf_hf import ScheduleFreeTrainer
+from tests.distributed.run_strategy import (
     EVAL,
     SAVE_AT,
     TRAIN,
@@ -31,7 +28,7 @@ from tests.distributed.run_strategy import (  # noqa: E402
     master_weights,
     trainer_args,
 )
-from tests.trainer_utils import tiny_model  # noqa: E402
+from tests.trainer_utils import tiny_model
 
 
 def partitioned_model(seed: int):

@@ -30,7 +30,7 @@ from ..trainer_utils import TokenDataset, config, hand_loss, max_abs_diff, tiny_
 pytestmark = pytest.mark.distributed
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "tests" / "distributed" / "run_strategy.py"
+MODULE = "tests.distributed.run_strategy"  # launched with -m from ROOT, so that `tests` is importable
 BIN = Path(sys.executable).parent
 STEPS, SAVE_AT = 6, 3
 EVAL = TokenDataset(8, seed=2)
@@ -51,7 +51,7 @@ def free_port() -> int:
 
 def launch_command(kind: str, out: Path) -> tuple:
     """(command, extra environment) of one strategy's launch."""
-    script = [str(SCRIPT), "--out", str(out)] + (["--sf-plus"] if kind in SF_PLUS_STRATEGIES else [])
+    script = ["-m", MODULE, "--out", str(out)] + (["--sf-plus"] if kind in SF_PLUS_STRATEGIES else [])
     torchrun = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()), *script]
     if kind == "fsdp2":  # accelerate's FSDP needs an accelerator (on CPU it silently runs DDP): torch's own.
         # The same launch runs DeepSpeed in bf16 with its own engine: transformers refuses bf16 on CPU unless
@@ -69,7 +69,7 @@ def launch_command(kind: str, out: Path) -> tuple:
                 "--refuse-config", str(swap)], {}
     if kind == "zero3_init":  # the shipped config as it is (zero3_init_flag: true), with the CPU overrides it names
         return [*accelerate, "--config_file", str(ROOT / "accelerate_configs" / "deepspeed_zero3.yaml"),
-                "--mixed_precision", "no", str(SCRIPT.with_name("run_zero3_init.py")), "--out", str(out)], {}
+                "--mixed_precision", "no", "-m", "tests.distributed.run_zero3_init", "--out", str(out)], {}
     stage = kind[-1]
     return [*accelerate, "--config_file", str(ROOT / "accelerate_configs" / f"deepspeed_zero{stage}.yaml"),
             "--mixed_precision", "no", "--zero3_init_flag", "false", *script], {}
@@ -282,7 +282,7 @@ def gpu_launch(config: str, out: Path) -> dict:
     """The Trainer launch with a shipped config as it is (bf16), on up to 2 GPUs."""
     processes = min(2, torch.cuda.device_count())
     command = [str(BIN / "accelerate"), "launch", "--config_file", str(ROOT / "accelerate_configs" / config),
-               "--num_processes", str(processes), "--main_process_port", str(free_port()), str(SCRIPT),
+               "--num_processes", str(processes), "--main_process_port", str(free_port()), "-m", MODULE,
                "--out", str(out)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
     proc = subprocess.run(command, cwd=ROOT, env=dict(env, HF_HUB_OFFLINE="1"), capture_output=True, text=True,

@@ -18,8 +18,8 @@ from safetensors.torch import load_file
 
 from sf_hf.checkpoints import MANIFEST_NAME, checkpoint_folders, checkpoint_problems, safe_torch_load
 
-SCRIPT = Path(__file__).with_name("train_tiny.py")
-ROOT = SCRIPT.parents[2]
+MODULE = "tests.reliability.train_tiny"  # run as `python -m` from ROOT, so that `tests` is importable
+ROOT = Path(__file__).resolve().parents[2]
 # (kill point, step): each run resumes from what the previous one left.
 CHOSEN_KILLS = [("optimizer_write", 2), ("model_write", 4), ("before_manifest", 6), ("after_manifest", 8),
                 ("rotation", 10), ("step_end", 11), ("after_rename", 12)]
@@ -32,7 +32,7 @@ class Zygote:
     def __init__(self, log: Path):
         env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
         self.log = log
-        self.proc = subprocess.Popen([sys.executable, str(SCRIPT), "serve"], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, "-m", MODULE, "serve"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=open(log, "wb"), text=True, env=env, cwd=ROOT)
 
     def ask(self, **request) -> dict:
@@ -142,7 +142,7 @@ def test_killed_runs_resume_to_bitwise_the_same_result(tmp_path):
 
     # the last run of the chosen-kill chain is the plain command, in a fresh process: "re-run the same command"
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, str(SCRIPT), "run", str(chosen)], env=env, cwd=ROOT, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", MODULE, "run", str(chosen)], env=env, cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
     figures["runs"] += 1
     assert done.returncode == 0, done.stderr[-3000:]

@@ -235,7 +235,7 @@ def node_command(rank: int, port: int, out: Path, *flags) -> list:
             str(ROOT / "accelerate_configs" / "ddp.yaml"), "--mixed_precision", "no", "--num_machines", "2",
             "--num_processes", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
             "--main_process_port", str(port), "--rdzv_conf", "timeout=120",
-            str(ROOT / "tests" / "reliability" / "train_tiny.py"), "run", str(out), *flags]
+            "-m", "tests.reliability.train_tiny", "run", str(out), *flags]
 
 
 def run_nodes(tmp_path, tag, flags=()) -> list:

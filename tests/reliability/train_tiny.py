@@ -1,8 +1,8 @@
 """A tiny ScheduleFreeTrainer run that resumes from its last complete checkpoint: the subject of the kill tests.
 
-    python tests/reliability/train_tiny.py run OUT_DIR [--kill POINT@STEP]   # one run; re-run it to resume
-    python tests/reliability/train_tiny.py run OUT_DIR --max-steps 14 --resume CHECKPOINT   # a chosen checkpoint
-    python tests/reliability/train_tiny.py serve                              # a zygote that forks runs
+    python -m tests.reliability.train_tiny run OUT_DIR [--kill POINT@STEP]   # one run; re-run it to resume
+    python -m tests.reliability.train_tiny run OUT_DIR --max-steps 14 --resume CHECKPOINT   # a chosen checkpoint
+    python -m tests.reliability.train_tiny serve                              # a zygote that forks runs
 
 Like `recipes/pretrain.py`, a re-run of the same command resumes from `last_complete_checkpoint(OUT_DIR)`.
 When training ends it writes OUT_DIR/final (the model at x, via `save_model`).
@@ -33,7 +33,6 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import torch  # noqa: E402
 import transformers.modeling_utils  # noqa: E402
