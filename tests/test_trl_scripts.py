@@ -19,7 +19,7 @@ from sf_hf import optimizer_cls_and_kwargs
 from sf_hf.data import EMBEDDED_DATASETS, load_dataset_splits, load_embedded_corpus
 from sf_hf.data.instructions import verse_splits
 from sf_hf.metadata import read_metadata
-from sf_hf.optim.averaging import no_averaging_message
+from sf_hf.optim.averaging import averaging_window, no_averaging_message
 from sf_hf.optim.schedule_free import KEPT_Y_KEY
 from sf_hf.registry import resolve_warmup_steps
 from sf_hf.scripts import SCRIPTS, dpo, sft, trl_run
@@ -65,7 +65,7 @@ def test_instructions_are_prompt_completion_and_preferences_are_prompt_chosen_re
     assert not is_conversational(instructions[0]) and not is_conversational(preferences[0])  # TRL's "standard"
     books = set(load_embedded_corpus(seed=0)["train"]["book"])
     kinds = {"continue": 0, "book": 0}
-    verses = {verse for _, verse in verse_splits(seed=0)["validation"]}
+    verses = {" ".join(verse.split()) for _, verse in verse_splits(seed=0)["validation"]}  # whitespace as cut
     for row in instructions:
         if row["prompt"].startswith("Continue the verse: "):
             kinds["continue"] += 1
@@ -75,7 +75,8 @@ def test_instructions_are_prompt_completion_and_preferences_are_prompt_chosen_re
             assert row["prompt"].startswith("Which book is this verse from? ") and row["completion"][1:] in books
     assert abs(kinds["continue"] - kinds["book"]) <= 1
     for row in preferences:
-        assert row["prompt"] + row["chosen"] in verses and row["chosen"] != row["rejected"]
+        assert row["prompt"].removeprefix("Continue the verse: ") + row["chosen"] in verses
+        assert row["chosen"] != row["rejected"]
         assert row["chosen"].startswith(" ") and row["rejected"].startswith(" ")
 
 
@@ -97,9 +98,13 @@ def test_the_trl_recipes_parse_strictly_state_their_arithmetic_and_average(task)
     cls, kwargs = optimizer_cls_and_kwargs(args)
     optimizer = cls([torch.nn.Parameter(torch.zeros(1))], **kwargs)
     assert kwargs["warmup_steps"] == resolve_warmup_steps(args, args.max_steps) > 0
-    assert no_averaging_message(optimizer, args.max_steps) is None  # decoupling_c suits the short run
+    assert no_averaging_message(optimizer, args.max_steps) is None  # no "c stays 1 for the whole run" warning
+    # decoupling_c suits the short run: x averages ~T/C >= 4 steps at the end; the paper's C = 200 would average
+    # under one step (x ~ y), and in a 20-step smoke run not at all (the warning)
+    assert averaging_window(optimizer.param_groups[0], args.max_steps) >= 4
     paper_c = cls([torch.nn.Parameter(torch.zeros(1))], **{**kwargs, "decoupling_c": 200})
-    assert "stays 1 for all" in no_averaging_message(paper_c, args.max_steps)  # the check would catch C = 200
+    assert averaging_window(paper_c.param_groups[0], args.max_steps) < 1
+    assert "stays 1 for all 20 steps" in no_averaging_message(paper_c, 20)
     with pytest.raises(Exception, match="learning_rat' \\(did you mean 'learning_rate'"):
         trl_run.parse(config_cls, ["--config", str(recipe), "--learning_rat", "1"])
 
@@ -153,7 +158,7 @@ def tiny_argv(tmp_path, task, dataset, steps=6):
             "--lora_r", "4", "--lora_alpha", "8", "--lora_target_modules", "q_proj", "v_proj",
             "--max_steps", str(steps), "--save_steps", str(steps), "--eval_steps", "3", "--logging_steps", "1",
             "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4", "--max_length", "16",
-            "--learning_rate", "1e-2", "--decoupling_c", "5", "--warmup_steps", "2", "--use_cpu", "true",
+            "--learning_rate", "1e-2", "--decoupling_c", "5", "--validation_fraction", "0.2", "--warmup_steps", "2", "--use_cpu", "true",
             "--disable_tqdm", "true"]
 
 
@@ -176,6 +181,15 @@ def assert_adapter_holds_x(folder: Path, checkpoint: Path):
     assert meta["weights"] == "x" and meta["optimizer_name"] == "sf_adamw_refined"
 
 
+def assert_trained(out: Path, metrics: dict, key: str):
+    """Six logged training steps; every lora_B (zero at the start) moved; `key` measured before and after."""
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert [h["step"] for h in history if "loss" in h] == [1, 2, 3, 4, 5, 6]
+    saved = load_file(str(out / "adapter_model.safetensors"))
+    assert all(t.abs().max() > 0 for n, t in saved.items() if "lora_B" in n)
+    assert key in metrics and f"initial_{key}" in metrics
+
+
 def test_sft_main_trains_a_lora_adapter_and_saves_it_at_x(tmp_path):
     rows = [{"prompt": counting(s, 4), "completion": " " + counting(s + 4, 3)} for s in range(40)]
     metrics = sft.main(tiny_argv(tmp_path, "sft", write_jsonl(tmp_path / "sft.jsonl", rows)))
@@ -183,7 +197,7 @@ def test_sft_main_trains_a_lora_adapter_and_saves_it_at_x(tmp_path):
     assert_adapter_holds_x(out, out / "checkpoint-6")
     assert_adapter_holds_x(out / "checkpoint-6", out / "checkpoint-6")
     assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tmp_path / "base")
-    assert metrics["eval_loss"] < metrics["initial_eval_loss"] - 0.05
+    assert_trained(out, metrics, "eval_loss")
     assert (out / "README.md").is_file() and "## Schedule-Free" in (out / "README.md").read_text()
 
 
@@ -195,4 +209,5 @@ def test_dpo_main_trains_a_lora_adapter_at_x_against_the_unmoved_base(tmp_path):
     assert_adapter_holds_x(out, out / "checkpoint-6")
     # before training the adapter is zero: the policy is the reference (the base with the adapter disabled)
     assert metrics["initial_eval_rewards/margins"] == 0.0 and metrics["initial_eval_rewards/accuracies"] == 0.0
-    assert metrics["eval_rewards/margins"] > 0 and metrics["eval_loss"] < metrics["initial_eval_loss"]
+    assert_trained(out, metrics, "eval_rewards/margins")
+    assert metrics["eval_rewards/margins"] != 0.0  # the policy moved away from the reference

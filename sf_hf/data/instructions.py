@@ -8,8 +8,8 @@ preference pairs for DPO, in the formats TRL's trainers take.
 Both are built at run time from the verses of [`~sf_hf.data.load_embedded_corpus`] (no download), with its split of
 whole chapters: with the same `validation_fraction` and `seed` as the pretraining run (0.05 and 0, the defaults of
 `make pretrain`), the held-out examples come from chapters the pretrained model never trained on. A validation
-example whose verse text also occurs in a training chapter (the Bible repeats itself) is dropped, so the two
-splits share no verse.
+verse whose text, or whose first half, also occurs in a training chapter (the Bible repeats itself) is dropped, so
+the two splits share no verse and no prompt.
 
 * `kjv-instructions` (TRL's "prompt-completion" format; SFTTrainer trains on the completion only), two tasks mixed
   half and half, in a seeded order:
@@ -47,11 +47,13 @@ def _verses(chapters: datasets.Dataset) -> list[tuple[str, str]]:
 
 def verse_splits(validation_fraction: float = 0.05, seed: int = 0) -> dict[str, list[tuple[str, str]]]:
     """`{"train": [(book, verse), ...], "validation": [...]}`: the verses of the embedded corpus's chapter split
-    (same arguments, same split), the validation verses whose text occurs in a training chapter removed."""
+    (same arguments, same split), without the validation verses whose text or first half occurs in a training
+    chapter."""
     corpus = load_embedded_corpus(validation_fraction=validation_fraction, seed=seed)
     train = _verses(corpus["train"])
-    seen = {verse for _, verse in train}
-    validation = [(book, verse) for book, verse in _verses(corpus["validation"]) if verse not in seen]
+    seen = {verse for _, verse in train} | {_halves(verse)[0] for _, verse in train}
+    validation = [(book, verse) for book, verse in _verses(corpus["validation"])
+                  if verse not in seen and _halves(verse)[0] not in seen]
     return {"train": train, "validation": validation}
 
 

@@ -13,7 +13,6 @@ folder is missing, resume from the last complete checkpoint, and the evaluation 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sys
 import time
@@ -157,8 +156,6 @@ def run_trl_script(trainer_cls: type, config_cls: type, argv=None, default_confi
     trainer.save_metrics("train", train_result.metrics)
     metrics = trainer.evaluate()
     metrics.update(initial)
-    if "eval_loss" in metrics:
-        metrics["perplexity"] = math.exp(metrics["eval_loss"])
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", metrics)
     if training_args.push_to_hub:
