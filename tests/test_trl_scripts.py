@@ -158,8 +158,8 @@ def tiny_argv(tmp_path, task, dataset, steps=6):
             "--lora_r", "4", "--lora_alpha", "8", "--lora_target_modules", "q_proj", "v_proj",
             "--max_steps", str(steps), "--save_steps", str(steps), "--eval_steps", "3", "--logging_steps", "1",
             "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4", "--max_length", "16",
-            "--learning_rate", "1e-2", "--decoupling_c", "5", "--validation_fraction", "0.2", "--warmup_steps", "2", "--use_cpu", "true",
-            "--disable_tqdm", "true"]
+            "--learning_rate", "1e-2", "--decoupling_c", "5", "--validation_fraction", "0.2", "--warmup_steps", "2",
+            "--use_cpu", "true", "--disable_tqdm", "true"]
 
 
 def assert_adapter_holds_x(folder: Path, checkpoint: Path):

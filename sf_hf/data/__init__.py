@@ -13,8 +13,9 @@ Everything here works offline:
 * [`pack_into_blocks`] turns documents into fixed-length `input_ids`/`labels` blocks, for both
   map-style and streaming datasets.
 
-One module per job: `embedded` (the King James corpus), `instructions` (SFT and DPO sets from it), `loading` (local files, the Hub, splits and
-validation carving), `tokenization` (the two tokenizers) and `packing` (blocks and [`unigram_entropy`]).
+One module per job: `embedded` (the King James corpus), `instructions` (SFT and DPO sets from it), `loading`
+(local files, the Hub, splits and validation carving), `tokenization` (the two tokenizers) and `packing` (blocks
+and [`unigram_entropy`]).
 Every public name is re-exported here, so `from sf_hf.data import ...` is the way to import them.
 """
 
