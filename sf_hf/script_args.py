@@ -145,13 +145,15 @@ def known_keys(dataclass_types: Sequence[type] = SCRIPT_DATACLASSES) -> List[str
     return [f.name for dtype in dataclass_types for f in fields(dtype) if f.init]
 
 
-def _unknown_key_message(unknown: Sequence[str], where: str, keys: Sequence[str]) -> str:
+def _unknown_key_message(unknown: Sequence[str], where: str, keys: Sequence[str],
+                         dataclass_types: Sequence[type] = SCRIPT_DATACLASSES) -> str:
     hints = []
     for key in unknown:
         close = difflib.get_close_matches(key.lstrip("-"), keys, n=1)
         hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-    return (f"Unknown key(s) in {where}: {', '.join(hints)}. A recipe key must be a field of ModelArguments, "
-            "DataArguments, ScheduleFreeConfig or ScriptArguments (see --help); remove or rename it.")
+    names = [t.__name__ for t in dataclass_types]
+    return (f"Unknown key(s) in {where}: {', '.join(hints)}. A recipe key must be a field of "
+            f"{', '.join(names[:-1])} or {names[-1]} (see --help); remove or rename it.")
 
 
 def load_recipe(path: str, dataclass_types: Sequence[type] = SCRIPT_DATACLASSES) -> dict:
@@ -168,7 +170,7 @@ def load_recipe(path: str, dataclass_types: Sequence[type] = SCRIPT_DATACLASSES)
     keys = known_keys(dataclass_types)
     unknown = sorted(set(config) - set(keys))
     if unknown:
-        raise RecipeError(_unknown_key_message(unknown, path, keys))
+        raise RecipeError(_unknown_key_message(unknown, path, keys, dataclass_types))
     return config
 
 
@@ -206,7 +208,8 @@ class RecipeParser(HfArgumentParser):
         outputs = outputs[: len(self.dataclass_types)]  # drop the namespace that holds only `config`
         remaining = [a for a in remaining if a.startswith("-")] or remaining
         if remaining:
-            raise RecipeError(_unknown_key_message(remaining, "the command line", known_keys(self.dataclass_types)))
+            raise RecipeError(_unknown_key_message(remaining, "the command line", known_keys(self.dataclass_types),
+                                                    self.dataclass_types))
         return tuple(outputs)
 
     def _parse(self, args: List[str]) -> Tuple:

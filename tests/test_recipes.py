@@ -26,7 +26,9 @@ from sf_hf.scripts import finetune, pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
 
-RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
+# The recipes of sf_hf.scripts.pretrain/finetune; those of the TRL scripts (sft/, dpo/) are checked with their own
+# parser in tests/test_trl_scripts.py.
+RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if p.parent.name not in ("sft", "dpo"))
 DEFAULT_RECIPE = ROOT / "recipes" / "llama-small" / "pretrain" / "config_sf_adamw_refined.yaml"
 ACCELERATE = Path(sys.executable).parent / "accelerate"
 

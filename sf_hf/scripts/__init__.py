@@ -5,14 +5,17 @@
     sf-hf pretrain --config RECIPE.yaml                                # the same, through sf_hf.cli
 
 `SCRIPTS` maps each `sf-hf` training command to the module that runs it (a module with a `main()`); a new
-command (`sft`, `dpo`) is one more entry here.
+command is one more entry here.
 
 Modules: `pretrain` (the whole run: parse, check, data, model, train, report), `finetune` (pretrain with a model
 required), `checks` (input checks that fail within seconds), `data` (tokenizer and packed blocks of a recipe),
-`reporting` (logging, the derived numbers and the final summary).
+`reporting` (logging, the derived numbers and the final summary); `sft` and `dpo` (TRL's SFTTrainer / DPOTrainer with
+the Schedule-Free mixin, `trl_run` the layout they share).
 """
 
 SCRIPTS = {
     "pretrain": "sf_hf.scripts.pretrain",
     "finetune": "sf_hf.scripts.finetune",
+    "sft": "sf_hf.scripts.sft",
+    "dpo": "sf_hf.scripts.dpo",
 }
