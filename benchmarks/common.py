@@ -8,7 +8,6 @@ import os
 import platform
 import re
 import subprocess
-from typing import List, Optional, Tuple
 
 import torch
 
@@ -17,7 +16,7 @@ import torch
 LLAMA_124M = dict(layers=12, width=768, mlp=2048, vocab=50304, tied_embeddings=True)
 
 
-def llama_shapes(layers: int, width: int, mlp: int, vocab: int, tied_embeddings: bool) -> List[Tuple[int, ...]]:
+def llama_shapes(layers: int, width: int, mlp: int, vocab: int, tied_embeddings: bool) -> list[tuple[int, ...]]:
     """The parameter shapes of a Llama (in `LlamaForCausalLM.named_parameters()` order)."""
     block = [(width, width)] * 4 + [(mlp, width), (mlp, width), (width, mlp), (width,), (width,)]
     shapes = [(vocab, width)] + block * layers + [(width,)]
@@ -41,7 +40,7 @@ def cpu_model() -> str:
         return platform.processor() or "unknown"
 
 
-def memory_gib() -> Optional[float]:
+def memory_gib() -> float | None:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (ValueError, OSError):

@@ -39,8 +39,8 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Tuple
 
 import torch
 import torch._dynamo.utils
@@ -78,15 +78,15 @@ class Row:
     name: str
     step: Callable[[], object]
     traffic: float  # minimum bytes moved per parameter
-    optimizer: Optional[torch.optim.Optimizer] = None
+    optimizer: torch.optim.Optimizer | None = None
     indent: bool = False
-    times: List[float] = field(default_factory=list)
-    cpu: List[float] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
     first: float = math.nan
-    peak: Optional[int] = None
+    peak: int | None = None
 
 
-def shapes_for(size: str) -> List[tuple]:
+def shapes_for(size: str) -> list[tuple]:
     if size.lower() == "llama-124m":
         return llama_shapes(**LLAMA_124M)
     count = parse_count(size)
@@ -121,7 +121,7 @@ def after_clipping(params, step: Callable[[], object], optimizer=None) -> Callab
     return clip_and_step
 
 
-def make_rows(params, grads, dtype) -> List[Row]:
+def make_rows(params, grads, dtype) -> list[Row]:
     param_bytes = torch.finfo(dtype).bits // 8
     sf_traffic = 3 * param_bytes + 2 * 2 * 4  # z and v are float32 for every parameter dtype
     native_traffic = 3 * param_bytes + 2 * 2 * param_bytes  # AdamW and schedulefree keep state in the param dtype
@@ -156,7 +156,7 @@ def make_rows(params, grads, dtype) -> List[Row]:
     return rows
 
 
-def target_comparisons(rows: List[Row]) -> List[Tuple[str, str]]:
+def target_comparisons(rows: list[Row]) -> list[tuple[str, str]]:
     """The (row, baseline) pairs whose time ratio an issue-7 target bounds, among `rows`."""
     names = {row.name for row in rows}
     comparisons = []
@@ -183,7 +183,7 @@ def run_case(size: str, dtype_name: str, args) -> dict:
     grads = [p.grad for p in params]
     rows = make_rows(params, grads, dtype)
 
-    def timed(row: Row) -> Tuple[float, float]:
+    def timed(row: Row) -> tuple[float, float]:
         torch._foreach_copy_(grads, pristine)
         start, start_cpu = time.perf_counter(), time.process_time()
         row.step()
@@ -214,7 +214,7 @@ def run_case(size: str, dtype_name: str, args) -> dict:
     return dict(size=size, dtype=dtype_name, n=n, tensors=len(shapes), rows=rows, new_graphs=new_graphs, pairs=pairs)
 
 
-def back_to_back_ratios(a: Row, b: Row, timed: Callable[[Row], Tuple[float, float]], count: int) -> dict:
+def back_to_back_ratios(a: Row, b: Row, timed: Callable[[Row], tuple[float, float]], count: int) -> dict:
     """`count` ratios of a's step time to b's, each from two steps taken back to back, a first in every other pair.
 
     The rotation of the table is fair to a slow minute of the machine, but not to what the step before left behind:
@@ -290,7 +290,7 @@ def print_case(case: dict) -> None:
           f"the cache): {sf.first:.2f} s; median step {statistics.median(sf.times) * 1e3:.1f} ms")
 
 
-def print_targets(case: dict) -> List[bool]:
+def print_targets(case: dict) -> list[bool]:
     """One line per target of issue 7, for a float32 case."""
     n, rows, pairs = case["n"], {row.name: row for row in case["rows"]}, case["pairs"]
     adamw = rows["torch AdamW fused"]
@@ -325,7 +325,7 @@ def print_targets(case: dict) -> List[bool]:
     return results
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10M,50M,llama-124m", help="comma-separated parameter counts (4 tensors "
                         "each) and/or llama-124m (its 110 tensors); '' with --bf16-sizes '' for the dispatch cost only")

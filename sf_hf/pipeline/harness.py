@@ -20,9 +20,9 @@ import importlib
 import logging
 import math
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..eval_tasks import TASKS_DIR
 from .errors import PipelineError
@@ -44,7 +44,7 @@ def require_lm_eval():
         raise PipelineError(INSTALL_HINT) from err
 
 
-def split_task_names(tasks: Sequence[str]) -> List[str]:
+def split_task_names(tasks: Sequence[str]) -> list[str]:
     """`["a,b", "c"]` -> `["a", "b", "c"]` (the CLI takes comma-separated lists, repeatable)."""
     return [name.strip() for entry in tasks for name in entry.split(",") if name.strip()]
 
@@ -66,10 +66,10 @@ class TaskSuite:
         verbose (`bool`, *optional*, defaults to `False`): keep lm-eval's per-request bars and INFO logs.
     """
 
-    tasks: List[str]
+    tasks: list[str]
     manager: object = field(repr=False)
-    num_fewshot: Optional[int] = None
-    limit: Optional[float] = None
+    num_fewshot: int | None = None
+    limit: float | None = None
     batch_size: int = 8
     verbose: bool = False
 
@@ -153,11 +153,11 @@ def _disabled_bar(bar_cls, *args, **kwargs):
     return bar_cls(*args, **{**kwargs, "disable": True})
 
 
-def _number(value) -> Optional[float]:
+def _number(value) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not math.isnan(value) else None
 
 
-def parse_results(output: dict) -> Dict[str, dict]:
+def parse_results(output: dict) -> dict[str, dict]:
     """lm-eval's `simple_evaluate(...)` output -> `{task: {"metrics": {name: {"value", "stderr", "metric",
     "filter"}}, "num_fewshot", "samples", "version", "higher_is_better", "dataset", "split"}}`.
 
@@ -192,7 +192,7 @@ def _describe(err: Exception) -> str:
     return f"{type(err).__name__}: {text}"
 
 
-def _run(lm, suite: TaskSuite, tasks: List[str], seeded: bool) -> Dict[str, dict]:
+def _run(lm, suite: TaskSuite, tasks: list[str], seeded: bool) -> dict[str, dict]:
     from lm_eval import simple_evaluate
 
     seeds = {} if seeded else dict(random_seed=None, numpy_random_seed=None, torch_random_seed=None)
@@ -201,7 +201,7 @@ def _run(lm, suite: TaskSuite, tasks: List[str], seeded: bool) -> Dict[str, dict
     return parse_results(output)
 
 
-def evaluate_tasks(model, tokenizer, suite: TaskSuite, seeded: bool = True) -> Tuple[Dict[str, dict], Dict[str, str]]:
+def evaluate_tasks(model, tokenizer, suite: TaskSuite, seeded: bool = True) -> tuple[dict[str, dict], dict[str, str]]:
     """Runs the suite's tasks on `model` as it is (in memory, on its device).
 
     All tasks go through one `simple_evaluate` call; if it fails, each task is run alone, so one broken task

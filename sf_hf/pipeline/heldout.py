@@ -14,7 +14,6 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from transformers import PreTrainedTokenizerBase
 
@@ -48,13 +47,13 @@ class DataSpec:
 
     dataset_name: str
     block_size: int
-    dataset_config: Optional[str] = None
+    dataset_config: str | None = None
     text_column: str = "text"
     load_options: dict = field(default_factory=dict)
 
     @classmethod
-    def from_run(cls, run_dir: os.PathLike, dataset: Optional[str] = None, dataset_config: Optional[str] = None,
-                 text_column: Optional[str] = None, block_size: Optional[int] = None) -> "DataSpec":
+    def from_run(cls, run_dir: os.PathLike, dataset: str | None = None, dataset_config: str | None = None,
+                 text_column: str | None = None, block_size: int | None = None) -> "DataSpec":
         """The run's data settings from `run_args.json`, with overrides.
 
         A `dataset` other than the run's drops the run's `dataset_config` and loading options, which belong to

@@ -13,8 +13,8 @@ A folder without sf_hf metadata (a plain `Trainer` checkpoint) is first converte
 
 import logging
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
 
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError
@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 KEPT_REMOTE_FILES = {".gitattributes"}
 
 
-def authenticated_api(token: Optional[str] = None, retry: RetryPolicy = DEFAULT_RETRY) -> HfApi:
+def authenticated_api(token: str | None = None, retry: RetryPolicy = DEFAULT_RETRY) -> HfApi:
     """An `HfApi` whose token was checked with `whoami` (and found able to write).
 
     Raises:
@@ -54,7 +54,7 @@ def authenticated_api(token: Optional[str] = None, retry: RetryPolicy = DEFAULT_
 
 
 def refuse_taken_revisions(api: HfApi, repo_id: str, revisions: Sequence[str], overwrite: bool,
-                           retry: RetryPolicy) -> List[str]:
+                           retry: RetryPolicy) -> list[str]:
     """The revisions among `revisions` that already hold something: a `step-*` branch that exists, or a `main`
     with files besides `.gitattributes`.
 
@@ -74,7 +74,7 @@ def refuse_taken_revisions(api: HfApi, repo_id: str, revisions: Sequence[str], o
     return taken
 
 
-def upload_revision(api: HfApi, repo_id: str, info: CheckpointInfo, revision: str, extra_files: Dict[str, bytes],
+def upload_revision(api: HfApi, repo_id: str, info: CheckpointInfo, revision: str, extra_files: dict[str, bytes],
                     retry: RetryPolicy) -> str:
     """Makes `revision` of `repo_id` hold exactly the folder's published files at x plus `extra_files`.
 

@@ -11,7 +11,6 @@ included). The card already names the data and the base model this way (`card.da
 import json
 import os
 from pathlib import Path
-from typing import Dict
 
 from .card import dataset_label, model_label
 from .errors import PushError
@@ -23,7 +22,7 @@ LOCAL_PATH_KEYS = {
 }
 
 
-def public_records(folder: os.PathLike) -> Dict[str, bytes]:
+def public_records(folder: os.PathLike) -> dict[str, bytes]:
     """`{file name: bytes to upload}` for each record of `folder` that names a local path (others are absent).
 
     Raises:

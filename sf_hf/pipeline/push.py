@@ -22,7 +22,6 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
 
 from tqdm.auto import tqdm
 
@@ -52,8 +51,8 @@ class PushTarget:
 
     info: CheckpointInfo
     revision: str
-    files: List[str]
-    kept_local: List[str]
+    files: list[str]
+    kept_local: list[str]
 
     def describe(self) -> str:
         """One line per target for `--dry-run`."""
@@ -74,10 +73,10 @@ class PushReport:
         preview (`Path`, *optional*): for a dry run, the folder the cards and plots were written to.
     """
 
-    targets: List[PushTarget] = field(default_factory=list)
-    skipped: List[Tuple[str, str]] = field(default_factory=list)
-    commits: Dict[str, str] = field(default_factory=dict)
-    preview: Optional[Path] = None
+    targets: list[PushTarget] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    commits: dict[str, str] = field(default_factory=dict)
+    preview: Path | None = None
 
 
 def plan_push(run_dir: os.PathLike) -> PushReport:
@@ -105,8 +104,8 @@ def _target(info: CheckpointInfo, revision: str) -> PushTarget:
     return PushTarget(info, revision, files, kept)
 
 
-def generated_files(target: PushTarget, repo_id: str, run_args: dict, plots: Dict[str, bytes],
-                    base_model: Optional[str] = None) -> Dict[str, bytes]:
+def generated_files(target: PushTarget, repo_id: str, run_args: dict, plots: dict[str, bytes],
+                    base_model: str | None = None) -> dict[str, bytes]:
     """The files `push` adds to a revision besides the folder's own: the card `README.md` and the run's plots; for
     a PEFT adapter given `base_model` (a Hub id), its `adapter_config.json` naming that base model, so that the
     adapter loads from the Hub (`AutoPeftModelForCausalLM`) where the run's base model was a local folder."""
@@ -123,13 +122,13 @@ def generated_files(target: PushTarget, repo_id: str, run_args: dict, plots: Dic
     return {CARD_NAME: card.content.encode(), **plots, **extra}
 
 
-def _run_plots(report: PushReport) -> Dict[str, bytes]:
+def _run_plots(report: PushReport) -> dict[str, bytes]:
     results = {r["checkpoint"]: r for t in report.targets if (r := read_eval_results(t.info.path))}
     return run_plots(list(results.values()))
 
 
-def write_cards(run_dir: os.PathLike, output_dir: os.PathLike, repo_id: Optional[str] = None,
-                base_model: Optional[str] = None, report: Optional[PushReport] = None) -> Dict[str, Path]:
+def write_cards(run_dir: os.PathLike, output_dir: os.PathLike, repo_id: str | None = None,
+                base_model: str | None = None, report: PushReport | None = None) -> dict[str, Path]:
     """Writes, for each revision `push` would create, the card and plots it would upload: `output_dir/<revision>/`.
 
     Args:
@@ -154,9 +153,9 @@ def write_cards(run_dir: os.PathLike, output_dir: os.PathLike, repo_id: Optional
     return folders
 
 
-def push_run(run_dir: os.PathLike, repo_id: str, *, token: Optional[str] = None, private: bool = False,
-             overwrite: bool = False, dry_run: bool = False, base_model: Optional[str] = None,
-             retry: RetryPolicy = DEFAULT_RETRY, preview_dir: Optional[os.PathLike] = None) -> PushReport:
+def push_run(run_dir: os.PathLike, repo_id: str, *, token: str | None = None, private: bool = False,
+             overwrite: bool = False, dry_run: bool = False, base_model: str | None = None,
+             retry: RetryPolicy = DEFAULT_RETRY, preview_dir: os.PathLike | None = None) -> PushReport:
     """Pushes a run's checkpoints (each to `step-{N:09d}`) and final model (to `main`) at x, with model cards.
 
     Args:

@@ -11,8 +11,8 @@ named in that row's `status`.
 import csv
 import io
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
 
 from matplotlib.figure import Figure
 
@@ -20,7 +20,7 @@ SUMMARY_CSV, SUMMARY_MD, PLOT_NAME = "eval_summary.csv", "eval_summary.md", "eva
 _FIRST_COLUMNS = ["checkpoint", "global_step", "tokens_seen", "weights", "eval_loss", "eval_perplexity"]
 
 
-def summary_rows(results: Sequence[dict], failures: Sequence[Tuple[str, str]]) -> List[dict]:
+def summary_rows(results: Sequence[dict], failures: Sequence[tuple[str, str]]) -> list[dict]:
     """One row per checkpoint: evaluated ones with their metrics, then skipped ones with the reason."""
     rows = []
     for record in results:
@@ -38,7 +38,7 @@ def summary_rows(results: Sequence[dict], failures: Sequence[Tuple[str, str]]) -
     return rows
 
 
-def _columns(rows: Sequence[dict]) -> List[str]:
+def _columns(rows: Sequence[dict]) -> list[str]:
     extra = sorted({k for row in rows for k in row} - set(_FIRST_COLUMNS) - {"status"})
     return _FIRST_COLUMNS + extra + ["status"]
 
@@ -66,7 +66,7 @@ def to_csv(rows: Sequence[dict]) -> str:
     return out.getvalue()
 
 
-def _x_axis(results: Sequence[dict]) -> Tuple[str, str]:
+def _x_axis(results: Sequence[dict]) -> tuple[str, str]:
     """The key to plot against (tokens seen, or steps when a checkpoint lacks its token count) and its label."""
     by_tokens = all(r.get("tokens_seen") for r in results)
     estimated = by_tokens and any(r.get("tokens_seen_estimated") for r in results)
@@ -122,7 +122,7 @@ def plot_task(results: Sequence[dict], task: str) -> bytes:
     return _png(figure)
 
 
-def run_plots(results: Sequence[dict]) -> Dict[str, bytes]:
+def run_plots(results: Sequence[dict]) -> dict[str, bytes]:
     """`{file name: PNG}`: `eval_loss.png` and one `eval_<task>.png` per task evaluated on any checkpoint."""
     if not results:
         return {}
@@ -132,7 +132,7 @@ def run_plots(results: Sequence[dict]) -> Dict[str, bytes]:
     return plots
 
 
-def write_summary(results: Sequence[dict], failures: Sequence[Tuple[str, str]], output_dir: Path) -> Dict[str, Path]:
+def write_summary(results: Sequence[dict], failures: Sequence[tuple[str, str]], output_dir: Path) -> dict[str, Path]:
     """Writes `eval_summary.csv`, `eval_summary.md` and (when something was evaluated) the plots of `run_plots`.
 
     Returns:

@@ -10,8 +10,9 @@ A 4xx other than 408/429 is not retried (a bad token or a refused write will not
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from huggingface_hub.errors import HfHubHTTPError
 

@@ -19,7 +19,6 @@ import fnmatch
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
 
 from ..checkpoints import (
     CHECKPOINT_RE,
@@ -68,14 +67,14 @@ class CheckpointInfo:
 
     path: Path
     name: str
-    step: Optional[int] = None
-    weights: Optional[str] = None
+    step: int | None = None
+    weights: str | None = None
     optimizer_name: str = "unknown"
     hyperparameters: dict = field(default_factory=dict)
-    tokens_seen: Optional[int] = None
-    train_batch_size: Optional[int] = None
-    problem: Optional[str] = None
-    adapter_base: Optional[str] = None
+    tokens_seen: int | None = None
+    train_batch_size: int | None = None
+    problem: str | None = None
+    adapter_base: str | None = None
 
     @property
     def revision(self) -> str:
@@ -89,17 +88,17 @@ def is_published(filename: str) -> bool:
     return matches(PUBLISHED_PATTERNS) and not matches(NEVER_PUBLISHED)
 
 
-def published_files(folder: os.PathLike) -> List[str]:
+def published_files(folder: os.PathLike) -> list[str]:
     """The top-level files of `folder` that may be uploaded, sorted."""
     return sorted(f.name for f in Path(folder).iterdir() if f.is_file() and is_published(f.name))
 
 
-def weight_files(folder: os.PathLike) -> List[str]:
+def weight_files(folder: os.PathLike) -> list[str]:
     """The weight files of `folder` (shards and their index included), sorted."""
     return sorted(f for f in published_files(folder) if any(fnmatch.fnmatch(f, p) for p in WEIGHT_PATTERNS))
 
 
-def find_checkpoints(run_dir: os.PathLike) -> List[CheckpointInfo]:
+def find_checkpoints(run_dir: os.PathLike) -> list[CheckpointInfo]:
     """Inspects every `checkpoint-N` of `run_dir` (by increasing N), then the final model at its root, if any.
 
     Raises:
@@ -117,7 +116,7 @@ def find_checkpoints(run_dir: os.PathLike) -> List[CheckpointInfo]:
     return infos
 
 
-def inspect_checkpoint(folder: os.PathLike, name: Optional[str] = None) -> CheckpointInfo:
+def inspect_checkpoint(folder: os.PathLike, name: str | None = None) -> CheckpointInfo:
     """Reads what a model folder says about its weights, without loading the model. Never raises for a bad
     folder: the reason is in `problem`."""
     folder = Path(folder)
@@ -141,7 +140,7 @@ def inspect_checkpoint(folder: os.PathLike, name: Optional[str] = None) -> Check
     return info
 
 
-def optimizer_weights_mode(param_groups: list, state: dict) -> Optional[str]:
+def optimizer_weights_mode(param_groups: list, state: dict) -> str | None:
     """"y" or "x" for a schedule-free optimizer state (by its `train_mode` flag), "plain" for an optimizer
     without modes; None for a mode-switching optimizer without `z` (its x cannot be recovered)."""
     has_modes = any("train_mode" in g for g in param_groups)
@@ -169,7 +168,7 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-def _check_complete(folder: Path) -> Optional[str]:
+def _check_complete(folder: Path) -> str | None:
     """Raises `CheckpointError` for missing or truncated files; returns an adapter's base model (else None)."""
     base = None
     if (folder / ADAPTER_CONFIG).is_file() and not (folder / "config.json").is_file():

@@ -18,9 +18,9 @@ the whole committed `checkpoint-N` folder, as transformers uploads it.
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Dict, Iterable, Optional, Sequence
 
 from huggingface_hub import HfApi, ModelCard
 from transformers.utils.hub import hf_api
@@ -52,7 +52,7 @@ def _link(source: Path, destination: Path) -> None:
 
 
 def snapshot(folder: os.PathLike, parent: os.PathLike, names: Iterable[str],
-             contents: Optional[Dict[str, bytes]] = None) -> Path:
+             contents: dict[str, bytes] | None = None) -> Path:
     """A new `_sf_hf-push-*` folder of `parent` holding `names` (paths relative to `folder`, hard-linked) and
     `contents` (written). Files of a committed checkpoint are never rewritten in place, so the links stay what
     they were when the push started, even if the checkpoint is rotated away meanwhile."""
@@ -90,8 +90,8 @@ ROOT_RECORDS = ("schedule_free.json", "trainer_state.json", "eval_results.json")
 """Records of the repo root that describe its weights: a push of the root that does not carry one deletes it."""
 
 
-def upload_snapshot(path: Path, *, repo_id: str, revision: Optional[str], commit_message: str, token: Optional[str],
-                    blocking: bool, path_in_repo: Optional[str] = None):
+def upload_snapshot(path: Path, *, repo_id: str, revision: str | None, commit_message: str, token: str | None,
+                    blocking: bool, path_in_repo: str | None = None):
     """Uploads a snapshot folder, then removes it. Files are added to what the revision holds, as transformers does;
     for the root, the records of `ROOT_RECORDS` that the snapshot lacks are deleted in the same commit (they would
     describe other weights).
@@ -114,9 +114,9 @@ def upload_snapshot(path: Path, *, repo_id: str, revision: Optional[str], commit
     return result
 
 
-def trainer_model_card(folder: os.PathLike, *, repo_id: str, run_dir: os.PathLike, revision: Optional[str] = None,
-                       base_model: Optional[str] = None, tags: Sequence[str] = (), language=None,
-                       license: Optional[str] = None) -> ModelCard:
+def trainer_model_card(folder: os.PathLike, *, repo_id: str, run_dir: os.PathLike, revision: str | None = None,
+                       base_model: str | None = None, tags: Sequence[str] = (), language=None,
+                       license: str | None = None) -> ModelCard:
     """sf_hf's card (the one `sf-hf push` writes) for a model folder a `ScheduleFreeTrainer` publishes to the root of
     `repo_id`: its `schedule_free.json`, `eval_results.json` (when `sf-hf evaluate` wrote one) and the run's
     `run_args.json`."""
