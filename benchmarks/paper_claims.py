@@ -160,13 +160,13 @@ def configs(scale: Scale) -> List[Config]:
     sf = {b1: Config(f"sf_b{b1}", "sf", "sf_adamw", b1=b1, branched=b1 == SF_REF_B1) for b1 in scale.b1s}
     out = [Config("adamw_wsd", "adamw_wsd", "adamw_wsd", branched=True), sf[SF_REF_B1],
            Config("adamw_cosine", "adamw_cosine", "adamw_cosine")]
-    out += [sf[b1] for b1 in scale.b1s if b1 != SF_REF_B1]
-    out += [Config(f"refined_c{c:g}_b{b1}", "refined", "sf_adamw_refined", b1=b1, c=c) for b1 in scale.b1s]
     out += [Config("adamw_cosine-4x", "adamw_cosine", "adamw_cosine", big_batch=True),
             Config(f"sf_b{SF_REF_B1}-4x", "sf", "sf_adamw", b1=SF_REF_B1, big_batch=True),
             Config(f"refined_c{c:g}_b{SF_REF_B1}-4x", "refined", "sf_adamw_refined", b1=SF_REF_B1, c=c,
                    big_batch=True),
             Config("sf_plus", "sf_plus", "sf_plus")]
+    out += [sf[b1] for b1 in scale.b1s if b1 != SF_REF_B1]  # claim 3 last: it needs the most runs (6 configs)
+    out += [Config(f"refined_c{c:g}_b{b1}", "refined", "sf_adamw_refined", b1=b1, c=c) for b1 in scale.b1s]
     return out
 
 
