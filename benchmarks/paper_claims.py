@@ -642,7 +642,9 @@ def report(out: Path, scale: Scale, figures: Path) -> List[str]:
     for p, step, suffix in points:
         wsd = res.per_seed("adamw_wsd", suffix=suffix)
         sf = res.per_seed(sf_ref, step=step)
-        constant = res.per_seed("adamw_wsd", step=step) if p < 1 else [None] * n
+        constant = (res.per_seed("adamw_wsd", step=step) if p < 1 else  # at 100%: the EMA run's raw iterate
+                    [r["evals"][-1].get("loss_y") if r else None
+                     for r in (res.run("adamw_ema", seed) for seed in scale.seeds)])
         d, se = paired(diff(wsd, sf), n)
         v = verdict(d, se)
         verdicts.append(v)
