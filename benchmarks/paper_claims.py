@@ -401,7 +401,7 @@ def run_training(out: Path, scale: Scale, task: Task, data) -> dict:
 
 
 def run_branch(out: Path, scale: Scale, task: Task, data) -> dict:
-    from sf_hf.pipeline.probe import probe_checkpoint
+    from sf_hf.probe import probe_checkpoint
 
     _, train, valid = data
     source = read_result(out, task.source)
