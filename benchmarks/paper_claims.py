@@ -597,7 +597,7 @@ def report(out: Path, scale: Scale, figures: Path) -> list[str]:
     """Writes results.md, claims.txt and the PNGs from the finished runs; returns the claim lines."""
     res = Results(out, scale)
     R, T, n = res.R, scale.steps, len(scale.seeds)
-    tasks = full_plan(scale)
+    tasks = plan(scale, R)  # with the lr each sweep chose (full_plan's placeholder lr would name other seed runs)
     parameters = next((r.get("parameters") for r in R.values() if r.get("parameters")), None)
     md = ["# Paper claims at small scale: results", "",
           f"Model: {scale.model}, vocab {scale.vocab_size or 'GPT-2'}, block {scale.block_size}; batch "
