@@ -34,7 +34,7 @@ loaded back on resume), `staging` (staged saves, leftovers, rotation, save error
 of the run lost). Everything public is importable from here.
 """
 
-from .adapters import adapter_mismatch, keeps_adapter_dtypes
+from .adapters import ADAPTER_CONFIG, adapter_mismatch, keeps_adapter_dtypes
 from .errors import CheckpointCorruptError, CheckpointError, CheckpointSaveError, UnsafeCheckpointError
 from .layout import CHECKPOINT_RE, DELETED_PREFIX, MANIFEST_FORMAT, MANIFEST_NAME, STAGING_PREFIX, PathLike
 from .manifest import read_manifest, write_manifest
@@ -78,6 +78,7 @@ from .verification import (
 )
 
 __all__ = [
+    "ADAPTER_CONFIG",
     "CHECKPOINT_RE",
     "CheckpointCorruptError",
     "CheckpointError",

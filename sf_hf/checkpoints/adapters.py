@@ -17,10 +17,10 @@ adapter the model trains: a run whose adapters were created in bfloat16 (`get_pe
 autocast_adapter_dtype=False)`) would go on in float32 after a resume, and end elsewhere than the uninterrupted run.
 """
 
-import json
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import CheckpointCorruptError
 from .layout import PathLike
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -97,10 +97,12 @@ def keeps_adapter_dtypes(model):
 
 
 def _adapter_config_difference(folder: Path, config) -> str:
+    from .verification import read_json
+
     path = folder / ADAPTER_CONFIG
     try:
-        saved = json.load(open(path))
-    except (OSError, ValueError):
+        saved = read_json(path)
+    except CheckpointCorruptError:  # no config to compare: the tensor problems stand alone
         return ""
     current = config.to_dict()
     normal = lambda v: sorted(v) if isinstance(v, (list, set, tuple)) else v  # noqa: E731

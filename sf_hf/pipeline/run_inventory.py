@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..checkpoints import (
+    ADAPTER_CONFIG,
     CHECKPOINT_RE,
     CheckpointCorruptError,
     checkpoint_folders,
@@ -36,7 +37,6 @@ WEIGHT_PATTERNS = (
     "*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin", "pytorch_model.bin.index.json",
     "adapter_model.bin",
 )
-ADAPTER_CONFIG = "adapter_config.json"
 # What may leave the machine: weights, configs, tokenizer, metadata, results. Never optimizer/scheduler/scaler
 # states, RNG files or training_args.bin (a pickle that can hold a hub_token), even if a pattern matched them.
 PUBLISHED_PATTERNS = WEIGHT_PATTERNS + (
