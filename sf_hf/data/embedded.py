@@ -38,6 +38,17 @@ def _kjv_path() -> Path:
     return path
 
 
+HEADING_END = "\n\n"
+"""What ends a chapter document's heading; the verses follow, one per line."""
+
+
+def chapter_verses(text: str) -> tuple[str, list[str]]:
+    """`(heading, verses)` of one chapter document of the embedded corpus: `("Genesis 1", ["In the beginning ...",
+    ...])`, the inverse of how `_read_chapters` writes it."""
+    heading, _, body = text.partition(HEADING_END)
+    return heading, body.split("\n")
+
+
 def _read_chapters(path: Path) -> dict[str, list]:
     """Groups the verses of `kjv.jsonl` into one document per chapter.
 
@@ -56,7 +67,7 @@ def _read_chapters(path: Path) -> dict[str, list]:
     columns = {"text": [], "book": [], "chapter": []}
     for (book, chapter), chapter_verses in itertools.groupby(verses, key=lambda v: (v["book"], v["chapter"])):
         lines = [verse["text"] for verse in chapter_verses]
-        columns["text"].append(f"{book} {chapter}\n\n" + "\n".join(lines))
+        columns["text"].append(f"{book} {chapter}{HEADING_END}" + "\n".join(lines))
         columns["book"].append(book)
         columns["chapter"].append(chapter)
     return columns

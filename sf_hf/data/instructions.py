@@ -27,7 +27,7 @@ import random
 
 import datasets
 
-from .embedded import load_embedded_corpus
+from .embedded import chapter_verses, load_embedded_corpus
 
 MIN_WORDS = 8
 CONTINUE_PROMPT = "Continue the verse: {start}"
@@ -39,7 +39,7 @@ def _verses(chapters: datasets.Dataset) -> list[tuple[str, str]]:
     row: a heading line, a blank line, one verse per line)."""
     verses = []
     for text, book in zip(chapters["text"], chapters["book"]):
-        for verse in text.split("\n\n", 1)[1].split("\n"):
+        for verse in chapter_verses(text)[1]:
             if len(verse.split()) >= MIN_WORDS:
                 verses.append((book, verse))
     return verses

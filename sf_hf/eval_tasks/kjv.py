@@ -20,11 +20,9 @@ _LAST_WORD = re.compile(r"^(.*\S)\s+([A-Za-z]{3,})(\W*)$")
 
 def _chapters(split):
     """`(heading, verses)` per chapter of a split of the embedded corpus."""
-    out = []
-    for text in split["text"]:
-        heading, _, body = text.partition("\n\n")
-        out.append((heading, body.split("\n")))
-    return out
+    from sf_hf.data.embedded import chapter_verses
+
+    return [chapter_verses(text) for text in split["text"]]
 
 
 def _next_verse_docs(chapters, count, rng):
