@@ -3,6 +3,7 @@
 #   make test       install everything and run the test suite
 #   make paper      the paper's claims at small scale, tuned and seeded (CPU, ~50 min); paper-gpu: 124M, one GPU
 #   make bench      optimizer-step (sf_hf vs fused AdamW vs schedulefree) and trainer-throughput benchmarks
+#   make lint       ruff check and ruff format --check (CI runs it first)
 #   make test-oldest  the suite again in .venv-oldest, on the oldest transformers minor setup.cfg allows (CI runs both)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -53,8 +54,11 @@ paper-gpu: install
 	$(PY) benchmarks/paper_claims.py --gpu --dry-run $(PAPER_GPU_ARGS)
 	$(PY) benchmarks/paper_claims.py --gpu $(PAPER_GPU_ARGS)
 
+LINTED := sf_hf recipes tests benchmarks
+
 lint: install
-	$(VENV)/bin/ruff check sf_hf recipes tests benchmarks
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
 
 clean:
 	rm -rf $(VENV) .venv-oldest build *.egg-info

@@ -1,6 +1,6 @@
 """Helpers shared by the benchmarks: the machine they ran on, model shapes, sizes, peak memory.
 
-    python -c "from benchmarks.common import machine_summary; print(machine_summary())"
+python -c "from benchmarks.common import machine_summary; print(machine_summary())"
 """
 
 import ctypes

@@ -100,24 +100,29 @@ def with_check(optimizer: ScheduleFreeAdamW, check: Callable) -> Callable[[], ob
             return optimizer.step()
         finally:
             del optimizer._grads_finite
+
     return step
 
 
 def with_handed_norm(optimizer: ScheduleFreeAdamW, norm: torch.Tensor) -> Callable[[], object]:
     """The step as `ScheduleFreeTrainer` takes it: the norm its loop measured anyway is the non-finite check."""
+
     def step():
         optimizer.set_grad_norm(norm)
         return optimizer.step()
+
     return step
 
 
 def after_clipping(params, step: Callable[[], object], optimizer=None) -> Callable[[], object]:
     """`clip_grad_norm_` and the step, as `Trainer` runs them; the norm goes to `optimizer` if given."""
+
     def clip_and_step():
         norm = clip_grad_norm_(params, MAX_GRAD_NORM)
         if optimizer is not None:
             optimizer.set_grad_norm(norm)
         return step()
+
     return clip_and_step
 
 
@@ -161,8 +166,11 @@ def target_comparisons(rows: list[Row]) -> list[tuple[str, str]]:
     names = {row.name for row in rows}
     comparisons = []
     for name in SF_ROWS:
-        comparisons += [(f"{name}, norm handed over", "torch AdamW fused"),
-                        (f"{name} + clip_grad_norm_", "torch AdamW fused + clip_grad_norm_"), (REFERENCE_ROW, name)]
+        comparisons += [
+            (f"{name}, norm handed over", "torch AdamW fused"),
+            (f"{name} + clip_grad_norm_", "torch AdamW fused + clip_grad_norm_"),
+            (REFERENCE_ROW, name),
+        ]
     return [(a, b) for a, b in comparisons if a in names and b in names]
 
 
@@ -247,23 +255,29 @@ def run_dispatch(args) -> None:
         for y, z, v, g in zip(ys, zs, vs, gs):
             per_tensor(y.view(-1), z.view(-1), v.view(-1), g.reshape(-1), packed)
 
-    rows = [Row(f"fused_step ({kernels.CHUNK} tensors per call)", lambda: fused_step(ys, zs, vs, gs, scalars), 0),
-            Row("one compiled call per tensor (before)", one_call_per_tensor, 0)]
+    rows = [
+        Row(f"fused_step ({kernels.CHUNK} tensors per call)", lambda: fused_step(ys, zs, vs, gs, scalars), 0),
+        Row("one compiled call per tensor (before)", one_call_per_tensor, 0),
+    ]
     for row in rows:
         for _ in range(3):
             row.step()
     for repeat in range(5 * args.repeats):
-        for row in rows[repeat % 2:] + rows[:repeat % 2]:
+        for row in rows[repeat % 2 :] + rows[: repeat % 2]:
             start, start_cpu = time.perf_counter(), time.process_time()
             row.step()
             row.times.append(time.perf_counter() - start)
             row.cpu.append(time.process_time() - start_cpu)
-    print(f"\nDispatch cost: llama-124m's {len(sizes)} tensors shrunk 10,000x ({sum(sizes) / 1e3:.1f}k parameters), "
-          "one thread:")
+    print(
+        f"\nDispatch cost: llama-124m's {len(sizes)} tensors shrunk 10,000x ({sum(sizes) / 1e3:.1f}k parameters), "
+        "one thread:"
+    )
     for row in rows:
         median = statistics.median(row.times)
-        print(f"  {row.name:40s} {median * 1e3:7.2f} ms per step = {median / len(sizes) * 1e6:5.1f} us per tensor "
-              f"(min {min(row.times) * 1e3:.2f} ms, cpu {statistics.median(row.cpu) * 1e3:.2f} ms)")
+        print(
+            f"  {row.name:40s} {median * 1e3:7.2f} ms per step = {median / len(sizes) * 1e6:5.1f} us per tensor "
+            f"(min {min(row.times) * 1e3:.2f} ms, cpu {statistics.median(row.cpu) * 1e3:.2f} ms)"
+        )
 
 
 def paired_ratio(a: Row, b: Row, clock: str = "times") -> float:
@@ -283,11 +297,15 @@ def print_case(case: dict) -> None:
         name = ("  " + row.name) if row.indent else row.name
         peak = f"{row.peak / 2**20:.1f}" if row.peak is not None else "n/a"
         state = f"{state_bytes_per_param(row.optimizer, n):.1f}" if row.optimizer and not row.indent else "-"
-        print(f"{name:52s}{median * 1e3:10.2f}{min(row.times) * 1e3:9.2f}{statistics.median(row.cpu) * 1e3:9.2f}"
-              f"{row.traffic * n / median / 1e9:7.1f}{paired_ratio(row, adamw):15.3f}{peak:>16s}{state:>15s}")
+        print(
+            f"{name:52s}{median * 1e3:10.2f}{min(row.times) * 1e3:9.2f}{statistics.median(row.cpu) * 1e3:9.2f}"
+            f"{row.traffic * n / median / 1e9:7.1f}{paired_ratio(row, adamw):15.3f}{peak:>16s}{state:>15s}"
+        )
     sf = by_name["sf_hf SF-AdamW fused"]
-    print(f"first SF-AdamW fused step (state creation + compiling {case['new_graphs']} graphs, or loading them from "
-          f"the cache): {sf.first:.2f} s; median step {statistics.median(sf.times) * 1e3:.1f} ms")
+    print(
+        f"first SF-AdamW fused step (state creation + compiling {case['new_graphs']} graphs, or loading them from "
+        f"the cache): {sf.first:.2f} s; median step {statistics.median(sf.times) * 1e3:.1f} ms"
+    )
 
 
 def print_targets(case: dict) -> list[bool]:
@@ -305,38 +323,59 @@ def print_targets(case: dict) -> list[bool]:
     for name in SF_ROWS:
         row = rows[name]
         ratio = pairs[f"{name}, norm handed over", "torch AdamW fused"]
-        report(ratio["times"] <= TARGET_RATIO, f"{name}, norm handed over (as ScheduleFreeTrainer steps): "
-               f"{ratio['times']:.3f}x fused AdamW (target <= {TARGET_RATIO:.2f}x; CPU time {ratio['cpu']:.3f}x)")
+        report(
+            ratio["times"] <= TARGET_RATIO,
+            f"{name}, norm handed over (as ScheduleFreeTrainer steps): "
+            f"{ratio['times']:.3f}x fused AdamW (target <= {TARGET_RATIO:.2f}x; CPU time {ratio['cpu']:.3f}x)",
+        )
         ratio = pairs[f"{name} + clip_grad_norm_", "torch AdamW fused + clip_grad_norm_"]
-        report(ratio["times"] <= TARGET_RATIO, f"{name} + clip_grad_norm_: {ratio['times']:.3f}x fused AdamW + "
-               f"clip_grad_norm_ (target <= {TARGET_RATIO:.2f}x; CPU time {ratio['cpu']:.3f}x)")
-        print(f"note {where} {name} alone, reading every gradient for its own check (no norm handed over; AdamW "
-              f"checks nothing): {paired_ratio(row, adamw):.3f}x fused AdamW in the table's rotation")
+        report(
+            ratio["times"] <= TARGET_RATIO,
+            f"{name} + clip_grad_norm_: {ratio['times']:.3f}x fused AdamW + "
+            f"clip_grad_norm_ (target <= {TARGET_RATIO:.2f}x; CPU time {ratio['cpu']:.3f}x)",
+        )
+        print(
+            f"note {where} {name} alone, reading every gradient for its own check (no norm handed over; AdamW "
+            f"checks nothing): {paired_ratio(row, adamw):.3f}x fused AdamW in the table's rotation"
+        )
         if (REFERENCE_ROW, name) in pairs:
             speedup = pairs[REFERENCE_ROW, name]
-            report(speedup["times"] >= TARGET_SPEEDUP, f"{name}: {speedup['times']:.2f}x faster than "
-                   f"schedulefree.AdamWScheduleFree (target >= {TARGET_SPEEDUP:.0f}x; CPU time {speedup['cpu']:.2f}x)")
+            report(
+                speedup["times"] >= TARGET_SPEEDUP,
+                f"{name}: {speedup['times']:.2f}x faster than "
+                f"schedulefree.AdamWScheduleFree (target >= {TARGET_SPEEDUP:.0f}x; CPU time {speedup['cpu']:.2f}x)",
+            )
         state = state_bytes_per_param(row.optimizer, n)
         report(state <= TARGET_STATE_BYTES, f"{name}: state {state:.2f} bytes/param (target {TARGET_STATE_BYTES:.0f})")
         if row.peak is not None:
-            report(row.peak <= full_size,
-                   f"{name}: peak extra memory during the step {row.peak / 2**20:.1f} MiB = {row.peak / full_size:.3f} "
-                   f"of one full-size float32 temporary ({full_size / 2**20:.0f} MiB; target <= 1)")
+            report(
+                row.peak <= full_size,
+                f"{name}: peak extra memory during the step {row.peak / 2**20:.1f} MiB = {row.peak / full_size:.3f} "
+                f"of one full-size float32 temporary ({full_size / 2**20:.0f} MiB; target <= 1)",
+            )
     return results
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="10M,50M,llama-124m", help="comma-separated parameter counts (4 tensors "
-                        "each) and/or llama-124m (its 110 tensors); '' with --bf16-sizes '' for the dispatch cost only")
+    parser.add_argument(
+        "--sizes",
+        default="10M,50M,llama-124m",
+        help="comma-separated parameter counts (4 tensors "
+        "each) and/or llama-124m (its 110 tensors); '' with --bf16-sizes '' for the dispatch cost only",
+    )
     parser.add_argument("--bf16-sizes", default="50M", help="sizes also run with bfloat16 parameters ('' for none)")
     parser.add_argument("--repeats", type=int, default=10, help="timed steps per optimizer and case")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per optimizer first")
     parser.add_argument("--pairs", type=int, default=24, help="back-to-back step pairs per target comparison")
     parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run: 2M float32, 3 repeats")
-    parser.add_argument("--compile-cache", choices=["fresh", "default"], default=None,
-                        help="torch.compile's on-disk cache: 'fresh' (an empty one: the first step shows the real "
-                             "compile cost; default of a full run) or 'default' (the user's; default with --quick)")
+    parser.add_argument(
+        "--compile-cache",
+        choices=["fresh", "default"],
+        default=None,
+        help="torch.compile's on-disk cache: 'fresh' (an empty one: the first step shows the real "
+        "compile cost; default of a full run) or 'default' (the user's; default with --quick)",
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.pairs < 1:
         parser.error("--repeats and --pairs must be at least 1.")
@@ -346,12 +385,15 @@ def main(argv: list[str] | None = None) -> None:
     fresh_cache = tempfile.mkdtemp(prefix="sf_hf_inductor_") if cache == "fresh" else None
     if fresh_cache:
         import os
+
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = fresh_cache
 
     print(machine_summary())
     honest_memory = return_freed_memory_to_os()
-    print(f"compile cache: {cache}; glibc mmap threshold fixed at 64 KiB: {honest_memory}; "
-          f"schedulefree {'installed' if schedulefree else 'missing: its row is left out'}")
+    print(
+        f"compile cache: {cache}; glibc mmap threshold fixed at 64 KiB: {honest_memory}; "
+        f"schedulefree {'installed' if schedulefree else 'missing: its row is left out'}"
+    )
     plan = [(size, "float32") for size in args.sizes.split(",") if size.strip()]
     plan += [(size, "bfloat16") for size in args.bf16_sizes.split(",") if size.strip()]
     cases = []
@@ -366,12 +408,18 @@ def main(argv: list[str] | None = None) -> None:
     if not cases:
         return
     first_steps = [(case, next(row for row in case["rows"] if row.name == "sf_hf SF-AdamW fused")) for case in cases]
-    print(f"\nOne-time compile cost (cache: {cache}): "
-          + "; ".join(f"{c['size']} {c['dtype']}: first step {row.first:.1f} s, {c['new_graphs']} graphs"
-                      for c, row in first_steps))
+    print(
+        f"\nOne-time compile cost (cache: {cache}): "
+        + "; ".join(
+            f"{c['size']} {c['dtype']}: first step {row.first:.1f} s, {c['new_graphs']} graphs"
+            for c, row in first_steps
+        )
+    )
 
-    print(f"\nTargets (issue 7; CPU float32; time ratios are medians over {args.pairs} pairs of steps taken back to "
-          f"back in alternating order), load average {load_average()}:")
+    print(
+        f"\nTargets (issue 7; CPU float32; time ratios are medians over {args.pairs} pairs of steps taken back to "
+        f"back in alternating order), load average {load_average()}:"
+    )
     results = [ok for case in cases if case["dtype"] == "float32" for ok in print_targets(case)]
     print(f"{sum(results)} of {len(results)} target checks pass")
 

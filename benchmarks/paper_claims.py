@@ -98,23 +98,61 @@ class Scale:
 
 LR_GRID = (2.5e-3, 5e-3, 1e-2, 2e-2)
 FULL = Scale(
-    vocab_size=512, block_size=128,
-    model=dict(preset="llama-tiny", num_hidden_layers=3, hidden_size=48, num_attention_heads=4,
-               num_key_value_heads=4, intermediate_size=128),
-    batch=16, steps=512, eval_blocks=128, eval_batch=64,
-    lrs_adamw=LR_GRID, lrs_sf=LR_GRID, lrs_sf_plus=(0.125, 0.25, 0.5, 1.0),
+    vocab_size=512,
+    block_size=128,
+    model=dict(
+        preset="llama-tiny",
+        num_hidden_layers=3,
+        hidden_size=48,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        intermediate_size=128,
+    ),
+    batch=16,
+    steps=512,
+    eval_blocks=128,
+    eval_batch=64,
+    lrs_adamw=LR_GRID,
+    lrs_sf=LR_GRID,
+    lrs_sf_plus=(0.125, 0.25, 0.5, 1.0),
 )
 QUICK = Scale(
-    vocab_size=300, block_size=32,
-    model=dict(preset="llama-tiny", num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
-               num_key_value_heads=2, intermediate_size=64),
-    batch=4, steps=8, eval_blocks=8, eval_batch=8, lrs_adamw=(3e-3, 6e-3), lrs_sf=(3e-3, 6e-3),
-    lrs_sf_plus=(0.5, 1.0), b1s=(0.5, 0.95), seeds=(0, 1), train_docs=30, valid_docs=6,
+    vocab_size=300,
+    block_size=32,
+    model=dict(
+        preset="llama-tiny",
+        num_hidden_layers=1,
+        hidden_size=32,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        intermediate_size=64,
+    ),
+    batch=4,
+    steps=8,
+    eval_blocks=8,
+    eval_batch=8,
+    lrs_adamw=(3e-3, 6e-3),
+    lrs_sf=(3e-3, 6e-3),
+    lrs_sf_plus=(0.5, 1.0),
+    b1s=(0.5, 0.95),
+    seeds=(0, 1),
+    train_docs=30,
+    valid_docs=6,
 )
 GPU = Scale(
-    vocab_size=0, block_size=512, model=dict(preset="llama-124m"), batch=64, steps=500, eval_blocks=512,
-    eval_batch=64, lrs_adamw=(5e-4, 1e-3, 2e-3, 4e-3), lrs_sf=(1e-3, 2e-3, 4e-3, 8e-3),
-    lrs_sf_plus=(0.125, 0.25, 0.5, 1.0), dataset="DKYoon/SlimPajama-6B", train_tokens=64 * 512 * 500, gpu=True,
+    vocab_size=0,
+    block_size=512,
+    model=dict(preset="llama-124m"),
+    batch=64,
+    steps=500,
+    eval_blocks=512,
+    eval_batch=64,
+    lrs_adamw=(5e-4, 1e-3, 2e-3, 4e-3),
+    lrs_sf=(1e-3, 2e-3, 4e-3, 8e-3),
+    lrs_sf_plus=(0.125, 0.25, 0.5, 1.0),
+    dataset="DKYoon/SlimPajama-6B",
+    train_tokens=64 * 512 * 500,
+    gpu=True,
 )
 
 
@@ -158,21 +196,26 @@ def configs(scale: Scale) -> list[Config]:
     """Every configuration, in the order its runs are started (the claims that finish first come first)."""
     c = scale.c
     sf = {b1: Config(f"sf_b{b1}", "sf", "sf_adamw", b1=b1, branched=b1 == SF_REF_B1) for b1 in scale.b1s}
-    out = [Config("adamw_wsd", "adamw_wsd", "adamw_wsd", branched=True), sf[SF_REF_B1],
-           Config("adamw_cosine", "adamw_cosine", "adamw_cosine")]
-    out += [Config("adamw_cosine-4x", "adamw_cosine", "adamw_cosine", big_batch=True),
-            Config(f"sf_b{SF_REF_B1}-4x", "sf", "sf_adamw", b1=SF_REF_B1, big_batch=True),
-            Config(f"refined_c{c:g}_b{SF_REF_B1}-4x", "refined", "sf_adamw_refined", b1=SF_REF_B1, c=c,
-                   big_batch=True),
-            Config("sf_plus", "sf_plus", "sf_plus")]
+    out = [
+        Config("adamw_wsd", "adamw_wsd", "adamw_wsd", branched=True),
+        sf[SF_REF_B1],
+        Config("adamw_cosine", "adamw_cosine", "adamw_cosine"),
+    ]
+    out += [
+        Config("adamw_cosine-4x", "adamw_cosine", "adamw_cosine", big_batch=True),
+        Config(f"sf_b{SF_REF_B1}-4x", "sf", "sf_adamw", b1=SF_REF_B1, big_batch=True),
+        Config(f"refined_c{c:g}_b{SF_REF_B1}-4x", "refined", "sf_adamw_refined", b1=SF_REF_B1, c=c, big_batch=True),
+        Config("sf_plus", "sf_plus", "sf_plus"),
+    ]
     out += [sf[b1] for b1 in scale.b1s if b1 != SF_REF_B1]  # claim 3 last: it needs the most runs (6 configs)
     out += [Config(f"refined_c{c:g}_b{b1}", "refined", "sf_adamw_refined", b1=b1, c=c) for b1 in scale.b1s]
     return out
 
 
 def lr_grid(scale: Scale, config: Config) -> tuple:
-    return {"sf": scale.lrs_sf, "refined": scale.lrs_sf, "sf_plus": scale.lrs_sf_plus}.get(config.family,
-                                                                                             scale.lrs_adamw)
+    return {"sf": scale.lrs_sf, "refined": scale.lrs_sf, "sf_plus": scale.lrs_sf_plus}.get(
+        config.family, scale.lrs_adamw
+    )
 
 
 def run_name(config: str, lr: float, seed: int) -> str:
@@ -211,27 +254,59 @@ def plan(scale: Scale, R: dict[str, dict | None]) -> list[Task]:
     last: list[Task] = []
     for config in configs(scale):
         batch, steps = (B * f, T // f) if config.big_batch else (B, T)
-        common = dict(config=config.name, family=config.family, optimizer_name=config.optimizer_name, batch=batch,
-                      steps=steps, b1=config.b1, c=config.c, big_batch=config.big_batch,
-                      save_at=saves if config.branched else ())
-        tasks += [Task(run_name(config.name, lr, scale.seeds[0]), "train", lr=lr, seed=scale.seeds[0], **common)
-                  for lr in lr_grid(scale, config)]
+        common = dict(
+            config=config.name,
+            family=config.family,
+            optimizer_name=config.optimizer_name,
+            batch=batch,
+            steps=steps,
+            b1=config.b1,
+            c=config.c,
+            big_batch=config.big_batch,
+            save_at=saves if config.branched else (),
+        )
+        tasks += [
+            Task(run_name(config.name, lr, scale.seeds[0]), "train", lr=lr, seed=scale.seeds[0], **common)
+            for lr in lr_grid(scale, config)
+        ]
         lr = best_lr(scale, config, R)
         if lr is None:
             continue
-        tasks += [Task(run_name(config.name, lr, seed), "train", lr=lr, seed=seed, **common)
-                  for seed in scale.seeds[1:]]
+        tasks += [
+            Task(run_name(config.name, lr, seed), "train", lr=lr, seed=seed, **common) for seed in scale.seeds[1:]
+        ]
         if config.branched:
             for seed in scale.seeds:
                 source = run_name(config.name, lr, seed)
                 for p in BRANCH_POINTS:
                     start, k = branch_steps(T, p)
-                    tasks.append(Task(f"{source}-decay{round(100 * p)}", "branch", lr=lr, seed=seed, source=source,
-                                      start=start, decay_steps=k, deps=(source,),
-                                      **dict(common, steps=start + k, save_at=())))
+                    tasks.append(
+                        Task(
+                            f"{source}-decay{round(100 * p)}",
+                            "branch",
+                            lr=lr,
+                            seed=seed,
+                            source=source,
+                            start=start,
+                            decay_steps=k,
+                            deps=(source,),
+                            **dict(common, steps=start + k, save_at=()),
+                        )
+                    )
         if config.name == "adamw_wsd":  # AdamW + EMA at WSD's lr (constant lr, no decay): one seed, no verdict, last
-            last = [Task(run_name("adamw_ema", lr, scale.seeds[0]), "train", "adamw_ema", "adamw_ema", "adamw_ema", B,
-                         T, lr, scale.seeds[0])]
+            last = [
+                Task(
+                    run_name("adamw_ema", lr, scale.seeds[0]),
+                    "train",
+                    "adamw_ema",
+                    "adamw_ema",
+                    "adamw_ema",
+                    B,
+                    T,
+                    lr,
+                    scale.seeds[0],
+                )
+            ]
     return tasks + last
 
 
@@ -290,8 +365,9 @@ def prepare_data(out: Path, scale: Scale):
         elif scale.vocab_size:
             raise ValueError("a BPE is trained on the embedded corpus only; other datasets use GPT-2's (vocab_size=0)")
         if scale.vocab_size:
-            tokenizer = train_bpe_tokenizer(train["text"], vocab_size=scale.vocab_size,
-                                            model_max_length=scale.block_size)
+            tokenizer = train_bpe_tokenizer(
+                train["text"], vocab_size=scale.vocab_size, model_max_length=scale.block_size
+            )
         else:
             tokenizer = load_gpt2_tokenizer()
         if scale.dataset != "embedded":
@@ -343,18 +419,44 @@ def training_config(scale: Scale, task: Task, output_dir: Path, **extra):
     schedule_free = task.family in ("sf", "refined")
     warmup = math.ceil(scale.warmup_fraction * task.steps)
     if task.family == "sf_plus":
-        extra = dict(adam_beta1=0.9, adam_beta2=0.95, weight_decay=scale.sf_plus_weight_decay, c_warmup=2 * warmup,
-                     max_grad_norm=0.0, **extra)
+        extra = dict(
+            adam_beta1=0.9,
+            adam_beta2=0.95,
+            weight_decay=scale.sf_plus_weight_decay,
+            c_warmup=2 * warmup,
+            max_grad_norm=0.0,
+            **extra,
+        )
     else:
-        extra = dict(adam_beta1=task.b1 if schedule_free else 0.9, adam_beta2=0.99 if schedule_free else 0.95,
-                     weight_decay=scale.weight_decay, max_grad_norm=0.0 if schedule_free else 1.0, **extra)
+        extra = dict(
+            adam_beta1=task.b1 if schedule_free else 0.9,
+            adam_beta2=0.99 if schedule_free else 0.95,
+            weight_decay=scale.weight_decay,
+            max_grad_norm=0.0 if schedule_free else 1.0,
+            **extra,
+        )
     return ScheduleFreeConfig(
-        output_dir=str(output_dir), optimizer_name=task.optimizer_name, learning_rate=task.lr,
-        decoupling_c=task.c or 200.0, ema_decay=scale.ema_decay, weight_decay_params="linear", warmup_steps=warmup,
-        max_steps=task.steps, per_device_train_batch_size=task.batch, per_device_eval_batch_size=scale.eval_batch,
-        logging_steps=max(1, task.steps // 20), eval_strategy="no", save_strategy="no", report_to="none",
-        seed=task.seed, data_seed=task.seed, dataloader_num_workers=0, disable_tqdm=True, sf_fused=False,
-        **device_args(scale), **extra,
+        output_dir=str(output_dir),
+        optimizer_name=task.optimizer_name,
+        learning_rate=task.lr,
+        decoupling_c=task.c or 200.0,
+        ema_decay=scale.ema_decay,
+        weight_decay_params="linear",
+        warmup_steps=warmup,
+        max_steps=task.steps,
+        per_device_train_batch_size=task.batch,
+        per_device_eval_batch_size=scale.eval_batch,
+        logging_steps=max(1, task.steps // 20),
+        eval_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        seed=task.seed,
+        data_seed=task.seed,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        sf_fused=False,
+        **device_args(scale),
+        **extra,
     )
 
 
@@ -380,24 +482,41 @@ def run_training(out: Path, scale: Scale, task: Task, data) -> dict:
     folder = run_dir(out, task.name)
     torch.manual_seed(task.seed)
     overrides = {k: v for k, v in scale.model.items() if k != "preset"}
-    model = build_model(scale.model["preset"], len(tokenizer), scale.block_size, eos_token_id=tokenizer.eos_token_id,
-                        **overrides)
-    callbacks = [_at_steps_callback(set(eval_steps(task.steps)), "should_evaluate"),
-                 _at_steps_callback(set(task.save_at), "should_save"), RiverDiagnosticsCallback()]
+    model = build_model(
+        scale.model["preset"], len(tokenizer), scale.block_size, eos_token_id=tokenizer.eos_token_id, **overrides
+    )
+    callbacks = [
+        _at_steps_callback(set(eval_steps(task.steps)), "should_evaluate"),
+        _at_steps_callback(set(task.save_at), "should_save"),
+        RiverDiagnosticsCallback(),
+    ]
     if scale.dataset == "embedded" and not scale.train_docs and not scale.valid_docs and scale.vocab_size:
-        record = dict(data=dict(dataset_name="embedded", text_column="text", block_size=scale.block_size),
-                      model=dict(scale.model, vocab_size=len(tokenizer)))  # `sf-hf probe` can rebuild the data
+        record = dict(
+            data=dict(dataset_name="embedded", text_column="text", block_size=scale.block_size),
+            model=dict(scale.model, vocab_size=len(tokenizer)),
+        )  # `sf-hf probe` can rebuild the data
         (folder / "run_args.json").write_text(json.dumps(record, indent=2) + "\n")
-    trainer = ScheduleFreeTrainer(model=model, args=training_config(scale, task, folder), train_dataset=train,
-                                  eval_dataset=valid, processing_class=tokenizer, callbacks=callbacks)
+    trainer = ScheduleFreeTrainer(
+        model=model,
+        args=training_config(scale, task, folder),
+        train_dataset=train,
+        eval_dataset=valid,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
     trainer.train()
     history = trainer.state.log_history
-    evals = [{k.replace("eval_river_", "").replace("eval_", ""): v for k, v in h.items()}
-             for h in history if "eval_loss" in h]
-    return dict(final_loss=evals[-1]["loss"], evals=evals,
-                train=[{"step": h["step"], "loss": h["loss"], "lr": h.get("learning_rate")}
-                       for h in history if "loss" in h],
-                parameters=sum(p.numel() for p in model.parameters()))
+    evals = [
+        {k.replace("eval_river_", "").replace("eval_", ""): v for k, v in h.items()}
+        for h in history
+        if "eval_loss" in h
+    ]
+    return dict(
+        final_loss=evals[-1]["loss"],
+        evals=evals,
+        train=[{"step": h["step"], "loss": h["loss"], "lr": h.get("learning_rate")} for h in history if "loss" in h],
+        parameters=sum(p.numel() for p in model.parameters()),
+    )
 
 
 def run_branch(out: Path, scale: Scale, task: Task, data) -> dict:
@@ -408,16 +527,29 @@ def run_branch(out: Path, scale: Scale, task: Task, data) -> dict:
     checkpoint = run_dir(out, task.source) / f"checkpoint-{task.start}"
     work = run_dir(out, task.name) / "work"
     result = probe_checkpoint(
-        checkpoint, decay_steps=task.decay_steps, train_dataset=train, eval_dataset=valid, output_dir=work,
-        weight_decay_params="linear", max_grad_norm=0.0 if task.family == "sf" else 1.0, seed=task.seed,
-        data_seed=task.seed, eval_batch_size=scale.eval_batch, sf_fused=False, **device_args(scale),
+        checkpoint,
+        decay_steps=task.decay_steps,
+        train_dataset=train,
+        eval_dataset=valid,
+        output_dir=work,
+        weight_decay_params="linear",
+        max_grad_norm=0.0 if task.family == "sf" else 1.0,
+        seed=task.seed,
+        data_seed=task.seed,
+        eval_batch_size=scale.eval_batch,
+        sf_fused=False,
+        **device_args(scale),
     )
     shutil.rmtree(work, ignore_errors=True)
     end = task.start + task.decay_steps
     control = next((e["loss"] for e in source["evals"] if e["step"] == end), None)
-    return dict(final_loss=result.loss_after, loss_before=result.loss_before, loss_control=control,
-                start_lr=result.start_lr, evals=[{"step": task.start, "loss": result.loss_before},
-                                                 {"step": end, "loss": result.loss_after}])
+    return dict(
+        final_loss=result.loss_after,
+        loss_before=result.loss_before,
+        loss_control=control,
+        start_lr=result.start_lr,
+        evals=[{"step": task.start, "loss": result.loss_before}, {"step": end, "loss": result.loss_after}],
+    )
 
 
 def run_task(out: Path, scale: Scale, task: Task, data=None, worker: bool = False) -> dict:
@@ -431,12 +563,19 @@ def run_task(out: Path, scale: Scale, task: Task, data=None, worker: bool = Fals
     run_dir(out, task.name).mkdir(parents=True, exist_ok=True)
     result = (run_branch if task.kind == "branch" else run_training)(out, scale, task, data)
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    result.update(task=asdict(task), tokens_per_step=task.batch * scale.block_size, seconds=time.time() - start,
-                  cpu_seconds=time.process_time() - cpu,
-                  process_cpu_seconds=usage.ru_utime + usage.ru_stime if worker else None)
+    result.update(
+        task=asdict(task),
+        tokens_per_step=task.batch * scale.block_size,
+        seconds=time.time() - start,
+        cpu_seconds=time.process_time() - cpu,
+        process_cpu_seconds=usage.ru_utime + usage.ru_stime if worker else None,
+    )
     write_result(out, task.name, result)
-    print(f"[paper_claims] {task.name}: final validation loss {result['final_loss']:.4f} "
-          f"({result['seconds']:.0f} s, {result['cpu_seconds']:.0f} CPU-s)", flush=True)
+    print(
+        f"[paper_claims] {task.name}: final validation loss {result['final_loss']:.4f} "
+        f"({result['seconds']:.0f} s, {result['cpu_seconds']:.0f} CPU-s)",
+        flush=True,
+    )
     return result
 
 
@@ -452,8 +591,11 @@ def run_all(out: Path, scale: Scale, only: Sequence[str] | None, jobs: int, thre
     logs = out / "logs"
     while True:
         R = read_results(out)
-        ready = [t for t in plan(scale, R) if t.name not in R and t.name not in running and t.name not in failed
-                 and (not only or t.name in only)]
+        ready = [
+            t
+            for t in plan(scale, R)
+            if t.name not in R and t.name not in running and t.name not in failed and (not only or t.name in only)
+        ]
         failed += [t.name for t in ready if any(d in failed for d in t.deps)]
         ready = [t for t in ready if t.name not in failed and all(d in R for d in t.deps)]
         if not ready and not running:
@@ -484,8 +626,9 @@ def run_all(out: Path, scale: Scale, only: Sequence[str] | None, jobs: int, thre
                 failed.append(name)
                 print(f"[paper_claims] {name} FAILED (exit {process.returncode}); see {logs / name}.log", flush=True)
             else:
-                print(f"[paper_claims] {name}: {result['final_loss']:.4f} ({result['cpu_seconds']:.0f} CPU-s)",
-                      flush=True)
+                print(
+                    f"[paper_claims] {name}: {result['final_loss']:.4f} ({result['cpu_seconds']:.0f} CPU-s)", flush=True
+                )
 
 
 # ---------------------------------------------------------------------------------------------- statistics
@@ -580,16 +723,20 @@ def fmt_summary(m, s, n) -> str:
 
 def regime_rows(scale: Scale, parameters: int | None) -> list[str]:
     """How far this setting is from the paper's: tokens/parameter, batch tokens, steps, averaging window."""
-    rows = ["| setting | parameters | tokens | tokens/param | batch tokens | steps | refined window T/C (steps) |",
-            "|---|---|---|---|---|---|---|",
-            f"| paper, 0.5M batch | 124M | 2.62B | {PAPER['tokens'] / PAPER['parameters']:.0f} | 524,288 | 5,000 | "
-            f"{PAPER['steps'] / PAPER['c']:.0f} (C=200) |"]
+    rows = [
+        "| setting | parameters | tokens | tokens/param | batch tokens | steps | refined window T/C (steps) |",
+        "|---|---|---|---|---|---|---|",
+        f"| paper, 0.5M batch | 124M | 2.62B | {PAPER['tokens'] / PAPER['parameters']:.0f} | 524,288 | 5,000 | "
+        f"{PAPER['steps'] / PAPER['c']:.0f} (C=200) |",
+    ]
     for label, f in (("this, batch x1", 1), (f"this, batch x{scale.big_batch_factor}", scale.big_batch_factor)):
         steps, batch_tokens = scale.steps // f, scale.batch * f * scale.block_size
         p = f"{parameters:,}" if parameters else "n/a"
         tpp = f"{scale.tokens_per_run / parameters:.1f}" if parameters else "n/a"
-        rows.append(f"| {label} | {p} | {scale.tokens_per_run:,} | {tpp} | {batch_tokens:,} | {steps:,} | "
-                    f"{steps / scale.c:.1f} (C={scale.c:g}) |")
+        rows.append(
+            f"| {label} | {p} | {scale.tokens_per_run:,} | {tpp} | {batch_tokens:,} | {steps:,} | "
+            f"{steps / scale.c:.1f} (C={scale.c:g}) |"
+        )
     return rows
 
 
@@ -599,18 +746,29 @@ def report(out: Path, scale: Scale, figures: Path) -> list[str]:
     R, T, n = res.R, scale.steps, len(scale.seeds)
     tasks = plan(scale, R)  # with the lr each sweep chose (full_plan's placeholder lr would name other seed runs)
     parameters = next((r.get("parameters") for r in R.values() if r.get("parameters")), None)
-    md = ["# Paper claims at small scale: results", "",
-          f"Model: {scale.model}, vocab {scale.vocab_size or 'GPT-2'}, block {scale.block_size}; batch "
-          f"{scale.batch} x {scale.block_size} tokens for {T} steps; batch x{scale.big_batch_factor}: "
-          f"{scale.batch * scale.big_batch_factor} for {T // scale.big_batch_factor} steps. Seeds {list(scale.seeds)}. "
-          "Loss: validation nats/token at x.", "", "## Regime against the paper's", ""]
+    md = [
+        "# Paper claims at small scale: results",
+        "",
+        f"Model: {scale.model}, vocab {scale.vocab_size or 'GPT-2'}, block {scale.block_size}; batch "
+        f"{scale.batch} x {scale.block_size} tokens for {T} steps; batch x{scale.big_batch_factor}: "
+        f"{scale.batch * scale.big_batch_factor} for {T // scale.big_batch_factor} steps. Seeds {list(scale.seeds)}. "
+        "Loss: validation nats/token at x.",
+        "",
+        "## Regime against the paper's",
+        "",
+    ]
     md += regime_rows(scale, parameters)
 
     # 1. the sweep
-    md += ["", f"## Learning-rate sweep (seed {scale.seeds[0]}, full horizon; final validation loss)", "",
-           "Chosen = lowest; (edge) = the chosen lr is at the end of the grid.", "",
-           "| config | " + " | ".join(f"lr {i + 1}" for i in range(len(scale.lrs_adamw))) + " | chosen lr |",
-           "|---|" + "---|" * (len(scale.lrs_adamw) + 1)]
+    md += [
+        "",
+        f"## Learning-rate sweep (seed {scale.seeds[0]}, full horizon; final validation loss)",
+        "",
+        "Chosen = lowest; (edge) = the chosen lr is at the end of the grid.",
+        "",
+        "| config | " + " | ".join(f"lr {i + 1}" for i in range(len(scale.lrs_adamw))) + " | chosen lr |",
+        "|---|" + "---|" * (len(scale.lrs_adamw) + 1),
+    ]
     for name, config in res.configs.items():
         grid = lr_grid(scale, config)
         cells = []
@@ -623,44 +781,76 @@ def report(out: Path, scale: Scale, figures: Path) -> list[str]:
         md.append(f"| {name} | " + " | ".join(cells) + f" | {fmt_lr(chosen)}{edge} |")
 
     # 2. seeds at the chosen lr
-    md += ["", "## Final validation loss at the chosen lr, mean ± std over seeds", "",
-           "| config | lr | " + " | ".join(f"seed {s}" for s in scale.seeds) + " | mean ± std |",
-           "|---|---|" + "---|" * (n + 1)]
+    md += [
+        "",
+        "## Final validation loss at the chosen lr, mean ± std over seeds",
+        "",
+        "| config | lr | " + " | ".join(f"seed {s}" for s in scale.seeds) + " | mean ± std |",
+        "|---|---|" + "---|" * (n + 1),
+    ]
     for name in list(res.configs) + ["adamw_ema"]:
         values = res.per_seed(name)
-        md.append(f"| {name} | {fmt_lr(res.lr[name])} | " + " | ".join(fmt(v) for v in values)
-                  + f" | {fmt_summary(*res.summary(name))} |")
+        md.append(
+            f"| {name} | {fmt_lr(res.lr[name])} | "
+            + " | ".join(fmt(v) for v in values)
+            + f" | {fmt_summary(*res.summary(name))} |"
+        )
 
     claims = []
     # claim 1: SF's x at each branch point against the WSD branch decayed to that point
     sf_ref = f"sf_b{SF_REF_B1}"
     points = [(p, round(p * T), f"-decay{round(100 * p)}") for p in BRANCH_POINTS] + [(1.0, T, "")]
-    md += ["", "## Claim 1: WSD branches against SF's x at the same step (mean ± std over seeds)", "",
-           "| step | WSD branch ending there | AdamW constant lr (no decay) | SF b1=0.95 | WSD - SF (paired, ± SE) |",
-           "|---|---|---|---|---|"]
+    md += [
+        "",
+        "## Claim 1: WSD branches against SF's x at the same step (mean ± std over seeds)",
+        "",
+        "| step | WSD branch ending there | AdamW constant lr (no decay) | SF b1=0.95 | WSD - SF (paired, ± SE) |",
+        "|---|---|---|---|---|",
+    ]
     parts, verdicts = [], []
     for p, step, suffix in points:
         wsd = res.per_seed("adamw_wsd", suffix=suffix)
         sf = res.per_seed(sf_ref, step=step)
-        constant = (res.per_seed("adamw_wsd", step=step) if p < 1 else  # at 100%: the EMA run's raw iterate
-                    [r["evals"][-1].get("loss_y") if r else None
-                     for r in (res.run("adamw_ema", seed) for seed in scale.seeds)])
+        constant = (
+            res.per_seed("adamw_wsd", step=step)
+            if p < 1
+            # at 100%: the EMA run's raw iterate
+            else [
+                r["evals"][-1].get("loss_y") if r else None
+                for r in (res.run("adamw_ema", seed) for seed in scale.seeds)
+            ]
+        )
         d, se = paired(diff(wsd, sf), n)
         v = verdict(d, se)
         verdicts.append(v)
         ms = lambda xs: fmt_summary(*mean_std([x for x in xs if x is not None]), sum(x is not None for x in xs))  # noqa: E731
         md.append(f"| {step} ({round(100 * p)}%) | {ms(wsd)} | {ms(constant)} | {ms(sf)} | {fmt_pm(d, se)} |")
         parts.append(f"{round(100 * p)}%: WSD - SF {fmt_pm(d, se)} -> {v}")
-    overall = (INCOMPLETE if INCOMPLETE in verdicts else "DOES NOT HOLD" if "DOES NOT HOLD" in verdicts
-               else "HOLDS" if all(v == "HOLDS" for v in verdicts) else "WITHIN NOISE (SF matches WSD within 2 SE)")
-    claims.append(f"Claim 1 (SF b1={SF_REF_B1}'s x matches or beats the WSD branch decayed to the same step; "
-                  f"d = WSD - SF, {n} seeds): " + "; ".join(parts) + f" -> {overall}")
+    overall = (
+        INCOMPLETE
+        if INCOMPLETE in verdicts
+        else "DOES NOT HOLD"
+        if "DOES NOT HOLD" in verdicts
+        else "HOLDS"
+        if all(v == "HOLDS" for v in verdicts)
+        else "WITHIN NOISE (SF matches WSD within 2 SE)"
+    )
+    claims.append(
+        f"Claim 1 (SF b1={SF_REF_B1}'s x matches or beats the WSD branch decayed to the same step; "
+        f"d = WSD - SF, {n} seeds): " + "; ".join(parts) + f" -> {overall}"
+    )
 
     # claim 2: decay gains over the control
-    md += ["", "## Claim 2: what a short linear decay to 0 gains over the same run at constant lr", "",
-           "Gain = loss of the run at constant lr at the branch's last step - loss after the decay; per seed, "
-           "averaged over the 50% and 75% branches.", "",
-           "| source | " + " | ".join(f"seed {s}" for s in scale.seeds) + " | mean ± std |", "|---|" + "---|" * (n + 1)]
+    md += [
+        "",
+        "## Claim 2: what a short linear decay to 0 gains over the same run at constant lr",
+        "",
+        "Gain = loss of the run at constant lr at the branch's last step - loss after the decay; per seed, "
+        "averaged over the 50% and 75% branches.",
+        "",
+        "| source | " + " | ".join(f"seed {s}" for s in scale.seeds) + " | mean ± std |",
+        "|---|" + "---|" * (n + 1),
+    ]
     gains = {}
     for source in ("adamw_wsd", sf_ref):
         per_seed = []
@@ -672,38 +862,51 @@ def report(out: Path, scale: Scale, figures: Path) -> list[str]:
             per_seed.append(None if None in g else statistics.fmean(g))
         gains[source] = per_seed
         present = [g for g in per_seed if g is not None]
-        md.append(f"| {source} | " + " | ".join(fmt_signed(g) for g in per_seed)
-                  + f" | {fmt_summary(*mean_std(present), len(present))} |")
+        md.append(
+            f"| {source} | "
+            + " | ".join(fmt_signed(g) for g in per_seed)
+            + f" | {fmt_summary(*mean_std(present), len(present))} |"
+        )
     d, se = paired(diff(gains["adamw_wsd"], gains[sf_ref]), n)
     own = paired(gains[sf_ref], n)
-    claims.append(f"Claim 2 (a short lr decay gains AdamW more than SF b1={SF_REF_B1}; d = AdamW's gain - SF's gain, "
-                  f"mean over the 50%/75% branches, {n} seeds): {fmt_pm(d, se)}; SF's own gain {fmt_pm(*own)} "
-                  f"({verdict(*own).lower().replace('holds', 'positive').replace('does not hold', 'negative')})"
-                  f" -> {verdict(d, se)}")
+    claims.append(
+        f"Claim 2 (a short lr decay gains AdamW more than SF b1={SF_REF_B1}; d = AdamW's gain - SF's gain, "
+        f"mean over the 50%/75% branches, {n} seeds): {fmt_pm(d, se)}; SF's own gain {fmt_pm(*own)} "
+        f"({verdict(*own).lower().replace('holds', 'positive').replace('does not hold', 'negative')})"
+        f" -> {verdict(d, se)}"
+    )
 
     # claim 3: spread across b1, per seed, each b1 at its own lr
-    md += ["", f"## Claim 3: spread of the final loss across b1 in {list(scale.b1s)} (max - min; each b1 at its "
-           "own lr)", "", "| variant | " + " | ".join(f"seed {s}" for s in scale.seeds) + " | mean ± std |",
-           "|---|" + "---|" * (n + 1)]
+    md += [
+        "",
+        f"## Claim 3: spread of the final loss across b1 in {list(scale.b1s)} (max - min; each b1 at its own lr)",
+        "",
+        "| variant | " + " | ".join(f"seed {s}" for s in scale.seeds) + " | mean ± std |",
+        "|---|" + "---|" * (n + 1),
+    ]
     spreads = {}
     for label, pattern in (("vanilla SF", "sf_b{b1}"), (f"refined C={scale.c:g}", f"refined_c{scale.c:g}_b{{b1}}")):
         by_b1 = [res.per_seed(pattern.format(b1=b1)) for b1 in scale.b1s]
         per_seed = [None if None in col else max(col) - min(col) for col in zip(*by_b1)]
         spreads[label] = per_seed
         present = [s for s in per_seed if s is not None]
-        md.append(f"| {label} | " + " | ".join(fmt(s) for s in per_seed)
-                  + f" | {fmt_summary(*mean_std(present), len(present))} |")
+        md.append(
+            f"| {label} | "
+            + " | ".join(fmt(s) for s in per_seed)
+            + f" | {fmt_summary(*mean_std(present), len(present))} |"
+        )
     labels = list(spreads)
     d, se = paired(diff(spreads[labels[0]], spreads[labels[1]]), n)
-    claims.append(f"Claim 3 (refined C={scale.c:g}'s spread of final loss across b1 is smaller than vanilla's; "
-                  f"d = vanilla spread - refined spread, {n} seeds): {fmt_pm(d, se)} -> {verdict(d, se)}")
+    claims.append(
+        f"Claim 3 (refined C={scale.c:g}'s spread of final loss across b1 is smaller than vanilla's; "
+        f"d = vanilla spread - refined spread, {n} seeds): {fmt_pm(d, se)} -> {verdict(d, se)}"
+    )
 
     # claim 4: at 4x batch refined closes the gap between vanilla SF and cosine AdamW
     f = scale.big_batch_factor
     cos4, van4 = res.per_seed("adamw_cosine-4x"), res.per_seed(f"sf_b{SF_REF_B1}-4x")
     ref4 = res.per_seed(f"refined_c{scale.c:g}_b{SF_REF_B1}-4x")
-    premise, closes, behind = (paired(diff(van4, cos4), n), paired(diff(van4, ref4), n),
-                               paired(diff(ref4, cos4), n))
+    premise, closes, behind = (paired(diff(van4, cos4), n), paired(diff(van4, ref4), n), paired(diff(ref4, cos4), n))
     if premise[0] is None or closes[0] is None:
         v4 = INCOMPLETE
     elif verdict(*premise) != "HOLDS":
@@ -712,35 +915,50 @@ def report(out: Path, scale: Scale, figures: Path) -> list[str]:
         v4 = "DOES NOT HOLD" if verdict(*closes) == "DOES NOT HOLD" else "WITHIN NOISE (refined no better than vanilla)"
     else:
         v4 = "HOLDS" if verdict(*behind) != "HOLDS" else "PARTLY (refined narrows the gap; still behind cosine)"
-    claims.append(f"Claim 4 (at {f}x batch refined C={scale.c:g} closes the gap between vanilla SF and cosine AdamW; "
-                  f"b1={SF_REF_B1}, {n} seeds): vanilla - cosine {fmt_pm(*premise)}, vanilla - refined "
-                  f"{fmt_pm(*closes)}, refined - cosine {fmt_pm(*behind)} -> {v4}")
+    claims.append(
+        f"Claim 4 (at {f}x batch refined C={scale.c:g} closes the gap between vanilla SF and cosine AdamW; "
+        f"b1={SF_REF_B1}, {n} seeds): vanilla - cosine {fmt_pm(*premise)}, vanilla - refined "
+        f"{fmt_pm(*closes)}, refined - cosine {fmt_pm(*behind)} -> {v4}"
+    )
 
     # ScheduleFree+ next to SF and WSD (not a claim of the paper: a comparison with the same rule)
     plus = res.per_seed("sf_plus")
     d_sf, d_wsd = paired(diff(res.per_seed(sf_ref), plus), n), paired(diff(res.per_seed("adamw_wsd"), plus), n)
-    claims.append(f"ScheduleFree+ (lr multiplier {fmt_lr(res.lr['sf_plus'])}; d > 0: ScheduleFree+ better): "
-                  f"vs SF b1={SF_REF_B1} {fmt_pm(*d_sf)} -> {verdict(*d_sf)}; vs AdamW WSD {fmt_pm(*d_wsd)} -> "
-                  f"{verdict(*d_wsd)}")
+    claims.append(
+        f"ScheduleFree+ (lr multiplier {fmt_lr(res.lr['sf_plus'])}; d > 0: ScheduleFree+ better): "
+        f"vs SF b1={SF_REF_B1} {fmt_pm(*d_sf)} -> {verdict(*d_sf)}; vs AdamW WSD {fmt_pm(*d_wsd)} -> "
+        f"{verdict(*d_wsd)}"
+    )
 
-    md += ["", "## River diagnostics at the last step (seed 0, chosen lr)", "",
-           "Loss at x (evaluated) and at y (where gradients are taken); gap = y - x; window = (1 - b1) / c steps.", "",
-           "| run | loss at x | loss at y | gap | x-y distance | c | window (steps) |", "|---|---|---|---|---|---|---|"]
+    md += [
+        "",
+        "## River diagnostics at the last step (seed 0, chosen lr)",
+        "",
+        "Loss at x (evaluated) and at y (where gradients are taken); gap = y - x; window = (1 - b1) / c steps.",
+        "",
+        "| run | loss at x | loss at y | gap | x-y distance | c | window (steps) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name in list(res.configs) + ["adamw_ema"]:
         r = res.run(name, scale.seeds[0])
         last = r["evals"][-1] if r else {}
         if "loss_y" in last and "averaging_weight" in last:
-            md.append(f"| {name} | {fmt(last['loss_x'])} | {fmt(last['loss_y'])} | {fmt_signed(last['loss_gap'])} | "
-                      f"{last['xy_distance']:.3f} | {last['averaging_weight']:.4f} | {last['averaging_window']:.1f} |")
+            md.append(
+                f"| {name} | {fmt(last['loss_x'])} | {fmt(last['loss_y'])} | {fmt_signed(last['loss_gap'])} | "
+                f"{last['xy_distance']:.3f} | {last['averaging_weight']:.4f} | {last['averaging_window']:.1f} |"
+            )
 
     cpu = sum(r.get("process_cpu_seconds") or r.get("cpu_seconds") or 0 for r in R.values())
     wall = sum(r.get("seconds", 0) for r in R.values())
     done = sum(t.name in R for t in tasks)
     md += ["", "## Claims (the noise rule: d > 2 SE holds, d < -2 SE does not hold, otherwise within noise)", ""]
     md += [f"- {c}" for c in claims]
-    md += ["", f"Runs finished: {done}/{len(tasks)}; summed CPU time {cpu / 60:.1f} CPU-min (each worker process, "
-               f"imports included) = {cpu / 120:.1f} min on 2 idle cores at 2 runs at a time; summed run wall time "
-               f"{wall / 60:.1f} min (runs overlap with --jobs > 1, and other load inflates it)."]
+    md += [
+        "",
+        f"Runs finished: {done}/{len(tasks)}; summed CPU time {cpu / 60:.1f} CPU-min (each worker process, "
+        f"imports included) = {cpu / 120:.1f} min on 2 idle cores at 2 runs at a time; summed run wall time "
+        f"{wall / 60:.1f} min (runs overlap with --jobs > 1, and other load inflates it).",
+    ]
     (out / "results.md").write_text("\n".join(md) + "\n")
     (out / "claims.txt").write_text("\n".join(claims) + "\n")
     plot(res, figures)
@@ -780,7 +998,7 @@ def plot(res: Results, figures: Path) -> None:
         if not suffix:
             curves(ax, "adamw_wsd", color="tab:blue")
             curves(ax, "sf_plus", color="tab:purple")
-        for b1 in ((SF_REF_B1,) if suffix else scale.b1s):
+        for b1 in (SF_REF_B1,) if suffix else scale.b1s:
             curves(ax, f"sf_b{b1}{suffix}", color=colors.get(b1), ls="--")
             curves(ax, f"refined_c{scale.c:g}_b{b1}{suffix}", color=colors.get(b1), ls="-", alpha=0.7)
         lows = [line.get_ydata().min() for line in ax.get_lines() if len(line.get_ydata())]
@@ -798,8 +1016,10 @@ def plot(res: Results, figures: Path) -> None:
 
     # 2. final loss against b1, each b1 at its own lr, mean ± std over seeds
     fig, ax = plt.subplots(figsize=(6, 4.2))
-    for label, pattern, marker in (("vanilla SF", "sf_b{b1}", "o-"),
-                                   (f"refined C={scale.c:g}", f"refined_c{scale.c:g}_b{{b1}}", "s-")):
+    for label, pattern, marker in (
+        ("vanilla SF", "sf_b{b1}", "o-"),
+        (f"refined C={scale.c:g}", f"refined_c{scale.c:g}_b{{b1}}", "s-"),
+    ):
         pts = [(b1, *res.summary(pattern.format(b1=b1))[:2]) for b1 in scale.b1s]
         pts = [(b1, m, s or 0.0) for b1, m, s in pts if m is not None]
         if pts:
@@ -828,16 +1048,24 @@ def describe_plan(scale: Scale, tokens_per_second: float | None) -> str:
     train = [t for t in tasks if t.kind == "train"]
     sweep = [t for t in train if t.seed == scale.seeds[0] and t.config != "adamw_ema"]
     tokens = sum(t.steps * t.batch * scale.block_size for t in tasks)
-    evals = sum(len(eval_steps(t.steps)) * (2 if t.family in ("sf", "refined", "sf_plus", "adamw_ema") else 1)
-                for t in train) * scale.eval_blocks * scale.block_size
-    lines = [f"plan: {len(configs(scale))} configs; {len(sweep)} sweep runs (seed {scale.seeds[0]}), "
-             f"{len(train) - len(sweep)} more trainings (seeds {list(scale.seeds[1:])} at each chosen lr, AdamW + "
-             "EMA), "
-             f"{len(tasks) - len(train)} decay branches = {len(tasks)} tasks",
-             f"model {scale.model}; {scale.tokens_per_run:,} tokens per training ({scale.steps} steps x "
-             f"{scale.batch * scale.block_size:,} tokens; x{scale.big_batch_factor} batch: "
-             f"{scale.steps // scale.big_batch_factor} steps); {tokens / 1e6:,.1f}M training tokens in all, "
-             f"{evals / 1e6:,.1f}M evaluation tokens; device {'GPU (bf16)' if scale.gpu else 'CPU'}"]
+    evals = (
+        sum(
+            len(eval_steps(t.steps)) * (2 if t.family in ("sf", "refined", "sf_plus", "adamw_ema") else 1)
+            for t in train
+        )
+        * scale.eval_blocks
+        * scale.block_size
+    )
+    lines = [
+        f"plan: {len(configs(scale))} configs; {len(sweep)} sweep runs (seed {scale.seeds[0]}), "
+        f"{len(train) - len(sweep)} more trainings (seeds {list(scale.seeds[1:])} at each chosen lr, AdamW + "
+        "EMA), "
+        f"{len(tasks) - len(train)} decay branches = {len(tasks)} tasks",
+        f"model {scale.model}; {scale.tokens_per_run:,} tokens per training ({scale.steps} steps x "
+        f"{scale.batch * scale.block_size:,} tokens; x{scale.big_batch_factor} batch: "
+        f"{scale.steps // scale.big_batch_factor} steps); {tokens / 1e6:,.1f}M training tokens in all, "
+        f"{evals / 1e6:,.1f}M evaluation tokens; device {'GPU (bf16)' if scale.gpu else 'CPU'}",
+    ]
     if tokens_per_second:
         seconds = (tokens + evals / 3) / tokens_per_second  # a forward pass is about a third of a training step
         lines.append(f"expected cost at {tokens_per_second:,.0f} training tokens/s: {seconds / 3600:.1f} h")
@@ -845,8 +1073,9 @@ def describe_plan(scale: Scale, tokens_per_second: float | None) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", help="results, runs and data cache (default runs/paper_claims[_gpu])")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="tiny sizes: the end-to-end test")
@@ -855,13 +1084,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per training (default 1)")
     parser.add_argument("--figures", help="where the PNGs go (default OUT/figures)")
     parser.add_argument("--steps", type=int, help="override the base run length (steps at batch x1)")
-    parser.add_argument("--dataset", help="corpus: 'embedded', a local file/folder or a cached Hub id (gpu default: "
-                                          "DKYoon/SlimPajama-6B, streamed until the tokens of one run)")
+    parser.add_argument(
+        "--dataset",
+        help="corpus: 'embedded', a local file/folder or a cached Hub id (gpu default: "
+        "DKYoon/SlimPajama-6B, streamed until the tokens of one run)",
+    )
     parser.add_argument("--only", nargs="+", help="run only these runs (and nothing they depend on)")
     parser.add_argument("--report-only", action="store_true", help="write the report from finished runs")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and its cost; train nothing")
-    parser.add_argument("--tokens-per-second", type=float,
-                        help="throughput for --dry-run's cost (default: 130k on GPU, assumed; 15k on CPU, measured)")
+    parser.add_argument(
+        "--tokens-per-second",
+        type=float,
+        help="throughput for --dry-run's cost (default: 130k on GPU, assumed; 15k on CPU, measured)",
+    )
     parser.add_argument("--task", help=argparse.SUPPRESS)  # a worker: run this one task
     return parser.parse_args(argv)
 

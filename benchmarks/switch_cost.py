@@ -71,9 +71,14 @@ def run_case(size: str, dtype: torch.dtype, repeats: int) -> dict:
     at_y = serialized_bytes(optimizer.state_dict())
     optimizer.eval()
     at_x = serialized_bytes(optimizer.state_dict())
-    return dict(size=size, dtype=str(dtype).replace("torch.", ""), params=n, ms={k: statistics.median(v)
-                                                                                  for k, v in rows.items()},
-                train_mode_bytes=at_y, eval_mode_bytes=at_x)
+    return dict(
+        size=size,
+        dtype=str(dtype).replace("torch.", ""),
+        params=n,
+        ms={k: statistics.median(v) for k, v in rows.items()},
+        train_mode_bytes=at_y,
+        eval_mode_bytes=at_x,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -87,14 +92,18 @@ def main(argv: list[str] | None = None) -> None:
     print(machine_summary())
     for name in args.dtypes.split(","):
         case = run_case(args.size, getattr(torch, name), args.repeats)
-        print(f"\n{case['size']} {case['dtype']}: {case['params'] / 1e6:.1f}M parameters, {torch.get_num_threads()} "
-              "threads, median ms")
+        print(
+            f"\n{case['size']} {case['dtype']}: {case['params'] / 1e6:.1f}M parameters, {torch.get_num_threads()} "
+            "threads, median ms"
+        )
         for row, ms in case["ms"].items():
             print(f"  {row:<28} {ms:9.1f}")
         grown = case["eval_mode_bytes"] / case["train_mode_bytes"]
-        print(f"  optimizer state: {case['train_mode_bytes'] / 2**20:.1f} MiB in train mode, "
-              f"{case['eval_mode_bytes'] / 2**20:.1f} MiB in eval mode (x{grown:.2f}; "
-              f"{(case['eval_mode_bytes'] - case['train_mode_bytes']) / case['params']:.2f} B/param more)")
+        print(
+            f"  optimizer state: {case['train_mode_bytes'] / 2**20:.1f} MiB in train mode, "
+            f"{case['eval_mode_bytes'] / 2**20:.1f} MiB in eval mode (x{grown:.2f}; "
+            f"{(case['eval_mode_bytes'] - case['train_mode_bytes']) / case['params']:.2f} B/param more)"
+        )
 
 
 if __name__ == "__main__":

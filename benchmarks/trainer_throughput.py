@@ -74,31 +74,53 @@ def timed_run(trainer, timer: StepTimer, warmup: int) -> float:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=40, help="optimizer steps per run (default 40)")
     parser.add_argument("--warmup", type=int, default=5, help="first steps of each run left out (default 5)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each arm, alternating (default 3)")
-    parser.add_argument("--warmup_run_steps", type=int, default=10,
-                        help="steps of one untimed run of each arm before the timed ones (default 10; 0: none)")
+    parser.add_argument(
+        "--warmup_run_steps",
+        type=int,
+        default=10,
+        help="steps of one untimed run of each arm before the timed ones (default 10; 0: none)",
+    )
     args, recipe_flags = parser.parse_known_args(argv)
     if args.steps <= args.warmup or args.repeats < 1 or args.warmup_run_steps < 0:
         parser.error("--steps must be larger than --warmup, --repeats at least 1 and --warmup_run_steps at least 0.")
 
     transformers.utils.logging.set_verbosity_error()
     with tempfile.TemporaryDirectory(prefix="sf_hf_throughput_") as tmp:
-        flags = ["--output_dir", f"{tmp}/sf", "--max_steps", str(args.steps), "--eval_strategy", "no",
-                 "--save_strategy", "no", "--report_to", "none", "--logging_steps", str(10 * args.steps),
-                 "--disable_tqdm", "true", *recipe_flags]
+        flags = [
+            "--output_dir",
+            f"{tmp}/sf",
+            "--max_steps",
+            str(args.steps),
+            "--eval_strategy",
+            "no",
+            "--save_strategy",
+            "no",
+            "--report_to",
+            "none",
+            "--logging_steps",
+            str(10 * args.steps),
+            "--disable_tqdm",
+            "true",
+            *recipe_flags,
+        ]
         _, data_args, sf_args, tokenizer, model, train_blocks, _, _, _, _ = prepare(flags, DEFAULT_RECIPE)
         initial = copy.deepcopy(model.state_dict())
-        tokens_per_step = sf_args.per_device_train_batch_size * sf_args.gradient_accumulation_steps \
-            * data_args.block_size
+        tokens_per_step = (
+            sf_args.per_device_train_batch_size * sf_args.gradient_accumulation_steps * data_args.block_size
+        )
         base_args = adamw_arguments(sf_args, f"{tmp}/adamw")
         params = sum(p.numel() for p in model.parameters())
-        print(f"# trainer throughput: {sf_args.optimizer_name} (sf_fused={sf_args.sf_fused}) in ScheduleFreeTrainer vs "
-              f"Trainer + fused AdamW; {params:,} parameters, {tokens_per_step:,} tokens per step, {args.steps} steps "
-              f"per run ({args.warmup} left out), {args.repeats} repeats")
+        print(
+            f"# trainer throughput: {sf_args.optimizer_name} (sf_fused={sf_args.sf_fused}) in ScheduleFreeTrainer vs "
+            f"Trainer + fused AdamW; {params:,} parameters, {tokens_per_step:,} tokens per step, {args.steps} steps "
+            f"per run ({args.warmup} left out), {args.repeats} repeats"
+        )
         print(f"# {machine_summary()}")
 
         def trainer_for(arm: str, max_steps: int) -> Trainer:
@@ -106,8 +128,13 @@ def main(argv=None):
             arm_args = copy.copy(sf_args if arm == "sf" else base_args)
             arm_args.max_steps = max_steps
             trainer_class = ScheduleFreeTrainer if arm == "sf" else Trainer
-            return trainer_class(model=model, args=arm_args, train_dataset=train_blocks, processing_class=tokenizer,
-                                 data_collator=default_data_collator)
+            return trainer_class(
+                model=model,
+                args=arm_args,
+                train_dataset=train_blocks,
+                processing_class=tokenizer,
+                data_collator=default_data_collator,
+            )
 
         def run(arm: str) -> float:
             return tokens_per_step / timed_run(trainer_for(arm, args.steps), StepTimer(), args.warmup)
@@ -128,8 +155,10 @@ def main(argv=None):
     print(f"  {'ScheduleFreeTrainer + ' + sf_args.optimizer_name:<36}{statistics.median(results['sf']):>18,.0f}")
     print(f"  {'Trainer + AdamW (fused)':<36}{statistics.median(results['adamw']):>18,.0f}")
     verdict = "PASS" if ratio >= TARGET_RATIO else "FAIL"
-    print(f"\nSF / AdamW throughput: {ratio:.3f} (per repeat: {', '.join(f'{r:.3f}' for r in ratios)}); "
-          f"target >= {TARGET_RATIO}: {verdict}")
+    print(
+        f"\nSF / AdamW throughput: {ratio:.3f} (per repeat: {', '.join(f'{r:.3f}' for r in ratios)}); "
+        f"target >= {TARGET_RATIO}: {verdict}"
+    )
     print(f"# load average at the end: {load_average()}; torch threads {torch.get_num_threads()}")
     return 0
 

@@ -30,11 +30,19 @@ def _checkpoint_pipeline(model_args, data_args, training_args) -> TrainerCallbac
     from .pipeline import CheckpointPipelineCallback, DataSpec
 
     accepted = set(inspect.signature(load_text_dataset).parameters)
-    options = {k: v for k, v in vars(data_args).items()
-               if k in accepted and k not in ("name_or_path", "config_name", "text_column")}
+    options = {
+        k: v
+        for k, v in vars(data_args).items()
+        if k in accepted and k not in ("name_or_path", "config_name", "text_column")
+    }
     options["seed"] = training_args.seed  # the held-out split the run itself was given
-    data = DataSpec(dataset_name=data_args.dataset_name, block_size=data_args.block_size,
-                    dataset_config=data_args.dataset_config, text_column=data_args.text_column, load_options=options)
+    data = DataSpec(
+        dataset_name=data_args.dataset_name,
+        block_size=data_args.block_size,
+        dataset_config=data_args.dataset_config,
+        text_column=data_args.text_column,
+        load_options=options,
+    )
     return CheckpointPipelineCallback(data=data, batch_size=training_args.per_device_eval_batch_size)
 
 

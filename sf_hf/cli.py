@@ -71,8 +71,11 @@ class _DeprecatedSpelling(argparse.Action):
         self.new_spelling = new_spelling
 
     def __call__(self, parser, namespace, values, option_string=None):
-        print(f"{parser.prog}: warning: option '{option_string}' is deprecated and goes in the next release; use "
-              f"'{self.new_spelling}'.", file=sys.stderr)
+        print(
+            f"{parser.prog}: warning: option '{option_string}' is deprecated and goes in the next release; use "
+            f"'{self.new_spelling}'.",
+            file=sys.stderr,
+        )
         setattr(namespace, self.dest, values)
 
 
@@ -80,8 +83,15 @@ def add_renamed_argument(parser: argparse.ArgumentParser, new: str, old: str, **
     """Adds option `new` and, hidden from `--help`, its deprecated spelling `old` (same value; a warning on stderr,
     as Python 3.13's `deprecated=True` prints)."""
     action = parser.add_argument(new, **kwargs)
-    parser.add_argument(old, dest=action.dest, action=_DeprecatedSpelling, new_spelling=new, default=argparse.SUPPRESS,
-                        help=argparse.SUPPRESS, **{k: v for k, v in kwargs.items() if k in ("type", "choices")})
+    parser.add_argument(
+        old,
+        dest=action.dest,
+        action=_DeprecatedSpelling,
+        new_spelling=new,
+        default=argparse.SUPPRESS,
+        help=argparse.SUPPRESS,
+        **{k: v for k, v in kwargs.items() if k in ("type", "choices")},
+    )
 
 
 def register(command: Command) -> Command:
@@ -94,24 +104,40 @@ def register(command: Command) -> Command:
 
 def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", help="the Trainer's output_dir (checkpoint-N folders and the final model)")
-    add_renamed_argument(parser, "--dataset-name", "--dataset",
-                         help="'embedded', a local file/folder or a Hub id (default: run_args.json)")
+    add_renamed_argument(
+        parser,
+        "--dataset-name",
+        "--dataset",
+        help="'embedded', a local file/folder or a Hub id (default: run_args.json)",
+    )
     parser.add_argument("--dataset-config", help="dataset configuration (default: run_args.json)")
     parser.add_argument("--text-column", help="column with the text (default: run_args.json, else 'text')")
     parser.add_argument("--block-size", type=int, help="tokens per block (default: run_args.json)")
     parser.add_argument("--batch-size", type=int, default=8, help="blocks per forward pass (default: 8)")
-    parser.add_argument("--metric", action="append", default=[],
-                        help="extra evaluate module: 'next_token_accuracy' or a local .py/folder (repeatable)")
+    parser.add_argument(
+        "--metric",
+        action="append",
+        default=[],
+        help="extra evaluate module: 'next_token_accuracy' or a local .py/folder (repeatable)",
+    )
     parser.add_argument("--output-dir", help="where the summary table and plots go (default: RUN_DIR)")
     parser.add_argument("--device", help="default: cuda when available, else cpu")
-    parser.add_argument("--tasks", action="append", default=[],
-                        help="lm-evaluation-harness tasks: names (sf_kjv offline; hellaswag,arc_easy... with the Hub), "
-                             "comma-separated, or task YAML files (repeatable; needs pip install 'sf_hf[eval]')")
+    parser.add_argument(
+        "--tasks",
+        action="append",
+        default=[],
+        help="lm-evaluation-harness tasks: names (sf_kjv offline; hellaswag,arc_easy... with the Hub), "
+        "comma-separated, or task YAML files (repeatable; needs pip install 'sf_hf[eval]')",
+    )
     parser.add_argument("--include-path", action="append", default=[], help="a folder of task YAML files (repeatable)")
     parser.add_argument("--num-fewshot", type=int, help="few-shot examples per task (default: each task's own)")
     parser.add_argument("--limit", type=float, help="documents per task, a fraction if < 1 (for quick looks only)")
-    parser.add_argument("--only", action="append", help="evaluate only this checkpoint (checkpoint-N or final; "
-                                                       "repeatable); the summary keeps the others' earlier results")
+    parser.add_argument(
+        "--only",
+        action="append",
+        help="evaluate only this checkpoint (checkpoint-N or final; "
+        "repeatable); the summary keeps the others' earlier results",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="show lm-eval's own progress bars and logs")
 
 
@@ -120,17 +146,32 @@ def _limit(value: float | None):
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    evaluation = evaluate_run(args.run_dir, dataset=args.dataset_name, dataset_config=args.dataset_config,
-                              text_column=args.text_column, block_size=args.block_size, batch_size=args.batch_size,
-                              metrics=args.metric, output_dir=args.output_dir, device=args.device, tasks=args.tasks,
-                              include_path=args.include_path, num_fewshot=args.num_fewshot, limit=_limit(args.limit),
-                              verbose=args.verbose, only=args.only)
+    evaluation = evaluate_run(
+        args.run_dir,
+        dataset=args.dataset_name,
+        dataset_config=args.dataset_config,
+        text_column=args.text_column,
+        block_size=args.block_size,
+        batch_size=args.batch_size,
+        metrics=args.metric,
+        output_dir=args.output_dir,
+        device=args.device,
+        tasks=args.tasks,
+        include_path=args.include_path,
+        num_fewshot=args.num_fewshot,
+        limit=_limit(args.limit),
+        verbose=args.verbose,
+        only=args.only,
+    )
     print(to_markdown(summary_rows(evaluation.results, evaluation.failures)))
     print("Wrote " + ", ".join(str(path) for path in evaluation.files.values()))
     for name, reason in evaluation.failures:
         print(f"sf-hf evaluate: skipped {name}: {reason}", file=sys.stderr)
-    task_failures = [(r["checkpoint"], task, reason) for r in evaluation.results
-                     for task, reason in r.get("task_failures", {}).items()]
+    task_failures = [
+        (r["checkpoint"], task, reason)
+        for r in evaluation.results
+        for task, reason in r.get("task_failures", {}).items()
+    ]
     for name, task, reason in task_failures:
         print(f"sf-hf evaluate: task {task} failed on {name}: {reason}", file=sys.stderr)
     return 1 if evaluation.failures or task_failures else 0
@@ -139,8 +180,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _convert_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a checkpoint folder (x or y); it is only read")
     parser.add_argument("--to", choices=["x"], default="x", help="the sequence to write (only x)")
-    add_renamed_argument(parser, "--output-dir", "--output",
-                         help="the new folder (default: CHECKPOINT-x); must not exist")
+    add_renamed_argument(
+        parser, "--output-dir", "--output", help="the new folder (default: CHECKPOINT-x); must not exist"
+    )
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -154,20 +196,33 @@ def _push_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token", help="write token (default: HF_TOKEN or the stored login)")
     parser.add_argument("--private", action="store_true", help="create the repo private")
     parser.add_argument("--overwrite", action="store_true", help="replace existing branches and a non-empty main")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="list what would go where and write the cards and plots into a preview folder; no network")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list what would go where and write the cards and plots into a preview folder; no network",
+    )
     parser.add_argument("--preview-dir", help="the dry run's preview folder (default: a new temporary folder)")
-    parser.add_argument("--base-model", help="for fine-tunes: the model the run started from (for the card; a PEFT "
-                        "adapter's pushed adapter_config.json names it: its base model's Hub id)")
+    parser.add_argument(
+        "--base-model",
+        help="for fine-tunes: the model the run started from (for the card; a PEFT "
+        "adapter's pushed adapter_config.json names it: its base model's Hub id)",
+    )
     parser.add_argument("--retries", type=int, default=5, help="tries per Hub call on network errors/5xx (default: 5)")
     parser.add_argument("--retry-delay", type=float, default=1.0, help="first backoff in seconds, doubled (default: 1)")
 
 
 def _push(args: argparse.Namespace) -> int:
-    report = push_run(args.run_dir, args.repo_id, token=args.token, private=args.private, overwrite=args.overwrite,
-                      dry_run=args.dry_run, base_model=args.base_model,
-                      retry=RetryPolicy(attempts=args.retries, initial_delay=args.retry_delay),
-                      preview_dir=args.preview_dir)
+    report = push_run(
+        args.run_dir,
+        args.repo_id,
+        token=args.token,
+        private=args.private,
+        overwrite=args.overwrite,
+        dry_run=args.dry_run,
+        base_model=args.base_model,
+        retry=RetryPolicy(attempts=args.retries, initial_delay=args.retry_delay),
+        preview_dir=args.preview_dir,
+    )
     if args.dry_run:
         print(f"Dry run: nothing is uploaded. Would push to {args.repo_id}:")
     for target in report.targets:
@@ -180,8 +235,14 @@ def _push(args: argparse.Namespace) -> int:
     return 1 if report.skipped else 0
 
 
-register(Command("evaluate", "validation loss/perplexity (and lm-eval tasks) of every checkpoint at x; summary, plots",
-                 _evaluate_arguments, _evaluate))
+register(
+    Command(
+        "evaluate",
+        "validation loss/perplexity (and lm-eval tasks) of every checkpoint at x; summary, plots",
+        _evaluate_arguments,
+        _evaluate,
+    )
+)
 
 
 def _card_arguments(parser: argparse.ArgumentParser) -> None:
@@ -199,23 +260,47 @@ def _card(args: argparse.Namespace) -> int:
     return 0
 
 
-register(Command("card", "write the model card (and plots) push would upload for each checkpoint and the final model",
-                 _card_arguments, _card))
+register(
+    Command(
+        "card",
+        "write the model card (and plots) push would upload for each checkpoint and the final model",
+        _card_arguments,
+        _card,
+    )
+)
 register(Command("convert", "write a y checkpoint (plain Trainer) as a new folder at x", _convert_arguments, _convert))
-register(Command("push", "push checkpoints to step-N branches and the final model to main, with model cards",
-                 _push_arguments, _push))
+register(
+    Command(
+        "push",
+        "push checkpoints to step-N branches and the final model to main, with model cards",
+        _push_arguments,
+        _push,
+    )
+)
 
 
 def _probe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a checkpoint-N folder of a ScheduleFreeTrainer run; only read")
-    parser.add_argument("--decay-steps", type=int,
-                        help="K, the decay's length (default: 10%% of the checkpoint's steps)")
-    parser.add_argument("--control", action="store_true",
-                        help="also run K steps at constant lr, to separate the decay's gain from progress (2x cost)")
-    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
-                        help=f"a gain below this many nats counts as on the river (default: {DEFAULT_TOLERANCE})")
-    add_renamed_argument(parser, "--dataset-name", "--dataset",
-                         help="'embedded', a local file/folder or a Hub id (default: run_args.json)")
+    parser.add_argument(
+        "--decay-steps", type=int, help="K, the decay's length (default: 10%% of the checkpoint's steps)"
+    )
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="also run K steps at constant lr, to separate the decay's gain from progress (2x cost)",
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=DEFAULT_TOLERANCE,
+        help=f"a gain below this many nats counts as on the river (default: {DEFAULT_TOLERANCE})",
+    )
+    add_renamed_argument(
+        parser,
+        "--dataset-name",
+        "--dataset",
+        help="'embedded', a local file/folder or a Hub id (default: run_args.json)",
+    )
     parser.add_argument("--dataset-config", help="dataset configuration (default: run_args.json)")
     parser.add_argument("--text-column", help="column with the text (default: run_args.json, else 'text')")
     parser.add_argument("--block-size", type=int, help="tokens per block (default: run_args.json)")
@@ -228,12 +313,20 @@ def _probe_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _probe(args: argparse.Namespace) -> int:
-    result = probe_checkpoint(args.checkpoint, decay_steps=args.decay_steps, control=args.control,
-                              dataset=args.dataset_name, dataset_config=args.dataset_config,
-                              text_column=args.text_column,
-                              block_size=args.block_size, batch_size=args.batch_size,
-                              gradient_accumulation_steps=args.gradient_accumulation_steps,
-                              max_eval_blocks=args.max_eval_blocks, max_grad_norm=args.max_grad_norm, seed=args.seed)
+    result = probe_checkpoint(
+        args.checkpoint,
+        decay_steps=args.decay_steps,
+        control=args.control,
+        dataset=args.dataset_name,
+        dataset_config=args.dataset_config,
+        text_column=args.text_column,
+        block_size=args.block_size,
+        batch_size=args.batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        max_eval_blocks=args.max_eval_blocks,
+        max_grad_norm=args.max_grad_norm,
+        seed=args.seed,
+    )
     print(result.describe(args.tolerance))
     if args.output_file:
         with open(args.output_file, "w") as f:
@@ -241,15 +334,23 @@ def _probe(args: argparse.Namespace) -> int:
     return 0
 
 
-register(Command("probe", "branch a short linear lr decay from a checkpoint; a near-zero gain means the run is on "
-                          "the river", _probe_arguments, _probe))
+register(
+    Command(
+        "probe",
+        "branch a short linear lr decay from a checkpoint; a near-zero gain means the run is on the river",
+        _probe_arguments,
+        _probe,
+    )
+)
 
 
 def _launch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="the YAML recipe (default: the script's own default recipe)")
-    parser.add_argument("--accelerate-config",
-                        help="an accelerate config file, or the name of one in accelerate_configs/ (ddp, "
-                             "deepspeed_zero3, ...); default: accelerate's own default config")
+    parser.add_argument(
+        "--accelerate-config",
+        help="an accelerate config file, or the name of one in accelerate_configs/ (ddp, "
+        "deepspeed_zero3, ...); default: accelerate's own default config",
+    )
     parser.add_argument("--num-processes", type=int, help="processes to launch (default: the accelerate config's)")
 
 
@@ -262,8 +363,10 @@ def accelerate_launch_args(args: argparse.Namespace, module: str) -> list[str]:
             config = ACCELERATE_CONFIGS / f"{args.accelerate_config}.yaml"
             if not config.is_file():
                 known = ", ".join(sorted(p.stem for p in ACCELERATE_CONFIGS.glob("*.yaml")))
-                raise PipelineError(f"--accelerate-config {args.accelerate_config!r} is neither a file nor a config "
-                                    f"in {ACCELERATE_CONFIGS} ({known}).")
+                raise PipelineError(
+                    f"--accelerate-config {args.accelerate_config!r} is neither a file nor a config "
+                    f"in {ACCELERATE_CONFIGS} ({known})."
+                )
         launch += ["--config_file", str(config)]
     if args.num_processes is not None:
         launch += ["--num_processes", str(args.num_processes)]
@@ -283,18 +386,30 @@ def _launch(args: argparse.Namespace) -> int:
 
 
 for _name, _module in SCRIPTS.items():
-    register(Command(_name, f"launch {_module} through accelerate (a recipe; other arguments go to the script)",
-                     _launch_arguments, _launch, passes_through=True))
+    register(
+        Command(
+            _name,
+            f"launch {_module} through accelerate (a recipe; other arguments go to the script)",
+            _launch_arguments,
+            _launch,
+            passes_through=True,
+        )
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The `sf-hf` parser with one subparser per registered command."""
-    parser = argparse.ArgumentParser(prog="sf-hf", description="Schedule-Free training (pretrain, finetune) and "
-                                                               "checkpoints: evaluate, convert, push.")
+    parser = argparse.ArgumentParser(
+        prog="sf-hf",
+        description="Schedule-Free training (pretrain, finetune) and checkpoints: evaluate, convert, push.",
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS.values():
-        command.add_arguments(subparsers.add_parser(command.name, help=command.help, description=command.help,
-                                                    allow_abbrev=not command.passes_through))
+        command.add_arguments(
+            subparsers.add_parser(
+                command.name, help=command.help, description=command.help, allow_abbrev=not command.passes_through
+            )
+        )
     return parser
 
 

@@ -46,8 +46,13 @@ def _per_optimizer(name: str) -> str:
 def _optimizer_default(name: str, help_text: str):
     """A `TrainingArguments` field whose default the optimizer decides: None (unset) becomes the optimizer's default
     in `__post_init__` (`sf_hf.registry.training_defaults`)."""
-    return field(default=None, metadata={"help": f"{help_text} Unset: the optimizer's ({_per_optimizer(name)}); "
-                                                 "under a TRL config, the TRL config's own."})
+    return field(
+        default=None,
+        metadata={
+            "help": f"{help_text} Unset: the optimizer's ({_per_optimizer(name)}); "
+            "under a TRL config, the TRL config's own."
+        },
+    )
 
 
 @dataclass
@@ -79,15 +84,18 @@ class ScheduleFreeFields:
         metadata={"help": "'auto': constant for Schedule-Free, the baseline's own schedule otherwise."},
     )
     learning_rate: float | None = _optimizer_default(
-        "learning_rate", "The peak learning rate (sf_plus: the multiplier of the Polyak step).")
+        "learning_rate", "The peak learning rate (sf_plus: the multiplier of the Polyak step)."
+    )
     adam_beta1: float | None = _optimizer_default(
-        "adam_beta1", "Schedule-Free: the interpolation weight b1 of y; AdamW and sf_plus: the first moment's decay.")
+        "adam_beta1", "Schedule-Free: the interpolation weight b1 of y; AdamW and sf_plus: the first moment's decay."
+    )
     adam_beta2: float | None = _optimizer_default("adam_beta2", "The second moment's decay.")
     max_grad_norm: float | None = _optimizer_default("max_grad_norm", "Gradient clipping (0: none).")
     decoupling_c: float = field(
         default=FIELD_DEFAULTS["decoupling_c"],
-        metadata={"help": "Refined SF: the decoupling constant C (x averages over ~T/C steps). 1/(1-beta1) is "
-                          "vanilla SF."},
+        metadata={
+            "help": "Refined SF: the decoupling constant C (x averages over ~T/C steps). 1/(1-beta1) is vanilla SF."
+        },
     )
     r: float = field(default=FIELD_DEFAULTS["r"], metadata={"help": "SF: polynomial weight t^r of the average."})
     weight_lr_power: float = field(
@@ -99,8 +107,10 @@ class ScheduleFreeFields:
     )
     sf_beta1: float = field(
         default=FIELD_DEFAULTS["sf_beta1"],
-        metadata={"help": "sf_plus: the interpolation weight b of y = b x + (1 - b) z (adam_beta1/2 are Adam's "
-                          "moments there)."},
+        metadata={
+            "help": "sf_plus: the interpolation weight b of y = b x + (1 - b) z (adam_beta1/2 are Adam's "
+            "moments there)."
+        },
     )
     sf_beta1_max: float = field(
         default=FIELD_DEFAULTS["sf_beta1_max"], metadata={"help": "sf_plus: b at the end of its annealing."}
@@ -115,13 +125,18 @@ class ScheduleFreeFields:
     )
     c_warmup: int = field(
         default=FIELD_DEFAULTS["c_warmup"],
-        metadata={"help": "sf_plus: steps with averaging weight c = 1 (x follows z) before the average starts; "
-                          "1-2x warmup_steps."},
+        metadata={
+            "help": "sf_plus: steps with averaging weight c = 1 (x follows z) before the average starts; "
+            "1-2x warmup_steps."
+        },
     )
     weight_decay_params: str = field(
         default="hf",
-        metadata={"help": "Which parameters decay: 'hf' (all but biases and norms, HF's default) or 'linear' "
-                          "(only nn.Linear weights, the paper's).", "choices": list(WEIGHT_DECAY_PARAMS)},
+        metadata={
+            "help": "Which parameters decay: 'hf' (all but biases and norms, HF's default) or 'linear' "
+            "(only nn.Linear weights, the paper's).",
+            "choices": list(WEIGHT_DECAY_PARAMS),
+        },
     )
     cosine_min_lr_ratio: float = field(
         default=FIELD_DEFAULTS["cosine_min_lr_ratio"], metadata={"help": "adamw_cosine: final lr / peak lr."}
@@ -153,8 +168,13 @@ class ScheduleFreeFields:
         parent_scheduler = _parent_default(self, "lr_scheduler_type")
         parent_scheduler = str(getattr(parent_scheduler, "value", parent_scheduler))
         if self.is_schedule_free and chosen == "auto" and parent_scheduler != "constant":
-            logger.info("sf_hf: lr_scheduler_type='constant' for the schedule-free %s (%s's default %r is not "
-                        "used: a decaying lr fights the averaging)", self.optimizer_name, parent, parent_scheduler)
+            logger.info(
+                "sf_hf: lr_scheduler_type='constant' for the schedule-free %s (%s's default %r is not "
+                "used: a decaying lr fights the averaging)",
+                self.optimizer_name,
+                parent,
+                parent_scheduler,
+            )
         # learning_rate, betas, clipping left unset (None): the optimizer's (sf_hf.registry), or the parent's (TRL's)
         keeps_parent = self._sf_parent is not TrainingArguments
         defaults = training_defaults(self.optimizer_name, keeps_parent_defaults=keeps_parent)
@@ -170,8 +190,9 @@ class ScheduleFreeFields:
         super().__post_init__()
         if self.optimizer_name == "sf_plus":
             if not 0 < self.sf_beta1 < 1 or not 0 < self.sf_beta1_max < 1:
-                raise ValueError(f"sf_beta1 and sf_beta1_max must be in (0, 1), got {self.sf_beta1}, "
-                                 f"{self.sf_beta1_max}.")
+                raise ValueError(
+                    f"sf_beta1 and sf_beta1_max must be in (0, 1), got {self.sf_beta1}, {self.sf_beta1_max}."
+                )
         elif self.is_schedule_free and not 0 < self.adam_beta1 < 1:
             raise ValueError(f"adam_beta1 is Schedule-Free's b1 and must be in (0, 1), got {self.adam_beta1}.")
 
@@ -257,10 +278,18 @@ def schedule_free_config(config_cls: type) -> type:
         name = f"ScheduleFree{config_cls.__name__}"
         while hasattr(module, name):  # another parent of the same name: a name of its own
             name += "_"
-        cls = dataclass(type(name, (ScheduleFreeFields, config_cls), {
-            "__module__": __name__, "__qualname__": name, "_sf_parent": config_cls,
-            "__doc__": f"`{config_cls.__name__}` with the Schedule-Free fields (`sf_hf.schedule_free_config`).",
-        }))
+        cls = dataclass(
+            type(
+                name,
+                (ScheduleFreeFields, config_cls),
+                {
+                    "__module__": __name__,
+                    "__qualname__": name,
+                    "_sf_parent": config_cls,
+                    "__doc__": f"`{config_cls.__name__}` with the Schedule-Free fields (`sf_hf.schedule_free_config`).",
+                },
+            )
+        )
         setattr(module, name, cls)
         _CONFIG_CLASSES[config_cls] = cls
     return _CONFIG_CLASSES[config_cls]

@@ -108,8 +108,9 @@ def averaging_weight_and_window(optimizer) -> tuple:
 
 
 @torch.no_grad()
-def mean_loss(model: nn.Module, batches, weights: dict[str, torch.Tensor] | None = None,
-              max_batches: int | None = None) -> float:
+def mean_loss(
+    model: nn.Module, batches, weights: dict[str, torch.Tensor] | None = None, max_batches: int | None = None
+) -> float:
     """Token-weighted mean causal-LM loss of `model` (at `weights` when given, else as it is) over `batches`.
 
     Args:
@@ -162,8 +163,9 @@ class RiverDiagnosticsCallback(TrainerCallback):
     def __init__(self, max_eval_batches: int | None = None):
         self.max_eval_batches = max_eval_batches
 
-    def on_evaluate(self, args, state, control, metrics=None, model=None, optimizer=None, eval_dataloader=None,
-                    **kwargs):
+    def on_evaluate(
+        self, args, state, control, metrics=None, model=None, optimizer=None, eval_dataloader=None, **kwargs
+    ):
         if metrics is None or model is None or eval_dataloader is None:
             return
         if getattr(args, "deepspeed", None) or getattr(args, "fsdp", None):
@@ -181,9 +183,15 @@ class RiverDiagnosticsCallback(TrainerCallback):
             loss_y = mean_loss(model, eval_dataloader, None if _model_holds(model, y) else y, self.max_eval_batches)
             distance = _norm(x[n] - y[n] for n in x)
         c, window = averaging_weight_and_window(optimizer)
-        values = dict(loss_x=loss_x, loss_y=loss_y, loss_gap=loss_y - loss_x, xy_distance=distance,
-                      xy_relative=distance / max(_norm(x.values()), 1e-30), averaging_weight=c,
-                      averaging_window=window)
+        values = dict(
+            loss_x=loss_x,
+            loss_y=loss_y,
+            loss_gap=loss_y - loss_x,
+            xy_distance=distance,
+            xy_relative=distance / max(_norm(x.values()), 1e-30),
+            averaging_weight=c,
+            averaging_window=window,
+        )
         record = {f"{prefix}_river_{k}": v for k, v in values.items() if v is not None}
         metrics.update(record)
         last = state.log_history[-1] if state.log_history else {}

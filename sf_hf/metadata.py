@@ -13,9 +13,23 @@ import json
 import os
 
 METADATA_NAME = "schedule_free.json"
-HYPERPARAMETER_KEYS = ("lr", "betas", "eps", "weight_decay", "warmup_steps", "r", "weight_lr_power", "decoupling_c",
-                       "ema_decay", "sf_beta1", "sf_beta1_max", "sf_beta1_anneal_steps", "polyak_beta", "c_warmup",
-                       "sf_beta1_y")
+HYPERPARAMETER_KEYS = (
+    "lr",
+    "betas",
+    "eps",
+    "weight_decay",
+    "warmup_steps",
+    "r",
+    "weight_lr_power",
+    "decoupling_c",
+    "ema_decay",
+    "sf_beta1",
+    "sf_beta1_max",
+    "sf_beta1_anneal_steps",
+    "polyak_beta",
+    "c_warmup",
+    "sf_beta1_y",
+)
 
 
 def optimizer_hyperparameters(optimizer) -> dict:
@@ -29,11 +43,23 @@ def optimizer_hyperparameters(optimizer) -> dict:
     return found
 
 
-def write_metadata(folder: str, *, weights: str, optimizer_name: str, global_step: int, hyperparameters: dict,
-                   extra: dict | None = None) -> str:
+def write_metadata(
+    folder: str,
+    *,
+    weights: str,
+    optimizer_name: str,
+    global_step: int,
+    hyperparameters: dict,
+    extra: dict | None = None,
+) -> str:
     """Writes `schedule_free.json` into `folder` and returns its path."""
-    record = dict(weights=weights, optimizer_name=optimizer_name, global_step=global_step,
-                  hyperparameters=hyperparameters, **(extra or {}))
+    record = dict(
+        weights=weights,
+        optimizer_name=optimizer_name,
+        global_step=global_step,
+        hyperparameters=hyperparameters,
+        **(extra or {}),
+    )
     path = os.path.join(folder, METADATA_NAME)
     with open(path, "w") as f:
         json.dump(record, f, indent=2, sort_keys=True, default=list)

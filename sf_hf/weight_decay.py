@@ -18,8 +18,11 @@ def linear_weight_names(model: nn.Module) -> list:
     """Names of the weights of every linear layer, the paper's weight-decay set: `nn.Linear` and transformers'
     `Conv1D` (GPT-2's projections). A weight shared by several modules (an output head tied to the embedding) is
     named as `model.named_parameters()` names it, so the Trainer's decay group finds it."""
-    linear = {id(module.weight) for module in model.modules()
-              if isinstance(module, (nn.Linear, Conv1D)) and isinstance(getattr(module, "weight", None), torch.Tensor)}
+    linear = {
+        id(module.weight)
+        for module in model.modules()
+        if isinstance(module, (nn.Linear, Conv1D)) and isinstance(getattr(module, "weight", None), torch.Tensor)
+    }
     return [name for name, p in model.named_parameters() if id(p) in linear]
 
 

@@ -87,10 +87,41 @@ DEFAULT_USER = "fakehub-user"
 DEFAULT_GITATTRIBUTES = "".join(
     f"{pattern} filter=lfs diff=lfs merge=lfs -text\n"
     for pattern in (
-        "*.7z", "*.arrow", "*.bin", "*.bz2", "*.ckpt", "*.ftz", "*.gz", "*.h5", "*.joblib", "*.lfs.*",
-        "*.mlmodel", "*.model", "*.msgpack", "*.npy", "*.npz", "*.onnx", "*.ot", "*.parquet", "*.pb",
-        "*.pickle", "*.pkl", "*.pt", "*.pth", "*.rar", "*.safetensors", "saved_model/**/*", "*.tar.*",
-        "*.tar", "*.tflite", "*.tgz", "*.wasm", "*.xz", "*.zip", "*.zst", "*tfevents*",
+        "*.7z",
+        "*.arrow",
+        "*.bin",
+        "*.bz2",
+        "*.ckpt",
+        "*.ftz",
+        "*.gz",
+        "*.h5",
+        "*.joblib",
+        "*.lfs.*",
+        "*.mlmodel",
+        "*.model",
+        "*.msgpack",
+        "*.npy",
+        "*.npz",
+        "*.onnx",
+        "*.ot",
+        "*.parquet",
+        "*.pb",
+        "*.pickle",
+        "*.pkl",
+        "*.pt",
+        "*.pth",
+        "*.rar",
+        "*.safetensors",
+        "saved_model/**/*",
+        "*.tar.*",
+        "*.tar",
+        "*.tflite",
+        "*.tgz",
+        "*.wasm",
+        "*.xz",
+        "*.zip",
+        "*.zst",
+        "*tfevents*",
     )
 )
 
@@ -98,8 +129,23 @@ _TYPE_FROM_API_PLURAL = {"models": "model", "datasets": "dataset", "spaces": "sp
 _URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/", "kernel": "kernels/"}
 _TYPE_FROM_URL_PREFIX = {"datasets": "dataset", "spaces": "space", "kernels": "kernel"}
 _REPO_SUBROUTES = {
-    "revision", "tree", "refs", "branch", "tag", "preupload", "commit", "commits", "paths-info", "treesize",
-    "settings", "discussions", "lfs-files", "xet-write-token", "xet-read-token", "resolve", "super-squash",
+    "revision",
+    "tree",
+    "refs",
+    "branch",
+    "tag",
+    "preupload",
+    "commit",
+    "commits",
+    "paths-info",
+    "treesize",
+    "settings",
+    "discussions",
+    "lfs-files",
+    "xet-write-token",
+    "xet-read-token",
+    "resolve",
+    "super-squash",
 }
 _HEX_RE = re.compile(r"^[0-9a-f]{5,40}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -265,8 +311,9 @@ class Response:
     headers: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def json_body(cls, status: int, payload: Any, headers: Mapping[str, str] | None = None,
-                  content_type: str = "application/json") -> Response:
+    def json_body(
+        cls, status: int, payload: Any, headers: Mapping[str, str] | None = None, content_type: str = "application/json"
+    ) -> Response:
         return cls(status, json.dumps(payload).encode(), {"Content-Type": content_type, **(headers or {})})
 
 
@@ -535,8 +582,14 @@ class HubServer:
         Rules are consumed in the order they were added; returns the rule (``rule.hits`` counts its uses).
         """
         rule = FaultRule(
-            remaining=n, status=status, path_contains=path_contains, method=method, message=message,
-            headers=dict(headers or {}), delay=delay, disconnect=disconnect,
+            remaining=n,
+            status=status,
+            path_contains=path_contains,
+            method=method,
+            message=message,
+            headers=dict(headers or {}),
+            delay=delay,
+            disconnect=disconnect,
         )
         with self._lock:
             self._faults.append(rule)
@@ -585,8 +638,9 @@ class HubServer:
 
     # -- server-side state helpers (no HTTP) ---------------------------------------------------------------------
 
-    def create_repo(self, repo_id: str, repo_type: str = "model", *, private: bool = False,
-                    exist_ok: bool = False) -> Repo:
+    def create_repo(
+        self, repo_id: str, repo_type: str = "model", *, private: bool = False, exist_ok: bool = False
+    ) -> Repo:
         with self._lock:
             key = (repo_type, repo_id)
             if key in self._repos:
@@ -597,8 +651,12 @@ class HubServer:
                 raise ValueError(f"invalid repo: {repo_type} {repo_id!r}")
             repo = Repo(repo_type=repo_type, repo_id=repo_id, private=private, created_at=time.time())
             initial = self._new_commit(
-                repo, {".gitattributes": StoredFile(DEFAULT_GITATTRIBUTES.encode(), lfs=False)}, [],
-                "initial commit", "", self.user,
+                repo,
+                {".gitattributes": StoredFile(DEFAULT_GITATTRIBUTES.encode(), lfs=False)},
+                [],
+                "initial commit",
+                "",
+                self.user,
             )
             repo.branches["main"] = initial.oid
             self._repos[key] = repo
@@ -633,8 +691,16 @@ class HubServer:
                 commit = repo.commits[commit.parents[0]] if commit.parents else None
             return out
 
-    def commit_files(self, repo_id: str, files: Mapping[str, bytes], *, revision: str = "main",
-                     repo_type: str = "model", message: str = "seed", create: bool = True) -> str:
+    def commit_files(
+        self,
+        repo_id: str,
+        files: Mapping[str, bytes],
+        *,
+        revision: str = "main",
+        repo_type: str = "model",
+        message: str = "seed",
+        create: bool = True,
+    ) -> str:
         """Commit ``files`` server-side (no HTTP, not logged); creates repo/branch as needed. Returns the sha."""
         with self._lock:
             repo = self.create_repo(repo_id, repo_type, exist_ok=True) if create else self.repo(repo_id, repo_type)
@@ -652,8 +718,9 @@ class HubServer:
 
     # -- subprocesses ---------------------------------------------------------------------------------------------
 
-    def subprocess_env(self, base: Mapping[str, str] | None = None, *, token: str | None = None,
-                       **extra: str) -> dict[str, str]:
+    def subprocess_env(
+        self, base: Mapping[str, str] | None = None, *, token: str | None = None, **extra: str
+    ) -> dict[str, str]:
         """Environment for a child process that must talk to this server (children re-read these at import).
 
         Starts from ``base`` (default ``os.environ``) and sets ``HF_ENDPOINT``, ``HF_HUB_OFFLINE=0`` (and
@@ -685,8 +752,15 @@ class HubServer:
         env.update(extra)
         return env
 
-    def run_subprocess(self, args: list[str], *, env_extra: Mapping[str, str] | None = None,
-                       timeout: float = 600, check: bool = False, **kwargs: Any) -> subprocess.CompletedProcess:
+    def run_subprocess(
+        self,
+        args: list[str],
+        *,
+        env_extra: Mapping[str, str] | None = None,
+        timeout: float = 600,
+        check: bool = False,
+        **kwargs: Any,
+    ) -> subprocess.CompletedProcess:
         """``subprocess.run(args, env=self.subprocess_env(**env_extra), capture_output=True, text=True, ...)``.
 
         A leading ``"python"`` is replaced by ``sys.executable`` (the venv's interpreter).
@@ -694,19 +768,26 @@ class HubServer:
         args = [sys.executable if i == 0 and a == "python" else a for i, a in enumerate(args)]
         kwargs.setdefault("capture_output", True)
         kwargs.setdefault("text", True)
-        return subprocess.run(args, env=self.subprocess_env(**dict(env_extra or {})), timeout=timeout, check=check,
-                              **kwargs)
+        return subprocess.run(
+            args, env=self.subprocess_env(**dict(env_extra or {})), timeout=timeout, check=check, **kwargs
+        )
 
     # -- internals: storage ----------------------------------------------------------------------------------------
 
-    def _new_commit(self, repo: Repo, files: dict[str, StoredFile], parents: list[str], title: str, message: str,
-                    author: str) -> Commit:
+    def _new_commit(
+        self, repo: Repo, files: dict[str, StoredFile], parents: list[str], title: str, message: str, author: str
+    ) -> Commit:
         self._counter += 1
         seed = f"{repo.repo_type}/{repo.repo_id}\n{parents}\n{title}\n{self._counter}\n{uuid.uuid4()}\n"
         seed += "".join(f"{p}:{f.git_oid}\n" for p, f in sorted(files.items()))
         commit = Commit(
-            oid=hashlib.sha1(seed.encode()).hexdigest(), files=files, parents=parents, title=title,
-            message=message, date=time.time(), author=author,
+            oid=hashlib.sha1(seed.encode()).hexdigest(),
+            files=files,
+            parents=parents,
+            title=title,
+            message=message,
+            date=time.time(),
+            author=author,
         )
         repo.commits[commit.oid] = commit
         return commit
@@ -714,9 +795,9 @@ class HubServer:
     def _resolve(self, repo: Repo, revision: str | None) -> Commit:
         rev = revision or "main"
         if rev.startswith("refs/heads/"):
-            rev = rev[len("refs/heads/"):]
+            rev = rev[len("refs/heads/") :]
         elif rev.startswith("refs/tags/"):
-            rev = rev[len("refs/tags/"):]
+            rev = rev[len("refs/tags/") :]
         oid = repo.branches.get(rev) or repo.tags.get(rev)
         if oid is None and (m := _PR_RE.match(rev)):
             oid = repo.pull_requests.get(int(m.group(1)))
@@ -855,8 +936,7 @@ class HubServer:
         # Downloads: /{ns}/{name}/resolve/{rev}/{path...}
         if len(segs) >= 5 and segs[2] == "resolve" and req.method in ("GET", "HEAD"):
             repo_id = f"{unquote(segs[0])}/{unquote(segs[1])}"
-            return self._resolve_file(req, repo_type, repo_id, unquote(segs[3]),
-                                      "/".join(unquote(s) for s in segs[4:]))
+            return self._resolve_file(req, repo_type, repo_id, unquote(segs[3]), "/".join(unquote(s) for s in segs[4:]))
         raise HttpError(404, f"fakehub: no route for {req.method} {req.path}", error_code="RepoNotFound")
 
     def _route_internal(self, req: RecordedRequest, segs: list[str]) -> Response:
@@ -884,21 +964,26 @@ class HubServer:
         info = self._identity(req)
         if info is None:
             raise HttpError(401, "Invalid credentials in Authorization header")
-        return Response.json_body(200, {
-            "type": "user",
-            "id": hashlib.sha1(info.user.encode()).hexdigest()[:24],
-            "name": info.user,
-            "fullname": info.user,
-            "email": f"{info.user}@example.invalid",
-            "emailVerified": True,
-            "canPay": False,
-            "isPro": False,
-            "periodEnd": None,
-            "avatarUrl": "",
-            "orgs": [{"type": "org", "name": o, "fullname": o, "roleInOrg": "admin"} for o in info.orgs],
-            "auth": {"type": "access_token",
-                     "accessToken": {"displayName": "fakehub", "role": info.role, "createdAt": _iso(0)}},
-        })
+        return Response.json_body(
+            200,
+            {
+                "type": "user",
+                "id": hashlib.sha1(info.user.encode()).hexdigest()[:24],
+                "name": info.user,
+                "fullname": info.user,
+                "email": f"{info.user}@example.invalid",
+                "emailVerified": True,
+                "canPay": False,
+                "isPro": False,
+                "periodEnd": None,
+                "avatarUrl": "",
+                "orgs": [{"type": "org", "name": o, "fullname": o, "roleInOrg": "admin"} for o in info.orgs],
+                "auth": {
+                    "type": "access_token",
+                    "accessToken": {"displayName": "fakehub", "role": info.role, "createdAt": _iso(0)},
+                },
+            },
+        )
 
     def _api_create_repo(self, req: RecordedRequest) -> Response:
         info = self._require_write(req)
@@ -936,8 +1021,11 @@ class HubServer:
             if blobs:
                 sib.update(size=len(f.data), blobId=f.git_oid)
                 if f.lfs:
-                    sib["lfs"] = {"size": len(f.data), "sha256": f.sha256,
-                                  "pointerSize": len(lfs_pointer(f.sha256, len(f.data)))}
+                    sib["lfs"] = {
+                        "size": len(f.data),
+                        "sha256": f.sha256,
+                        "pointerSize": len(lfs_pointer(f.sha256, len(f.data))),
+                    }
             siblings.append(sib)
         data: dict[str, Any] = {
             "_id": hashlib.sha1(f"{repo_type}/{repo_id}".encode()).hexdigest()[:24],
@@ -973,12 +1061,15 @@ class HubServer:
         def ref(name: str, full: str, oid: str) -> dict[str, str]:
             return {"name": name, "ref": full, "targetCommit": oid}
 
-        return Response.json_body(200, {
-            "branches": [ref(b, f"refs/heads/{b}", oid) for b, oid in repo.branches.items()],
-            "converts": [],
-            "tags": [ref(t, f"refs/tags/{t}", oid) for t, oid in repo.tags.items()],
-            "pullRequests": [ref(f"refs/pr/{n}", f"refs/pr/{n}", oid) for n, oid in repo.pull_requests.items()],
-        })
+        return Response.json_body(
+            200,
+            {
+                "branches": [ref(b, f"refs/heads/{b}", oid) for b, oid in repo.branches.items()],
+                "converts": [],
+                "tags": [ref(t, f"refs/tags/{t}", oid) for t, oid in repo.tags.items()],
+                "pullRequests": [ref(f"refs/pr/{n}", f"refs/pr/{n}", oid) for n, oid in repo.pull_requests.items()],
+            },
+        )
 
     def _branch(self, req: RecordedRequest, repo_type: str, repo_id: str, branch: str) -> Response:
         repo = self._get_repo(req, repo_type, repo_id, write=True)
@@ -1020,14 +1111,18 @@ class HubServer:
         prefix = path.strip("/")
         all_dirs = {"/".join(p.split("/")[:i]) for p in commit.files for i in range(1, p.count("/") + 1)}
         if prefix and prefix not in all_dirs:
-            raise HttpError(404, f"{prefix} does not exist on {revision}", error_code="EntryNotFound",
-                            headers={"X-Repo-Commit": commit.oid})
+            raise HttpError(
+                404,
+                f"{prefix} does not exist on {revision}",
+                error_code="EntryNotFound",
+                headers={"X-Repo-Commit": commit.oid},
+            )
         base = prefix + "/" if prefix else ""
         entries: dict[str, dict[str, Any]] = {}
         for file_path, f in commit.files.items():
             if not file_path.startswith(base):
                 continue
-            rel = file_path[len(base):]
+            rel = file_path[len(base) :]
             if "/" in rel and not recursive:
                 d = base + rel.split("/", 1)[0]
                 entries[d] = self._dir_entry(commit, d)
@@ -1077,8 +1172,15 @@ class HubServer:
         repo = self._get_repo(req, repo_type, repo_id)
         out, commit = [], self._resolve(repo, revision)
         while True:
-            out.append({"id": commit.oid, "title": commit.title, "message": commit.message,
-                        "date": _iso(commit.date), "authors": [{"user": commit.author}]})
+            out.append(
+                {
+                    "id": commit.oid,
+                    "title": commit.title,
+                    "message": commit.message,
+                    "date": _iso(commit.date),
+                    "authors": [{"user": commit.author}],
+                }
+            )
             if not commit.parents:
                 break
             commit = repo.commits[commit.parents[0]]
@@ -1106,8 +1208,7 @@ class HubServer:
             oid = None
             if existing is not None:
                 oid = existing.sha256 if existing.lfs else existing.git_oid
-            files.append({"path": path, "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": ignored,
-                          "oid": oid})
+            files.append({"path": path, "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": ignored, "oid": oid})
         return Response.json_body(200, {"files": files, "commitOid": commit.oid})
 
     def _lfs_batch(self, req: RecordedRequest, repo_type: str, repo_id: str) -> Response:
@@ -1125,16 +1226,22 @@ class HubServer:
         for obj in payload.get("objects", []):
             oid, size = obj.get("oid"), obj.get("size")
             if not isinstance(oid, str) or not _SHA256_RE.match(oid) or not isinstance(size, int) or size < 0:
-                objects.append({"oid": str(oid), "size": size if isinstance(size, int) else 0,
-                                "error": {"code": 422, "message": "Invalid oid or size"}})
+                objects.append(
+                    {
+                        "oid": str(oid),
+                        "size": size if isinstance(size, int) else 0,
+                        "error": {"code": 422, "message": "Invalid oid or size"},
+                    }
+                )
                 continue
             if operation == "download":
                 if oid not in repo.lfs_objects:
                     objects.append({"oid": oid, "size": size, "error": {"code": 404, "message": "Object not found"}})
                 else:
                     href = f"{self.url}/__fakehub__/lfs-download/{repo_type}s/{quote(repo_id, safe='')}/{oid}"
-                    objects.append({"oid": oid, "size": size, "authenticated": True,
-                                    "actions": {"download": {"href": href}}})
+                    objects.append(
+                        {"oid": oid, "size": size, "authenticated": True, "actions": {"download": {"href": href}}}
+                    )
                 continue
             if repo.lfs_objects.get(oid) is not None and len(repo.lfs_objects[oid]) == size:
                 objects.append({"oid": oid, "size": size})  # already there: no action
@@ -1155,8 +1262,11 @@ class HubServer:
                 actions["verify"] = {"href": verify_href}
             objects.append({"oid": oid, "size": size, "authenticated": True, "actions": actions})
         transfer = "multipart" if use_multipart else "basic"
-        return Response.json_body(200, {"transfer": transfer, "objects": objects, "hash_algo": "sha256"},
-                                  content_type="application/vnd.git-lfs+json")
+        return Response.json_body(
+            200,
+            {"transfer": transfer, "objects": objects, "hash_algo": "sha256"},
+            content_type="application/vnd.git-lfs+json",
+        )
 
     def _store_lfs(self, upload_id: str, data: bytes) -> Response:
         if upload_id not in self._uploads:
@@ -1202,7 +1312,7 @@ class HubServer:
         lines = [json.loads(line) for line in req.body.splitlines() if line.strip()]
         header = next((item["value"] for item in lines if item.get("key") == "header"), {})
         base = self._resolve(repo, revision)
-        branch = revision[len("refs/heads/"):] if revision.startswith("refs/heads/") else revision
+        branch = revision[len("refs/heads/") :] if revision.startswith("refs/heads/") else revision
         if not create_pr and branch not in repo.branches and not _PR_RE.match(branch):
             raise HttpError(400, f"Cannot commit to {revision!r}: not a branch")
         parent = header.get("parentCommit")
@@ -1222,8 +1332,11 @@ class HubServer:
                 path = _clean_repo_path(value["path"])
                 data = repo.lfs_objects.get(value.get("oid"))
                 if data is None or ("size" in value and value["size"] != len(data)):
-                    raise HttpError(422, f"Your push was rejected because an LFS pointer pointed to a file that "
-                                         f"does not exist ({path}, oid {value.get('oid')})")
+                    raise HttpError(
+                        422,
+                        f"Your push was rejected because an LFS pointer pointed to a file that "
+                        f"does not exist ({path}, oid {value.get('oid')})",
+                    )
                 files[path] = StoredFile(data, lfs=True)
             elif key == "deletedFile":
                 path = value.get("path", "")
@@ -1233,14 +1346,14 @@ class HubServer:
                 prefix = value.get("path", "").strip("/") + "/"
                 doomed = [p for p in files if p.startswith(prefix)]
                 if not doomed:
-                    raise HttpError(404, f"A folder with this name doesn't exist: {prefix}",
-                                    error_code="EntryNotFound")
+                    raise HttpError(404, f"A folder with this name doesn't exist: {prefix}", error_code="EntryNotFound")
                 for p in doomed:
                     del files[p]
             else:
                 raise HttpError(400, f"Unknown commit operation {key!r}")
-        commit = self._new_commit(repo, files, [base.oid], header.get("summary") or "commit",
-                                  header.get("description") or "", info.user)
+        commit = self._new_commit(
+            repo, files, [base.oid], header.get("summary") or "commit", header.get("description") or "", info.user
+        )
         pr_url = None
         if create_pr:
             number = max(repo.pull_requests, default=0) + 1
@@ -1250,14 +1363,17 @@ class HubServer:
             repo.pull_requests[int(_PR_RE.match(branch).group(1))] = commit.oid  # type: ignore[union-attr]
         else:
             repo.branches[branch] = commit.oid
-        return Response.json_body(200, {
-            "success": True,
-            "commitOid": commit.oid,
-            "commitUrl": f"{self.url}/{repo.url_path}/commit/{commit.oid}",
-            "commitMessage": commit.title,
-            "hookOutput": "",
-            "pullRequestUrl": pr_url,
-        })
+        return Response.json_body(
+            200,
+            {
+                "success": True,
+                "commitOid": commit.oid,
+                "commitUrl": f"{self.url}/{repo.url_path}/commit/{commit.oid}",
+                "commitMessage": commit.title,
+                "hookOutput": "",
+                "pullRequestUrl": pr_url,
+            },
+        )
 
     def _resolve_file(self, req: RecordedRequest, repo_type: str, repo_id: str, revision: str, path: str) -> Response:
         repo = self._get_repo(req, repo_type, repo_id)
@@ -1289,7 +1405,7 @@ class HubServer:
                 start, end = max(total - int(m.group(2)), 0), total - 1
             if start >= total or start > end:
                 raise HttpError(416, "Range not satisfiable", headers={"Content-Range": f"bytes */{total}"})
-            data, status = data[start:end + 1], 206
+            data, status = data[start : end + 1], 206
             headers["Content-Range"] = f"bytes {start}-{end}/{total}"
         headers["Content-Length"] = str(len(data))
         return Response(status, data, headers)
@@ -1364,16 +1480,18 @@ def patch_hf_clients(monkeypatch: Any, server: HubServer, hf_home: str | os.Path
     datasets_config = sys.modules.get("datasets.config")
     if datasets_config is not None:
         monkeypatch.setattr(datasets_config, "HF_ENDPOINT", url, raising=False)
-        monkeypatch.setattr(datasets_config, "HUB_DATASETS_URL",
-                            url + "/datasets/{repo_id}/resolve/{revision}/{path}", raising=False)
+        monkeypatch.setattr(
+            datasets_config, "HUB_DATASETS_URL", url + "/datasets/{repo_id}/resolve/{revision}/{path}", raising=False
+        )
         monkeypatch.setattr(datasets_config, "HF_HUB_OFFLINE", False, raising=False)
         monkeypatch.setattr(datasets_config, "HF_DATASETS_OFFLINE", False, raising=False)
     evaluate_config = sys.modules.get("evaluate.config")
     if evaluate_config is not None:
         monkeypatch.setattr(evaluate_config, "HF_ENDPOINT", url, raising=False)
         monkeypatch.setattr(evaluate_config, "HF_LIST_ENDPOINT", url + "/api/spaces?filter={type}", raising=False)
-        monkeypatch.setattr(evaluate_config, "HUB_EVALUATE_URL",
-                            url + "/spaces/{path}/resolve/{revision}/{name}", raising=False)
+        monkeypatch.setattr(
+            evaluate_config, "HUB_EVALUATE_URL", url + "/spaces/{path}/resolve/{revision}/{name}", raising=False
+        )
 
     # 4. The shared httpx client: start from a fresh one (no pooled connections, proxy env re-read).
     _drop_cached_clients()

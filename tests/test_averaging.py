@@ -21,13 +21,16 @@ def run(optimizer_cls, steps: int, **kwargs) -> dict:
     return optimizer.param_groups[0]
 
 
-@pytest.mark.parametrize("cls, kwargs", [
-    (ScheduleFreeAdamW, dict()),
-    (ScheduleFreeAdamW, dict(warmup_steps=7, r=0.5)),
-    (ScheduleFreeAdamW, dict(warmup_steps=30, weight_lr_power=1.0)),
-    (RefinedScheduleFreeAdamW, dict(decoupling_c=5.0, warmup_steps=7)),
-    (RefinedScheduleFreeAdamW, dict(decoupling_c=200.0)),  # c capped at 1: the window is 1 - b1
-])
+@pytest.mark.parametrize(
+    "cls, kwargs",
+    [
+        (ScheduleFreeAdamW, dict()),
+        (ScheduleFreeAdamW, dict(warmup_steps=7, r=0.5)),
+        (ScheduleFreeAdamW, dict(warmup_steps=30, weight_lr_power=1.0)),
+        (RefinedScheduleFreeAdamW, dict(decoupling_c=5.0, warmup_steps=7)),
+        (RefinedScheduleFreeAdamW, dict(decoupling_c=200.0)),  # c capped at 1: the window is 1 - b1
+    ],
+)
 def test_predicted_c_is_the_c_the_optimizer_reaches(cls, kwargs):
     group = run(cls, 40, **kwargs)
     assert final_averaging_weight(group, 40) == pytest.approx(group["averaging_weight"], rel=1e-12)
@@ -49,10 +52,13 @@ def test_window_is_infinite_before_the_first_step():
     assert averaging_window(run(ScheduleFreeAdamW, 0)) == math.inf
 
 
-@pytest.mark.parametrize("cls, kwargs, expected", [
-    pytest.param(ScheduleFreeAdamW, dict(), 400 * (1 - 0.9), id="vanilla"),  # T(1 - b1) = 40 steps, not ~T = 400
-    pytest.param(RefinedScheduleFreeAdamW, dict(decoupling_c=20.0), 400 / 20.0, id="refined"),
-])
+@pytest.mark.parametrize(
+    "cls, kwargs, expected",
+    [
+        pytest.param(ScheduleFreeAdamW, dict(), 400 * (1 - 0.9), id="vanilla"),  # T(1 - b1) = 40 steps, not ~T = 400
+        pytest.param(RefinedScheduleFreeAdamW, dict(decoupling_c=20.0), 400 / 20.0, id="refined"),
+    ],
+)
 def test_x_lags_y_by_about_the_window(cls, kwargs, expected):
     """What the number means: when y drifts at a steady speed, x trails the newest y by about `window` steps of
     that drift, as an average of the recent y's over that window would (T / (C + 1) for weights ~ t^(C - 1))."""

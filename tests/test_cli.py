@@ -6,12 +6,15 @@ import pytest
 from sf_hf.cli import build_parser
 
 
-@pytest.mark.parametrize("argv, dest, new", [
-    (["convert", "ckpt", "--output", "X"], "output_dir", "--output-dir"),
-    (["probe", "ckpt", "--output", "X"], "output_file", "--output-file"),
-    (["probe", "ckpt", "--dataset", "X"], "dataset_name", "--dataset-name"),
-    (["evaluate", "run", "--dataset", "X"], "dataset_name", "--dataset-name"),
-])
+@pytest.mark.parametrize(
+    "argv, dest, new",
+    [
+        (["convert", "ckpt", "--output", "X"], "output_dir", "--output-dir"),
+        (["probe", "ckpt", "--output", "X"], "output_file", "--output-file"),
+        (["probe", "ckpt", "--dataset", "X"], "dataset_name", "--dataset-name"),
+        (["evaluate", "run", "--dataset", "X"], "dataset_name", "--dataset-name"),
+    ],
+)
 def test_old_spellings_still_work_and_warn(argv, dest, new, capsys):
     parser = build_parser()
     old_args = parser.parse_args(argv)
@@ -22,12 +25,15 @@ def test_old_spellings_still_work_and_warn(argv, dest, new, capsys):
     assert vars(old_args) == vars(new_args)
 
 
-@pytest.mark.parametrize("command, dests", [
-    ("evaluate", {"dataset_name": None, "output_dir": None}),
-    ("convert", {"output_dir": None}),
-    ("card", {"output_dir": None}),
-    ("probe", {"dataset_name": None, "output_file": None}),
-])
+@pytest.mark.parametrize(
+    "command, dests",
+    [
+        ("evaluate", {"dataset_name": None, "output_dir": None}),
+        ("convert", {"output_dir": None}),
+        ("card", {"output_dir": None}),
+        ("probe", {"dataset_name": None, "output_file": None}),
+    ],
+)
 def test_defaults_and_help_show_only_the_new_spellings(command, dests, capsys):
     parser = build_parser()
     args = parser.parse_args([command, "path"] + (["--repo-id", "o/n"] if command == "push" else []))

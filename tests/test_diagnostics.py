@@ -1,6 +1,6 @@
 """River diagnostics (`sf_hf.diagnostics`) and the decay probe (`sf_hf.probe`, `sf-hf probe`).
 
-    pytest tests/test_diagnostics.py -q
+pytest tests/test_diagnostics.py -q
 """
 
 import hashlib
@@ -23,8 +23,13 @@ TRAIN, EVAL = TokenDataset(64, seed=1), TokenDataset(8, seed=2)
 
 
 def train(tmp_path, callbacks=(), **overrides):
-    trainer = ScheduleFreeTrainer(model=tiny_model(), args=config(tmp_path, **overrides), train_dataset=TRAIN,
-                                  eval_dataset=EVAL, callbacks=list(callbacks))
+    trainer = ScheduleFreeTrainer(
+        model=tiny_model(),
+        args=config(tmp_path, **overrides),
+        train_dataset=TRAIN,
+        eval_dataset=EVAL,
+        callbacks=list(callbacks),
+    )
     trainer.train()
     return trainer
 
@@ -41,8 +46,15 @@ def eval_entries(trainer):
 
 @pytest.mark.parametrize("name", ["sf_adamw_refined", "sf_adamw", "adamw_ema"])
 def test_river_callback_matches_hand_computations(tmp_path, name):
-    trainer = train(tmp_path, [RiverDiagnosticsCallback()], optimizer_name=name, max_steps=10, eval_strategy="steps",
-                    eval_steps=5, per_device_eval_batch_size=3)  # 8 blocks in batches of 3, 3, 2
+    trainer = train(
+        tmp_path,
+        [RiverDiagnosticsCallback()],
+        optimizer_name=name,
+        max_steps=10,
+        eval_strategy="steps",
+        eval_steps=5,
+        per_device_eval_batch_size=3,
+    )  # 8 blocks in batches of 3, 3, 2
     entries = eval_entries(trainer)
     assert [e["step"] for e in entries] == [5, 10]
     last = entries[-1]
@@ -84,8 +96,14 @@ def test_river_callback_reads_y_from_a_model_in_train_mode_and_plain_adamw(tmp_p
     x_train, y_train = averaged_and_training_points(trainer.model, opt)
     assert max_abs_diff(x_eval, x_train) < 1e-6 and max_abs_diff(y_eval, y_train) < 1e-6
     assert opt.train_mode  # reading did not switch
-    plain = train(tmp_path / "plain", [RiverDiagnosticsCallback()], optimizer_name="adamw_cosine", max_steps=4,
-                  eval_strategy="steps", eval_steps=4)
+    plain = train(
+        tmp_path / "plain",
+        [RiverDiagnosticsCallback()],
+        optimizer_name="adamw_cosine",
+        max_steps=4,
+        eval_strategy="steps",
+        eval_steps=4,
+    )
     last = eval_entries(plain)[-1]
     assert last["eval_river_loss_x"] == last["eval_river_loss_y"] == last["eval_loss"]
     assert last["eval_river_xy_distance"] == 0.0 and "eval_river_averaging_weight" not in last
@@ -106,19 +124,30 @@ def file_hashes(folder) -> dict:
 
 @pytest.mark.parametrize("name", ["sf_adamw_refined", "adamw_wsd"])
 def test_probe_branches_a_decay_and_leaves_the_checkpoint_untouched(tmp_path, name):
-    train(tmp_path / "run", optimizer_name=name, max_steps=8, save_strategy="steps", save_steps=6,
-                wsd_decay_fraction=0.25)
+    train(
+        tmp_path / "run", optimizer_name=name, max_steps=8, save_strategy="steps", save_steps=6, wsd_decay_fraction=0.25
+    )
     checkpoint = tmp_path / "run" / "checkpoint-6"
     before = file_hashes(checkpoint)
     assert {"optimizer.pt", "scheduler.pt", "schedule_free.json", "model.safetensors"} <= set(before)
     recorder = RecordLR()
-    result = probe_checkpoint(checkpoint, decay_steps=4, control=True, train_dataset=TRAIN, eval_dataset=EVAL,
-                              output_dir=tmp_path / "probe", callbacks=[recorder], use_cpu=True, seed=0)
+    result = probe_checkpoint(
+        checkpoint,
+        decay_steps=4,
+        control=True,
+        train_dataset=TRAIN,
+        eval_dataset=EVAL,
+        output_dir=tmp_path / "probe",
+        callbacks=[recorder],
+        use_cpu=True,
+        seed=0,
+    )
     # (the probe's default clipping, none for Schedule-Free and 1.0 for AdamW, is the run's: ScheduleFreeConfig's)
     assert file_hashes(checkpoint) == before
     assert result.step == 6 and result.decay_steps == 4 and result.optimizer_name == name
-    assert result.loss_before == pytest.approx(hand_loss(model_at(load_file(checkpoint / "model.safetensors")), EVAL),
-                                               rel=1e-5)
+    assert result.loss_before == pytest.approx(
+        hand_loss(model_at(load_file(checkpoint / "model.safetensors")), EVAL), rel=1e-5
+    )
     lr = 1e-2  # constant at step 6 for both (warmup 3; WSD decays only from step 6 of 8, after the checkpoint)
     assert result.start_lr == pytest.approx(lr)
     decayed, constant = recorder.lrs[:4], recorder.lrs[4:]
@@ -149,27 +178,56 @@ def test_cli_probe_rebuilds_the_data_from_run_args(tmp_path, capsys):
 
     corpus = tmp_path / "corpus.jsonl"
     words = ["river", "valley", "loss", "average", "step", "decay", "schedule", "free", "weight", "token"]
-    corpus.write_text("\n".join(json.dumps({"text": " ".join(words[(i * j) % 10] for j in range(40))})
-                                for i in range(60)) + "\n")
+    corpus.write_text(
+        "\n".join(json.dumps({"text": " ".join(words[(i * j) % 10] for j in range(40))}) for i in range(60)) + "\n"
+    )
     splits = load_text_dataset(str(corpus))
     tokenizer = train_bpe_tokenizer(splits["train"]["text"], vocab_size=280, model_max_length=16)
     train_blocks, valid_blocks = (pack_into_blocks(splits[s], tokenizer, 16) for s in ("train", "validation"))
     run = tmp_path / "run"
     torch.manual_seed(0)
-    model = build_model("llama-tiny", len(tokenizer), 16, eos_token_id=tokenizer.eos_token_id, hidden_size=32,
-                        num_attention_heads=2, num_key_value_heads=2, intermediate_size=64)
-    trainer = ScheduleFreeTrainer(model=model, args=config(run, max_steps=6, save_strategy="steps", save_steps=6,
-                                                           sf_fused=False),
-                                  train_dataset=train_blocks, eval_dataset=valid_blocks, processing_class=tokenizer)
+    model = build_model(
+        "llama-tiny",
+        len(tokenizer),
+        16,
+        eos_token_id=tokenizer.eos_token_id,
+        hidden_size=32,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        intermediate_size=64,
+    )
+    trainer = ScheduleFreeTrainer(
+        model=model,
+        args=config(run, max_steps=6, save_strategy="steps", save_steps=6, sf_fused=False),
+        train_dataset=train_blocks,
+        eval_dataset=valid_blocks,
+        processing_class=tokenizer,
+    )
     trainer.train()
-    (run / "run_args.json").write_text(json.dumps({"data": {"dataset_name": str(corpus), "text_column": "text",
-                                                            "block_size": 16}, "model": {}}))
+    (run / "run_args.json").write_text(
+        json.dumps({"data": {"dataset_name": str(corpus), "text_column": "text", "block_size": 16}, "model": {}})
+    )
     checkpoint = run / "checkpoint-6"
     before = file_hashes(checkpoint)
     out = tmp_path / "probe.json"
     capsys.readouterr()
-    assert main(["probe", str(checkpoint), "--decay-steps", "3", "--max-grad-norm", "1.0", "--seed", "0",
-                 "--output-file", str(out)]) == 0
+    assert (
+        main(
+            [
+                "probe",
+                str(checkpoint),
+                "--decay-steps",
+                "3",
+                "--max-grad-norm",
+                "1.0",
+                "--seed",
+                "0",
+                "--output-file",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "a 3-step linear lr decay" in printed and "validation loss at x" in printed
     result = json.loads(out.read_text())

@@ -19,8 +19,9 @@ STEPS = 6
 def run(tmp_path, model, resume=None, callbacks=(), **overrides):
     """Trains `model` for STEPS steps (or up to a StopAt); returns the trainer, the model at x at the end."""
     args = config(tmp_path, max_steps=STEPS, **overrides)
-    trainer = ScheduleFreeTrainer(model=model, args=args, train_dataset=TRAIN, eval_dataset=EVAL,
-                                  callbacks=list(callbacks))
+    trainer = ScheduleFreeTrainer(
+        model=model, args=args, train_dataset=TRAIN, eval_dataset=EVAL, callbacks=list(callbacks)
+    )
     trainer.train(resume_from_checkpoint=resume)
     return trainer
 
@@ -47,8 +48,12 @@ def test_evaluating_and_saving_leave_the_run_bitwise_unchanged_and_resume_exactl
     checkpoint against both. Every parameter at the end, at x and at y, with torch.equal."""
     plain = run(tmp_path / "plain", tiny_model().to(dtype))
     observed = run(tmp_path / "observed", tiny_model().to(dtype), **OBSERVED)
-    resumed = run(tmp_path / "resumed", tiny_model(seed=1).to(dtype),
-                  resume=str(tmp_path / "observed" / "checkpoint-3"), **OBSERVED)
+    resumed = run(
+        tmp_path / "resumed",
+        tiny_model(seed=1).to(dtype),
+        resume=str(tmp_path / "observed" / "checkpoint-3"),
+        **OBSERVED,
+    )
     assert sum("eval_loss" in h for h in observed.state.log_history) == 3
     assert next(plain.model.parameters()).dtype == dtype
     x = weights(plain.model)
@@ -59,16 +64,23 @@ def test_evaluating_and_saving_leave_the_run_bitwise_unchanged_and_resume_exactl
     assert_bitwise_equal(y_of(resumed), y)
 
 
-@pytest.mark.parametrize("model_type, dtype", [(name, torch.float32) for name in HUB_ARCHITECTURES]
-                         + [("llama", torch.bfloat16)], ids=list(HUB_ARCHITECTURES) + ["llama-bf16"])
+@pytest.mark.parametrize(
+    "model_type, dtype",
+    [(name, torch.float32) for name in HUB_ARCHITECTURES] + [("llama", torch.bfloat16)],
+    ids=list(HUB_ARCHITECTURES) + ["llama-bf16"],
+)
 def test_resume_is_bitwise_across_architectures(tmp_path, model_type, dtype):
     """Checkpoints every 2 steps, interrupted after step 4, resumed from the step-2 checkpoint to the end: bitwise
     the run that was never interrupted and never saved."""
     plain = run(tmp_path / "plain", tiny_hub_model(model_type).to(dtype))
     saved = dict(save_strategy="steps", save_steps=2)
     run(tmp_path / "run", tiny_hub_model(model_type).to(dtype), callbacks=[StopAt(4)], **saved)
-    resumed = run(tmp_path / "run", tiny_hub_model(model_type, seed=1).to(dtype),
-                  resume=str(tmp_path / "run" / "checkpoint-2"), **saved)
+    resumed = run(
+        tmp_path / "run",
+        tiny_hub_model(model_type, seed=1).to(dtype),
+        resume=str(tmp_path / "run" / "checkpoint-2"),
+        **saved,
+    )
     assert resumed.state.global_step == STEPS
     assert_bitwise_equal(weights(resumed.model), weights(plain.model))
 

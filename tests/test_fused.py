@@ -1,6 +1,6 @@
 """The compiled single-pass step against its foreach reference twin.
 
-    pytest tests/test_fused.py -q
+pytest tests/test_fused.py -q
 """
 
 import math
@@ -33,8 +33,12 @@ def test_fused_equals_foreach_over_100_steps(cls, extra, dtype):
             opt.step()
         y = [p.detach().clone() for p in params]
         opt.eval()
-        runs[fused] = (y, [p.detach().clone() for p in params], [opt.state[p]["z"] for p in params],
-                       [opt.state[p]["exp_avg_sq"] for p in params])
+        runs[fused] = (
+            y,
+            [p.detach().clone() for p in params],
+            [opt.state[p]["z"] for p in params],
+            [opt.state[p]["exp_avg_sq"] for p in params],
+        )
     tolerance = 1e-6 if dtype == torch.float32 else 1e-2  # bf16 y: one rounding apart at most, per step
     for reference, fast in zip(runs[False], runs[True]):
         state_tolerance = tolerance if reference[0].dtype == dtype else 1e-6
@@ -71,8 +75,20 @@ def test_fused_leaves_gradients_untouched():
 
 # ------------------------------------------------------------------ chunks, threading, the finite check
 
-MANY_SHAPES = [(PARALLEL_MIN_NUMEL + 3,), (7, 5), (1,), (2 * PARALLEL_MIN_NUMEL,), (13,), (64, 33), (3, 4, 2), (1000,),
-               (5,), (9, 9), (PARALLEL_MIN_NUMEL,), (2,)]  # > CHUNK tensors, both threadings, a padded last chunk
+MANY_SHAPES = [
+    (PARALLEL_MIN_NUMEL + 3,),
+    (7, 5),
+    (1,),
+    (2 * PARALLEL_MIN_NUMEL,),
+    (13,),
+    (64, 33),
+    (3, 4, 2),
+    (1000,),
+    (5,),
+    (9, 9),
+    (PARALLEL_MIN_NUMEL,),
+    (2,),
+]  # > CHUNK tensors, both threadings, a padded last chunk
 
 
 def test_fused_equals_foreach_in_chunks_of_both_threadings_without_recompiling():
@@ -202,8 +218,9 @@ def test_fused_switch_round_trips_leave_y_bitwise_unchanged(monkeypatch, dtype):
     monkeypatch.setattr(schedule_free, "FUSED_SWITCH_MIN_NUMEL", 0)
     calls = []
     compiled = conversion.fused_lerp_toward_
-    monkeypatch.setattr(conversion, "fused_lerp_toward_",
-                        lambda ts, *args: calls.append(len(ts)) or compiled(ts, *args))
+    monkeypatch.setattr(
+        conversion, "fused_lerp_toward_", lambda ts, *args: calls.append(len(ts)) or compiled(ts, *args)
+    )
     params, opt, twin, twin_opt, grads = twin_runs(dtype, fused=True)
     y = [p.detach().clone() for p in params]
     for _ in range(5):

@@ -1,6 +1,6 @@
 """A handed-over gradient norm as the optimizer's non-finite check: trusted only for the gradients it measured.
 
-    pytest tests/test_grad_norm.py -q
+pytest tests/test_grad_norm.py -q
 """
 
 import copy

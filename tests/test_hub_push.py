@@ -70,21 +70,37 @@ def test_push_sends_x_to_step_branches_and_main_with_cards(hub_server, sf_run):
     assert list(report.commits) == ["step-000000003", "step-000000006", "main"] and not report.skipped
     assert set(hub_server.branches("org/tiny-sf")) == {"main", "step-000000003", "step-000000006"}
 
-    for revision, folder in [("step-000000003", sf_run / "checkpoint-3"), ("step-000000006", sf_run / "checkpoint-6"),
-                             ("main", sf_run)]:
+    for revision, folder in [
+        ("step-000000003", sf_run / "checkpoint-3"),
+        ("step-000000006", sf_run / "checkpoint-6"),
+        ("main", sf_run),
+    ]:
         torch.testing.assert_close(hub_weights("org/tiny-sf", revision), saved_weights(folder), rtol=0, atol=0)
         files = set(hub_server.files("org/tiny-sf", revision))
         assert files.isdisjoint(NEVER_UPLOADED)
-        assert {"model.safetensors", "config.json", "tokenizer.json", "schedule_free.json", "eval_results.json",
-                "README.md", "eval_loss.png"} <= files
+        assert {
+            "model.safetensors",
+            "config.json",
+            "tokenizer.json",
+            "schedule_free.json",
+            "eval_results.json",
+            "README.md",
+            "eval_loss.png",
+        } <= files
         card = hub_card("org/tiny-sf", revision)
         assert_card_matches(card, folder)
         assert "2405.15682" in card.text and "2507.09846" in card.text
         assert f'revision="{revision}"' in card.text and card.text.startswith("\n# tiny-sf\n")
         assert str(sf_run.parent) not in card.content  # no local path is published in the card
-        for row in ("| b1 (interpolation weight of y) | 0.9 |", "| b2 | 0.99 |", "| C (decoupling constant",
-                    "| warmup steps | 3 |", "| peak learning rate | 0.01 |", "| weight decay | 0.1 |",
-                    f"| batch (per optimizer step) | 4 sequences x {BLOCK} tokens"):
+        for row in (
+            "| b1 (interpolation weight of y) | 0.9 |",
+            "| b2 | 0.99 |",
+            "| C (decoupling constant",
+            "| warmup steps | 3 |",
+            "| peak learning rate | 0.01 |",
+            "| weight decay | 0.1 |",
+            f"| batch (per optimizer step) | 4 sequences x {BLOCK} tokens",
+        ):
             assert row in card.text
     assert ModelCard.load("org/tiny-sf").data.eval_results[0].dataset_split == "validation"
     for secret in NEVER_UPLOADED:  # not a byte of them was sent, in any request
@@ -188,12 +204,28 @@ def test_callback_evaluates_and_pushes_each_checkpoint_at_x_during_training(hub_
     recorder = RecordX()
     torch.manual_seed(0)
     args = TrainingArguments(
-        output_dir=str(tmp_path / "run"), optim="schedule_free_adamw", lr_scheduler_type="constant", max_steps=6,
-        per_device_train_batch_size=4, learning_rate=1e-2, adam_beta1=0.9, warmup_steps=2, save_strategy="steps",
-        save_steps=3, save_total_limit=1, report_to="none", use_cpu=True, disable_tqdm=True)
-    trainer = Trainer(model=build_model("llama-tiny", len(tokenizer), BLOCK, eos_token_id=tokenizer.eos_token_id),
-                      args=args, train_dataset=pack_into_blocks(splits["train"], tokenizer, BLOCK),
-                      processing_class=tokenizer, callbacks=[recorder, pipeline])
+        output_dir=str(tmp_path / "run"),
+        optim="schedule_free_adamw",
+        lr_scheduler_type="constant",
+        max_steps=6,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        adam_beta1=0.9,
+        warmup_steps=2,
+        save_strategy="steps",
+        save_steps=3,
+        save_total_limit=1,
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    trainer = Trainer(
+        model=build_model("llama-tiny", len(tokenizer), BLOCK, eos_token_id=tokenizer.eos_token_id),
+        args=args,
+        train_dataset=pack_into_blocks(splits["train"], tokenizer, BLOCK),
+        processing_class=tokenizer,
+        callbacks=[recorder, pipeline],
+    )
     recorder.trainer = trainer
     trainer.train()
 
@@ -213,8 +245,9 @@ def test_callback_evaluates_and_pushes_each_checkpoint_at_x_during_training(hub_
 def test_published_records_lose_local_paths_and_a_broken_one_is_refused(tmp_path):
     from sf_hf.pipeline.public_records import public_records
 
-    (tmp_path / "trainer_state.json").write_text(json.dumps(
-        {"best_model_checkpoint": "/home/someone/runs/x/checkpoint-4", "global_step": 4}))
+    (tmp_path / "trainer_state.json").write_text(
+        json.dumps({"best_model_checkpoint": "/home/someone/runs/x/checkpoint-4", "global_step": 4})
+    )
     (tmp_path / "eval_results.json").write_text(json.dumps({"dataset": "embedded", "eval_loss": 3.5}))
     public = public_records(tmp_path)
     assert set(public) == {"trainer_state.json"}  # eval_results.json names no local path: uploaded as it is

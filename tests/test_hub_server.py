@@ -24,8 +24,13 @@ def _tiny_llama():
 
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64,
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
     )
     return LlamaForCausalLM(config)
 
@@ -99,8 +104,9 @@ def test_upload_branch_and_from_pretrained(hub_server, tmp_path):
         torch.testing.assert_close(remote_state[name], tensor, rtol=0, atol=0)
     assert hub_server.requests_matching("HEAD", f"/{repo_id}/resolve/")
     # the weights came through /resolve/ (huggingface_hub 2.x asks by commit id, 1.x by branch name)
-    assert [r for r in hub_server.requests_matching("GET", f"/{repo_id}/resolve/")
-            if r.path.endswith("/model.safetensors")]
+    assert [
+        r for r in hub_server.requests_matching("GET", f"/{repo_id}/resolve/") if r.path.endswith("/model.safetensors")
+    ]
 
     # snapshot_download at the branch (tree endpoint) and a single-file download.
     snap = snapshot_download(repo_id, revision=BRANCH)
@@ -231,9 +237,15 @@ def test_patching_is_undone(tmp_path):
     import huggingface_hub.hf_api as hf_api_module
 
     def snapshot():
-        return (hf_constants.ENDPOINT, hf_constants.HUGGINGFACE_CO_URL_TEMPLATE, hf_constants.HF_HUB_OFFLINE,
-                hf_constants.HF_HUB_CACHE, hf_api_module.api.endpoint, os.environ.get("HF_ENDPOINT"),
-                os.environ.get("HF_TOKEN"))
+        return (
+            hf_constants.ENDPOINT,
+            hf_constants.HUGGINGFACE_CO_URL_TEMPLATE,
+            hf_constants.HF_HUB_OFFLINE,
+            hf_constants.HF_HUB_CACHE,
+            hf_api_module.api.endpoint,
+            os.environ.get("HF_ENDPOINT"),
+            os.environ.get("HF_TOKEN"),
+        )
 
     before = snapshot()
     with HubServer() as server, pytest.MonkeyPatch.context() as mp:

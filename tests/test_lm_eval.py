@@ -58,7 +58,7 @@ def write_local_tasks(folder: Path) -> Path:
     for i in range(12):
         choices = [WORDS[(i + 5 + 3 * k) % len(WORDS)] for k in range(4)]
         choices[i % 4] = WORDS[(i + 4) % len(WORDS)]
-        rows.append({"text": " ".join(WORDS[i: i + 4]), "choices": choices, "label": i % 4})
+        rows.append({"text": " ".join(WORDS[i : i + 4]), "choices": choices, "label": i % 4})
     data = tasks / "next_word.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     source = f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
@@ -87,9 +87,19 @@ def build_sf_run(root: Path) -> Path:
     run_dir = root / "sf_run"
     torch.manual_seed(0)
     model = build_model("llama-tiny", len(tokenizer), POSITIONS, eos_token_id=tokenizer.eos_token_id)
-    trainer = ScheduleFreeTrainer(model=model, train_dataset=train, processing_class=tokenizer,
-                                  args=config(run_dir, max_steps=6, save_strategy="steps", save_steps=3,
-                                              sf_fused=False, include_num_input_tokens_seen=True))
+    trainer = ScheduleFreeTrainer(
+        model=model,
+        train_dataset=train,
+        processing_class=tokenizer,
+        args=config(
+            run_dir,
+            max_steps=6,
+            save_strategy="steps",
+            save_steps=3,
+            sf_fused=False,
+            include_num_input_tokens_seen=True,
+        ),
+    )
     trainer.train()
     trainer.save_model()
     write_run_args(run_dir, corpus)
@@ -103,8 +113,9 @@ def by_hand(model, folder: Path, tasks, task_dir: Path) -> dict:
 
     manager = TaskManager(include_defaults=False, include_path=[str(TASKS_DIR), str(task_dir / "tasks")])
     lm = HFLM(pretrained=model, tokenizer=AutoTokenizer.from_pretrained(folder), batch_size=8)
-    return lm_eval.simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, limit=LIMIT,
-                                   batch_size=8, log_samples=False)["results"]
+    return lm_eval.simple_evaluate(
+        model=lm, tasks=list(tasks), task_manager=manager, limit=LIMIT, batch_size=8, log_samples=False
+    )["results"]
 
 
 def assert_same_numbers(record: dict, hand: dict) -> None:
@@ -127,17 +138,36 @@ def sf_run(tmp_path_factory):
 def test_tasks_at_x_equal_simple_evaluate_by_hand_with_summary_plots_and_cards(sf_run, tmp_path, capsys):
     run_dir = Path(shutil.copytree(sf_run, tmp_path / "run"))
     tasks = write_local_tasks(tmp_path)  # a YAML file by path, a task of an --include-path folder, a bundled task
-    assert main(["evaluate", str(run_dir), "--tasks", f"{tasks / 'local_next_word.yaml'},local_text_ppl",
-                 "--tasks", "sf_kjv_next_verse", "--include-path", str(tasks), "--limit", str(LIMIT)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(run_dir),
+                "--tasks",
+                f"{tasks / 'local_next_word.yaml'},local_text_ppl",
+                "--tasks",
+                "sf_kjv_next_verse",
+                "--include-path",
+                str(tasks),
+                "--limit",
+                str(LIMIT),
+            ]
+        )
+        == 0
+    )
     records = {}
-    for name, folder in [("checkpoint-3", run_dir / "checkpoint-3"), ("checkpoint-6", run_dir / "checkpoint-6"),
-                         ("final", run_dir)]:
+    for name, folder in [
+        ("checkpoint-3", run_dir / "checkpoint-3"),
+        ("checkpoint-6", run_dir / "checkpoint-6"),
+        ("final", run_dir),
+    ]:
         records[name] = record = json.loads((folder / "eval_results.json").read_text())
         hand = by_hand(AutoModelForCausalLM.from_pretrained(folder), folder, TASKS, tmp_path)
         assert_same_numbers(record, hand)
         assert record["task_failures"] == {} and "eval_loss" in record
-    bpb = [records[n]["tasks"]["local_text_ppl"]["metrics"]["bits_per_byte"]["value"]
-           for n in ("checkpoint-3", "final")]
+    bpb = [
+        records[n]["tasks"]["local_text_ppl"]["metrics"]["bits_per_byte"]["value"] for n in ("checkpoint-3", "final")
+    ]
     assert bpb[0] != bpb[1]  # two different x, two different numbers
 
     # the summary and one plot per task hold the JSON files' numbers
@@ -161,10 +191,16 @@ def test_tasks_at_x_equal_simple_evaluate_by_hand_with_summary_plots_and_cards(s
     for revision, name in [("step-000000003", "checkpoint-3"), ("step-000000006", "checkpoint-6"), ("main", "final")]:
         folder = run_dir / "cards" / revision
         card = ModelCard.load(folder / "README.md")
-        on_card = {(r.task_name, r.metric_type): r.metric_value for r in card.data.eval_results
-                   if r.source_name == "lm-evaluation-harness"}
-        expected = {(task, m["metric"]): m["value"] for task, entry in records[name]["tasks"].items()
-                    for m in entry["metrics"].values()}
+        on_card = {
+            (r.task_name, r.metric_type): r.metric_value
+            for r in card.data.eval_results
+            if r.source_name == "lm-evaluation-harness"
+        }
+        expected = {
+            (task, m["metric"]): m["value"]
+            for task, entry in records[name]["tasks"].items()
+            for m in entry["metrics"].values()
+        }
         assert on_card == expected and len(expected) == 6  # acc; 3 perplexities; acc and acc_norm
         assert {r.metric_type for r in card.data.eval_results} >= {"loss", "perplexity", "acc", "acc_norm"}
         acc_norm = records[name]["tasks"]["sf_kjv_next_verse"]["metrics"]["acc_norm"]["value"]
@@ -174,8 +210,12 @@ def test_tasks_at_x_equal_simple_evaluate_by_hand_with_summary_plots_and_cards(s
 
     # `push --dry-run` writes the same cards into a preview folder it names, and nothing into the run
     before = tree_digest(run_dir)
-    assert main(["push", str(run_dir), "--repo-id", "org/tiny-sf", "--dry-run", "--preview-dir",
-                 str(tmp_path / "preview")]) == 0
+    assert (
+        main(
+            ["push", str(run_dir), "--repo-id", "org/tiny-sf", "--dry-run", "--preview-dir", str(tmp_path / "preview")]
+        )
+        == 0
+    )
     assert str(tmp_path / "preview") in capsys.readouterr().out
     assert tree_digest(run_dir) == before
     preview = (tmp_path / "preview" / "main" / "README.md").read_text()
@@ -185,8 +225,9 @@ def test_tasks_at_x_equal_simple_evaluate_by_hand_with_summary_plots_and_cards(s
 def test_plain_trainer_y_checkpoints_run_tasks_at_x(tmp_path):
     run_dir, x_by_step = build_plain_run(tmp_path)
     write_local_tasks(tmp_path)
-    evaluation = evaluate_run(run_dir, tasks=["local_next_word,local_text_ppl"], include_path=[tmp_path / "tasks"],
-                              limit=LIMIT)
+    evaluation = evaluate_run(
+        run_dir, tasks=["local_next_word,local_text_ppl"], include_path=[tmp_path / "tasks"], limit=LIMIT
+    )
     assert not evaluation.failures and len(evaluation.results) == 2
     for record in evaluation.results:
         assert record["converted_from"] == "y"
@@ -211,12 +252,17 @@ def test_adapter_checkpoints_are_evaluated_as_base_plus_adapter(tmp_path):
     torch.manual_seed(0)
     build_model("llama-tiny", len(tokenizer), POSITIONS, eos_token_id=tokenizer.eos_token_id).save_pretrained(base_dir)
     tokenizer.save_pretrained(base_dir)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base_dir),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
     run_dir = tmp_path / "lora_run"
-    trainer = ScheduleFreeTrainer(model=model, train_dataset=train, processing_class=tokenizer,
-                                  args=config(run_dir, max_steps=4, save_strategy="steps", save_steps=2,
-                                              sf_fused=False, learning_rate=3e-2))
+    trainer = ScheduleFreeTrainer(
+        model=model,
+        train_dataset=train,
+        processing_class=tokenizer,
+        args=config(run_dir, max_steps=4, save_strategy="steps", save_steps=2, sf_fused=False, learning_rate=3e-2),
+    )
     trainer.train()
     write_run_args(run_dir, corpus)
     write_local_tasks(tmp_path)
@@ -240,8 +286,21 @@ def test_failing_task_is_reported_and_other_tasks_and_checkpoints_go_on(sf_run, 
     settings["max_position_embeddings"] = 8  # lm-eval refuses continuations longer than the model's context
     config_file.write_text(json.dumps(settings))
     tasks = write_local_tasks(tmp_path)
-    assert main(["evaluate", str(run_dir), "--tasks", "local_next_word,local_text_ppl,sf_kjv_next_verse",
-                 "--include-path", str(tasks), "--limit", "2"]) == 1
+    assert (
+        main(
+            [
+                "evaluate",
+                str(run_dir),
+                "--tasks",
+                "local_next_word,local_text_ppl,sf_kjv_next_verse",
+                "--include-path",
+                str(tasks),
+                "--limit",
+                "2",
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert "task sf_kjv_next_verse failed on checkpoint-3" in err
     broken = json.loads((run_dir / "checkpoint-3" / "eval_results.json").read_text())
@@ -295,16 +354,36 @@ def test_callback_runs_tasks_on_each_checkpoint_and_the_hub_branch_carries_them(
     splits, tokenizer, train = splits_tokenizer_blocks(corpus)
     write_local_tasks(tmp_path)
     data = DataSpec(str(corpus), block_size=32, load_options={"validation_fraction": 0.1, "seed": 0})
-    pipeline = CheckpointPipelineCallback(data=data, repo_id="org/live-tasks", tasks=["local_text_ppl"],
-                                          include_path=[str(tmp_path / "tasks")], limit=LIMIT)
+    pipeline = CheckpointPipelineCallback(
+        data=data,
+        repo_id="org/live-tasks",
+        tasks=["local_text_ppl"],
+        include_path=[str(tmp_path / "tasks")],
+        limit=LIMIT,
+    )
     torch.manual_seed(0)
     args = TrainingArguments(
-        output_dir=str(tmp_path / "run"), optim="schedule_free_adamw", lr_scheduler_type="constant", max_steps=4,
-        per_device_train_batch_size=4, learning_rate=1e-2, warmup_steps=1, save_strategy="steps", save_steps=2,
-        report_to="none", use_cpu=True, disable_tqdm=True)
+        output_dir=str(tmp_path / "run"),
+        optim="schedule_free_adamw",
+        lr_scheduler_type="constant",
+        max_steps=4,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        warmup_steps=1,
+        save_strategy="steps",
+        save_steps=2,
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+    )
     model = build_model("llama-tiny", len(tokenizer), POSITIONS, eos_token_id=tokenizer.eos_token_id)
-    trainer = Trainer(model=model, args=args, train_dataset=pack_into_blocks(splits["train"], tokenizer, 32),
-                      processing_class=tokenizer, callbacks=[pipeline])
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=pack_into_blocks(splits["train"], tokenizer, 32),
+        processing_class=tokenizer,
+        callbacks=[pipeline],
+    )
     trainer.train()
 
     assert pipeline.errors == [] and [r["checkpoint"] for r in pipeline.results] == ["checkpoint-2", "checkpoint-4"]
@@ -329,13 +408,26 @@ def test_plain_trainer_y_adapter_checkpoints_convert_to_the_optimizers_x(tmp_pat
     torch.manual_seed(0)
     build_model("llama-tiny", len(tokenizer), 64, eos_token_id=tokenizer.eos_token_id).save_pretrained(tmp_path / "b")
     tokenizer.save_pretrained(tmp_path / "b")
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tmp_path / "b"),
-                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tmp_path / "b"),
+        LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
     recorder = RecordX()
-    args = TrainingArguments(output_dir=str(tmp_path / "run"), optim="schedule_free_adamw", max_steps=4,
-                             lr_scheduler_type="constant", per_device_train_batch_size=4, learning_rate=1e-2,
-                             warmup_steps=1, weight_decay=0.1, save_strategy="steps", save_steps=2, report_to="none",
-                             use_cpu=True, disable_tqdm=True)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "run"),
+        optim="schedule_free_adamw",
+        max_steps=4,
+        lr_scheduler_type="constant",
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        warmup_steps=1,
+        weight_decay=0.1,
+        save_strategy="steps",
+        save_steps=2,
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+    )
     trainer = Trainer(model=model, args=args, train_dataset=train, processing_class=tokenizer, callbacks=[recorder])
     recorder.trainer = trainer
     trainer.train()
@@ -350,5 +442,9 @@ def test_plain_trainer_y_adapter_checkpoints_convert_to_the_optimizers_x(tmp_pat
         assert max((y - x[k.replace(".weight", ".default.weight")]).abs().max().item() for k, y in saved.items()) > 1e-4
         written = load_file(convert_checkpoint(folder) / "adapter_model.safetensors")  # sf-hf convert: x on disk
         assert written.keys() == saved.keys()
-        torch.testing.assert_close({k: written[k] for k in saved}, {k: x[k.replace(".weight", ".default.weight")]
-                                                                  for k in saved}, rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            {k: written[k] for k in saved},
+            {k: x[k.replace(".weight", ".default.weight")] for k in saved},
+            rtol=0,
+            atol=1e-6,
+        )

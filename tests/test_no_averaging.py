@@ -58,8 +58,9 @@ def test_vanilla_never_warns_and_sf_plus_warns_for_a_long_c_warmup():
 
 @pytest.mark.parametrize("steps,warns", [(20, True), (21, False)])
 def test_trainer_warns_once_at_train_start(tmp_path, caplog, steps, warns):
-    trainer = ScheduleFreeTrainer(model=tiny_model(), args=config(tmp_path, decoupling_c=200.0, warmup_steps=0,
-                                                                  adam_beta1=0.9, max_steps=steps))
+    trainer = ScheduleFreeTrainer(
+        model=tiny_model(), args=config(tmp_path, decoupling_c=200.0, warmup_steps=0, adam_beta1=0.9, max_steps=steps)
+    )
     with caplog.at_level(logging.WARNING, logger="sf_hf.trainer"):
         trainer.create_optimizer_and_scheduler(num_training_steps=steps)
         trainer.lr_scheduler = None

@@ -11,10 +11,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = [
-    "torch AdamW fused", "torch AdamW foreach", "schedulefree AdamWScheduleFree (foreach)", "sf_hf SF-AdamW fused",
-    "sf_hf refined SF-AdamW fused", "sf_hf SF-AdamW foreach twin", "sf_hf SF-AdamW fused, norm handed over",
-    "sf_hf refined SF-AdamW fused, norm handed over", "SF-AdamW fused, no check", "the check alone: all_finite",
-    "torch AdamW fused + clip_grad_norm_", "sf_hf SF-AdamW fused + clip_grad_norm_",
+    "torch AdamW fused",
+    "torch AdamW foreach",
+    "schedulefree AdamWScheduleFree (foreach)",
+    "sf_hf SF-AdamW fused",
+    "sf_hf refined SF-AdamW fused",
+    "sf_hf SF-AdamW foreach twin",
+    "sf_hf SF-AdamW fused, norm handed over",
+    "sf_hf refined SF-AdamW fused, norm handed over",
+    "SF-AdamW fused, no check",
+    "the check alone: all_finite",
+    "torch AdamW fused + clip_grad_norm_",
+    "sf_hf SF-AdamW fused + clip_grad_norm_",
     "sf_hf refined SF-AdamW fused + clip_grad_norm_",
 ]
 COLUMNS = ["median_ms", "min_ms", "cpu_ms", "gb_s", "x_adamw", "peak_mib", "state_bytes"]
@@ -30,8 +38,22 @@ def table(out: str) -> dict:
 
 
 def test_a_tiny_run_prints_every_row_and_target_and_the_memory_figures_hold():
-    command = [sys.executable, "benchmarks/optimizer_step.py", "--sizes", "1M", "--bf16-sizes", "", "--repeats", "2",
-               "--warmup", "1", "--pairs", "2", "--compile-cache", "default"]
+    command = [
+        sys.executable,
+        "benchmarks/optimizer_step.py",
+        "--sizes",
+        "1M",
+        "--bf16-sizes",
+        "",
+        "--repeats",
+        "2",
+        "--warmup",
+        "1",
+        "--pairs",
+        "2",
+        "--compile-cache",
+        "default",
+    ]
     out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, check=True).stdout
     rows = table(out)
     assert list(rows) == ROWS

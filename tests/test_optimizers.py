@@ -1,6 +1,6 @@
 """SF-AdamW and refined SF-AdamW against float64 x/y/z equations and the `schedulefree` package.
 
-    pytest tests/test_optimizers.py -q
+pytest tests/test_optimizers.py -q
 """
 
 import copy
@@ -156,8 +156,10 @@ def test_weight_dependent_gradients_track_float64():
     """Gradients taken at y itself (a noisy quadratic), so a wrong y would change the trajectory."""
     fast_p, ref_p = make_params(3), make_params(3, torch.float64)
     hp = dict(lr=5e-3, betas=(0.9, 0.99), weight_decay=0.05, warmup_steps=20)
-    fast, ref = RefinedScheduleFreeAdamW(fast_p, decoupling_c=20.0, fused=False, **hp), \
-        ReferenceScheduleFreeAdamW(ref_p, decoupling_c=20.0, **hp)
+    fast, ref = (
+        RefinedScheduleFreeAdamW(fast_p, decoupling_c=20.0, fused=False, **hp),
+        ReferenceScheduleFreeAdamW(ref_p, decoupling_c=20.0, **hp),
+    )
     fast.train()
     gen = torch.Generator().manual_seed(0)
     for _ in range(200):
@@ -250,9 +252,13 @@ def test_groups_with_different_hyperparameters_no_grad_and_empty_groups():
     params = make_params(5)
     frozen = torch.nn.Parameter(torch.ones(3))
     opt = RefinedScheduleFreeAdamW(
-        [dict(params=params[:1], lr=1e-2), dict(params=params[1:] + [frozen], lr=1e-3, betas=(0.5, 0.9)),
-         dict(params=[])],
-        decoupling_c=10.0, fused=False,
+        [
+            dict(params=params[:1], lr=1e-2),
+            dict(params=params[1:] + [frozen], lr=1e-3, betas=(0.5, 0.9)),
+            dict(params=[]),
+        ],
+        decoupling_c=10.0,
+        fused=False,
     )
     opt.train()
     for grads in gradient_stream(5, steps=10):
@@ -323,8 +329,9 @@ def test_bf16_parameters_keep_float32_state_and_track_reference():
         set_grads(ref_params, grads)
         opt.step()
         ref.step()
-    assert all(opt.state[p]["z"].dtype == torch.float32 and opt.state[p]["exp_avg_sq"].dtype == torch.float32
-               for p in params)
+    assert all(
+        opt.state[p]["z"].dtype == torch.float32 and opt.state[p]["exp_avg_sq"].dtype == torch.float32 for p in params
+    )
     assert all(p.dtype == torch.bfloat16 for p in params)
     for p, q in zip(params, ref_params):  # z is float32: as accurate as the float32 path
         assert rel_err(opt.state[p]["z"], ref.state[q]["z"]) <= 1e-5
@@ -380,8 +387,9 @@ def twin_runs(dtype, fused=False, steps=12, seed=21):
     for _ in range(2):
         params = make_params(seed, dtype, EXACT_SHAPES)
         params[0] = torch.nn.Parameter(params[0].detach().t().contiguous().t())  # strided: the plain path, always
-        opt = RefinedScheduleFreeAdamW(params, lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1, warmup_steps=3,
-                                       decoupling_c=5.0, fused=fused)
+        opt = RefinedScheduleFreeAdamW(
+            params, lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1, warmup_steps=3, decoupling_c=5.0, fused=fused
+        )
         opt.train()
         runs.append((params, opt))
     grads = list(gradient_stream(seed, EXACT_SHAPES, steps=2 * steps))

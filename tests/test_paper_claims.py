@@ -40,8 +40,11 @@ def test_quick_benchmark_sweeps_then_repeats_the_best_lr_over_seeds(bench, quick
         sweep = {lr: R[f"{config.name}_lr{lr:g}_s0"]["final_loss"] for lr in grid}
         chosen = min(sweep, key=sweep.get)  # the lowest seed-0 final loss, read back from the files
         assert bench.best_lr(scale, config, R) == chosen
-        others = [name for name in R if name.startswith(config.name + "_lr") and not name.endswith("_s0")
-                  and "decay" not in name]
+        others = [
+            name
+            for name in R
+            if name.startswith(config.name + "_lr") and not name.endswith("_s0") and "decay" not in name
+        ]
         assert others == [f"{config.name}_lr{chosen:g}_s1"]  # the other seed runs at the chosen lr only
 
     # seed s: the same initial weights and first batch for every method (the loss before the first update),
@@ -65,21 +68,31 @@ def test_quick_benchmark_sweeps_then_repeats_the_best_lr_over_seeds(bench, quick
         branch = R[f"adamw_wsd_lr{lr:g}_s{seed}-decay75"]
         start = branch["task"]["start"]
         assert branch["loss_before"] == pytest.approx(
-            next(e["loss"] for e in trunk["evals"] if e["step"] == start), abs=1e-5)
-        assert branch["loss_control"] == next(e["loss"] for e in trunk["evals"]
-                                              if e["step"] == start + branch["task"]["decay_steps"])
+            next(e["loss"] for e in trunk["evals"] if e["step"] == start), abs=1e-5
+        )
+        assert branch["loss_control"] == next(
+            e["loss"] for e in trunk["evals"] if e["step"] == start + branch["task"]["decay_steps"]
+        )
 
     sf = R[f"sf_b0.95_lr{bench.best_lr(scale, bench.configs(scale)[1], R):g}_s0"]
-    assert all({"loss_x", "loss_y", "xy_distance", "averaging_weight", "averaging_window"} <= set(e)
-               for e in sf["evals"])
+    assert all(
+        {"loss_x", "loss_y", "xy_distance", "averaging_weight", "averaging_window"} <= set(e) for e in sf["evals"]
+    )
     assert all(h["lr"] > 0 for r in R.values() if r["task"]["family"] == "sf_plus" for h in r["train"])
 
     claims = (out / "claims.txt").read_text().splitlines()
     assert [line.split(" ")[1] for line in claims] == ["1", "2", "3", "4", "(lr"]
     assert all(" -> " in line and "INCOMPLETE" not in line and "± " in line for line in claims)
     results = (out / "results.md").read_text()
-    for heading in ("## Regime against the paper's", "## Learning-rate sweep", "## Final validation loss at the chosen",
-                    "## Claim 1", "## Claim 2", "## Claim 3", "## Claims"):
+    for heading in (
+        "## Regime against the paper's",
+        "## Learning-rate sweep",
+        "## Final validation loss at the chosen",
+        "## Claim 1",
+        "## Claim 2",
+        "## Claim 3",
+        "## Claims",
+    ):
         assert heading in results
     assert "| paper, 0.5M batch | 124M | 2.62B | 21 | 524,288 | 5,000 | 25 (C=200) |" in results
     for png in ("paper_claims_loss.png", "paper_claims_b1_spread.png"):

@@ -52,8 +52,15 @@ def write_corpus(folder: Path) -> Path:
 
 
 def data_args(corpus: Path) -> dict:
-    return dict(dataset_name=str(corpus), dataset_config=None, text_column="text", block_size=BLOCK,
-                validation_split=None, validation_fraction=0.1, seed=0)
+    return dict(
+        dataset_name=str(corpus),
+        dataset_config=None,
+        text_column="text",
+        block_size=BLOCK,
+        validation_split=None,
+        validation_fraction=0.1,
+        seed=0,
+    )
 
 
 def splits_tokenizer_blocks(corpus: Path):
@@ -74,9 +81,18 @@ def build_sf_run(root: Path) -> Path:
     run_dir = root / "sf_run"
     model = build_model("llama-tiny", len(tokenizer), BLOCK, eos_token_id=tokenizer.eos_token_id)
     trainer = ScheduleFreeTrainer(
-        model=model, train_dataset=train, processing_class=tokenizer,
-        args=config(run_dir, max_steps=6, save_strategy="steps", save_steps=3, sf_fused=False,
-                    include_num_input_tokens_seen=True))
+        model=model,
+        train_dataset=train,
+        processing_class=tokenizer,
+        args=config(
+            run_dir,
+            max_steps=6,
+            save_strategy="steps",
+            save_steps=3,
+            sf_fused=False,
+            include_num_input_tokens_seen=True,
+        ),
+    )
     trainer.train()
     trainer.save_model()
     write_run_args(run_dir, corpus)
@@ -109,10 +125,23 @@ def build_plain_run(root: Path):
     torch.manual_seed(0)
     model = build_model("llama-tiny", len(tokenizer), BLOCK, eos_token_id=tokenizer.eos_token_id)
     args = TrainingArguments(
-        output_dir=str(run_dir), optim="schedule_free_adamw", lr_scheduler_type="constant", max_steps=6,
-        per_device_train_batch_size=4, learning_rate=1e-2, adam_beta1=0.9, adam_beta2=0.99, weight_decay=0.1,
-        warmup_steps=2, save_strategy="steps", save_steps=3, report_to="none", use_cpu=True, seed=0,
-        disable_tqdm=True)
+        output_dir=str(run_dir),
+        optim="schedule_free_adamw",
+        lr_scheduler_type="constant",
+        max_steps=6,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        adam_beta1=0.9,
+        adam_beta2=0.99,
+        weight_decay=0.1,
+        warmup_steps=2,
+        save_strategy="steps",
+        save_steps=3,
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+    )
     recorder = RecordX()
     trainer = Trainer(model=model, args=args, train_dataset=train, processing_class=tokenizer, callbacks=[recorder])
     recorder.trainer = trainer
@@ -123,8 +152,11 @@ def build_plain_run(root: Path):
 
 def tree_digest(folder: Path) -> dict:
     """sha256 of every file under `folder` (to prove a command left it byte-identical)."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def model_weights(model) -> dict:
@@ -200,11 +232,15 @@ def test_optimizer_mode_decides_x_or_y_and_unknowns_are_problems(plain_run, tmp_
 def test_sf_trainer_checkpoints_are_x_and_loaded_as_saved(sf_run):
     infos = find_checkpoints(sf_run)
     assert [(i.name, i.step, i.weights, i.problem) for i in infos] == [
-        ("checkpoint-3", 3, "x", None), ("checkpoint-6", 6, "x", None), ("final", 6, "x", None)]
+        ("checkpoint-3", 3, "x", None),
+        ("checkpoint-6", 6, "x", None),
+        ("final", 6, "x", None),
+    ]
     assert infos[1].tokens_seen == 6 * 4 * BLOCK and infos[1].train_batch_size == 4
     assert infos[1].hyperparameters["decoupling_c"] == 5.0
-    torch.testing.assert_close(model_weights(load_model_at_x(infos[0])), saved_weights(sf_run / "checkpoint-3"),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        model_weights(load_model_at_x(infos[0])), saved_weights(sf_run / "checkpoint-3"), rtol=0, atol=0
+    )
 
 
 # ---------------------------------------------------------------------------------------------- evaluate
@@ -239,8 +275,10 @@ def test_evaluate_writes_results_summary_and_plot_at_x(sf_run, plain_run, tmp_pa
         assert record["tokens_seen"] == record["global_step"] * 4 * BLOCK and not record["tokens_seen_estimated"]
     final = json.loads((run_dir / "eval_results.json").read_text())
     assert final["checkpoint"] == "final" and final["global_step"] == 6
-    losses = [json.loads((run_dir / n / "eval_results.json").read_text())["eval_loss"]
-              for n in ("checkpoint-3", "checkpoint-6")]
+    losses = [
+        json.loads((run_dir / n / "eval_results.json").read_text())["eval_loss"]
+        for n in ("checkpoint-3", "checkpoint-6")
+    ]
     assert losses[1] < losses[0]  # training helps, measured at x
 
     rows = (run_dir / "eval_summary.csv").read_text().splitlines()

@@ -46,16 +46,20 @@ def x_from_optimizer(trainer) -> dict:
     opt = trainer.optimizer
     opt.train()
     beta1 = opt.param_groups[0]["betas"][0]
-    x = {n: (p.detach().double() - (1 - beta1) * opt.state[p]["z"].double()) / beta1
-         for n, p in trainer.model.named_parameters() if p.requires_grad}
+    x = {
+        n: (p.detach().double() - (1 - beta1) * opt.state[p]["z"].double()) / beta1
+        for n, p in trainer.model.named_parameters()
+        if p.requires_grad
+    }
     opt.eval()
     return x
 
 
 def hand_loss(model, corpus: Path, tokenizer) -> float:
     """Token-weighted next-token loss over the run's validation blocks, computed here."""
-    blocks = validation_blocks(DataSpec(str(corpus), block_size=BLOCK,
-                                        load_options={"validation_fraction": 0.1, "seed": 0}), tokenizer)
+    blocks = validation_blocks(
+        DataSpec(str(corpus), block_size=BLOCK, load_options={"validation_fraction": 0.1, "seed": 0}), tokenizer
+    )
     ids = torch.tensor(blocks["input_ids"])
     with torch.no_grad():
         logits = model.eval()(input_ids=ids).logits[:, :-1].double()
@@ -85,21 +89,26 @@ def lora_run(tmp_path_factory):
     tokenizer.save_pretrained(base_dir)
     model = peft.get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), peft.LoraConfig(**LORA))
     run_dir = root / "run"
-    trainer = ScheduleFreeTrainer(model=model, train_dataset=train, processing_class=tokenizer,
-                                  args=config(run_dir, max_steps=4, save_strategy="steps", save_steps=2,
-                                              sf_fused=False, learning_rate=3e-2))
+    trainer = ScheduleFreeTrainer(
+        model=model,
+        train_dataset=train,
+        processing_class=tokenizer,
+        args=config(run_dir, max_steps=4, save_strategy="steps", save_steps=2, sf_fused=False, learning_rate=3e-2),
+    )
     trainer.train()
     trainer.save_model()
     write_run_args(run_dir, corpus)
-    return dict(run_dir=run_dir, base_dir=base_dir, corpus=corpus, tokenizer=tokenizer, train=train,
-                x=x_from_optimizer(trainer))
+    return dict(
+        run_dir=run_dir, base_dir=base_dir, corpus=corpus, tokenizer=tokenizer, train=train, x=x_from_optimizer(trainer)
+    )
 
 
 def test_adapter_run_evaluates_converts_cards_and_pushes_at_x(lora_run, hub_server, tmp_path, capsys):
     run_dir, base_dir = lora_run["run_dir"], lora_run["base_dir"]
     infos = find_checkpoints(run_dir)
     assert [(i.name, i.weights, i.adapter_base, i.problem) for i in infos] == [
-        (name, "x", str(base_dir), None) for name in ("checkpoint-2", "checkpoint-4", "final")]
+        (name, "x", str(base_dir), None) for name in ("checkpoint-2", "checkpoint-4", "final")
+    ]
 
     # evaluate: the final adapter's loss is base + adapter at x (float64 from the optimizer), loaded by hand
     assert main(["evaluate", str(run_dir)]) == 0
@@ -113,15 +122,18 @@ def test_adapter_run_evaluates_converts_cards_and_pushes_at_x(lora_run, hub_serv
         folder = run_dir / f"checkpoint-{step}"
         record = json.loads((folder / "eval_results.json").read_text())
         by_hand = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), folder)
-        assert record["eval_loss"] == pytest.approx(hand_loss(by_hand, lora_run["corpus"], lora_run["tokenizer"]),
-                                                    rel=1e-6)
+        assert record["eval_loss"] == pytest.approx(
+            hand_loss(by_hand, lora_run["corpus"], lora_run["tokenizer"]), rel=1e-6
+        )
 
     # convert: an x adapter folder is written as it is, with its metadata, and loads as base + adapter
     assert main(["convert", str(run_dir / "checkpoint-4"), "--output", str(tmp_path / "x")]) == 0
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in (tmp_path / "x").iterdir()}
     assert not (tmp_path / "x" / "config.json").exists() and read_metadata(tmp_path / "x")["weights"] == "x"
-    converted, saved = load_file(tmp_path / "x" / "adapter_model.safetensors"), \
-        load_file(run_dir / "checkpoint-4" / "adapter_model.safetensors")
+    converted, saved = (
+        load_file(tmp_path / "x" / "adapter_model.safetensors"),
+        load_file(run_dir / "checkpoint-4" / "adapter_model.safetensors"),
+    )
     assert converted.keys() == saved.keys() and all(torch.equal(converted[k], saved[k]) for k in saved)
 
     # card: PEFT's conventions, the base model named, the adapter said to hold x
@@ -136,22 +148,31 @@ def test_adapter_run_evaluates_converts_cards_and_pushes_at_x(lora_run, hub_serv
     AutoModelForCausalLM.from_pretrained(base_dir).push_to_hub("org/tiny-base")
     lora_run["tokenizer"].push_to_hub("org/tiny-base")
     before = tree_digest(run_dir)
-    assert main(["push", str(run_dir), "--repo-id", "org/lora", "--base-model", "org/tiny-base",
-                 "--retry-delay", "0.01"]) == 0
+    assert (
+        main(["push", str(run_dir), "--repo-id", "org/lora", "--base-model", "org/tiny-base", "--retry-delay", "0.01"])
+        == 0
+    )
     assert tree_digest(run_dir) == before
     assert set(hub_server.branches("org/lora")) == {"main", "step-000000002", "step-000000004"}
     for revision, folder in [("step-000000002", run_dir / "checkpoint-2"), ("main", run_dir)]:
         files = hub_server.files("org/lora", revision)
-        assert {"adapter_config.json", "adapter_model.safetensors", "schedule_free.json", "eval_results.json",
-                "README.md"} <= set(files) and not set(files) & (NEVER_UPLOADED | {"config.json"})
+        assert {
+            "adapter_config.json",
+            "adapter_model.safetensors",
+            "schedule_free.json",
+            "eval_results.json",
+            "README.md",
+        } <= set(files) and not set(files) & (NEVER_UPLOADED | {"config.json"})
         assert files["adapter_model.safetensors"] == (folder / "adapter_model.safetensors").read_bytes()
         assert json.loads(files["adapter_config.json"])["base_model_name_or_path"] == "org/tiny-base"
         card = ModelCard.load(hf_hub_download("org/lora", "README.md", revision=revision))
         assert (card.data.library_name, card.data.base_model) == ("peft", "org/tiny-base")
         assert "base_model:adapter:org/tiny-base" in card.data.tags
         assert "holds a PEFT adapter whose weights are **x**" in card.text
-        assert card.data.eval_results[0].metric_value == json.loads((folder / "eval_results.json").read_text())[
-            "eval_loss"]
+        assert (
+            card.data.eval_results[0].metric_value
+            == json.loads((folder / "eval_results.json").read_text())["eval_loss"]
+        )
     assert not hub_server.requests_containing(str(base_dir).encode())  # no local path left the machine
     # what a user of the Hub gets: base from the Hub + the adapter, at x
     from_hub = peft.AutoPeftModelForCausalLM.from_pretrained("org/lora", revision="main")
@@ -160,7 +181,8 @@ def test_adapter_run_evaluates_converts_cards_and_pushes_at_x(lora_run, hub_serv
 
 def test_without_a_hub_id_the_published_adapter_config_names_the_base_folder_only(lora_run):
     assert json.loads((lora_run["run_dir"] / "adapter_config.json").read_text())["base_model_name_or_path"] == str(
-        lora_run["base_dir"])
+        lora_run["base_dir"]
+    )
     published = json.loads(public_records(lora_run["run_dir"])["adapter_config.json"])
     assert published["base_model_name_or_path"] == "base"
 
@@ -169,11 +191,15 @@ def test_a_base_model_that_cannot_be_fetched_offline_is_named(lora_run, tmp_path
     run_dir = Path(shutil.copytree(lora_run["run_dir"], tmp_path / "run"))
     for folder in (run_dir / "checkpoint-2", run_dir / "checkpoint-4", run_dir):
         settings = json.loads((folder / "adapter_config.json").read_text())
-        (folder / "adapter_config.json").write_text(json.dumps({**settings,
-                                                                "base_model_name_or_path": "org/not-downloaded"}))
-    with pytest.raises(CheckpointError, match=r"cannot load the model of the adapter's base model 'org/not-downloaded' "
-                                              r"\(base_model_name_or_path of adapter_config.json; not a local folder, "
-                                              r"so a Hub id\)\. HF_HUB_OFFLINE=1 is set"):
+        (folder / "adapter_config.json").write_text(
+            json.dumps({**settings, "base_model_name_or_path": "org/not-downloaded"})
+        )
+    with pytest.raises(
+        CheckpointError,
+        match=r"cannot load the model of the adapter's base model 'org/not-downloaded' "
+        r"\(base_model_name_or_path of adapter_config.json; not a local folder, "
+        r"so a Hub id\)\. HF_HUB_OFFLINE=1 is set",
+    ):
         load_model_at_x(run_dir / "checkpoint-2")
     assert main(["evaluate", str(run_dir)]) == 1
     err = capsys.readouterr().err
@@ -193,8 +219,9 @@ def test_an_adapter_saved_without_a_tokenizer_is_evaluated_with_its_base_models(
         (run_dir / "checkpoint-2" / name).unlink()
     evaluation = evaluate_run(run_dir, only=["checkpoint-2"])
     assert not evaluation.failures
-    by_hand = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(lora_run["base_dir"]),
-                                             run_dir / "checkpoint-2")
+    by_hand = peft.PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(lora_run["base_dir"]), run_dir / "checkpoint-2"
+    )
     expected = hand_loss(by_hand, lora_run["corpus"], lora_run["tokenizer"])
     assert evaluation.results[0]["eval_loss"] == pytest.approx(expected, rel=1e-6)
 
@@ -202,9 +229,13 @@ def test_an_adapter_saved_without_a_tokenizer_is_evaluated_with_its_base_models(
 def test_the_trainers_own_push_of_an_adapter_has_the_adapter_card_and_no_local_path(lora_run, hub_server, tmp_path):
     base_dir = lora_run["base_dir"]
     model = peft.get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), peft.LoraConfig(**LORA))
-    trainer = ScheduleFreeTrainer(model=model, train_dataset=lora_run["train"],
-                                  args=config(tmp_path / "run", max_steps=2, sf_fused=False, push_to_hub=True,
-                                              hub_model_id="org/own", hub_strategy="end"))
+    trainer = ScheduleFreeTrainer(
+        model=model,
+        train_dataset=lora_run["train"],
+        args=config(
+            tmp_path / "run", max_steps=2, sf_fused=False, push_to_hub=True, hub_model_id="org/own", hub_strategy="end"
+        ),
+    )
     trainer.train()
     trainer.push_to_hub()
     files = hub_server.files("org/own", "main")

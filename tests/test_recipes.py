@@ -33,11 +33,36 @@ DEFAULT_RECIPE = ROOT / "recipes" / "llama-small" / "pretrain" / "config_sf_adam
 ACCELERATE = Path(sys.executable).parent / "accelerate"
 
 # The embedded default, shortened: the tiny preset, a 512-token BPE, 64-token blocks, 100 steps of 8 sequences.
-SHORT = ["--model_preset", "llama-tiny", "--tokenizer_vocab_size", "512", "--tokenizer_train_docs", "300",
-         "--block_size", "64", "--global_batch_size", "8", "--per_device_train_batch_size", "8",
-         "--per_device_eval_batch_size", "16", "--max_eval_blocks", "32", "--learning_rate", "1e-2",
-         "--max_steps", "100", "--eval_steps", "25", "--save_steps", "50", "--logging_steps", "10",
-         "--disable_tqdm", "true"]
+SHORT = [
+    "--model_preset",
+    "llama-tiny",
+    "--tokenizer_vocab_size",
+    "512",
+    "--tokenizer_train_docs",
+    "300",
+    "--block_size",
+    "64",
+    "--global_batch_size",
+    "8",
+    "--per_device_train_batch_size",
+    "8",
+    "--per_device_eval_batch_size",
+    "16",
+    "--max_eval_blocks",
+    "32",
+    "--learning_rate",
+    "1e-2",
+    "--max_steps",
+    "100",
+    "--eval_steps",
+    "25",
+    "--save_steps",
+    "50",
+    "--logging_steps",
+    "10",
+    "--disable_tqdm",
+    "true",
+]
 
 
 def run_main(module, argv, **kwargs):
@@ -84,7 +109,10 @@ def test_no_argument_default_is_the_llama_small_recipe():
     assert default[2].to_dict() == explicit[2].to_dict()
     model_args, data_args, args = default
     assert (model_args.model_preset, model_args.tokenizer_name_or_path, data_args.dataset_name) == (
-        "llama-small", "bpe", "embedded")
+        "llama-small",
+        "bpe",
+        "embedded",
+    )
     assert args.optimizer_name == "sf_adamw_refined" and args.report_to == ["tensorboard"]
     # CLI overrides the recipe
     _, data_args, args = parse_script_args(["--max_steps", "7", "--block_size", "32"], default_config=DEFAULT_RECIPE)
@@ -93,16 +121,24 @@ def test_no_argument_default_is_the_llama_small_recipe():
 
 def test_paper_recipes_hold_the_paper_settings():
     def parse(name):
-        return parse_script_args(["--config", str(ROOT / f"recipes/llama-124m/pretrain/config_{name}.yaml"),
-                                  "--bf16", "false"])
+        return parse_script_args(
+            ["--config", str(ROOT / f"recipes/llama-124m/pretrain/config_{name}.yaml"), "--bf16", "false"]
+        )
 
     for name in ("sf_adamw_refined", "sf_adamw", "adamw_cosine", "adamw_wsd", "adamw_ema"):
         model_args, data_args, args = parse(name)
         assert (model_args.model_preset, model_args.tokenizer_name_or_path) == ("llama-124m", "gpt2")
         assert (data_args.dataset_name, data_args.block_size, data_args.global_batch_size) == (
-            "DKYoon/SlimPajama-6B", 512, 1024)
+            "DKYoon/SlimPajama-6B",
+            512,
+            1024,
+        )
         assert (args.max_steps, args.weight_decay, args.weight_decay_params, args.warmup_steps) == (
-            5000, 0.1, "linear", 0.05)
+            5000,
+            0.1,
+            "linear",
+            0.05,
+        )
         if name.startswith("sf"):
             assert (args.learning_rate, args.adam_beta1, args.adam_beta2, args.max_grad_norm) == (2e-3, 0.95, 0.99, 0)
         else:
@@ -121,8 +157,19 @@ def test_paper_recipes_hold_the_paper_settings():
 def pretrained(tmp_path_factory):
     """One `accelerate launch recipes/pretrain.py` run of the shortened embedded default (tiny preset, 100 steps)."""
     out = tmp_path_factory.mktemp("pretrain") / "out"
-    cmd = [str(ACCELERATE), "launch", "--num_processes", "1", "--cpu", "--num_cpu_threads_per_process", "1",
-           str(ROOT / "recipes" / "pretrain.py"), *SHORT, "--output_dir", str(out)]
+    cmd = [
+        str(ACCELERATE),
+        "launch",
+        "--num_processes",
+        "1",
+        "--cpu",
+        "--num_cpu_threads_per_process",
+        "1",
+        str(ROOT / "recipes" / "pretrain.py"),
+        *SHORT,
+        "--output_dir",
+        str(out),
+    ]
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -131,9 +178,13 @@ def pretrained(tmp_path_factory):
 
 def test_embedded_default_trains_and_saves_x_checkpoints_and_a_loadable_model(pretrained):
     out, stdout = pretrained
-    for number in (r"tokens per step\s+512 = 8 per device x 1 accumulation x 1 process\(es\) x 64 tokens",
-                   r"steps\s+100 \(51,200 tokens", r"warmup steps\s+5 \(in the optimizer\)",
-                   r"averaging window\s+~4\.9 steps of y at the end", r"unigram entropy\s+\d\.\d+ nats/token"):
+    for number in (
+        r"tokens per step\s+512 = 8 per device x 1 accumulation x 1 process\(es\) x 64 tokens",
+        r"steps\s+100 \(51,200 tokens",
+        r"warmup steps\s+5 \(in the optimizer\)",
+        r"averaging window\s+~4\.9 steps of y at the end",
+        r"unigram entropy\s+\d\.\d+ nats/token",
+    ):
         assert re.search(number, stdout), number
     assert "validation loss" in stdout and "perplexity" in stdout and str(out) in stdout
 
@@ -177,8 +228,18 @@ def test_rerunning_resumes_from_the_last_checkpoint_and_resume_from_checkpoint_p
     assert steps == [1, *range(10, 111, 10)]  # the first run's logs up to 100, then 110 only
 
     picked = tmp_path / "picked"
-    run_main(pretrain, [*SHORT, "--max_steps", "60", "--output_dir", str(picked),
-                        "--resume_from_checkpoint", str(out / "checkpoint-50")])
+    run_main(
+        pretrain,
+        [
+            *SHORT,
+            "--max_steps",
+            "60",
+            "--output_dir",
+            str(picked),
+            "--resume_from_checkpoint",
+            str(out / "checkpoint-50"),
+        ],
+    )
     assert [h["step"] for h in log_history(picked) if "loss" in h] == [1, 10, 20, 30, 40, 50, 60]
     assert read_metadata(picked)["global_step"] == 60
 
@@ -187,10 +248,14 @@ def test_resuming_with_other_data_settings_is_reported_setting_by_setting():
     before = {"data": {"dataset_name": "embedded", "block_size": 64, "splits": ["train"]}, "model": {"preset": "a"}}
     same = {"data": {"dataset_name": "embedded", "block_size": 64, "splits": ("train",)}, "model": {"preset": "a"}}
     assert run_args_changes(before, same) == []  # a tuple is written as a list
-    other = {"data": {"dataset_name": "corpus.jsonl", "block_size": 64, "splits": ("train",), "added_later": 1},
-             "model": {"preset": "b"}}
-    assert run_args_changes(before, other) == ["data.dataset_name: 'embedded' -> 'corpus.jsonl'",
-                                               "model.preset: 'a' -> 'b'"]
+    other = {
+        "data": {"dataset_name": "corpus.jsonl", "block_size": 64, "splits": ("train",), "added_later": 1},
+        "model": {"preset": "b"},
+    }
+    assert run_args_changes(before, other) == [
+        "data.dataset_name: 'embedded' -> 'corpus.jsonl'",
+        "model.preset: 'a' -> 'b'",
+    ]
 
 
 # ------------------------------------------------------------------ fine-tuning a pretrained output on new text
@@ -209,8 +274,19 @@ def new_text_corpus(path: Path) -> Path:
     import textwrap
 
     docs = []
-    for module in (argparse, collections, functools, itertools, json_module, logging, pathlib, subprocess_module,
-                   textwrap, re, os):
+    for module in (
+        argparse,
+        collections,
+        functools,
+        itertools,
+        json_module,
+        logging,
+        pathlib,
+        subprocess_module,
+        textwrap,
+        re,
+        os,
+    ):
         for _, member in [("", module), *inspect.getmembers(module)]:
             doc = inspect.getdoc(member) if callable(member) or inspect.ismodule(member) else None
             if doc and len(doc) > 200 and doc not in docs:
@@ -223,11 +299,39 @@ def test_finetuning_a_pretrained_output_lowers_validation_loss_on_new_text(pretr
     out, _ = pretrained
     corpus = new_text_corpus(tmp_path / "python_docs.jsonl")
     target = tmp_path / "finetuned"
-    metrics = run_main(finetune, ["--model_name_or_path", str(out), "--dataset_name", str(corpus),
-                                  "--output_dir", str(target), "--block_size", "64", "--global_batch_size", "8",
-                                  "--per_device_train_batch_size", "8", "--max_steps", "20", "--eval_steps", "10",
-                                  "--save_steps", "20", "--max_eval_blocks", "32", "--learning_rate", "3e-3",
-                                  "--logging_steps", "5", "--disable_tqdm", "true", "--report_to", "none"])
+    metrics = run_main(
+        finetune,
+        [
+            "--model_name_or_path",
+            str(out),
+            "--dataset_name",
+            str(corpus),
+            "--output_dir",
+            str(target),
+            "--block_size",
+            "64",
+            "--global_batch_size",
+            "8",
+            "--per_device_train_batch_size",
+            "8",
+            "--max_steps",
+            "20",
+            "--eval_steps",
+            "10",
+            "--save_steps",
+            "20",
+            "--max_eval_blocks",
+            "32",
+            "--learning_rate",
+            "3e-3",
+            "--logging_steps",
+            "5",
+            "--disable_tqdm",
+            "true",
+            "--report_to",
+            "none",
+        ],
+    )
     assert metrics["eval_loss"] < metrics["initial_eval_loss"] - 0.3, metrics
     assert read_metadata(target)["weights"] == "x" and read_metadata(target / "checkpoint-20")["weights"] == "x"
     run_args = json.loads((target / "run_args.json").read_text())
@@ -257,8 +361,10 @@ def test_bad_input_fails_fast_with_what_to_fix(tmp_path, capsys):
         (["--dataset_name", "no-such-org/no-such-dataset"], r"Could not load dataset 'no-such-org/no-such-dataset'"),
         (["--dataset_name", str(wrong_column)], r"Text column 'text' not found.*\['content'\].*text_column"),
         (["--max_position_embeddings", "128", "--block_size", "256"], r"block_size=256 is longer .* block_size <= 128"),
-        (["--global_batch_size", "10", "--per_device_train_batch_size", "4"],
-         r"global_batch_size=10 is not a multiple of .* = 4"),
+        (
+            ["--global_batch_size", "10", "--per_device_train_batch_size", "4"],
+            r"global_batch_size=10 is not a multiple of .* = 4",
+        ),
         (["--model_preset", "llama-huge"], r"Unknown model_preset 'llama-huge'; known: llama-tiny"),
         (["--lerning_rate", "1e-3"], r"did you mean 'learning_rate'"),
     ]
@@ -267,17 +373,26 @@ def test_bad_input_fails_fast_with_what_to_fix(tmp_path, capsys):
     capsys.readouterr()
     with pytest.raises(SystemExit):  # the field's choices (metadata): argparse refuses it and lists them
         pretrain.main(["--optimizer_name", "adam", "--output_dir", str(tmp_path / "never")])
-    assert re.search(r"optimizer.name: invalid choice: 'adam' \(choose from '?sf_adamw_refined",
-                     capsys.readouterr().err)
-    fails_fast(finetune, ["--dataset_name", str(wrong_column)],
-               r"needs a model: pass --model_name_or_path", tmp_path, default_config=None)
+    assert re.search(
+        r"optimizer.name: invalid choice: 'adam' \(choose from '?sf_adamw_refined", capsys.readouterr().err
+    )
+    fails_fast(
+        finetune,
+        ["--dataset_name", str(wrong_column)],
+        r"needs a model: pass --model_name_or_path",
+        tmp_path,
+        default_config=None,
+    )
 
 
 def test_block_size_beyond_a_pretrained_models_context_fails_fast(pretrained, tmp_path):
     out, _ = pretrained
-    fails_fast(finetune, ["--model_name_or_path", str(out), "--dataset_name", "embedded", "--block_size", "128"],
-               r"block_size=128 is longer than the model's context: .*max_position_embeddings=64.*block_size <= 64",
-               tmp_path)
+    fails_fast(
+        finetune,
+        ["--model_name_or_path", str(out), "--dataset_name", "embedded", "--block_size", "128"],
+        r"block_size=128 is longer than the model's context: .*max_position_embeddings=64.*block_size <= 64",
+        tmp_path,
+    )
 
 
 def test_unknown_yaml_key_fails_in_seconds_from_the_command_line(tmp_path):
@@ -287,8 +402,14 @@ def test_unknown_yaml_key_fails_in_seconds_from_the_command_line(tmp_path):
 
     def run(*args):
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, str(ROOT / "recipes" / "pretrain.py"), *args], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=300, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "recipes" / "pretrain.py"), *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        )
         return proc, time.perf_counter() - start
 
     proc, seconds = run("--config", str(bad))

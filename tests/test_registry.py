@@ -37,12 +37,14 @@ def test_schedule_free_config_takes_the_paper_s_setup_where_unset(tmp_path):
     assert _hyper(plus) == (1.0, 0.9, 0.95, 0.0)  # the Polyak multiplier; the authors' Adam betas; no clipping
     assert ScheduleFreeConfig(output_dir=str(tmp_path)).decoupling_c == 200  # refined: the paper's C
     # What the user sets is kept, TrainingArguments' own values included (no "equal to the default" guess).
-    explicit = ScheduleFreeConfig(output_dir=str(tmp_path), learning_rate=5e-5, adam_beta1=0.9, adam_beta2=0.999,
-                                  max_grad_norm=1.0)
+    explicit = ScheduleFreeConfig(
+        output_dir=str(tmp_path), learning_rate=5e-5, adam_beta1=0.9, adam_beta2=0.999, max_grad_norm=1.0
+    )
     assert _hyper(explicit) == (5e-5, 0.9, 0.999, 1.0)
     # The command line: unset fields get the same defaults, set ones are kept.
     (parsed,) = HfArgumentParser(ScheduleFreeConfig).parse_args_into_dataclasses(
-        ["--output_dir", str(tmp_path), "--optimizer_name", "adamw_cosine", "--max_grad_norm", "0.5"])
+        ["--output_dir", str(tmp_path), "--optimizer_name", "adamw_cosine", "--max_grad_norm", "0.5"]
+    )
     assert _hyper(parsed) == (1e-3, 0.9, 0.95, 0.5)
 
 
@@ -60,17 +62,20 @@ def test_the_optimizers_own_defaults_are_the_table_s():
     def defaults(cls):
         return {k: p.default for k, p in inspect.signature(cls).parameters.items() if p.default is not p.empty}
 
-    for cls, name in ((ScheduleFreeAdamW, "sf_adamw"), (RefinedScheduleFreeAdamW, "sf_adamw_refined"),
-                      (ScheduleFreePlusAdamW, "sf_plus")):
+    for cls, name in (
+        (ScheduleFreeAdamW, "sf_adamw"),
+        (RefinedScheduleFreeAdamW, "sf_adamw_refined"),
+        (ScheduleFreePlusAdamW, "sf_plus"),
+    ):
         table = TRAINING_DEFAULTS[name]
         own = {**defaults(ScheduleFreeAdamW), **defaults(cls)}
         assert (own["lr"], own["betas"]) == (table["learning_rate"], (table["adam_beta1"], table["adam_beta2"]))
         assert own["r"] == FIELD_DEFAULTS["r"] and own["weight_lr_power"] == FIELD_DEFAULTS["weight_lr_power"]
     assert defaults(RefinedScheduleFreeAdamW)["decoupling_c"] == FIELD_DEFAULTS["decoupling_c"]
     plus = defaults(ScheduleFreePlusAdamW)
-    assert {k: plus[k] for k in ("sf_beta1", "sf_beta1_max", "sf_beta1_anneal_steps", "polyak_beta", "c_warmup")} \
-        == {k: FIELD_DEFAULTS[k] for k in ("sf_beta1", "sf_beta1_max", "sf_beta1_anneal_steps", "polyak_beta",
-                                           "c_warmup")}
+    assert {k: plus[k] for k in ("sf_beta1", "sf_beta1_max", "sf_beta1_anneal_steps", "polyak_beta", "c_warmup")} == {
+        k: FIELD_DEFAULTS[k] for k in ("sf_beta1", "sf_beta1_max", "sf_beta1_anneal_steps", "polyak_beta", "c_warmup")
+    }
     assert defaults(AdamWWithEMA)["ema_decay"] == FIELD_DEFAULTS["ema_decay"]
 
 
@@ -91,14 +96,24 @@ def test_lr_schedule_puts_warmup_in_the_optimizer_or_the_scheduler(tmp_path):
     assert (sf.name, sf.kwargs, sf.scheduler_warmup_steps, sf.optimizer_warmup_steps) == ("constant", {}, 0, 20)
     cosine = lr_schedule(args, 200, optimizer_name="adamw_cosine")
     assert (cosine.name, cosine.kwargs, cosine.scheduler_warmup_steps, cosine.optimizer_warmup_steps) == (
-        "cosine_with_min_lr", {"min_lr_rate": 0.1}, 20, 0)
+        "cosine_with_min_lr",
+        {"min_lr_rate": 0.1},
+        20,
+        0,
+    )
     wsd = lr_schedule(args, 200, optimizer_name="adamw_wsd")
     assert wsd.kwargs == {"num_decay_steps": 40, "decay_type": "linear"}
 
 
 def test_the_start_up_log_states_the_averaging_window_of_vanilla_sf(tmp_path, caplog):
-    args = ScheduleFreeConfig(output_dir=str(tmp_path), optimizer_name="sf_adamw", adam_beta1=0.9, max_steps=100,
-                              report_to="none", use_cpu=True)
+    args = ScheduleFreeConfig(
+        output_dir=str(tmp_path),
+        optimizer_name="sf_adamw",
+        adam_beta1=0.9,
+        max_steps=100,
+        report_to="none",
+        use_cpu=True,
+    )
     trainer = ScheduleFreeTrainer(model=tiny_model(), args=args, train_dataset=TokenDataset(8))
     with caplog.at_level(logging.INFO, logger="sf_hf.trainer"):
         trainer.create_optimizer_and_scheduler(num_training_steps=100)

@@ -1,6 +1,6 @@
 """ScheduleFree+ (`ScheduleFreePlusAdamW`) against float64 x/y/z equations (`ReferenceScheduleFreePlusAdamW`).
 
-    pytest tests/test_schedule_free_plus.py -q
+pytest tests/test_schedule_free_plus.py -q
 """
 
 import copy
@@ -35,8 +35,11 @@ def random_plus_hparams(rng: random.Random) -> dict:
 
 def plus_groups(params, hp):
     """Three groups: the defaults, another lr multiplier without decay, another b and c warmup."""
-    return [dict(params=params[:1]), dict(params=params[1:2], lr=hp["lr"] * 0.5, weight_decay=0.0),
-            dict(params=params[2:], sf_beta1=0.7, c_warmup=5)]
+    return [
+        dict(params=params[:1]),
+        dict(params=params[1:2], lr=hp["lr"] * 0.5, weight_decay=0.0),
+        dict(params=params[2:], sf_beta1=0.7, c_warmup=5),
+    ]
 
 
 def losses(seed: int, steps: int):
@@ -97,8 +100,15 @@ def test_annealing_c_warmup_and_decay_matter_in_the_reference():
 def test_weight_dependent_gradients_and_loss_track_float64():
     """A noisy quadratic: F and g taken at y itself, so a wrong y or Polyak step changes the trajectory."""
     fast_p, ref_p = make_params(3), make_params(3, torch.float64)
-    hp = dict(betas=(0.9, 0.95), sf_beta1=0.9, weight_decay=0.5, c_warmup=10, sf_beta1_anneal_steps=100,
-              polyak_beta=0.9, r=1.0)
+    hp = dict(
+        betas=(0.9, 0.95),
+        sf_beta1=0.9,
+        weight_decay=0.5,
+        c_warmup=10,
+        sf_beta1_anneal_steps=100,
+        polyak_beta=0.9,
+        r=1.0,
+    )
     fast, ref = ScheduleFreePlusAdamW(fast_p, fused=False, **hp), ReferenceScheduleFreePlusAdamW(ref_p, **hp)
     fast.train()
     gen = torch.Generator().manual_seed(0)
@@ -130,12 +140,16 @@ def test_fused_equals_foreach(dtype):
             opt.step()
         y = [p.detach().clone() for p in params]
         opt.eval()
-        runs[fused] = (y, [p.detach().clone() for p in params],
-                       *([opt.state[p][key] for p in params] for key in ("z", "exp_avg", "exp_avg_sq")))
+        runs[fused] = (
+            y,
+            [p.detach().clone() for p in params],
+            *([opt.state[p][key] for p in params] for key in ("z", "exp_avg", "exp_avg_sq")),
+        )
     tolerance = 1e-5 if dtype == torch.float32 else 2e-2
     for reference, fast in zip(runs[False], runs[True]):
-        assert max(rel_err(a, b) for a, b in zip(fast, reference)) <= (tolerance if reference[0].dtype == dtype
-                                                                       else 1e-5)
+        assert max(rel_err(a, b) for a, b in zip(fast, reference)) <= (
+            tolerance if reference[0].dtype == dtype else 1e-5
+        )
 
 
 # ------------------------------------------------------------------ modes, state dicts, precision
@@ -178,8 +192,9 @@ def test_state_dict_round_trip_continues_bitwise(dtype):
     new_params = [torch.nn.Parameter(t.clone()) for t in saved_params]
     new_opt = ScheduleFreePlusAdamW(new_params, fused=False)
     new_opt.load_state_dict(saved_state)
-    assert all(new_opt.state[p][key].dtype == torch.float32 for p in new_params
-               for key in ("z", "exp_avg", "exp_avg_sq"))  # not cast to the parameters' dtype
+    assert all(
+        new_opt.state[p][key].dtype == torch.float32 for p in new_params for key in ("z", "exp_avg", "exp_avg_sq")
+    )  # not cast to the parameters' dtype
     for o in (opt, new_opt):
         o.train()
     for grads, f in zip(gradient_stream(99, steps=15), losses(99, 15)):
@@ -236,13 +251,25 @@ def test_non_finite_loss_or_gradient_skips_the_whole_step(bad, where, caplog):
 
 @pytest.mark.parametrize(
     "kwargs, name",
-    [(dict(lr=-1.0), "lr"), (dict(eps=0.0), "eps"), (dict(weight_decay=-1.0), "weight_decay"),
-     (dict(betas=(1.0, 0.95)), "beta1"), (dict(betas=(0.9, 1.0)), "beta2"), (dict(betas=(0.9,)), "betas"),
-     (dict(sf_beta1=0.0), "sf_beta1"), (dict(sf_beta1=1.0), "sf_beta1"), (dict(sf_beta1_max=1.0), "sf_beta1_max"),
-     (dict(polyak_beta=1.0), "polyak_beta"), (dict(polyak_beta=-0.1), "polyak_beta"), (dict(r=-1.0), "r"),
-     (dict(weight_lr_power=float("nan")), "weight_lr_power"), (dict(c_warmup=-1), "c_warmup"),
-     (dict(c_warmup=0.5), "c_warmup"), (dict(sf_beta1_anneal_steps=-3), "sf_beta1_anneal_steps"),
-     (dict(warmup_steps=0.05), "warmup_steps")],
+    [
+        (dict(lr=-1.0), "lr"),
+        (dict(eps=0.0), "eps"),
+        (dict(weight_decay=-1.0), "weight_decay"),
+        (dict(betas=(1.0, 0.95)), "beta1"),
+        (dict(betas=(0.9, 1.0)), "beta2"),
+        (dict(betas=(0.9,)), "betas"),
+        (dict(sf_beta1=0.0), "sf_beta1"),
+        (dict(sf_beta1=1.0), "sf_beta1"),
+        (dict(sf_beta1_max=1.0), "sf_beta1_max"),
+        (dict(polyak_beta=1.0), "polyak_beta"),
+        (dict(polyak_beta=-0.1), "polyak_beta"),
+        (dict(r=-1.0), "r"),
+        (dict(weight_lr_power=float("nan")), "weight_lr_power"),
+        (dict(c_warmup=-1), "c_warmup"),
+        (dict(c_warmup=0.5), "c_warmup"),
+        (dict(sf_beta1_anneal_steps=-3), "sf_beta1_anneal_steps"),
+        (dict(warmup_steps=0.05), "warmup_steps"),
+    ],
 )
 def test_bad_hyperparameters_raise_value_error_naming_them(kwargs, name):
     with pytest.raises(ValueError, match=rf"Invalid {name}: .* {name} must be"):
@@ -261,8 +288,11 @@ def test_zero12_group_calls_step_once_like_one_call(offload):
     hp = dict(sf_beta1=0.8, c_warmup=2, weight_decay=2.0, warmup_steps=2, fused=False)
 
     def groups(tensors):
-        return [dict(params=[tensors[0]]), dict(params=[tensors[1]], lr=0.5, weight_decay=0.0),
-                dict(params=[tensors[2]], sf_beta1=0.7)]
+        return [
+            dict(params=[tensors[0]]),
+            dict(params=[tensors[1]], lr=0.5, weight_decay=0.0),
+            dict(params=[tensors[2]], sf_beta1=0.7),
+        ]
 
     plain = [t.clone() for t in flat]
     reference, sharded = ScheduleFreePlusAdamW(groups(plain), **hp), ScheduleFreePlusAdamW(groups(flat), **hp)
@@ -310,8 +340,11 @@ def test_zero3_sub_group_calls_step_once_like_one_call(offload):
     reference = ScheduleFreePlusAdamW(groups(plain), **hp)
     sharded = ScheduleFreePlusAdamW(groups(flat), **hp)
     copies = []
-    sharded.set_partition_group(None, group_params=[g["params"] for g in sharded.param_groups],
-                                after_deferred_step=lambda: copies.append(len(copies)))
+    sharded.set_partition_group(
+        None,
+        group_params=[g["params"] for g in sharded.param_groups],
+        after_deferred_step=lambda: copies.append(len(copies)),
+    )
     for group in sharded.param_groups:
         group["params"] = []  # as DeepSpeed leaves them between steps
     reference.train()

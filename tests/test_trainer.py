@@ -1,6 +1,6 @@
 """ScheduleFreeTrainer: x everywhere it evaluates, saves and publishes; bitwise resume; schedules; hooks.
 
-    pytest tests/test_trainer.py -q
+pytest tests/test_trainer.py -q
 """
 
 import json
@@ -30,8 +30,13 @@ TRAIN, EVAL = TokenDataset(64, seed=1), TokenDataset(8, seed=2)
 
 
 def make_trainer(tmp_path, callbacks=(), model=None, **overrides):
-    return ScheduleFreeTrainer(model=model or tiny_model(), args=config(tmp_path, **overrides), train_dataset=TRAIN,
-                               eval_dataset=EVAL, callbacks=list(callbacks))
+    return ScheduleFreeTrainer(
+        model=model or tiny_model(),
+        args=config(tmp_path, **overrides),
+        train_dataset=TRAIN,
+        eval_dataset=EVAL,
+        callbacks=list(callbacks),
+    )
 
 
 def optimizer_x_and_y(trainer):
@@ -151,8 +156,9 @@ def test_warmup_lives_in_the_optimizer_once_and_ratio_is_resolved(tmp_path):
     trainer = make_trainer(tmp_path, max_steps=8, warmup_steps=0.25, learning_rate=0.01)
     trainer.train()
     assert trainer.optimizer.param_groups[0]["warmup_steps"] == 2
-    epochs = make_trainer(tmp_path / "epochs", max_steps=-1, num_train_epochs=1, warmup_steps=0.25,
-                          save_strategy="epoch")
+    epochs = make_trainer(
+        tmp_path / "epochs", max_steps=-1, num_train_epochs=1, warmup_steps=0.25, save_strategy="epoch"
+    )
     epochs.train()  # 64 samples / batch 4 = 16 steps, known only inside train()
     assert epochs.optimizer.param_groups[0]["warmup_steps"] == 4
     assert read_metadata(tmp_path / "epochs" / "checkpoint-16")["num_training_steps"] == 16
@@ -181,10 +187,24 @@ def test_hook_gives_a_plain_trainer_the_same_optimizer_and_losses(tmp_path):
     ours = make_trainer(tmp_path / "ours", max_steps=20)
     ours.train()
     plain_args = TrainingArguments(
-        output_dir=str(tmp_path / "plain"), max_steps=20, per_device_train_batch_size=4, learning_rate=1e-2,
-        adam_beta1=0.9, adam_beta2=0.99, weight_decay=0.1, warmup_steps=3, lr_scheduler_type="constant",
+        output_dir=str(tmp_path / "plain"),
+        max_steps=20,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        adam_beta1=0.9,
+        adam_beta2=0.99,
+        weight_decay=0.1,
+        warmup_steps=3,
+        lr_scheduler_type="constant",
         max_grad_norm=0.0,  # ScheduleFreeConfig's default for Schedule-Free (no clipping); TrainingArguments' is 1.0
-        logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, seed=0, data_seed=0, disable_tqdm=True)
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        data_seed=0,
+        disable_tqdm=True,
+    )
     cls, kwargs = optimizer_cls_and_kwargs(plain_args, optimizer_name="sf_adamw_refined")
     kwargs["decoupling_c"] = 5.0
     plain = Trainer(model=tiny_model(), args=plain_args, train_dataset=TRAIN, optimizer_cls_and_kwargs=(cls, kwargs))
@@ -239,9 +259,17 @@ def test_weight_decay_groups(tmp_path):
 
 def test_grad_accumulation_best_model_and_early_stopping(tmp_path):
     trainer = make_trainer(
-        tmp_path, max_steps=30, gradient_accumulation_steps=2, eval_strategy="steps", eval_steps=3,
-        save_strategy="steps", save_steps=3, load_best_model_at_end=True, metric_for_best_model="eval_loss",
-        greater_is_better=False, callbacks=[EarlyStoppingCallback(early_stopping_patience=2)],
+        tmp_path,
+        max_steps=30,
+        gradient_accumulation_steps=2,
+        eval_strategy="steps",
+        eval_steps=3,
+        save_strategy="steps",
+        save_steps=3,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=2)],
     )
     trainer.train()
     best = trainer.state.best_model_checkpoint
@@ -249,16 +277,16 @@ def test_grad_accumulation_best_model_and_early_stopping(tmp_path):
     assert max_abs_diff(weights(trainer.model), saved_weights(best)) == 0.0
     assert read_metadata(best)["weights"] == "x"
     state = json.load(open(os.path.join(best, "trainer_state.json")))
-    assert state["best_metric"] == pytest.approx(min(h["eval_loss"] for h in trainer.state.log_history
-                                                     if "eval_loss" in h))
+    assert state["best_metric"] == pytest.approx(
+        min(h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h)
+    )
 
 
 def test_trainer_rejects_plain_arguments_and_external_optimizers(tmp_path):
     with pytest.raises(TypeError, match="ScheduleFreeConfig"):
         ScheduleFreeTrainer(model=tiny_model(), args=TrainingArguments(output_dir=str(tmp_path)))
     with pytest.raises(ValueError, match="optimizer_name"):
-        ScheduleFreeTrainer(model=tiny_model(), args=config(tmp_path),
-                            optimizer_cls_and_kwargs=(torch.optim.AdamW, {}))
+        ScheduleFreeTrainer(model=tiny_model(), args=config(tmp_path), optimizer_cls_and_kwargs=(torch.optim.AdamW, {}))
 
 
 def test_config_validation_messages(tmp_path):
@@ -268,14 +296,17 @@ def test_config_validation_messages(tmp_path):
         config(tmp_path, adam_beta1=0.0)
     with pytest.raises(ValueError, match="defines its own schedule"):
         config(tmp_path, optimizer_name="adamw_cosine", lr_scheduler_type="linear")
-    assert ScheduleFreeConfig(output_dir=str(tmp_path), optimizer_name="adamw_cosine").lr_scheduler_type.value \
+    assert (
+        ScheduleFreeConfig(output_dir=str(tmp_path), optimizer_name="adamw_cosine").lr_scheduler_type.value
         == "cosine_with_min_lr"
+    )
 
 
 def test_hub_token_is_never_written_to_disk(tmp_path):
     token = "hf_FAKEtoken0123456789SECRET"
-    trainer = make_trainer(tmp_path, max_steps=2, save_strategy="steps", save_steps=2, hub_token=token,
-                           report_to="tensorboard")
+    trainer = make_trainer(
+        tmp_path, max_steps=2, save_strategy="steps", save_steps=2, hub_token=token, report_to="tensorboard"
+    )
     trainer.train()
     trainer.save_model(str(tmp_path / "final"))
     assert trainer.args.hub_token == token  # still usable in memory

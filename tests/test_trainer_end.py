@@ -23,8 +23,10 @@ def x_and_y_from_optimizer(trainer):
     opt.train()
     y = weights(trainer.model)
     beta1 = opt.param_groups[0]["betas"][0]
-    x = {n: (y[n].double() - (1 - beta1) * opt.state[p]["z"].double()) / beta1
-         for n, p in trainer.model.named_parameters()}
+    x = {
+        n: (y[n].double() - (1 - beta1) * opt.state[p]["z"].double()) / beta1
+        for n, p in trainer.model.named_parameters()
+    }
     opt.eval()
     return x, y
 
@@ -53,9 +55,14 @@ class SaveTheModel(TrainerCallback):
 def test_callbacks_after_the_last_step_see_x(tmp_path, strategy):
     saver = SaveTheModel(tmp_path / "logged_model", last_step=8)
     trainer = ScheduleFreeTrainer(
-        model=tiny_model(), train_dataset=TRAIN_SET, eval_dataset=EVAL_SET, callbacks=[saver],
-        args=config(tmp_path / "run", max_steps=8, eval_strategy=strategy, eval_steps=4, save_strategy=strategy,
-                    save_steps=4))
+        model=tiny_model(),
+        train_dataset=TRAIN_SET,
+        eval_dataset=EVAL_SET,
+        callbacks=[saver],
+        args=config(
+            tmp_path / "run", max_steps=8, eval_strategy=strategy, eval_steps=4, save_strategy=strategy, save_steps=4
+        ),
+    )
     trainer.train()
     x, y = x_and_y_from_optimizer(trainer)
     assert max_abs_diff(x, y) > 1e-3  # far apart: the checks below tell them apart
@@ -81,10 +88,24 @@ def best_is_first_run(tmp_path, callbacks=(), **overrides):
     """6 steps, evaluated and saved every 2; "best" is the highest eval loss, i.e. step 2's (losses fall), so the
     best checkpoint's weights differ from the last step's."""
     trainer = ScheduleFreeTrainer(
-        model=tiny_model(), train_dataset=TRAIN_SET, eval_dataset=EVAL_SET, callbacks=list(callbacks),
-        args=config(tmp_path, max_steps=6, eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2,
-                    load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=True,
-                    include_num_input_tokens_seen=True, **overrides))
+        model=tiny_model(),
+        train_dataset=TRAIN_SET,
+        eval_dataset=EVAL_SET,
+        callbacks=list(callbacks),
+        args=config(
+            tmp_path,
+            max_steps=6,
+            eval_strategy="steps",
+            eval_steps=2,
+            save_strategy="steps",
+            save_steps=2,
+            load_best_model_at_end=True,
+            metric_for_best_model="eval_loss",
+            greater_is_better=True,
+            include_num_input_tokens_seen=True,
+            **overrides,
+        ),
+    )
     trainer.train()
     assert trainer.state.best_model_checkpoint.endswith("checkpoint-2") and trainer.state.global_step == 6
     return trainer
@@ -104,8 +125,10 @@ def test_after_a_best_model_reload_the_metadata_names_the_best_step(tmp_path):
 def test_the_end_of_training_never_deletes_converted_folders(tmp_path):
     run = tmp_path / "run"
     trainer = best_is_first_run(run, callbacks=[ConvertAt(2)], save_total_limit=1)
-    assert sorted(p.name for p in run.iterdir() if p.name.startswith("checkpoint-")) == ["checkpoint-2",
-                                                                                          "checkpoint-2-x"]
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith("checkpoint-")) == [
+        "checkpoint-2",
+        "checkpoint-2-x",
+    ]
     torch.testing.assert_close(saved_weights(run / "checkpoint-2-x"), saved_weights(run / "checkpoint-2"))
     assert trainer.args.save_total_limit == 1
 
@@ -117,15 +140,19 @@ def test_merge_and_unload_after_train_is_the_base_model_with_x_merged(tmp_path):
     lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
     model = peft.get_peft_model(tiny_model(), lora)
     base = weights(tiny_model())  # the frozen base weights (same seed)
-    trainer = ScheduleFreeTrainer(model=model, args=config(tmp_path, max_steps=6, sf_fused=False),
-                                  train_dataset=TRAIN_SET)
+    trainer = ScheduleFreeTrainer(
+        model=model, args=config(tmp_path, max_steps=6, sf_fused=False), train_dataset=TRAIN_SET
+    )
     trainer.train()
     opt = trainer.optimizer
     opt.train()
     y = {n: p.detach().double() for n, p in model.named_parameters() if p.requires_grad}
     beta1 = opt.param_groups[0]["betas"][0]
-    x = {n: (y[n] - (1 - beta1) * opt.state[p]["z"].double()) / beta1
-         for n, p in model.named_parameters() if p.requires_grad}
+    x = {
+        n: (y[n] - (1 - beta1) * opt.state[p]["z"].double()) / beta1
+        for n, p in model.named_parameters()
+        if p.requires_grad
+    }
     opt.eval()
     merged = trainer.model.merge_and_unload().state_dict()
     assert merged.keys() == base.keys()

@@ -33,9 +33,12 @@ def unpublished(paths, under=""):
     for path in paths:
         if under and not path.startswith(under):
             continue
-        name = path[len(under):]
-        if "/" in name or not any(fnmatch.fnmatch(name, p) for p in PUBLISHED) \
-                or any(fnmatch.fnmatch(name, p) for p in NEVER_PUBLISHED):
+        name = path[len(under) :]
+        if (
+            "/" in name
+            or not any(fnmatch.fnmatch(name, p) for p in PUBLISHED)
+            or any(fnmatch.fnmatch(name, p) for p in NEVER_PUBLISHED)
+        ):
             found.append(path)
     return found
 
@@ -52,8 +55,9 @@ def commits_of_main(hub_server, repo_id):
 def hub_trainer(tmp_path, repo_id, callbacks=(), trainer_cls=ScheduleFreeTrainer, **overrides):
     args = dict(max_steps=6, save_strategy="steps", save_steps=3, push_to_hub=True, hub_model_id=repo_id)
     args.update(overrides)
-    return trainer_cls(model=tiny_model(), args=config(tmp_path, **args), train_dataset=TRAIN_SET,
-                       callbacks=list(callbacks))
+    return trainer_cls(
+        model=tiny_model(), args=config(tmp_path, **args), train_dataset=TRAIN_SET, callbacks=list(callbacks)
+    )
 
 
 @pytest.mark.parametrize("strategy", ["every_save", "checkpoint", "end"])
@@ -100,10 +104,26 @@ class HeldJobs(CheckpointPipelineCallback):
 def test_nothing_but_published_files_leaves_with_the_pipeline_callback(hub_server, tmp_path, trainer_cls):
     pipeline = HeldJobs(repo_id="org/branches", retry=RetryPolicy(attempts=2, initial_delay=0.01))
     if trainer_cls is Trainer:
-        trainer = Trainer(model=tiny_model(), train_dataset=TRAIN_SET, callbacks=[pipeline], args=TrainingArguments(
-            str(tmp_path), max_steps=6, per_device_train_batch_size=4, save_strategy="steps", save_steps=3,
-            push_to_hub=True, hub_model_id="org/root", hub_always_push=True, optim="schedule_free_adamw",
-            lr_scheduler_type="constant", report_to="none", use_cpu=True, disable_tqdm=True))
+        trainer = Trainer(
+            model=tiny_model(),
+            train_dataset=TRAIN_SET,
+            callbacks=[pipeline],
+            args=TrainingArguments(
+                str(tmp_path),
+                max_steps=6,
+                per_device_train_batch_size=4,
+                save_strategy="steps",
+                save_steps=3,
+                push_to_hub=True,
+                hub_model_id="org/root",
+                hub_always_push=True,
+                optim="schedule_free_adamw",
+                lr_scheduler_type="constant",
+                report_to="none",
+                use_cpu=True,
+                disable_tqdm=True,
+            ),
+        )
     else:
         trainer = hub_trainer(tmp_path, "org/root", callbacks=[pipeline], hub_always_push=True)
     pipeline.trainer = trainer
@@ -149,8 +169,12 @@ def test_push_to_hub_writes_sf_hfs_model_card(hub_server, tmp_path):
     assert {"sf_hf", "schedule-free", "sf_adamw_refined"} <= set(card.data.tags)
     assert "holds **x**, the averaged weights" in card.text and "2405.15682" in card.text
     assert "published by `ScheduleFreeTrainer.push_to_hub`" in card.text
-    for row in ("| b1 (interpolation weight of y) | 0.9 |", "| C (decoupling constant", "| warmup steps | 3 |",
-                "| peak learning rate | 0.01 |"):
+    for row in (
+        "| b1 (interpolation weight of y) | 0.9 |",
+        "| C (decoupling constant",
+        "| warmup steps | 3 |",
+        "| peak learning rate | 0.01 |",
+    ):
         assert row in card.text
     assert "- Steps: 6;" in card.text and 'from_pretrained("org/card", revision="main")' in card.text
     assert (tmp_path / "README.md").read_text() == card.content  # create_model_card wrote the same card locally

@@ -1,6 +1,6 @@
 """ScheduleFree+ in the Trainer and the pipeline: the loss hand-over, the logs, x in every saved folder.
 
-    pytest tests/test_trainer_sf_plus.py -q
+pytest tests/test_trainer_sf_plus.py -q
 """
 
 import math
@@ -17,8 +17,19 @@ from sf_hf.pipeline.run_inventory import inspect_checkpoint
 from .test_trainer import make_trainer
 from .trainer_utils import saved_weights, tiny_model, weights
 
-SF_PLUS = dict(optimizer_name="sf_plus", learning_rate=1.0, adam_beta1=0.9, adam_beta2=0.95, weight_decay=1.0,
-               warmup_steps=3, c_warmup=3, sf_beta1=0.8, sf_beta1_anneal_steps=6, sf_beta1_max=0.95, sf_fused=False)
+SF_PLUS = dict(
+    optimizer_name="sf_plus",
+    learning_rate=1.0,
+    adam_beta1=0.9,
+    adam_beta2=0.95,
+    weight_decay=1.0,
+    warmup_steps=3,
+    c_warmup=3,
+    sf_beta1=0.8,
+    sf_beta1_anneal_steps=6,
+    sf_beta1_max=0.95,
+    sf_fused=False,
+)
 
 
 @pytest.fixture
@@ -37,16 +48,23 @@ def handed(monkeypatch):
 
 @pytest.mark.parametrize("accumulation", [1, 2])
 def test_trainer_hands_over_the_step_loss_and_saves_x(tmp_path, handed, accumulation):
-    trainer = make_trainer(tmp_path, max_steps=8, gradient_accumulation_steps=accumulation,
-                           per_device_train_batch_size=8 // accumulation, save_strategy="steps", save_steps=4,
-                           **SF_PLUS)
+    trainer = make_trainer(
+        tmp_path,
+        max_steps=8,
+        gradient_accumulation_steps=accumulation,
+        per_device_train_batch_size=8 // accumulation,
+        save_strategy="steps",
+        save_steps=4,
+        **SF_PLUS,
+    )
     before = weights(trainer.model)
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
     # one hand-over per step, the mean loss over its micro-batches: what the Trainer logs (logging_steps=1)
     assert handed == pytest.approx([h["loss"] for h in logs], rel=1e-5)
-    assert all(h["learning_rate"] > 0 and math.isfinite(h["polyak_numerator"]) and 0 < h["averaging_weight"] <= 1
-               for h in logs)
+    assert all(
+        h["learning_rate"] > 0 and math.isfinite(h["polyak_numerator"]) and 0 < h["averaging_weight"] <= 1 for h in logs
+    )
     assert [h["averaging_weight"] for h in logs[:3]] == [1.0, 1.0, 1.0]  # c_warmup
     assert all(not torch.equal(before[n], p) for n, p in weights(trainer.model).items())
 
@@ -68,13 +86,19 @@ def test_trainer_hands_over_the_step_loss_and_saves_x(tmp_path, handed, accumula
     assert rows["b (interpolation weight of y)"] == 0.8 and rows["Adam betas"] == [0.9, 0.95]  # the model card
 
     # resuming from the checkpoint of step 4 retraces the uninterrupted run bit for bit
-    resumed = make_trainer(tmp_path / "resumed", model=tiny_model(seed=1), max_steps=8,
-                           gradient_accumulation_steps=accumulation, per_device_train_batch_size=8 // accumulation,
-                           **SF_PLUS)
+    resumed = make_trainer(
+        tmp_path / "resumed",
+        model=tiny_model(seed=1),
+        max_steps=8,
+        gradient_accumulation_steps=accumulation,
+        per_device_train_batch_size=8 // accumulation,
+        **SF_PLUS,
+    )
     resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-4"))
     assert all(torch.equal(p, x[n]) for n, p in weights(resumed.model).items())
-    assert [h["loss"] for h in resumed.state.log_history if "loss" in h and h["step"] > 4] == \
-        [h["loss"] for h in logs[4:]]
+    assert [h["loss"] for h in resumed.state.log_history if "loss" in h and h["step"] > 4] == [
+        h["loss"] for h in logs[4:]
+    ]
 
 
 def test_plain_loop_y_state_converts_with_the_b_that_built_y():

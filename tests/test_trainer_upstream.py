@@ -19,9 +19,17 @@ from .trainer_utils import TokenDataset, config, tiny_model
 
 TRAIN_SET, EVAL_SET = TokenDataset(64, seed=1), TokenDataset(8, seed=2)
 SF_ONLY_FILES = {"schedule_free.json", "checkpoint_manifest.json"}  # what sf_hf adds to every checkpoint
-SETTINGS = dict(max_steps=6, save_strategy="steps", save_steps=2, eval_strategy="steps", eval_steps=2,
-                save_total_limit=2, load_best_model_at_end=True, metric_for_best_model="score",
-                include_num_input_tokens_seen=True)
+SETTINGS = dict(
+    max_steps=6,
+    save_strategy="steps",
+    save_steps=2,
+    eval_strategy="steps",
+    eval_steps=2,
+    save_total_limit=2,
+    load_best_model_at_end=True,
+    metric_for_best_model="score",
+    include_num_input_tokens_seen=True,
+)
 
 
 def same_score(_):
@@ -40,8 +48,9 @@ def run_both(tmp_path, early_stopping=True, **settings):
     common = dict(train_dataset=TRAIN_SET, eval_dataset=EVAL_SET, compute_metrics=same_score)
     callbacks = lambda: [EarlyStoppingCallback(early_stopping_patience=5)] if early_stopping else []  # noqa: E731
     ours = ScheduleFreeTrainer(model=tiny_model(), args=ours_args, callbacks=callbacks(), **common)
-    plain = Trainer(model=tiny_model(), args=plain_args, optimizer_cls_and_kwargs=(cls, kwargs), callbacks=callbacks(),
-                    **common)
+    plain = Trainer(
+        model=tiny_model(), args=plain_args, optimizer_cls_and_kwargs=(cls, kwargs), callbacks=callbacks(), **common
+    )
     for trainer in (ours, plain):
         trainer.train()
     return ours, plain
@@ -72,20 +81,34 @@ def test_checkpoints_hold_what_transformers_writes_plus_sf_hfs_files(tmp_path):
         state = json.loads((tmp_path / "ours" / name / "trainer_state.json").read_text())
         upstream = json.loads((tmp_path / "plain" / name / "trainer_state.json").read_text())
         assert structure(state) == structure(upstream) | {"log_history": structure(state["log_history"])}
-        assert [sorted(set(h) - {"averaging_weight"}) for h in state["log_history"]] \
-            == [sorted(h) for h in upstream["log_history"]]  # sf_hf's logs add the averaging weight only
+        assert [sorted(set(h) - {"averaging_weight"}) for h in state["log_history"]] == [
+            sorted(h) for h in upstream["log_history"]
+        ]  # sf_hf's logs add the averaging weight only
         different = {"log_history", "best_model_checkpoint", "total_flos"}  # losses at x; paths; see below
-        assert {k: v for k, v in state.items() if k not in different} \
-            == {k: v for k, v in upstream.items() if k not in different}, name
-        assert os.path.relpath(state["best_model_checkpoint"], tmp_path / "ours") \
-            == os.path.relpath(upstream["best_model_checkpoint"], tmp_path / "plain") == "checkpoint-2"
+        assert {k: v for k, v in state.items() if k not in different} == {
+            k: v for k, v in upstream.items() if k not in different
+        }, name
+        assert (
+            os.path.relpath(state["best_model_checkpoint"], tmp_path / "ours")
+            == os.path.relpath(upstream["best_model_checkpoint"], tmp_path / "plain")
+            == "checkpoint-2"
+        )
         assert state["total_flos"] == upstream["total_flos"] > 0
     assert ours.state.global_step == plain.state.global_step == 6
 
 
 def test_pushes_carry_what_transformers_pushes_less_what_never_leaves(hub_server, tmp_path):
-    ours, plain = run_both(tmp_path, early_stopping=False, max_steps=4, save_strategy="steps", save_steps=2,
-                           push_to_hub=True, hub_strategy="checkpoint", hub_always_push=True, hub_model_id=None)
+    ours, plain = run_both(
+        tmp_path,
+        early_stopping=False,
+        max_steps=4,
+        save_strategy="steps",
+        save_steps=2,
+        push_to_hub=True,
+        hub_strategy="checkpoint",
+        hub_always_push=True,
+        hub_model_id=None,
+    )
     for trainer in (ours, plain):
         trainer.push_to_hub()
     mine, theirs = (set(hub_server.files(f"{hub_server.user}/{name}")) for name in ("ours", "plain"))

@@ -50,13 +50,30 @@ callbacks: [river_diagnostics]
 
 def test_sf_hf_pretrain_launches_the_package_script_through_accelerate_with_the_recipe_and_passed_flags(tmp_path):
     corpus = tmp_path / "corpus.jsonl"  # a small corpus: the embedded one takes ~15 s to tokenize and pack
-    corpus.write_text("".join(json.dumps({"text": f"Verse {i}: and the {w} saw that it was {w}, {i % 7} times."})
-                              + "\n" for i in range(300) for w in ("light", "earth", "water")[i % 3:i % 3 + 1]))
+    corpus.write_text(
+        "".join(
+            json.dumps({"text": f"Verse {i}: and the {w} saw that it was {w}, {i % 7} times."}) + "\n"
+            for i in range(300)
+            for w in ("light", "earth", "water")[i % 3 : i % 3 + 1]
+        )
+    )
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(TINY_RECIPE + f"dataset_name: {corpus}\n")
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "sf_hf.cli", "pretrain", "--config", str(recipe), "--num-processes", "1",
-               "--output_dir", str(out), "--max_steps", "13"]  # a script flag, passed through, overrides the recipe
+    command = [
+        sys.executable,
+        "-m",
+        "sf_hf.cli",
+        "pretrain",
+        "--config",
+        str(recipe),
+        "--num-processes",
+        "1",
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "13",
+    ]  # a script flag, passed through, overrides the recipe
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true")
     proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -64,8 +81,11 @@ def test_sf_hf_pretrain_launches_the_package_script_through_accelerate_with_the_
     assert state["global_step"] == 13 and (out / "model.safetensors").is_file()
     evals = [r for r in state["log_history"] if "eval_loss" in r]
     assert evals and all("eval_river_loss_y" in r for r in evals)  # the recipe's callbacks: [river_diagnostics]
-    assert re.search(r"sf_hf\.recipes: [0-9,]+ tokens/s \([0-9.]+ s/step over steps 2-11\), ETA \d\d:\d\d for the "
-                     r"2 steps left of 13", proc.stdout), proc.stdout[-3000:]
+    assert re.search(
+        r"sf_hf\.recipes: [0-9,]+ tokens/s \([0-9.]+ s/step over steps 2-11\), ETA \d\d:\d\d for the "
+        r"2 steps left of 13",
+        proc.stdout,
+    ), proc.stdout[-3000:]
 
 
 def test_every_script_command_is_registered_and_launches_its_module():
@@ -73,23 +93,48 @@ def test_every_script_command_is_registered_and_launches_its_module():
 
     for name, module in SCRIPTS.items():
         assert cli.COMMANDS[name].passes_through
-        args, unknown = cli.build_parser().parse_known_args([name, "--config", "r.yaml", "--accelerate-config", "ddp",
-                                                            "--max_steps", "5", "--callbacks", "a", "b"])
+        args, unknown = cli.build_parser().parse_known_args(
+            [name, "--config", "r.yaml", "--accelerate-config", "ddp", "--max_steps", "5", "--callbacks", "a", "b"]
+        )
         args.passed_through = unknown
         assert cli.accelerate_launch_args(args, SCRIPTS[name]) == [
-            "--config_file", str(ROOT / "accelerate_configs" / "ddp.yaml"), "-m", module, "--config", "r.yaml",
-            "--max_steps", "5", "--callbacks", "a", "b"]
+            "--config_file",
+            str(ROOT / "accelerate_configs" / "ddp.yaml"),
+            "-m",
+            module,
+            "--config",
+            "r.yaml",
+            "--max_steps",
+            "5",
+            "--callbacks",
+            "a",
+            "b",
+        ]
     with pytest.raises(cli.PipelineError, match="neither a file nor a config"):
         cli.accelerate_launch_args(cli.build_parser().parse_args(["pretrain", "--accelerate-config", "zero9"]), "m")
 
 
 def test_callbacks_by_name_resolve_to_callbacks_built_from_the_recipe_and_unknown_names_list_the_known_ones(tmp_path):
-    with pytest.raises(RecipeError, match=r"Unknown callback\(s\) 'river'; known: river_diagnostics, "
-                                          r"checkpoint_pipeline\."):
+    with pytest.raises(
+        RecipeError,
+        match=r"Unknown callback\(s\) 'river'; known: river_diagnostics, "
+        r"checkpoint_pipeline\.",
+    ):
         parse_script_args(["--callbacks", "river", "--output_dir", str(tmp_path)])
     model_args, data_args, training_args, script_args = parse_script_args(
-        ["--callbacks", "checkpoint_pipeline", "river_diagnostics", "--block_size", "64", "--seed", "3",
-         "--output_dir", str(tmp_path)], with_script_args=True)
+        [
+            "--callbacks",
+            "checkpoint_pipeline",
+            "river_diagnostics",
+            "--block_size",
+            "64",
+            "--seed",
+            "3",
+            "--output_dir",
+            str(tmp_path),
+        ],
+        with_script_args=True,
+    )
     assert script_args.callbacks == ["checkpoint_pipeline", "river_diagnostics"]
     pipeline, river = get_callbacks(script_args.callbacks, model_args, data_args, training_args)
     assert isinstance(pipeline, CheckpointPipelineCallback) and isinstance(river, RiverDiagnosticsCallback)

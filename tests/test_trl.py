@@ -35,10 +35,27 @@ from .trl_utils import (
     tiny_tokenizer,
 )
 
-COMMON = dict(per_device_train_batch_size=4, per_device_eval_batch_size=4, learning_rate=1e-2, adam_beta1=0.9,
-              adam_beta2=0.99, decoupling_c=5.0, warmup_steps=2, logging_steps=1, save_strategy="no",
-              eval_strategy="no", report_to="none", use_cpu=True, bf16=False, seed=0, data_seed=0,
-              dataloader_num_workers=0, disable_tqdm=True, gradient_checkpointing=False, sf_fused=False)
+COMMON = dict(
+    per_device_train_batch_size=4,
+    per_device_eval_batch_size=4,
+    learning_rate=1e-2,
+    adam_beta1=0.9,
+    adam_beta2=0.99,
+    decoupling_c=5.0,
+    warmup_steps=2,
+    logging_steps=1,
+    save_strategy="no",
+    eval_strategy="no",
+    report_to="none",
+    use_cpu=True,
+    bf16=False,
+    seed=0,
+    data_seed=0,
+    dataloader_num_workers=0,
+    disable_tqdm=True,
+    gradient_checkpointing=False,
+    sf_fused=False,
+)
 
 
 def sf_args(config_cls, tmp_path, **overrides):
@@ -51,9 +68,14 @@ class ScheduleFreeSFTTrainer(ScheduleFreeMixin, SFTTrainer):
 
 def sft_trainer(tmp_path, callbacks=(), **overrides):
     args = sf_args(SFTConfig, tmp_path, max_length=16, **overrides)
-    return ScheduleFreeSFTTrainer(model=tiny_model(), args=args, train_dataset=text_dataset(32),
-                                  eval_dataset=text_dataset(8, seed=1), processing_class=tiny_tokenizer(),
-                                  callbacks=list(callbacks))
+    return ScheduleFreeSFTTrainer(
+        model=tiny_model(),
+        args=args,
+        train_dataset=text_dataset(32),
+        eval_dataset=text_dataset(8, seed=1),
+        processing_class=tiny_tokenizer(),
+        callbacks=list(callbacks),
+    )
 
 
 def assert_checkpoint_holds_x(folder, y_at_step: dict, trainer):
@@ -91,7 +113,8 @@ def test_schedule_free_config_keeps_every_trl_default(config_cls, tmp_path):
     sf_fields = {f.name for f in dataclasses.fields(ScheduleFreeFields)}
     assert set(ours) == set(theirs) | sf_fields
     assert {f.name for f in dataclasses.fields(ScheduleFreeConfig)} == set(
-        f.name for f in dataclasses.fields(TrainingArguments)) | sf_fields
+        f.name for f in dataclasses.fields(TrainingArguments)
+    ) | sf_fields
 
 
 def test_schedule_free_config_follows_the_optimizer_and_refuses_a_set_schedule(tmp_path, caplog):
@@ -117,11 +140,17 @@ def test_schedule_free_config_follows_the_optimizer_and_refuses_a_set_schedule(t
 
 def test_mixin_refuses_plain_trl_args_and_the_factory_caches(tmp_path):
     with pytest.raises(TypeError, match=r"schedule_free_config\(SFTConfig\)"):
-        ScheduleFreeSFTTrainer(model=tiny_model(), args=SFTConfig(output_dir=str(tmp_path), bf16=False),
-                               train_dataset=text_dataset(4), processing_class=tiny_tokenizer())
+        ScheduleFreeSFTTrainer(
+            model=tiny_model(),
+            args=SFTConfig(output_dir=str(tmp_path), bf16=False),
+            train_dataset=text_dataset(4),
+            processing_class=tiny_tokenizer(),
+        )
     made = schedule_free_trainer(SFTTrainer)
-    assert made is schedule_free_trainer(SFTTrainer) and made.__mro__[1:3] == (ScheduleFreeMixin,
-                                                                               sf_hf.trainer.HubPublishing)
+    assert made is schedule_free_trainer(SFTTrainer) and made.__mro__[1:3] == (
+        ScheduleFreeMixin,
+        sf_hf.trainer.HubPublishing,
+    )
     assert schedule_free_trainer(sf_hf.ScheduleFreeTrainer) is sf_hf.ScheduleFreeTrainer
     with pytest.raises(TypeError, match="put ScheduleFreeMixin before SFTTrainer"):
         type("WrongOrder", (SFTTrainer, ScheduleFreeMixin), {})
@@ -158,10 +187,13 @@ def test_sft_checkpoints_save_model_evaluate_and_card_hold_x(tmp_path):
     assert max_diff(weights(trainer.model), x) <= 1e-6
     plain_args = {k: v for k, v in COMMON.items() if k not in ("decoupling_c", "sf_fused")}
     plain_args.update(max_steps=2, save_strategy="steps", save_steps=2, lr_scheduler_type="constant")
-    plain = SFTTrainer(model=tiny_model(), args=SFTConfig(output_dir=str(tmp_path / "plain" / "run"), max_length=16,
-                                                         **plain_args),
-                       train_dataset=text_dataset(32), eval_dataset=text_dataset(8, seed=1),
-                       processing_class=tiny_tokenizer())
+    plain = SFTTrainer(
+        model=tiny_model(),
+        args=SFTConfig(output_dir=str(tmp_path / "plain" / "run"), max_length=16, **plain_args),
+        train_dataset=text_dataset(32),
+        eval_dataset=text_dataset(8, seed=1),
+        processing_class=tiny_tokenizer(),
+    )
     plain.model.load_state_dict({n: t.float() for n, t in x.items()})
     assert metrics["eval_loss"] == pytest.approx(plain.evaluate()["eval_loss"], rel=1e-5)
 
@@ -184,8 +216,10 @@ def test_sft_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
     resumed.train(resume_from_checkpoint=True)
     a, b = weights(straight.model), weights(resumed.model)
     assert all(torch.equal(a[n], b[n]) for n in a)
-    assert torch.equal(saved_weights(tmp_path / "straight" / "checkpoint-8")["model.norm.weight"],
-                       saved_weights(tmp_path / "resumed" / "checkpoint-8")["model.norm.weight"])
+    assert torch.equal(
+        saved_weights(tmp_path / "straight" / "checkpoint-8")["model.norm.weight"],
+        saved_weights(tmp_path / "resumed" / "checkpoint-8")["model.norm.weight"],
+    )
     losses = [[h["loss"] for h in t.state.log_history if "loss" in h and h["step"] > 4] for t in (straight, resumed)]
     assert losses[0] == losses[1] and len(losses[0]) == 4
 
@@ -198,11 +232,16 @@ def test_dpo_holds_x_everywhere_and_never_moves_the_reference_model(tmp_path):
     before = weights(reference)
     recorder = RecordY(steps=[3])
     trainer = schedule_free_trainer(DPOTrainer)(
-        model=tiny_model(), ref_model=reference,
-        args=sf_args(DPOConfig, tmp_path, max_steps=6, save_strategy="steps", save_steps=3, max_length=16,
-                     learning_rate=1e-2),
-        train_dataset=preference_dataset(24), eval_dataset=preference_dataset(8, seed=1),
-        processing_class=tiny_tokenizer(), callbacks=[recorder])
+        model=tiny_model(),
+        ref_model=reference,
+        args=sf_args(
+            DPOConfig, tmp_path, max_steps=6, save_strategy="steps", save_steps=3, max_length=16, learning_rate=1e-2
+        ),
+        train_dataset=preference_dataset(24),
+        eval_dataset=preference_dataset(8, seed=1),
+        processing_class=tiny_tokenizer(),
+        callbacks=[recorder],
+    )
     trainer.train()
     x = reference_x(trainer)
     assert max_diff(saved_weights(tmp_path / "checkpoint-6"), x) <= 1e-6
@@ -221,13 +260,23 @@ def test_dpo_holds_x_everywhere_and_never_moves_the_reference_model(tmp_path):
 def test_reward_trainer_holds_x_and_pushes_x_with_trls_card(tmp_path, hub_server):
     trainer = schedule_free_trainer(RewardTrainer)(
         model=tiny_reward_model(),
-        args=sf_args(RewardConfig, tmp_path, max_steps=6, save_strategy="steps", save_steps=3, max_length=16,
-                     push_to_hub=True, hub_model_id="org/reward"),
-        train_dataset=preference_dataset(24).map(lambda r: {"chosen": r["prompt"] + " " + r["chosen"],
-                                                            "rejected": r["prompt"] + " " + r["rejected"]},
-                                                 remove_columns=["prompt"]),
+        args=sf_args(
+            RewardConfig,
+            tmp_path,
+            max_steps=6,
+            save_strategy="steps",
+            save_steps=3,
+            max_length=16,
+            push_to_hub=True,
+            hub_model_id="org/reward",
+        ),
+        train_dataset=preference_dataset(24).map(
+            lambda r: {"chosen": r["prompt"] + " " + r["chosen"], "rejected": r["prompt"] + " " + r["rejected"]},
+            remove_columns=["prompt"],
+        ),
         eval_dataset=preference_dataset(4, seed=1).remove_columns(["prompt"]),
-        processing_class=tiny_tokenizer())
+        processing_class=tiny_tokenizer(),
+    )
     trainer.train()
     x = reference_x(trainer)
     assert max_diff(saved_weights(tmp_path / "checkpoint-6"), x) <= 1e-6
@@ -242,8 +291,11 @@ def test_reward_trainer_holds_x_and_pushes_x_with_trls_card(tmp_path, hub_server
     assert json.loads(files["schedule_free.json"])["weights"] == "x"
     card = files["README.md"].decode()
     assert "## Schedule-Free" in card and "TRL" in card
-    assert not [p for p in files if p != ".gitattributes" and p.startswith((".", "_", "checkpoint-"))
-                or p == "training_args.bin"]
+    assert not [
+        p
+        for p in files
+        if p != ".gitattributes" and p.startswith((".", "_", "checkpoint-")) or p == "training_args.bin"
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- GRPO
@@ -255,17 +307,40 @@ def count_reward(prompts, completions, **kwargs):
 
 def test_grpo_generates_at_y_and_evaluates_checkpoints_and_saves_at_x(tmp_path):
     trainer = schedule_free_trainer(GRPOTrainer)(
-        model=tiny_model(), reward_funcs=count_reward,
-        args=sf_args(GRPOConfig, tmp_path, max_steps=6, save_strategy="steps", save_steps=3, eval_strategy="steps",
-                     eval_steps=2, per_device_train_batch_size=4, per_device_eval_batch_size=4, num_generations=2,
-                     num_generations_eval=2, steps_per_generation=2, max_completion_length=4, use_vllm=False),
-        train_dataset=prompt_dataset(24), eval_dataset=prompt_dataset(4, seed=1), processing_class=tiny_tokenizer())
+        model=tiny_model(),
+        reward_funcs=count_reward,
+        args=sf_args(
+            GRPOConfig,
+            tmp_path,
+            max_steps=6,
+            save_strategy="steps",
+            save_steps=3,
+            eval_strategy="steps",
+            eval_steps=2,
+            per_device_train_batch_size=4,
+            per_device_eval_batch_size=4,
+            num_generations=2,
+            num_generations_eval=2,
+            steps_per_generation=2,
+            max_completion_length=4,
+            use_vllm=False,
+        ),
+        train_dataset=prompt_dataset(24),
+        eval_dataset=prompt_dataset(4, seed=1),
+        processing_class=tiny_tokenizer(),
+    )
     seen = []  # (training?, step, weights) at every generation
     generate = trainer._generate_and_score_completions
 
     def recording(batch):
-        seen.append((trainer.model.training, trainer.state.global_step, weights(trainer.model),
-                     trainer._base_optimizer().train_mode))
+        seen.append(
+            (
+                trainer.model.training,
+                trainer.state.global_step,
+                weights(trainer.model),
+                trainer._base_optimizer().train_mode,
+            )
+        )
         return generate(batch)
 
     trainer._generate_and_score_completions = recording
@@ -294,10 +369,12 @@ def test_sft_with_peft_config_saves_the_adapter_at_x(tmp_path):
     from peft import LoraConfig
 
     trainer = ScheduleFreeSFTTrainer(
-        model=tiny_model(), args=sf_args(SFTConfig, tmp_path, max_steps=6, max_length=16, save_strategy="steps",
-                                         save_steps=6),
-        train_dataset=text_dataset(32), processing_class=tiny_tokenizer(),
-        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+        model=tiny_model(),
+        args=sf_args(SFTConfig, tmp_path, max_steps=6, max_length=16, save_strategy="steps", save_steps=6),
+        train_dataset=text_dataset(32),
+        processing_class=tiny_tokenizer(),
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0),
+    )
     trainer.train()
     x = reference_x(trainer)
     assert x and all("lora_" in name for name in x)  # TRL wrapped the model; only the adapter trains

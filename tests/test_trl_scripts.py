@@ -69,7 +69,7 @@ def test_instructions_are_prompt_completion_and_preferences_are_prompt_chosen_re
     for row in instructions:
         if row["prompt"].startswith("Continue the verse: "):
             kinds["continue"] += 1
-            assert row["prompt"][len("Continue the verse: "):] + row["completion"] in verses
+            assert row["prompt"][len("Continue the verse: ") :] + row["completion"] in verses
         else:
             kinds["book"] += 1
             assert row["prompt"].startswith("Which book is this verse from? ") and row["completion"][1:] in books
@@ -92,8 +92,15 @@ def test_the_trl_recipes_parse_strictly_state_their_arithmetic_and_average(task)
     assert model_args.use_peft and model_args.model_name_or_path == trl_run.MAKE_PRETRAIN_OUTPUT
     assert script_args.dataset_name in EMBEDDED_DATASETS and str(args.lr_scheduler_type.value) == "constant"
     header = "".join(re.findall(r"^#.*\n", recipe.read_text(), flags=re.M))
-    for part in ("Hardware:", "Batch:", "Launch", "Expected", f"sf-hf {task} --config {recipe.relative_to(ROOT)}",
-                 f"{args.per_device_train_batch_size} per device", f"{args.max_steps} steps"):
+    for part in (
+        "Hardware:",
+        "Batch:",
+        "Launch",
+        "Expected",
+        f"sf-hf {task} --config {recipe.relative_to(ROOT)}",
+        f"{args.per_device_train_batch_size} per device",
+        f"{args.max_steps} steps",
+    ):
         assert part in header, part
     cls, kwargs = optimizer_cls_and_kwargs(args)
     optimizer = cls([torch.nn.Parameter(torch.zeros(1))], **kwargs)
@@ -117,22 +124,38 @@ def test_scripts_are_registered_and_their_help_lists_trl_and_schedule_free_field
         assert cli.COMMANDS[name].passes_through
         args, unknown = cli.build_parser().parse_known_args([name, "--config", "r.yaml", "--use_peft", "true"])
         args.passed_through = unknown
-        assert cli.accelerate_launch_args(args, SCRIPTS[name]) == ["-m", SCRIPTS[name], "--config", "r.yaml",
-                                                                   "--use_peft", "true"]
+        assert cli.accelerate_launch_args(args, SCRIPTS[name]) == [
+            "-m",
+            SCRIPTS[name],
+            "--config",
+            "r.yaml",
+            "--use_peft",
+            "true",
+        ]
     for module, own in ((sft, "--completion_only_loss"), (dpo, "--beta")):
         with pytest.raises(SystemExit) as exit_:
             module.main(["--help"])
         assert exit_.value.code == 0
         text = capsys.readouterr().out
-        for flag in ("--dataset_name", "--max_eval_samples", "--use_peft", "--lora_r", "--decoupling_c",
-                     "--optimizer_name", own):
+        for flag in (
+            "--dataset_name",
+            "--max_eval_samples",
+            "--use_peft",
+            "--lora_r",
+            "--decoupling_c",
+            "--optimizer_name",
+            own,
+        ):
             assert flag in text, flag
 
 
 def test_a_missing_pretrained_model_says_to_run_make_pretrain(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit, match=r"outputs/llama-small-sf_adamw_refined' does not exist .*run `make "
-                                         r"pretrain` first"):
+    with pytest.raises(
+        SystemExit,
+        match=r"outputs/llama-small-sf_adamw_refined' does not exist .*run `make "
+        r"pretrain` first",
+    ):
         sft.main(["--output_dir", str(tmp_path / "out")])
 
 
@@ -152,14 +175,53 @@ def write_jsonl(path: Path, rows) -> str:
 
 def tiny_argv(tmp_path, task, dataset, steps=6):
     """The task's recipe with the tiny Llama, a local dataset and a few steps."""
-    return ["--config", str(TRL_RECIPES[task][0].DEFAULT_RECIPE),
-            "--model_name_or_path", tiny_base(tmp_path / "base"), "--dataset_name", dataset,
-            "--max_train_samples", "24", "--max_eval_samples", "8", "--output_dir", str(tmp_path / "out"),
-            "--lora_r", "4", "--lora_alpha", "8", "--lora_target_modules", "q_proj", "v_proj",
-            "--max_steps", str(steps), "--save_steps", str(steps), "--eval_steps", "3", "--logging_steps", "1",
-            "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4", "--max_length", "16",
-            "--learning_rate", "1e-2", "--decoupling_c", "5", "--validation_fraction", "0.2", "--warmup_steps", "2",
-            "--use_cpu", "true", "--disable_tqdm", "true"]
+    return [
+        "--config",
+        str(TRL_RECIPES[task][0].DEFAULT_RECIPE),
+        "--model_name_or_path",
+        tiny_base(tmp_path / "base"),
+        "--dataset_name",
+        dataset,
+        "--max_train_samples",
+        "24",
+        "--max_eval_samples",
+        "8",
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--lora_r",
+        "4",
+        "--lora_alpha",
+        "8",
+        "--lora_target_modules",
+        "q_proj",
+        "v_proj",
+        "--max_steps",
+        str(steps),
+        "--save_steps",
+        str(steps),
+        "--eval_steps",
+        "3",
+        "--logging_steps",
+        "1",
+        "--per_device_train_batch_size",
+        "4",
+        "--per_device_eval_batch_size",
+        "4",
+        "--max_length",
+        "16",
+        "--learning_rate",
+        "1e-2",
+        "--decoupling_c",
+        "5",
+        "--validation_fraction",
+        "0.2",
+        "--warmup_steps",
+        "2",
+        "--use_cpu",
+        "true",
+        "--disable_tqdm",
+        "true",
+    ]
 
 
 def assert_adapter_holds_x(folder: Path, checkpoint: Path):
@@ -202,8 +264,10 @@ def test_sft_main_trains_a_lora_adapter_and_saves_it_at_x(tmp_path):
 
 
 def test_dpo_main_trains_a_lora_adapter_at_x_against_the_unmoved_base(tmp_path):
-    rows = [{"prompt": counting(s, 4), "chosen": " " + counting(s + 4, 3), "rejected": " " + counting(s + 4, 3, -1)}
-            for s in range(40)]
+    rows = [
+        {"prompt": counting(s, 4), "chosen": " " + counting(s + 4, 3), "rejected": " " + counting(s + 4, 3, -1)}
+        for s in range(40)
+    ]
     metrics = dpo.main(tiny_argv(tmp_path, "dpo", write_jsonl(tmp_path / "dpo.jsonl", rows)))
     out = tmp_path / "out"
     assert_adapter_holds_x(out, out / "checkpoint-6")

@@ -12,9 +12,16 @@ SEQ = 16
 
 def tiny_model(seed: int = 0) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=SEQ,
-                         tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=SEQ,
+        tie_word_embeddings=False,
+    )
     return LlamaForCausalLM(config)
 
 
@@ -36,10 +43,27 @@ class TokenDataset(torch.utils.data.Dataset):
 
 
 def config(tmp_path, **overrides) -> ScheduleFreeConfig:
-    base = dict(output_dir=str(tmp_path), max_steps=12, per_device_train_batch_size=4, per_device_eval_batch_size=8,
-                learning_rate=1e-2, adam_beta1=0.9, adam_beta2=0.99, weight_decay=0.1, warmup_steps=3,
-                decoupling_c=5.0, logging_steps=1, save_strategy="no", eval_strategy="no", report_to="none",
-                use_cpu=True, seed=0, data_seed=0, dataloader_num_workers=0, disable_tqdm=True)
+    base = dict(
+        output_dir=str(tmp_path),
+        max_steps=12,
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=8,
+        learning_rate=1e-2,
+        adam_beta1=0.9,
+        adam_beta2=0.99,
+        weight_decay=0.1,
+        warmup_steps=3,
+        decoupling_c=5.0,
+        logging_steps=1,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        data_seed=0,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
     base.update(overrides)
     return ScheduleFreeConfig(**base)
 
@@ -62,8 +86,7 @@ def hand_loss(model, dataset) -> float:
     with torch.no_grad():
         batch = torch.stack([dataset[i]["input_ids"] for i in range(len(dataset))])
         logits = model(input_ids=batch).logits.float()
-        return torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, VOCAB), batch[:, 1:].reshape(-1)).item()
+        return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), batch[:, 1:].reshape(-1)).item()
 
 
 class RecordY(TrainerCallback):

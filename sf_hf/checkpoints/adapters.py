@@ -26,8 +26,19 @@ from .layout import PathLike
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 # adapter_config.json fields that decide the adapter's tensors or what they compute
-CONFIG_KEYS = ("peft_type", "r", "lora_alpha", "target_modules", "modules_to_save", "use_rslora", "use_dora", "bias",
-               "fan_in_fan_out", "rank_pattern", "alpha_pattern")
+CONFIG_KEYS = (
+    "peft_type",
+    "r",
+    "lora_alpha",
+    "target_modules",
+    "modules_to_save",
+    "use_rslora",
+    "use_dora",
+    "bias",
+    "fan_in_fan_out",
+    "rank_pattern",
+    "alpha_pattern",
+)
 
 
 def active_adapter(model) -> str | None:
@@ -61,17 +72,24 @@ def adapter_mismatch(folder: PathLike, model) -> list[str]:
     if not path.is_file():
         return []
     if name is None:
-        return [f"{path}: a PEFT adapter without the model's weights, but the model is no PEFT model (wrap it with "
-                f"peft.get_peft_model and the {ADAPTER_CONFIG} of the run that saved it)"]
+        return [
+            f"{path}: a PEFT adapter without the model's weights, but the model is no PEFT model (wrap it with "
+            f"peft.get_peft_model and the {ADAPTER_CONFIG} of the run that saved it)"
+        ]
     saved = safetensors_shapes(path)
     expected = expected_adapter_shapes(model, name)
-    shapes = [f"{path}: tensor {key!r} has shape {list(saved[key])}, the model's adapter has {list(shape)}"
-              for key, shape in sorted(expected.items()) if key in saved and saved[key] != shape]
+    shapes = [
+        f"{path}: tensor {key!r} has shape {list(saved[key])}, the model's adapter has {list(shape)}"
+        for key, shape in sorted(expected.items())
+        if key in saved and saved[key] != shape
+    ]
     problems = shapes[:3] + ([f"... and {len(shapes) - 3} more tensors of other shapes"] if len(shapes) > 3 else [])
     missing = sorted(set(expected) - set(saved))
     if missing:
-        problems.append(f"{path}: no weights for {len(missing)} of the adapter's {len(expected)} tensors, e.g. "
-                        f"{missing[:3]} (PEFT's resume would leave them at their initialization)")
+        problems.append(
+            f"{path}: no weights for {len(missing)} of the adapter's {len(expected)} tensors, e.g. "
+            f"{missing[:3]} (PEFT's resume would leave them at their initialization)"
+        )
     unexpected = sorted(set(saved) - set(expected))
     if problems and unexpected:
         problems.append(f"{path}: {len(unexpected)} tensors the model's adapter does not have, e.g. {unexpected[:3]}")
@@ -106,6 +124,9 @@ def _adapter_config_difference(folder: Path, config) -> str:
         return ""
     current = config.to_dict()
     normal = lambda v: sorted(v) if isinstance(v, (list, set, tuple)) else v  # noqa: E731
-    differ = [f"{k}={saved[k]!r} (model: {current.get(k)!r})" for k in CONFIG_KEYS
-              if k in saved and normal(saved[k]) != normal(current.get(k))]
+    differ = [
+        f"{k}={saved[k]!r} (model: {current.get(k)!r})"
+        for k in CONFIG_KEYS
+        if k in saved and normal(saved[k]) != normal(current.get(k))
+    ]
     return f"{path}: adapter config mismatch: {', '.join(differ)}" if differ else ""

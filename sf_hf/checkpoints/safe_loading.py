@@ -19,19 +19,49 @@ from .manifest import _files
 NEVER_LOADED = ("training_args.bin",)
 # Globals DeepSpeed 0.19's checkpoint files import (measured on ZeRO-1/2/3 checkpoints; DeepSpeed loads them with
 # weights_only=False, so `scan_pickles` refuses any other global first). A name ending in "." allows a module.
-DEEPSPEED_GLOBALS = ("deepspeed.runtime.zero.config.ZeroStageEnum", "deepspeed.utils.tensor_fragment.fragment_address",
-                     "deepspeed.runtime.fp16.loss_scaler.LossScaler",
-                     "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler", "collections.OrderedDict")
+DEEPSPEED_GLOBALS = (
+    "deepspeed.runtime.zero.config.ZeroStageEnum",
+    "deepspeed.utils.tensor_fragment.fragment_address",
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+    "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+    "collections.OrderedDict",
+)
 # The numpy globals of the Trainer's rng_state*.pth (see `_numpy_globals`).
-NUMPY_GLOBALS = ("numpy.ndarray", "numpy.dtype", "numpy._core.multiarray._reconstruct",
-                 "numpy.core.multiarray._reconstruct", "numpy.dtypes.")
+NUMPY_GLOBALS = (
+    "numpy.ndarray",
+    "numpy.dtype",
+    "numpy._core.multiarray._reconstruct",
+    "numpy.core.multiarray._reconstruct",
+    "numpy.dtypes.",
+)
 # Globals of torch.distributed.checkpoint's `.metadata` (FSDP's sharded checkpoints), which torch unpickles with
 # pickle.load; its non-tensor entries are torch.load'ed with weights_only=False (see `scan_pickles`).
-DCP_GLOBALS = ("torch.distributed.checkpoint.metadata.", "torch.distributed.checkpoint.filesystem._StorageInfo",
-               "torch.Size", "torch.serialization._get_layout", "pathlib.PosixPath", "pathlib.PurePosixPath",
-               "collections.OrderedDict") + tuple(
-    f"torch.{d}" for d in ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8",
-                           "bool", "complex64", "float8_e4m3fn", "float8_e5m2"))
+DCP_GLOBALS = (
+    "torch.distributed.checkpoint.metadata.",
+    "torch.distributed.checkpoint.filesystem._StorageInfo",
+    "torch.Size",
+    "torch.serialization._get_layout",
+    "pathlib.PosixPath",
+    "pathlib.PurePosixPath",
+    "collections.OrderedDict",
+) + tuple(
+    f"torch.{d}"
+    for d in (
+        "float32",
+        "float16",
+        "bfloat16",
+        "float64",
+        "int64",
+        "int32",
+        "int16",
+        "int8",
+        "uint8",
+        "bool",
+        "complex64",
+        "float8_e4m3fn",
+        "float8_e5m2",
+    )
+)
 
 
 def _numpy_globals() -> list:
@@ -69,8 +99,9 @@ def safe_torch_load(path: PathLike, *, map_location="cpu", mmap: bool = False):
             "from a source you trust."
         ) from None
     except Exception as err:  # zip/central-directory errors of truncated files are RuntimeError; others vary
-        raise CheckpointCorruptError(f"{path}: cannot be read, the file is truncated or corrupt ({_first_line(err)})") \
-            from err
+        raise CheckpointCorruptError(
+            f"{path}: cannot be read, the file is truncated or corrupt ({_first_line(err)})"
+        ) from err
 
 
 def unsafe_globals(path) -> list[str]:
@@ -80,8 +111,9 @@ def unsafe_globals(path) -> list[str]:
         source = path if hasattr(path, "read") else str(path)
         return list(torch.serialization.get_unsafe_globals_in_checkpoint(source))
     except Exception as err:
-        raise CheckpointCorruptError(f"{path}: cannot be read, the file is truncated or corrupt ({_first_line(err)})") \
-            from err
+        raise CheckpointCorruptError(
+            f"{path}: cannot be read, the file is truncated or corrupt ({_first_line(err)})"
+        ) from err
 
 
 def _pickles(folder: Path) -> list[Path]:
@@ -108,7 +140,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
 def _refused(path, names) -> UnsafeCheckpointError:
     return UnsafeCheckpointError(
         f"{path}: refused. Loading it would import {list(names)[:3]}, which a checkpoint never needs: it may carry "
-        "code, and nothing of it was executed. Delete it, or re-create it from a source you trust.")
+        "code, and nothing of it was executed. Delete it, or re-create it from a source you trust."
+    )
 
 
 def scan_dcp(metadata_path: PathLike) -> None:
@@ -128,15 +161,18 @@ def scan_dcp(metadata_path: PathLike) -> None:
     except pickle.UnpicklingError as err:
         raise _refused(path, re.findall(r"GLOBAL ([\w.]+)", str(err)) or ["an unknown global"]) from None
     except Exception as err:
-        raise CheckpointCorruptError(f"{path}: cannot be read, the file is truncated or corrupt ({_first_line(err)})") \
-            from err
+        raise CheckpointCorruptError(
+            f"{path}: cannot be read, the file is truncated or corrupt ({_first_line(err)})"
+        ) from err
     for index, info in storage.items():
         if not isinstance(entries.get(index.fqn), BytesStorageMetadata):
             continue
         blob_path = path.parent / info.relative_path
         if getattr(info, "transform_descriptors", None):
-            raise UnsafeCheckpointError(f"{blob_path}: entry {index.fqn!r} is stored transformed "
-                                        f"({info.transform_descriptors}); sf_hf cannot check it for code: refused.")
+            raise UnsafeCheckpointError(
+                f"{blob_path}: entry {index.fqn!r} is stored transformed "
+                f"({info.transform_descriptors}); sf_hf cannot check it for code: refused."
+            )
         with open(blob_path, "rb") as f:
             f.seek(info.offset)
             blob = f.read(info.length)

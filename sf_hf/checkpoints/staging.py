@@ -61,8 +61,9 @@ def commit_staged_checkpoint(staging: PathLike, final: PathLike, global_step: in
     return final
 
 
-def commit_node_part(staging: PathLike, final: PathLike, save_total_limit: int | None = None,
-                     keep: Iterable[PathLike | None] = ()) -> Path | None:
+def commit_node_part(
+    staging: PathLike, final: PathLike, save_total_limit: int | None = None, keep: Iterable[PathLike | None] = ()
+) -> Path | None:
     """Commits a node's own part of a checkpoint on a node-local disk; call it on each node's first process that does
     not save the checkpoint itself (`save_on_each_node=False`), after the saving process has committed.
 
@@ -87,8 +88,12 @@ def commit_node_part(staging: PathLike, final: PathLike, save_total_limit: int |
         _fsync(final.parent, directory=True)
         rotate_checkpoints(final.parent, save_total_limit, keep=keep)
     except OSError as err:
-        logger.warning("sf_hf: could not commit this node's part of %s (%s); it stays in %s until the next resume",
-                       final, _first_line(err), staging)
+        logger.warning(
+            "sf_hf: could not commit this node's part of %s (%s); it stays in %s until the next resume",
+            final,
+            _first_line(err),
+            staging,
+        )
         return None
     logger.info("sf_hf: committed this node's part of %s on its own disk", final)
     return final
@@ -112,7 +117,7 @@ def recover_leftovers(run_dir: PathLike) -> list[str]:
             shutil.rmtree(path, ignore_errors=True)
             done.append(f"removed {path.name} (a rotation was interrupted)")
         elif path.name.startswith(STAGING_PREFIX):
-            final = run_dir / path.name[len(STAGING_PREFIX):]
+            final = run_dir / path.name[len(STAGING_PREFIX) :]
             if CHECKPOINT_RE.match(final.name) and not final.exists() and not checkpoint_problems(path, manifest=True):
                 os.rename(path, final)
                 _fsync(run_dir, directory=True)
@@ -177,7 +182,7 @@ def save_error(final: PathLike, err: BaseException, run_dir: PathLike) -> Checkp
 
 
 def disk_diagnosis(folder: PathLike, low: int = 16 << 20) -> str:
-    """"the file system is read-only" or "the disk is full (N bytes free on FOLDER)" when so, else ""."""
+    """ "the file system is read-only" or "the disk is full (N bytes free on FOLDER)" when so, else ""."""
     try:
         stat = os.statvfs(folder)
     except OSError:

@@ -80,8 +80,9 @@ def _json_problem(path: Path) -> str | None:
     return None
 
 
-def checkpoint_problems(folder: PathLike, *, deep: bool = False, manifest: bool = False,
-                        training_state: bool = False, sizes: bool = True) -> list[str]:
+def checkpoint_problems(
+    folder: PathLike, *, deep: bool = False, manifest: bool = False, training_state: bool = False, sizes: bool = True
+) -> list[str]:
     """Everything wrong with a checkpoint folder, one line each naming the file; [] when it is usable.
 
     Args:
@@ -126,8 +127,9 @@ def checkpoint_problems(folder: PathLike, *, deep: bool = False, manifest: bool 
             continue
         if not shards:
             problems.append(f"{index}: lists no shards (no weight_map)")
-        problems += [f"{folder / s}: missing (listed in {index.name})" for s in sorted(shards)
-                     if not (folder / s).is_file()]
+        problems += [
+            f"{folder / s}: missing (listed in {index.name})" for s in sorted(shards) if not (folder / s).is_file()
+        ]
     for name in ("config.json", "trainer_state.json", "schedule_free.json"):
         if (folder / name).is_file():
             problem = _json_problem(folder / name)
@@ -156,8 +158,9 @@ def verify_checkpoint(folder: PathLike, *, deep: bool = True, training_state: bo
         for path in _pickles(folder):
             safe_torch_load(path, mmap=path.stat().st_size > (64 << 20))  # raises, UnsafeCheckpointError included
     if problems:
-        raise CheckpointCorruptError(f"Can't find a valid checkpoint at {folder}; sf_hf found:\n  - "
-                                     + "\n  - ".join(problems))
+        raise CheckpointCorruptError(
+            f"Can't find a valid checkpoint at {folder}; sf_hf found:\n  - " + "\n  - ".join(problems)
+        )
     return folder
 
 
@@ -199,19 +202,24 @@ def model_mismatch(folder: PathLike, model) -> list[str]:
     state = model.state_dict(keep_vars=True)
     in_params = {id(p) for p in model.parameters()}
     params = {name for name, t in state.items() if id(t) in in_params}
-    shapes = [f"{path}: tensor {name!r} has shape {list(shape)}, the model has {list(state[name].shape)}"
-              for name, (shape, path) in sorted(saved.items())
-              if name in params and tuple(state[name].shape) != tuple(shape)]
+    shapes = [
+        f"{path}: tensor {name!r} has shape {list(shape)}, the model has {list(state[name].shape)}"
+        for name, (shape, path) in sorted(saved.items())
+        if name in params and tuple(state[name].shape) != tuple(shape)
+    ]
     problems = shapes[:3] + ([f"... and {len(shapes) - 3} more tensors of other shapes"] if len(shapes) > 3 else [])
     saved_storage = {state[name].data_ptr() for name in saved if name in state}
     missing = sorted(n for n in params - set(saved) if state[n].data_ptr() not in saved_storage)  # tied: fine
     if missing:
-        problems.append(f"{files[0].parent}: no weights for {len(missing)} of the model's parameters, e.g. "
-                        f"{missing[:3]} (transformers' resume would leave them at their initialization)")
+        problems.append(
+            f"{files[0].parent}: no weights for {len(missing)} of the model's parameters, e.g. "
+            f"{missing[:3]} (transformers' resume would leave them at their initialization)"
+        )
     unexpected = sorted(set(saved) - set(state))
     if problems and unexpected:
-        problems.append(f"{saved[unexpected[0]][1]}: {len(unexpected)} tensors the model does not have, e.g. "
-                        f"{unexpected[:3]}")
+        problems.append(
+            f"{saved[unexpected[0]][1]}: {len(unexpected)} tensors the model does not have, e.g. {unexpected[:3]}"
+        )
     if problems:
         problems.append(_config_difference(Path(folder), model))
     return [p for p in problems if p]
@@ -241,10 +249,20 @@ def _config_difference(folder: Path, model) -> str:
     except CheckpointCorruptError:
         return ""
     current = config.to_dict()
-    keys = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-            "num_key_value_heads", "vocab_size", "max_position_embeddings", "tie_word_embeddings")
-    differ = [f"{k}={saved[k]!r} (model: {current.get(k)!r})" for k in keys
-              if k in saved and saved[k] != current.get(k)]
+    keys = (
+        "model_type",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "vocab_size",
+        "max_position_embeddings",
+        "tie_word_embeddings",
+    )
+    differ = [
+        f"{k}={saved[k]!r} (model: {current.get(k)!r})" for k in keys if k in saved and saved[k] != current.get(k)
+    ]
     return f"{path}: config mismatch: {', '.join(differ)}" if differ else ""
 
 
@@ -255,8 +273,10 @@ def optimizer_state_problems(folder: PathLike, optimizer, world_size: int = 1) -
     folder = Path(folder)
     path = folder / "optimizer.pt"
     if not path.is_file():
-        return [f"{path}: missing: this checkpoint cannot resume training (it holds no optimizer state: saved with "
-                "save_only_model=True, or not a training checkpoint). Start a new run from its weights instead."]
+        return [
+            f"{path}: missing: this checkpoint cannot resume training (it holds no optimizer state: saved with "
+            "save_only_model=True, or not a training checkpoint). Start a new run from its weights instead."
+        ]
     problems = []
     try:
         saved = safe_torch_load(path, mmap=True)
@@ -274,20 +294,28 @@ def optimizer_state_problems(folder: PathLike, optimizer, world_size: int = 1) -
     state_keys = sorted({k for s in saved["state"].values() if isinstance(s, dict) for k in s})
     if sf_ours != sf_theirs or (sf_ours and saved["state"] and not set(SCHEDULE_FREE_STATE) <= set(state_keys)):
         kind = "a Schedule-Free optimizer" if sf_theirs else "an optimizer without x/y modes (e.g. AdamW)"
-        problems.append(f"{path}: holds the state of another optimizer ({kind}; per-parameter state "
-                        f"{state_keys or 'empty'}), but this run trains with {name}. Resume with the optimizer that "
-                        "wrote it (see schedule_free.json), or start a new run from its weights.")
+        problems.append(
+            f"{path}: holds the state of another optimizer ({kind}; per-parameter state "
+            f"{state_keys or 'empty'}), but this run trains with {name}. Resume with the optimizer that "
+            "wrote it (see schedule_free.json), or start a new run from its weights."
+        )
     elif ("sf_beta1_y" in ours[0]) != any("sf_beta1_y" in g for g in theirs):
-        problems.append(f"{path}: written by {'Schedule-Free AdamW' if 'sf_beta1_y' in ours[0] else 'ScheduleFree+'}, "
-                        f"but this run trains with {name}.")
+        problems.append(
+            f"{path}: written by {'Schedule-Free AdamW' if 'sf_beta1_y' in ours[0] else 'ScheduleFree+'}, "
+            f"but this run trains with {name}."
+        )
     elif ("decoupling_c" in ours[0]) != any("decoupling_c" in g for g in theirs):
-        problems.append(f"{path}: written by {'vanilla' if 'decoupling_c' in ours[0] else 'refined'} Schedule-Free "
-                        f"AdamW, but this run trains with {name}.")
+        problems.append(
+            f"{path}: written by {'vanilla' if 'decoupling_c' in ours[0] else 'refined'} Schedule-Free "
+            f"AdamW, but this run trains with {name}."
+        )
     ours_sizes = [len(g["params"]) for g in ours]
     theirs_sizes = [len(g["params"]) for g in theirs]
     if ours_sizes != theirs_sizes:
-        problems.append(f"{path}: parameter groups of {theirs_sizes} tensors, this run has {ours_sizes} (another "
-                        "model, or other weight-decay groups)")
+        problems.append(
+            f"{path}: parameter groups of {theirs_sizes} tensors, this run has {ours_sizes} (another "
+            "model, or other weight-decay groups)"
+        )
     elif not problems:
         params = [p for g in ours for p in g["params"]]
         ids = [i for g in theirs for i in g["params"]]
@@ -296,18 +324,27 @@ def optimizer_state_problems(folder: PathLike, optimizer, world_size: int = 1) -
             for key in SCHEDULE_FREE_STATE + ("exp_avg",):
                 t = state.get(key)
                 if isinstance(t, torch.Tensor) and t.shape != p.shape and t.numel() != p.numel():
-                    problems.append(f"{path}: state {key!r} of parameter {i} has shape {list(t.shape)}, the model's "
-                                    f"parameter has {list(p.shape)} (config mismatch)")
+                    problems.append(
+                        f"{path}: state {key!r} of parameter {i} has shape {list(t.shape)}, the model's "
+                        f"parameter has {list(p.shape)} (config mismatch)"
+                    )
                     break
             if len(problems) > 3:
                 break
         if not problems:
-            differ = [f"{k}: checkpoint {g[k]!r}, this run {o[k]!r}" for g, o in zip(theirs, ours)
-                      for k in ("lr", "betas", "weight_decay", "warmup_steps", "decoupling_c", "eps")
-                      if k in g and k in o and g[k] != o[k]]
+            differ = [
+                f"{k}: checkpoint {g[k]!r}, this run {o[k]!r}"
+                for g, o in zip(theirs, ours)
+                for k in ("lr", "betas", "weight_decay", "warmup_steps", "decoupling_c", "eps")
+                if k in g and k in o and g[k] != o[k]
+            ]
             if differ:
-                logger.warning("sf_hf: %s: hyperparameters differ from this run's; the checkpoint's are restored "
-                               "(torch's load_state_dict keeps them): %s", path, "; ".join(sorted(set(differ))))
+                logger.warning(
+                    "sf_hf: %s: hyperparameters differ from this run's; the checkpoint's are restored "
+                    "(torch's load_state_dict keeps them): %s",
+                    path,
+                    "; ".join(sorted(set(differ))),
+                )
     rng = sorted(folder.glob("rng_state*.pth"))
     if world_size > 1 and rng and not (folder / "rng_state_0.pth").is_file():
         logger.warning("sf_hf: %s holds no per-process RNG states for %d processes", folder, world_size)
@@ -336,6 +373,8 @@ def last_complete_checkpoint(run_dir: PathLike, *, deep: bool = False, quiet: bo
         if not quiet:
             logger.warning("sf_hf: skipping %s for resume: %s", path, "; ".join(problems))
     return None
+
+
 def checkpoint_to_resume(run_dir: PathLike, requested) -> str | None:
     """The checkpoint a run resumes from, as `Trainer.train(resume_from_checkpoint=...)` and the recipes' flag say it:
     None/False (or "false") -> None; True (or "true", "last") -> the newest complete `checkpoint-N` of `run_dir`
@@ -346,9 +385,9 @@ def checkpoint_to_resume(run_dir: PathLike, requested) -> str | None:
     if requested is True or str(requested).lower() in ("true", "last"):
         found = last_complete_checkpoint(run_dir)
         if found is None:
-            raise ValueError(f"No valid checkpoint found in output directory ({run_dir}): sf_hf found no complete "
-                             "checkpoint-N there.")
+            raise ValueError(
+                f"No valid checkpoint found in output directory ({run_dir}): sf_hf found no complete "
+                "checkpoint-N there."
+            )
         return found
     return str(requested)
-
-

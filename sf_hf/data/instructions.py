@@ -52,8 +52,11 @@ def verse_splits(validation_fraction: float = 0.05, seed: int = 0) -> dict[str, 
     corpus = load_embedded_corpus(validation_fraction=validation_fraction, seed=seed)
     train = _verses(corpus["train"])
     seen = {verse for _, verse in train} | {_halves(verse)[0] for _, verse in train}
-    validation = [(book, verse) for book, verse in _verses(corpus["validation"])
-                  if verse not in seen and _halves(verse)[0] not in seen]
+    validation = [
+        (book, verse)
+        for book, verse in _verses(corpus["validation"])
+        if verse not in seen and _halves(verse)[0] not in seen
+    ]
     return {"train": train, "validation": validation}
 
 
@@ -92,10 +95,12 @@ def _preference_rows(verses: list[tuple[str, str]], rng: random.Random) -> list[
 
 def _build(make_rows, validation_fraction: float, seed: int) -> datasets.DatasetDict:
     verses = verse_splits(validation_fraction=validation_fraction, seed=seed)
-    return datasets.DatasetDict({
-        split: datasets.Dataset.from_list(make_rows(rows, random.Random(f"{seed}-{split}")))
-        for split, rows in verses.items()
-    })
+    return datasets.DatasetDict(
+        {
+            split: datasets.Dataset.from_list(make_rows(rows, random.Random(f"{seed}-{split}")))
+            for split, rows in verses.items()
+        }
+    )
 
 
 def build_instruction_dataset(validation_fraction: float = 0.05, seed: int = 0) -> datasets.DatasetDict:

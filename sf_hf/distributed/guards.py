@@ -49,13 +49,17 @@ def _refuse_replaced(base, expected_cls) -> None:
         return
     got = type(base).__name__
     if got.startswith("DeepSpeedCPU"):
-        why = (f"accelerate replaced {expected_cls.__name__} with {got} because the DeepSpeed config offloads the "
-               "optimizer (zero_optimization.offload_optimizer.device != 'none') and `zero_force_ds_cpu_optimizer` is "
-               "true (its default). Add `\"zero_force_ds_cpu_optimizer\": false` to the DeepSpeed config to run "
-               f"{expected_cls.__name__} on the offloaded fp32 partitions, or turn optimizer offload off")
+        why = (
+            f"accelerate replaced {expected_cls.__name__} with {got} because the DeepSpeed config offloads the "
+            "optimizer (zero_optimization.offload_optimizer.device != 'none') and `zero_force_ds_cpu_optimizer` is "
+            'true (its default). Add `"zero_force_ds_cpu_optimizer": false` to the DeepSpeed config to run '
+            f"{expected_cls.__name__} on the offloaded fp32 partitions, or turn optimizer offload off"
+        )
     else:
-        why = (f"DeepSpeed built its own optimizer ({got}) instead of {expected_cls.__name__}: the DeepSpeed config "
-               "has an `optimizer` block. Remove it; the optimizer comes from `optimizer_name`")
+        why = (
+            f"DeepSpeed built its own optimizer ({got}) instead of {expected_cls.__name__}: the DeepSpeed config "
+            "has an `optimizer` block. Remove it; the optimizer comes from `optimizer_name`"
+        )
     raise ReplacedOptimizerError(f"{why}. Training would otherwise run {got} and save its weights as x.")
 
 
@@ -126,9 +130,11 @@ def _tell_partitions(optimizer, base) -> bool:
     for wrapper in optimizer_chain(optimizer)[:-1]:
         if hasattr(wrapper, "real_dp_process_group") and getattr(wrapper, "dp_process_group", None) is not None:
             per_group = callable(getattr(wrapper, "_optimizer_step", None))  # ZeRO-1/2: one step() call per group
-            base.set_partition_group(wrapper.dp_process_group, steps_per_group=per_group,
-                                     after_deferred_step=(lambda w=wrapper: _copy_fp32_partitions(w)) if per_group
-                                     else None)
+            base.set_partition_group(
+                wrapper.dp_process_group,
+                steps_per_group=per_group,
+                after_deferred_step=(lambda w=wrapper: _copy_fp32_partitions(w)) if per_group else None,
+            )
             return False
     return False
 
@@ -139,17 +145,23 @@ def _tell_zero3_partitions(zero3, base) -> None:
     optimizer is told every group's fp32 partitions, keeps each call's gradient and steps all partitions in the last
     call; then every sub-group is copied as DeepSpeed copies the last one (the persistent parameters are gathered
     by DeepSpeed after the last call). Costs one fp32 gradient partition per sub-group held until the last call."""
-    missing = [n for n in ("sub_group_to_group_id", "sub_group_process_groups", "_get_sub_group_partition_ranks")
-               if not hasattr(zero3, n)]
+    missing = [
+        n
+        for n in ("sub_group_to_group_id", "sub_group_process_groups", "_get_sub_group_partition_ranks")
+        if not hasattr(zero3, n)
+    ]
     if missing:
-        raise RuntimeError(f"sf_hf cannot reach DeepSpeed's ZeRO-3 sub-groups: no {', '.join(missing)} (written "
-                           "against deepspeed 0.19).")
+        raise RuntimeError(
+            f"sf_hf cannot reach DeepSpeed's ZeRO-3 sub-groups: no {', '.join(missing)} (written "
+            "against deepspeed 0.19)."
+        )
     sub_groups = range(len(zero3.fp32_partitioned_groups_flat))
     if len({tuple(zero3._get_sub_group_partition_ranks(i)) for i in sub_groups}) > 1:
         raise ValueError(
             f"{type(base).__name__} adds its Polyak step's sums over the ranks that partition the gradient, but these "
             "ZeRO-3 sub-groups are partitioned over different process groups (expert parallelism). Use one data-"
-            "parallel group, ZeRO-1/2 or FSDP2.")
+            "parallel group, ZeRO-1/2 or FSDP2."
+        )
     group_params = [[] for _ in base.param_groups]
     for i in sub_groups:
         group_params[zero3.sub_group_to_group_id[i]].append(zero3.fp32_partitioned_groups_flat[i])
@@ -161,11 +173,16 @@ def _tell_zero3_partitions(zero3, base) -> None:
 def _copy_fp32_partitions(zero) -> None:
     """ZeRO-1/2: each group's fp32 partition into its low-precision partition, as DeepSpeed does after each group's
     step (it gathers them all after the last one). For a step that updated every group in the last group's call."""
-    missing = [n for n in ("parallel_partitioned_bit16_groups", "single_partition_of_fp32_groups",
-                           "real_dp_process_group") if not hasattr(zero, n)]
+    missing = [
+        n
+        for n in ("parallel_partitioned_bit16_groups", "single_partition_of_fp32_groups", "real_dp_process_group")
+        if not hasattr(zero, n)
+    ]
     if missing:
-        raise RuntimeError(f"sf_hf cannot reach DeepSpeed's ZeRO-1/2 partitions: no {', '.join(missing)} (written "
-                           "against deepspeed 0.19).")
+        raise RuntimeError(
+            f"sf_hf cannot reach DeepSpeed's ZeRO-1/2 partitions: no {', '.join(missing)} (written "
+            "against deepspeed 0.19)."
+        )
     for i, (low, fp32) in enumerate(zip(zero.parallel_partitioned_bit16_groups, zero.single_partition_of_fp32_groups)):
         low[torch.distributed.get_rank(group=zero.real_dp_process_group[i])].data.copy_(fp32.data)
 
@@ -180,9 +197,16 @@ def warn_on_silent_fallback(accelerator) -> None:
         logger.warning(
             "sf_hf: %d processes were launched but accelerate runs %s with %d: each process trains alone on its own "
             "copy. (On CPU, `accelerate launch --multi_gpu` needs ACCELERATE_USE_CPU=true; DeepSpeed on CPU needs "
-            "ddp_backend='gloo'.)", launched, running, accelerator.num_processes)
-    asked = [name for name, var in (("FSDP", "ACCELERATE_USE_FSDP"), ("DEEPSPEED", "ACCELERATE_USE_DEEPSPEED"))
-             if os.environ.get(var, "false").lower() == "true"]
+            "ddp_backend='gloo'.)",
+            launched,
+            running,
+            accelerator.num_processes,
+        )
+    asked = [
+        name
+        for name, var in (("FSDP", "ACCELERATE_USE_FSDP"), ("DEEPSPEED", "ACCELERATE_USE_DEEPSPEED"))
+        if os.environ.get(var, "false").lower() == "true"
+    ]
     for name in asked:
         if running != name:
             logger.warning(
@@ -190,7 +214,10 @@ def warn_on_silent_fallback(accelerator) -> None:
                 "the whole model and its optimizer state. (On CPU, accelerate only runs FSDP on accelerators and falls "
                 "back to DDP, and ACCELERATE_USE_CPU=true disables DeepSpeed; for ZeRO on CPU launch without it and "
                 "set ddp_backend='gloo', for FSDP2 on CPU use torch's fully_shard under torchrun, see "
-                "docs/distributed.md.)", name, running)
+                "docs/distributed.md.)",
+                name,
+                running,
+            )
 
 
 def resolve_optimizer(optimizer, expected_cls: type | None = None, accelerator=None):
@@ -208,8 +235,11 @@ def resolve_optimizer(optimizer, expected_cls: type | None = None, accelerator=N
         _refuse_nvme_offload(optimizer)
         if not _tell_partitions(optimizer, base):
             _attach_zero3_hooks(optimizer, base)
-        if not base.state and hasattr(base, "_state_for") and any(
-                isinstance(p, DTensor) for group in base.param_groups for p in group["params"]):
+        if (
+            not base.state
+            and hasattr(base, "_state_for")
+            and any(isinstance(p, DTensor) for group in base.param_groups for p in group["params"])
+        ):
             init_state(base)  # FSDP2: a DCP load must find state, or it runs a dummy step in eval mode
     warn_on_silent_fallback(accelerator)
     return base

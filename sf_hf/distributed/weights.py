@@ -24,7 +24,6 @@ DeepSpeed has no public call for the ZeRO-3 part; the private methods used are c
 naming the DeepSpeed version, so a change in DeepSpeed fails loudly instead of leaving the model at y.
 """
 
-
 import torch
 from torch import nn
 
@@ -63,9 +62,15 @@ def _low_precision_owner(optimizer):
     return None
 
 
-_ZERO3_INTERNALS = ("_set_fp32_optimizer_param_groups", "_clear_fp32_optimizer_param_groups",
-                    "_partition_all_parameters", "_reassign_or_swap_out_partitioned_parameters",
-                    "persistent_parameters", "invalidate_secondary_tensor", "fp16_groups")
+_ZERO3_INTERNALS = (
+    "_set_fp32_optimizer_param_groups",
+    "_clear_fp32_optimizer_param_groups",
+    "_partition_all_parameters",
+    "_reassign_or_swap_out_partitioned_parameters",
+    "persistent_parameters",
+    "invalidate_secondary_tensor",
+    "fp16_groups",
+)
 
 
 def _check_zero3_internals(zero3) -> None:

@@ -33,11 +33,12 @@ def _next_verse_docs(chapters, count, rng):
     for c, i in rng.sample(pairs, count):
         heading, verses = chapters[c]
         answer = verses[i + 1]
-        others = [v for b, v in pool if b != book(c) and 0.7 <= len(v) / len(answer) <= 1.3] or \
-            [v for b, v in pool if b != book(c)]
+        others = [v for b, v in pool if b != book(c) and 0.7 <= len(v) / len(answer) <= 1.3] or [
+            v for b, v in pool if b != book(c)
+        ]
         choices = rng.sample(others, NUM_DISTRACTORS) + [answer]
         rng.shuffle(choices)
-        context = "\n".join(verses[max(0, i - CONTEXT_VERSES + 1): i + 1])
+        context = "\n".join(verses[max(0, i - CONTEXT_VERSES + 1) : i + 1])
         docs.append(dict(context=f"{heading}\n\n{context}", choices=choices, label=choices.index(answer)))
     return docs
 
@@ -61,8 +62,9 @@ def build_documents():
     files = {}
     for path, make in ((NEXT_VERSE_FILE, _next_verse_docs), (CLOZE_FILE, _cloze_docs)):
         rng = random.Random(f"{path.stem}-{SPLIT_SEED}")
-        files[path] = [dict(split="test", **d) for d in make(held_out, NUM_TEST, rng)] + \
-            [dict(split="fewshot", **d) for d in make(train, NUM_FEWSHOT, rng)]
+        files[path] = [dict(split="test", **d) for d in make(held_out, NUM_TEST, rng)] + [
+            dict(split="fewshot", **d) for d in make(train, NUM_FEWSHOT, rng)
+        ]
     return files
 
 
@@ -71,11 +73,14 @@ def _load(path: Path):
 
     with open(path, encoding="utf-8") as f:
         rows = [json.loads(line) for line in f]
-    return datasets.DatasetDict({
-        split: datasets.Dataset.from_list([{k: v for k, v in r.items() if k != "split"} for r in rows
-                                           if r["split"] == split])
-        for split in ("test", "fewshot")
-    })
+    return datasets.DatasetDict(
+        {
+            split: datasets.Dataset.from_list(
+                [{k: v for k, v in r.items() if k != "split"} for r in rows if r["split"] == split]
+            )
+            for split in ("test", "fewshot")
+        }
+    )
 
 
 def load_next_verse(**metadata):

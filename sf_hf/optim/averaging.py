@@ -102,8 +102,9 @@ make c_20 = 1 - 2e-16 for b1 = 0.9, C = 200 (an average of nothing)."""
 FRESH_COUNTERS = dict(k=0, weight_sum=0.0, lr_max=-1.0, scheduled_lr=0.0, averaging_weight=0.0)
 
 
-def averaging_weights(optimizer, num_steps: int, group_index: int = 0, stop_below_one: bool = False,
-                      **group_overrides) -> list[float]:
+def averaging_weights(
+    optimizer, num_steps: int, group_index: int = 0, stop_below_one: bool = False, **group_overrides
+) -> list[float]:
     """c_1, ..., c_T of a run of `num_steps` steps from the start, as `optimizer` computes them for one group.
 
     Args:
@@ -151,19 +152,23 @@ def no_averaging_message(optimizer, num_steps: int) -> str | None:
     group = optimizer.param_groups[0]
     beta1 = group["betas"][0]
     if "c_warmup" in group:
-        return (f"sf_hf: ScheduleFree+'s averaging weight c stays 1 for all {num_steps} steps (c_warmup="
-                f"{group['c_warmup']}): x = y = z for the whole run and the average does nothing. c_warmup < "
-                f"{num_steps - 1} averages; c_warmup <= {num_steps // 10} averages over the last ~90% of the run.")
+        return (
+            f"sf_hf: ScheduleFree+'s averaging weight c stays 1 for all {num_steps} steps (c_warmup="
+            f"{group['c_warmup']}): x = y = z for the whole run and the average does nothing. c_warmup < "
+            f"{num_steps - 1} averages; c_warmup <= {num_steps // 10} averages over the last ~90% of the run."
+        )
     if "decoupling_c" not in group:
         return None
     vanilla_c = 1 / (1 - beta1)  # RefinedScheduleFreeAdamW computes exactly vanilla Schedule-Free's c here
     ratios = averaging_weights(optimizer, num_steps, decoupling_c=vanilla_c)  # w_t / sum_{i<=t} w_i
     bounds = [ONE / ((1 - beta1) * ratio) if ratio > 0 else math.inf for ratio in ratios]  # c_t < 1 iff C < bound_t
     start = math.ceil(num_steps / 10)
-    most_averaging = min(bounds[start - 1:])
-    return (f"sf_hf: the averaging weight c of refined Schedule-Free stays 1 for all {num_steps} steps "
-            f"(decoupling_c C={group['decoupling_c']:g}, b1={beta1:g}, warmup_steps={group['warmup_steps']}): "
-            f"c_t = min((1 - b1) C w_t / sum w, 1), so x = y = z for the whole run and the average does nothing. "
-            f"C < {max(bounds):.4g} averages at all; C < {most_averaging:.4g} averages from step {start} on "
-            f"(~90% of the run; window ~T/C = {num_steps / most_averaging:.1f} steps at the end); C = 1/(1-b1) = "
-            f"{vanilla_c:.4g} is vanilla Schedule-Free. Set decoupling_c.")
+    most_averaging = min(bounds[start - 1 :])
+    return (
+        f"sf_hf: the averaging weight c of refined Schedule-Free stays 1 for all {num_steps} steps "
+        f"(decoupling_c C={group['decoupling_c']:g}, b1={beta1:g}, warmup_steps={group['warmup_steps']}): "
+        f"c_t = min((1 - b1) C w_t / sum w, 1), so x = y = z for the whole run and the average does nothing. "
+        f"C < {max(bounds):.4g} averages at all; C < {most_averaging:.4g} averages from step {start} on "
+        f"(~90% of the run; window ~T/C = {num_steps / most_averaging:.1f} steps at the end); C = 1/(1-b1) = "
+        f"{vanilla_c:.4g} is vanilla Schedule-Free. Set decoupling_c."
+    )

@@ -76,6 +76,7 @@ class AdamWWithEMA(torch.optim.AdamW):
             if "ema" not in self.state[p]:
                 self.state[p]["ema"] = p.detach().clone()
         if params:
-            torch._foreach_lerp_([self.state[p]["ema"] for p in params], [p.detach() for p in params],
-                                 1 - self.ema_decay)
+            torch._foreach_lerp_(
+                [self.state[p]["ema"] for p in params], [p.detach() for p in params], 1 - self.ema_decay
+            )
         return loss

@@ -42,4 +42,5 @@ class HandedGradNorm:
         """Whether `grads` are exactly the gradients the norm was handed with, unmodified since."""
         shards = self._shards(grads)
         return len(shards) == len(self._fingerprint) and all(
-            ref() is t and t._version == version for t, (ref, version) in zip(shards, self._fingerprint))
+            ref() is t and t._version == version for t, (ref, version) in zip(shards, self._fingerprint)
+        )

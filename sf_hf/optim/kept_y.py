@@ -53,8 +53,9 @@ class KeptY:
             self.copies[p] = host_copy(local_tensor(p))
 
     @torch.no_grad()
-    def restore(self, params: Sequence[torch.Tensor], zs: Sequence[torch.Tensor], beta1: float,
-                fused: bool) -> list[int]:
+    def restore(
+        self, params: Sequence[torch.Tensor], zs: Sequence[torch.Tensor], beta1: float, fused: bool
+    ) -> list[int]:
         """Writes the kept y into each parameter that holds exactly the x it gives; drops every kept copy of
         `params`. Returns the positions of the parameters left at x (no copy, or other weights)."""
         left = []
@@ -78,5 +79,8 @@ class KeptY:
     def load(self, copies: dict[torch.Tensor, torch.Tensor]) -> None:
         """Replaces the kept copies with `copies` (parameter -> saved y), in the parameter's dtype, in host memory;
         one whose shape is not the parameter's (local shard's) is dropped."""
-        self.copies = {p: y.to(device="cpu", dtype=p.dtype) for p, y in copies.items()
-                       if isinstance(y, torch.Tensor) and y.shape == local_tensor(p).shape}
+        self.copies = {
+            p: y.to(device="cpu", dtype=p.dtype)
+            for p, y in copies.items()
+            if isinstance(y, torch.Tensor) and y.shape == local_tensor(p).shape
+        }

@@ -134,8 +134,14 @@ def _compiled(chunk_function: Callable, parallel: bool) -> Callable:
 
 
 @cache
-def _kernel_for(chunk_function: Callable, parallel: bool, device: torch.device, dtypes: tuple,
-                scalars_dtype: torch.dtype, n_scalars: int) -> Callable:
+def _kernel_for(
+    chunk_function: Callable,
+    parallel: bool,
+    device: torch.device,
+    dtypes: tuple,
+    scalars_dtype: torch.dtype,
+    n_scalars: int,
+) -> Callable:
     """The compiled `chunk_function` for tensors of these dtypes, compiled before its first real use.
 
     It is compiled on a canonical chunk (small distinct sizes) so that the graph does not depend on the
@@ -164,7 +170,7 @@ def _run_in_chunks(chunk_function: Callable, rows: list[tuple], scalars_for: Cal
         batch += [[torch.empty(0, dtype=dtype, device=device) for dtype in dtypes] for _ in range(padding)]
         with shape_config.patch(**_GENERIC_SIZES):  # only read if something made the kernel recompile
             for start in range(0, len(batch), CHUNK):
-                kernel(*[list(column) for column in zip(*batch[start:start + CHUNK])], scalars)
+                kernel(*[list(column) for column in zip(*batch[start : start + CHUNK])], scalars)
 
 
 def _kernel_scalars(s: StepScalars) -> tuple:
@@ -182,21 +188,26 @@ def fused_step(
 
     y, z and v must be contiguous; g may be strided (it is then copied, one tensor at a time).
     """
-    rows = [(y.detach().view(-1), z.view(-1), v.view(-1), g.detach().reshape(-1))  # y, g detached: no requires_grad
-            for y, z, v, g in zip(ys, zs, vs, gs)]  # guard (states never need it)
+    rows = [
+        (y.detach().view(-1), z.view(-1), v.view(-1), g.detach().reshape(-1))  # y, g detached: no requires_grad
+        for y, z, v, g in zip(ys, zs, vs, gs)
+    ]  # guard (states never need it)
     scalars = _kernel_scalars(s)
-    _run_in_chunks(_fused_chunk_step, rows, lambda dtypes, device: torch.tensor(scalars, dtype=dtypes[1],
-                                                                                device=device))
+    _run_in_chunks(
+        _fused_chunk_step, rows, lambda dtypes, device: torch.tensor(scalars, dtype=dtypes[1], device=device)
+    )
 
 
 @torch.no_grad()
-def fused_lerp_toward_(ts: list[torch.Tensor], zs: list[torch.Tensor], weight: float,
-                       wider: Callable[[torch.dtype], torch.dtype]) -> None:
+def fused_lerp_toward_(
+    ts: list[torch.Tensor], zs: list[torch.Tensor], weight: float, wider: Callable[[torch.dtype], torch.dtype]
+) -> None:
     """``t <- t + weight * (z - t)`` for each pair in one compiled pass per tensor (reads t and z, writes t), computed
     in `wider(t.dtype)` and rounded once to t's dtype: the fast twin of `conversion._lerp_toward_`. Contiguous only."""
     rows = [(t.detach().view(-1), z.view(-1)) for t, z in zip(ts, zs)]
-    _run_in_chunks(_lerp_chunk, rows,
-                   lambda dtypes, device: torch.tensor([weight], dtype=wider(dtypes[0]), device=device))
+    _run_in_chunks(
+        _lerp_chunk, rows, lambda dtypes, device: torch.tensor([weight], dtype=wider(dtypes[0]), device=device)
+    )
 
 
 @torch.no_grad()
@@ -237,8 +248,13 @@ def _probe_fused(device_type: str, device_index: int | None) -> bool:
     device = torch.device(device_type, device_index) if device_index is not None else torch.device(device_type)
     try:
         t = [torch.ones(4, device=device)]
-        fused_step(t, [u.clone() for u in t], [torch.zeros_like(u) for u in t], [u.clone() for u in t],
-                   StepScalars(1e-3, 0.5, 0.9, 0.99, 0.01, 1e-8, 0.0))
+        fused_step(
+            t,
+            [u.clone() for u in t],
+            [torch.zeros_like(u) for u in t],
+            [u.clone() for u in t],
+            StepScalars(1e-3, 0.5, 0.9, 0.99, 0.01, 1e-8, 0.0),
+        )
         return True
     except Exception as err:  # the compiler toolchain is missing or broken: fall back, and say so
         logger.warning("sf_hf: the fused Schedule-Free step is unavailable on %s (%s); using foreach.", device, err)

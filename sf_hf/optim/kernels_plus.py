@@ -43,13 +43,33 @@ class PlusScalars:
     d_weight: float
 
     @classmethod
-    def for_step(cls, lr: float, weight_decay: float, beta1: float, beta2: float, k: int, eps: float,
-                 averaging_weight: float, beta: float, beta_of_y: float) -> "PlusScalars":
+    def for_step(
+        cls,
+        lr: float,
+        weight_decay: float,
+        beta1: float,
+        beta2: float,
+        k: int,
+        eps: float,
+        averaging_weight: float,
+        beta: float,
+        beta_of_y: float,
+    ) -> "PlusScalars":
         """The scalars of step k + 1: Polyak lr `lr`, averaging weight c, interpolation weight b and the bp of y."""
         keep = beta * (1 - averaging_weight)
         q = keep / beta_of_y
-        return cls(lr, lr * lr * weight_decay, beta1, beta2, 1 - beta1 ** (k + 1), 1 - beta2 ** (k + 1), eps,
-                   q, 1 - keep - q * (1 - beta_of_y), 1 - keep)
+        return cls(
+            lr,
+            lr * lr * weight_decay,
+            beta1,
+            beta2,
+            1 - beta1 ** (k + 1),
+            1 - beta2 ** (k + 1),
+            eps,
+            q,
+            1 - keep - q * (1 - beta_of_y),
+            1 - keep,
+        )
 
 
 @torch.no_grad()
@@ -98,8 +118,19 @@ def foreach_plus_step(ys, zs, ms, vs, gs, s: PlusScalars) -> None:
 
 
 def _fused_plus_tensor_step(y, z, m, v, g, scalars: torch.Tensor) -> None:
-    (step_over_bc1, weight_decay_step, beta1, one_minus_beta1, beta2, one_minus_beta2, inv_sqrt_bc2, eps,
-     y_weight, z_weight, d_weight) = scalars.unbind()
+    (
+        step_over_bc1,
+        weight_decay_step,
+        beta1,
+        one_minus_beta1,
+        beta2,
+        one_minus_beta2,
+        inv_sqrt_bc2,
+        eps,
+        y_weight,
+        z_weight,
+        d_weight,
+    ) = scalars.unbind()
     g = g.to(z.dtype)
     y_old = y.to(z.dtype)
     m_new = m * beta1 + g * one_minus_beta1
@@ -117,15 +148,29 @@ def _fused_plus_chunk_step(ys, zs, ms, vs, gs, scalars: torch.Tensor) -> None:
 
 
 def _kernel_scalars(s: PlusScalars) -> tuple:
-    return (s.lr / s.bias_correction1, s.weight_decay_step, s.beta1, 1 - s.beta1, s.beta2, 1 - s.beta2,
-            1 / math.sqrt(s.bias_correction2), s.eps, s.y_weight, s.z_weight, s.d_weight)
+    return (
+        s.lr / s.bias_correction1,
+        s.weight_decay_step,
+        s.beta1,
+        1 - s.beta1,
+        s.beta2,
+        1 - s.beta2,
+        1 / math.sqrt(s.bias_correction2),
+        s.eps,
+        s.y_weight,
+        s.z_weight,
+        s.d_weight,
+    )
 
 
 @torch.no_grad()
 def fused_plus_step(ys, zs, ms, vs, gs, s: PlusScalars) -> None:
     """The update as one compiled pass per tensor (see the module docstring). y, z, m, v must be contiguous."""
-    rows = [(y.detach().view(-1), z.view(-1), m.view(-1), v.view(-1), g.detach().reshape(-1))
-            for y, z, m, v, g in zip(ys, zs, ms, vs, gs)]
+    rows = [
+        (y.detach().view(-1), z.view(-1), m.view(-1), v.view(-1), g.detach().reshape(-1))
+        for y, z, m, v, g in zip(ys, zs, ms, vs, gs)
+    ]
     scalars = _kernel_scalars(s)
-    _run_in_chunks(_fused_plus_chunk_step, rows,
-                   lambda dtypes, device: torch.tensor(scalars, dtype=dtypes[1], device=device))
+    _run_in_chunks(
+        _fused_plus_chunk_step, rows, lambda dtypes, device: torch.tensor(scalars, dtype=dtypes[1], device=device)
+    )

@@ -50,8 +50,16 @@ class ReferenceScheduleFreeAdamW(_ExplicitSequences):
         weight_lr_power: float = 2.0,
         decoupling_c: float | None = None,
     ):
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, warmup_steps=warmup_steps, r=r,
-                        weight_lr_power=weight_lr_power, decoupling_c=decoupling_c)
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            warmup_steps=warmup_steps,
+            r=r,
+            weight_lr_power=weight_lr_power,
+            decoupling_c=decoupling_c,
+        )
         super().__init__(params, defaults)
         self.t = 0
         self.in_train_mode = True
@@ -59,8 +67,9 @@ class ReferenceScheduleFreeAdamW(_ExplicitSequences):
             group["weight_sum"] = 0.0
             group["lr_max"] = 0.0
             for p in group["params"]:
-                self.state[p] = dict(x=p.detach().clone(), z=p.detach().clone(), y=p.detach().clone(),
-                                     v=torch.zeros_like(p))
+                self.state[p] = dict(
+                    x=p.detach().clone(), z=p.detach().clone(), y=p.detach().clone(), v=torch.zeros_like(p)
+                )
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -82,7 +91,7 @@ class ReferenceScheduleFreeAdamW(_ExplicitSequences):
                 s = self.state[p]
                 g, y = p.grad, s["y"]
                 s["v"] = b2 * s["v"] + (1 - b2) * g * g
-                v_hat = s["v"] / (1 - b2 ** t)
+                v_hat = s["v"] / (1 - b2**t)
                 s["z"] = s["z"] - lr_t * g / (v_hat.sqrt() + group["eps"]) - lr_t * group["weight_decay"] * y
                 s["x"] = (1 - c) * s["x"] + c * s["z"]
                 s["y"] = (1 - b1) * s["z"] + b1 * s["x"]
@@ -101,13 +110,36 @@ class ReferenceScheduleFreePlusAdamW(_ExplicitSequences):
         z <- z - a_t^2 wd y - a_t m_hat / (sqrt(v_hat) + eps);  x <- (1 - c) x + c z;  y <- b_t x + (1 - b_t) z
     """
 
-    def __init__(self, params: Iterable, lr: float = 1.0, betas: tuple[float, float] = (0.9, 0.95),
-                 sf_beta1: float = 0.9, eps: float = 1e-8, weight_decay: float = 0.0, r: float = 0.0,
-                 polyak_beta: float = 0.0, c_warmup: int = 0, sf_beta1_anneal_steps: int = 0,
-                 sf_beta1_max: float = 0.965, weight_lr_power: float = 2.0, warmup_steps: int = 0):
-        defaults = dict(lr=lr, betas=betas, sf_beta1=sf_beta1, eps=eps, weight_decay=weight_decay, r=r,
-                        polyak_beta=polyak_beta, c_warmup=c_warmup, sf_beta1_anneal_steps=sf_beta1_anneal_steps,
-                        sf_beta1_max=sf_beta1_max, weight_lr_power=weight_lr_power, warmup_steps=warmup_steps)
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1.0,
+        betas: tuple[float, float] = (0.9, 0.95),
+        sf_beta1: float = 0.9,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        r: float = 0.0,
+        polyak_beta: float = 0.0,
+        c_warmup: int = 0,
+        sf_beta1_anneal_steps: int = 0,
+        sf_beta1_max: float = 0.965,
+        weight_lr_power: float = 2.0,
+        warmup_steps: int = 0,
+    ):
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            sf_beta1=sf_beta1,
+            eps=eps,
+            weight_decay=weight_decay,
+            r=r,
+            polyak_beta=polyak_beta,
+            c_warmup=c_warmup,
+            sf_beta1_anneal_steps=sf_beta1_anneal_steps,
+            sf_beta1_max=sf_beta1_max,
+            weight_lr_power=weight_lr_power,
+            warmup_steps=warmup_steps,
+        )
         super().__init__(params, defaults)
         self.t = 0
         self.e = 0.0
@@ -117,8 +149,13 @@ class ReferenceScheduleFreePlusAdamW(_ExplicitSequences):
             group["weight_sum"] = 0.0
             group["lr_max"] = group["eps"]
             for p in group["params"]:
-                self.state[p] = dict(x=p.detach().clone(), z=p.detach().clone(), y=p.detach().clone(),
-                                     m=torch.zeros_like(p), v=torch.zeros_like(p))
+                self.state[p] = dict(
+                    x=p.detach().clone(),
+                    z=p.detach().clone(),
+                    y=p.detach().clone(),
+                    m=torch.zeros_like(p),
+                    v=torch.zeros_like(p),
+                )
 
     def set_loss(self, loss) -> None:
         self.loss = float(loss)
@@ -145,7 +182,7 @@ class ReferenceScheduleFreePlusAdamW(_ExplicitSequences):
                     ip += b * (p.grad * (s["z"] - s["x"])).sum().item()
         pb = self.param_groups[0]["polyak_beta"]
         self.e = pb * self.e + (1 - pb) * l1 * math.sqrt(math.pi / 2)
-        e_hat = self.e / (1 - pb ** t)
+        e_hat = self.e / (1 - pb**t)
         polyak = max(0.0, self.loss + ip) / e_hat if e_hat > 0 else 0.0
         self.loss = None
         for group in self.param_groups:
@@ -169,7 +206,7 @@ class ReferenceScheduleFreePlusAdamW(_ExplicitSequences):
                 g = p.grad
                 s["m"] = b1 * s["m"] + (1 - b1) * g
                 s["v"] = b2 * s["v"] + (1 - b2) * g * g
-                m_hat, v_hat = s["m"] / (1 - b1 ** t), s["v"] / (1 - b2 ** t)
+                m_hat, v_hat = s["m"] / (1 - b1**t), s["v"] / (1 - b2**t)
                 s["z"] = s["z"] - a * a * group["weight_decay"] * s["y"] - a * m_hat / (v_hat.sqrt() + group["eps"])
                 s["x"] = (1 - c) * s["x"] + c * s["z"]
                 s["y"] = b * s["x"] + (1 - b) * s["z"]

@@ -67,8 +67,9 @@ def _check_range(name: str, value, valid: Callable[[float], bool], description: 
         raise ValueError(f"Invalid {name}: {value!r}. {name} must be {description}.")
 
 
-def validate_hyperparameters(group: dict, lr_description: str = "a finite number >= 0",
-                             beta1_may_be_zero: bool = False) -> None:
+def validate_hyperparameters(
+    group: dict, lr_description: str = "a finite number >= 0", beta1_may_be_zero: bool = False
+) -> None:
     """Raises a `ValueError` naming the argument, its value and the valid range for any bad hyperparameter.
 
     Args:
@@ -86,8 +87,12 @@ def validate_hyperparameters(group: dict, lr_description: str = "a finite number
     if beta1_may_be_zero:
         _check_range("beta1", betas[0], lambda v: 0 <= v < 1, "in [0, 1)")
     else:
-        _check_range("beta1", betas[0], lambda v: 0 < v < 1,
-                     "in the open interval (0, 1): x = (y - (1 - beta1) z) / beta1 is undefined at 0")
+        _check_range(
+            "beta1",
+            betas[0],
+            lambda v: 0 < v < 1,
+            "in the open interval (0, 1): x = (y - (1 - beta1) z) / beta1 is undefined at 0",
+        )
     _check_range("beta2", betas[1], lambda v: 0 <= v < 1, "in [0, 1)")
     warmup = group["warmup_steps"]
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
@@ -128,8 +133,10 @@ def _local_shards(ys, zs, vs, gs):
     if not any(isinstance(y, DTensor) for y in ys):
         return ys, zs, vs, gs
     for y, z, v, g in zip(ys, zs, vs, gs):
-        if not all(isinstance(t, DTensor) and t.device_mesh == y.device_mesh and t.placements == y.placements
-                   for t in (y, z, v, g)):
+        if not all(
+            isinstance(t, DTensor) and t.device_mesh == y.device_mesh and t.placements == y.placements
+            for t in (y, z, v, g)
+        ):
             return ys, zs, vs, gs
     return tuple([t.to_local() for t in tensors] for tensors in (ys, zs, vs, gs))
 
@@ -175,9 +182,20 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
         **extra_defaults,
     ):
         defaults = dict(
-            lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, warmup_steps=warmup_steps, r=r,
-            weight_lr_power=weight_lr_power, **extra_defaults,
-            k=0, train_mode=False, weight_sum=0.0, lr_max=-1.0, scheduled_lr=0.0, averaging_weight=0.0,
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            warmup_steps=warmup_steps,
+            r=r,
+            weight_lr_power=weight_lr_power,
+            **extra_defaults,
+            k=0,
+            train_mode=False,
+            weight_sum=0.0,
+            lr_max=-1.0,
+            scheduled_lr=0.0,
+            averaging_weight=0.0,
             skipped_steps=0,
         )
         self._kept_y = KeptY()
@@ -277,8 +295,12 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
 
     def _positions(self, state_dict: dict) -> dict:
         """id(parameter) -> its position in `state_dict` (what torch's `state_dict()` numbered it)."""
-        return dict(zip((id(p) for g in self.param_groups for p in g["params"]),
-                        (i for g in state_dict["param_groups"] for i in g["params"])))
+        return dict(
+            zip(
+                (id(p) for g in self.param_groups for p in g["params"]),
+                (i for g in state_dict["param_groups"] for i in g["params"]),
+            )
+        )
 
     @staticmethod
     def _state_dtype(p: torch.Tensor) -> torch.dtype:
@@ -340,8 +362,9 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
                 measuring keeps finite gradients finite). A DTensor norm is reduced with `full_tensor()`,
                 a collective: call this on every rank.
         """
-        self._handed_grad_norm = HandedGradNorm(total_norm, [p.grad for params in self._active_params()
-                                                             for p in params])
+        self._handed_grad_norm = HandedGradNorm(
+            total_norm, [p.grad for params in self._active_params() for p in params]
+        )
 
     def _finite_on_every_rank(self, grads) -> bool:
         handed, self._handed_grad_norm = self._handed_grad_norm, None  # a norm serves one step at most

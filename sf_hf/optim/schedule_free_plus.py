@@ -51,8 +51,9 @@ def interpolation_weight(group: dict, k: int) -> float:
     if steps <= 0:
         return group["sf_beta1"]
     progress = min(k / steps, 1.0)
-    return 1 - math.exp(math.log(1 - group["sf_beta1"]) * (1 - progress)
-                        + math.log(1 - group["sf_beta1_max"]) * progress)
+    return 1 - math.exp(
+        math.log(1 - group["sf_beta1"]) * (1 - progress) + math.log(1 - group["sf_beta1_max"]) * progress
+    )
 
 
 def _check_steps(name: str, value) -> None:
@@ -63,11 +64,16 @@ def _check_steps(name: str, value) -> None:
 def validate_plus_hyperparameters(group: dict) -> None:
     """Raises a `ValueError` naming the argument, its value and the valid range for any bad hyperparameter:
     `validate_hyperparameters`' checks (Adam's beta1 may be 0 here), then ScheduleFree+'s own."""
-    validate_hyperparameters(group, lr_description="a finite number >= 0 (a multiplier of the Polyak step)",
-                             beta1_may_be_zero=True)
+    validate_hyperparameters(
+        group, lr_description="a finite number >= 0 (a multiplier of the Polyak step)", beta1_may_be_zero=True
+    )
     for name in ("sf_beta1", "sf_beta1_max"):
-        _check_range(name, group[name], lambda v: 0 < v < 1,
-                     "in the open interval (0, 1): x = (y - (1 - b) z) / b is undefined at 0")
+        _check_range(
+            name,
+            group[name],
+            lambda v: 0 < v < 1,
+            "in the open interval (0, 1): x = (y - (1 - b) z) / b is undefined at 0",
+        )
     _check_range("polyak_beta", group["polyak_beta"], lambda v: 0 <= v < 1, "in [0, 1)")
     for name in ("c_warmup", "sf_beta1_anneal_steps"):
         _check_steps(name, group[name])
@@ -119,10 +125,23 @@ class ScheduleFreePlusAdamW(ScheduleFreeAdamW):
         fused: bool | None = None,
     ):
         super().__init__(
-            params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, warmup_steps=warmup_steps, r=r,
-            weight_lr_power=weight_lr_power, fused=fused, sf_beta1=sf_beta1, polyak_beta=polyak_beta,
-            c_warmup=c_warmup, sf_beta1_anneal_steps=sf_beta1_anneal_steps, sf_beta1_max=sf_beta1_max,
-            grad_l1_ema=0.0, polyak_numerator=0.0, ip_term=0.0,
+            params,
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            warmup_steps=warmup_steps,
+            r=r,
+            weight_lr_power=weight_lr_power,
+            fused=fused,
+            sf_beta1=sf_beta1,
+            polyak_beta=polyak_beta,
+            c_warmup=c_warmup,
+            sf_beta1_anneal_steps=sf_beta1_anneal_steps,
+            sf_beta1_max=sf_beta1_max,
+            grad_l1_ema=0.0,
+            polyak_numerator=0.0,
+            ip_term=0.0,
         )
         self._loss = None
         self._partition_group = None
@@ -161,9 +180,13 @@ class ScheduleFreePlusAdamW(ScheduleFreeAdamW):
         """
         self._loss = loss.detach() if isinstance(loss, torch.Tensor) else float(loss)
 
-    def set_partition_group(self, group, steps_per_group: bool = False,
-                            after_deferred_step: Callable[[], None] | None = None,
-                            group_params: list[list[torch.Tensor]] | None = None) -> None:
+    def set_partition_group(
+        self,
+        group,
+        steps_per_group: bool = False,
+        after_deferred_step: Callable[[], None] | None = None,
+        group_params: list[list[torch.Tensor]] | None = None,
+    ) -> None:
         """Says that each rank steps its own partition of the parameters (DeepSpeed ZeRO-1/2/3): the Polyak step's
         sums over the gradient are then added over `group`. `None`: the gradient is whole on every rank.
 
@@ -204,8 +227,9 @@ class ScheduleFreePlusAdamW(ScheduleFreeAdamW):
             if not params:
                 continue
             states = [self.state[p] for p in params]
-            ys, zs, gs = ([local_tensor(t) for t in ts] for ts in (params, [s["z"] for s in states],
-                                                                    [p.grad for p in params]))
+            ys, zs, gs = (
+                [local_tensor(t) for t in ts] for ts in (params, [s["z"] for s in states], [p.grad for p in params])
+            )
             group_sums = local_sums(ys, zs, gs)
             # I = b <g, z - x> and z - x = (z - y) / bp
             ratio = interpolation_weight(group, group["k"]) / group["sf_beta1_y"]
@@ -269,7 +293,8 @@ class ScheduleFreePlusAdamW(ScheduleFreeAdamW):
             if id(group) not in known:
                 raise RuntimeError(
                     "ScheduleFreePlusAdamW: step() was called with a parameter group it was not told of in "
-                    "set_partition_group(steps_per_group=True); call it again after replacing groups.")
+                    "set_partition_group(steps_per_group=True); call it again after replacing groups."
+                )
             self._pending_groups.add(id(group))
             self._pending_grads.update({id(p): (p, p.grad) for p in group["params"] if p.grad is not None})
         if any(id(group) not in self._pending_groups for group in self._all_groups):
@@ -303,7 +328,8 @@ class ScheduleFreePlusAdamW(ScheduleFreeAdamW):
                 if id(p) not in whole:
                     raise RuntimeError(
                         "ScheduleFreePlusAdamW: step() was called with a tensor it was not told of in "
-                        "set_partition_group(group_params=...); call it again after replacing the tensors.")
+                        "set_partition_group(group_params=...); call it again after replacing the tensors."
+                    )
                 self._pending_params.add(id(p))
                 if p.grad is not None:
                     self._pending_grads[id(p)] = (p, p.grad)
@@ -337,8 +363,9 @@ class ScheduleFreePlusAdamW(ScheduleFreeAdamW):
     def _skip(self, why: str) -> None:
         for group in self.param_groups:
             group["skipped_steps"] += 1
-        logger.warning("sf_hf: %s at step %d; the step was skipped and no state was changed.", why,
-                       self.param_groups[0]["k"] + 1)
+        logger.warning(
+            "sf_hf: %s at step %d; the step was skipped and no state was changed.", why, self.param_groups[0]["k"] + 1
+        )
 
     # ----------------------------------------------------------------- the step
 
@@ -366,7 +393,8 @@ class ScheduleFreePlusAdamW(ScheduleFreeAdamW):
         if not self.train_mode:
             raise RuntimeError(
                 "ScheduleFreePlusAdamW.step() was called in eval mode (the parameters hold x). Call "
-                "optimizer.train() before training steps and optimizer.eval() before evaluating or saving.")
+                "optimizer.train() before training steps and optimizer.eval() before evaluating or saving."
+            )
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -377,7 +405,8 @@ class ScheduleFreePlusAdamW(ScheduleFreeAdamW):
         if handed is None:
             raise RuntimeError(
                 "ScheduleFreePlusAdamW.step() needs the loss at y for its Polyak step size: call "
-                "optimizer.set_loss(loss) before every step (sf_hf.ScheduleFreeTrainer does it for you).")
+                "optimizer.set_loss(loss) before every step (sf_hf.ScheduleFreeTrainer does it for you)."
+            )
 
         active = self._active_params()
         if any(p.grad.is_sparse for params in active for p in params):
@@ -410,8 +439,13 @@ class ScheduleFreePlusAdamW(ScheduleFreeAdamW):
             if not params:
                 continue
             states = [self.state[p] for p in params]
-            tensors = (params, [s["z"] for s in states], [s["exp_avg"] for s in states],
-                       [s["exp_avg_sq"] for s in states], [p.grad for p in params])
+            tensors = (
+                params,
+                [s["z"] for s in states],
+                [s["exp_avg"] for s in states],
+                [s["exp_avg_sq"] for s in states],
+                [p.grad for p in params],
+            )
             ys, zs, ms, vs, gs = _local_shards(*tensors)
             if not isinstance(ys[0], DTensor) and self._use_fused(ys[0]):
                 is_flat = [all(t.is_contiguous() for t in row[:4]) for row in zip(ys, zs, ms, vs)]
@@ -432,7 +466,8 @@ def _local_shards(*tensor_lists):
         return tensor_lists
     for row in zip(*tensor_lists):
         y = row[0]
-        if not all(isinstance(t, DTensor) and t.device_mesh == y.device_mesh and t.placements == y.placements
-                   for t in row):
+        if not all(
+            isinstance(t, DTensor) and t.device_mesh == y.device_mesh and t.placements == y.placements for t in row
+        ):
             return tensor_lists
     return tuple([t.to_local() for t in tensors] for tensors in tensor_lists)

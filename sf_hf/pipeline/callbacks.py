@@ -76,17 +76,32 @@ class CheckpointPipelineCallback(TrainerCallback):
         errors (`List[Tuple[str, str]]`): `(checkpoint, reason)` of every job that failed.
     """
 
-    def __init__(self, data: DataSpec | None = None, repo_id: str | None = None, *, metrics: Sequence[str] = (),
-                 batch_size: int = 8, token: str | None = None, private: bool = False, overwrite: bool = False,
-                 device: str | None = None, retry: RetryPolicy = DEFAULT_RETRY, tasks: Sequence[str] = (),
-                 include_path: Sequence[str] = (), num_fewshot: int | None = None,
-                 limit: int | float | None = None):
+    def __init__(
+        self,
+        data: DataSpec | None = None,
+        repo_id: str | None = None,
+        *,
+        metrics: Sequence[str] = (),
+        batch_size: int = 8,
+        token: str | None = None,
+        private: bool = False,
+        overwrite: bool = False,
+        device: str | None = None,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        tasks: Sequence[str] = (),
+        include_path: Sequence[str] = (),
+        num_fewshot: int | None = None,
+        limit: int | float | None = None,
+    ):
         if data is None and repo_id is None:
             raise ValueError("CheckpointPipelineCallback needs data= (to evaluate), repo_id= (to push), or both.")
         if tasks and data is None:
             raise ValueError("CheckpointPipelineCallback evaluates tasks= with the loss: pass data= as well.")
-        self.suite = TaskSuite.resolve(tasks, include_path, num_fewshot=num_fewshot, limit=limit,
-                                       batch_size=batch_size) if tasks else None
+        self.suite = (
+            TaskSuite.resolve(tasks, include_path, num_fewshot=num_fewshot, limit=limit, batch_size=batch_size)
+            if tasks
+            else None
+        )
         self.data, self.repo_id, self.metrics, self.batch_size = data, repo_id, tuple(metrics), batch_size
         self.token, self.private, self.overwrite, self.device, self.retry = token, private, overwrite, device, retry
         self.results: list[dict] = []
@@ -99,8 +114,10 @@ class CheckpointPipelineCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if self.repo_id and state.is_world_process_zero and self._api is None:
             self._api = authenticated_api(self.token, self.retry)
-            self.retry.call(lambda: self._api.create_repo(self.repo_id, private=self.private, exist_ok=True),
-                            f"creating {self.repo_id}")
+            self.retry.call(
+                lambda: self._api.create_repo(self.repo_id, private=self.private, exist_ok=True),
+                f"creating {self.repo_id}",
+            )
 
     def on_save(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
@@ -114,8 +131,9 @@ class CheckpointPipelineCallback(TrainerCallback):
             logger.error("Cannot snapshot %s: %s", folder, err)
             self.errors.append((folder.name, str(err)))
             return
-        self._jobs.append((folder.name, self._executor.submit(self._process, folder, snapshot, workspace,
-                                                              Path(args.output_dir))))
+        self._jobs.append(
+            (folder.name, self._executor.submit(self._process, folder, snapshot, workspace, Path(args.output_dir)))
+        )
 
     def on_train_end(self, args, state, control, **kwargs):
         if self._jobs:
@@ -136,16 +154,21 @@ class CheckpointPipelineCallback(TrainerCallback):
                 self._evaluate(info, folder)
             if self.repo_id:
                 refuse_taken_revisions(self._api, self.repo_id, [info.revision], self.overwrite, self.retry)
-                extra = generated_files(PushTarget(info, info.revision, [], []), self.repo_id, read_run_args(run_dir),
-                                        run_plots(self.results))
+                extra = generated_files(
+                    PushTarget(info, info.revision, [], []),
+                    self.repo_id,
+                    read_run_args(run_dir),
+                    run_plots(self.results),
+                )
                 upload_revision(self._api, self.repo_id, info, info.revision, extra, self.retry)
         finally:
             shutil.rmtree(workspace, ignore_errors=True)
 
     def _evaluate(self, info, folder: Path) -> dict:
         blocks = checkpoint_blocks(info, self.data, self._blocks)
-        record = evaluate_checkpoint(info, blocks, self.data, self.batch_size, self.metrics, self.device,
-                                     tasks=self.suite, seeded=False)  # never reseed the training's generators
+        record = evaluate_checkpoint(
+            info, blocks, self.data, self.batch_size, self.metrics, self.device, tasks=self.suite, seeded=False
+        )  # never reseed the training's generators
         self.results.append(record)
         try:  # the original may have been rotated away (save_total_limit) meanwhile
             shutil.copy2(info.path / EVAL_RESULTS_NAME, folder / EVAL_RESULTS_NAME)

@@ -31,8 +31,11 @@ HARNESS_NAME, HARNESS_URL = "lm-evaluation-harness", "https://github.com/Eleuthe
 
 def card_metrics(results: dict) -> list[tuple[str, float]]:
     """The `(metric_type, value)` pairs of an `eval_results.json` record that go into the model-index."""
-    return [(key[len("eval_"):], value) for key, value in results.items()
-            if key.startswith("eval_") and key not in COUNT_KEYS]
+    return [
+        (key[len("eval_") :], value)
+        for key, value in results.items()
+        if key.startswith("eval_") and key not in COUNT_KEYS
+    ]
 
 
 def task_results(results: dict) -> list[EvalResult]:
@@ -43,14 +46,23 @@ def task_results(results: dict) -> list[EvalResult]:
         for name, metric in entry["metrics"].items():
             if metric["value"] is None:
                 continue
-            out.append(EvalResult(
-                # the model-index groups results by dataset type, config and split: a task's own name keeps two
-                # tasks over the same data (prompt variants, local JSON files) apart
-                task_type="text-generation", task_name=task, dataset_type=task, dataset_name=task,
-                dataset_split=entry.get("split"),
-                dataset_args={"num_few_shot": shots} if shots is not None else None, metric_type=metric["metric"],
-                metric_name=name + (f" ({shots}-shot)" if shots is not None else ""), metric_value=metric["value"],
-                source_name=HARNESS_NAME, source_url=HARNESS_URL))
+            out.append(
+                EvalResult(
+                    # the model-index groups results by dataset type, config and split: a task's own name keeps two
+                    # tasks over the same data (prompt variants, local JSON files) apart
+                    task_type="text-generation",
+                    task_name=task,
+                    dataset_type=task,
+                    dataset_name=task,
+                    dataset_split=entry.get("split"),
+                    dataset_args={"num_few_shot": shots} if shots is not None else None,
+                    metric_type=metric["metric"],
+                    metric_name=name + (f" ({shots}-shot)" if shots is not None else ""),
+                    metric_value=metric["value"],
+                    source_name=HARNESS_NAME,
+                    source_url=HARNESS_URL,
+                )
+            )
     return out
 
 
@@ -60,14 +72,27 @@ def task_rows(results: dict) -> list[tuple[str, str, str, str, str, str]]:
     for task, entry in sorted((results or {}).get("tasks", {}).items()):
         for name, metric in entry["metrics"].items():
             fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
-            rows.append((task, name, fmt(metric["value"]), fmt(metric["stderr"]), fmt(entry.get("num_fewshot")),
-                         fmt(entry.get("samples"))))
+            rows.append(
+                (
+                    task,
+                    name,
+                    fmt(metric["value"]),
+                    fmt(metric["stderr"]),
+                    fmt(entry.get("num_fewshot")),
+                    fmt(entry.get("samples")),
+                )
+            )
     return rows
 
 
 def _is_hub_id(name: str | None) -> bool:
-    return bool(name) and name != EMBEDDED_CORPUS and name.count("/") == 1 and not os.path.exists(name) \
+    return (
+        bool(name)
+        and name != EMBEDDED_CORPUS
+        and name.count("/") == 1
+        and not os.path.exists(name)
         and not name.startswith((".", "/", "~"))
+    )
 
 
 def model_label(name: str) -> str:
@@ -82,8 +107,11 @@ def adapter_tags(info: CheckpointInfo, base_model: str | None) -> list[str]:
         method = json.loads((info.path / ADAPTER_CONFIG).read_text()).get("peft_type") or ""
     except (OSError, ValueError):
         method = ""
-    return ([method.lower()] if method else []) + ["transformers"] \
+    return (
+        ([method.lower()] if method else [])
+        + ["transformers"]
         + ([f"base_model:adapter:{base_model}"] if _is_hub_id(base_model) else [])
+    )
 
 
 def dataset_label(name: str | None) -> str:
@@ -123,8 +151,11 @@ def hyperparameter_rows(info: CheckpointInfo, block_size: int | None) -> list[tu
         rows.append(("C (decoupling constant, x averages over ~T/C steps)", hp["decoupling_c"]))
     elif betas[0] is not None and schedule_free:
         rows.append(("C", f"1/(1-b1) = {1 / (1 - betas[0]):g} (vanilla Schedule-Free)"))
-    rows += [("warmup steps", hp.get("warmup_steps")), ("peak learning rate", hp.get("lr")),
-             ("weight decay", hp.get("weight_decay"))]
+    rows += [
+        ("warmup steps", hp.get("warmup_steps")),
+        ("peak learning rate", hp.get("lr")),
+        ("weight decay", hp.get("weight_decay")),
+    ]
     if info.train_batch_size:
         tokens = f" x {block_size} tokens = {info.train_batch_size * block_size:,} tokens" if block_size else ""
         rows.append(("batch (per optimizer step)", f"{info.train_batch_size} sequences{tokens}"))
@@ -134,12 +165,17 @@ def hyperparameter_rows(info: CheckpointInfo, block_size: int | None) -> list[tu
 
 def _sf_plus_rows(info: CheckpointInfo, hp: dict, block_size: int | None) -> list[tuple[str, str]]:
     betas = hp.get("betas") or [None, None]
-    rows = [("optimizer", "ScheduleFree+ (Polyak step, no learning rate)"),
-            ("b (interpolation weight of y)", hp.get("sf_beta1")),
-            ("b at the end of annealing", hp.get("sf_beta1_max")),
-            ("annealing steps", hp.get("sf_beta1_anneal_steps")), ("Adam betas", betas),
-            ("lr multiplier of the Polyak step", hp.get("lr")), ("warmup steps", hp.get("warmup_steps")),
-            ("c warmup steps", hp.get("c_warmup")), ("weight decay (AdamC)", hp.get("weight_decay"))]
+    rows = [
+        ("optimizer", "ScheduleFree+ (Polyak step, no learning rate)"),
+        ("b (interpolation weight of y)", hp.get("sf_beta1")),
+        ("b at the end of annealing", hp.get("sf_beta1_max")),
+        ("annealing steps", hp.get("sf_beta1_anneal_steps")),
+        ("Adam betas", betas),
+        ("lr multiplier of the Polyak step", hp.get("lr")),
+        ("warmup steps", hp.get("warmup_steps")),
+        ("c warmup steps", hp.get("c_warmup")),
+        ("weight decay (AdamC)", hp.get("weight_decay")),
+    ]
     if info.train_batch_size:
         tokens = f" x {block_size} tokens = {info.train_batch_size * block_size:,} tokens" if block_size else ""
         rows.append(("batch (per optimizer step)", f"{info.train_batch_size} sequences{tokens}"))
@@ -147,11 +183,22 @@ def _sf_plus_rows(info: CheckpointInfo, hp: dict, block_size: int | None) -> lis
     return [(name, value) for name, value in rows if value is not None]
 
 
-def build_model_card(info: CheckpointInfo, results: dict | None, *, repo_id: str, run_args: dict,
-                     revision: str | None = None, base_model: str | None = None,
-                     plot_file: str | None = None, task_plot_files: dict[str, str] | None = None,
-                     publisher: str = "`sf-hf push`", step_branches: bool = True, extra_tags: Sequence[str] = (),
-                     language=None, license: str | None = None) -> ModelCard:
+def build_model_card(
+    info: CheckpointInfo,
+    results: dict | None,
+    *,
+    repo_id: str,
+    run_args: dict,
+    revision: str | None = None,
+    base_model: str | None = None,
+    plot_file: str | None = None,
+    task_plot_files: dict[str, str] | None = None,
+    publisher: str = "`sf-hf push`",
+    step_branches: bool = True,
+    extra_tags: Sequence[str] = (),
+    language=None,
+    license: str | None = None,
+) -> ModelCard:
     """Renders the card of one revision of `repo_id`.
 
     Args:
@@ -183,19 +230,31 @@ def build_model_card(info: CheckpointInfo, results: dict | None, *, repo_id: str
     metrics = card_metrics(results)
     model_name = repo_id.split("/")[-1]
     eval_results = [
-        EvalResult(task_type="text-generation", task_name="Causal language modeling",
-                   dataset_type=dataset_label(dataset), dataset_name=dataset_label(dataset),
-                   dataset_config=results.get("dataset_config"), dataset_split=results.get("split"),
-                   metric_type=metric, metric_name=f"validation {metric.replace('_', ' ')}", metric_value=value)
+        EvalResult(
+            task_type="text-generation",
+            task_name="Causal language modeling",
+            dataset_type=dataset_label(dataset),
+            dataset_name=dataset_label(dataset),
+            dataset_config=results.get("dataset_config"),
+            dataset_split=results.get("split"),
+            metric_type=metric,
+            metric_name=f"validation {metric.replace('_', ' ')}",
+            metric_value=value,
+        )
         for metric, value in metrics
     ] + task_results(results)
     card_data = ModelCardData(
-        model_name=model_name, library_name="peft" if adapter else "transformers", pipeline_tag="text-generation",
-        tags=["sf_hf"] + (["schedule-free"] if is_schedule_free(info) else [])
+        model_name=model_name,
+        library_name="peft" if adapter else "transformers",
+        pipeline_tag="text-generation",
+        tags=["sf_hf"]
+        + (["schedule-free"] if is_schedule_free(info) else [])
         + (adapter_tags(info, base_model) if adapter else [])
         + ([info.optimizer_name] if info.optimizer_name.isidentifier() else [])
         + [tag for tag in extra_tags if tag not in ("sf_hf", "schedule-free", info.optimizer_name)],
-        eval_results=eval_results or None, language=language, license=license,
+        eval_results=eval_results or None,
+        language=language,
+        license=license,
         datasets=[dataset] if _is_hub_id(dataset) else None,
         base_model=base_model if _is_hub_id(base_model) else None,
     )
@@ -205,19 +264,32 @@ def build_model_card(info: CheckpointInfo, results: dict | None, *, repo_id: str
     what = f"A PEFT adapter for `{base_name}` trained" if adapter else f"A causal language model {kind}"
     spec = OPTIMIZERS.get(info.optimizer_name)
     return ModelCard.from_template(
-        card_data, template_path=str(TEMPLATE_PATH), model_name=model_name,
-        summary=f"{what} with `{info.optimizer_name}`, published by {publisher}.", adapter=adapter,
+        card_data,
+        template_path=str(TEMPLATE_PATH),
+        model_name=model_name,
+        summary=f"{what} with `{info.optimizer_name}`, published by {publisher}.",
+        adapter=adapter,
         base_is_hub_id=_is_hub_id(base_model),
         step_branches=step_branches,
-        repo_id=repo_id, revision=revision or info.revision, schedule_free=is_schedule_free(info),
+        repo_id=repo_id,
+        revision=revision or info.revision,
+        schedule_free=is_schedule_free(info),
         converted_from_y=results.get("converted_from") == "y",
         metrics=[(metric, f"{value:.4f}" if isinstance(value, float) else value) for metric, value in metrics],
-        split=results.get("split"), block_size=block_size, eval_tokens=results.get("eval_tokens"),
-        dataset_text=describe_dataset(dataset), base_model=base_name, plot_file=plot_file, step=info.step,
-        tokens_seen=(f"{seen:,}" + (" (estimated)" if results.get("tokens_seen_estimated") else "")) if seen
+        split=results.get("split"),
+        block_size=block_size,
+        eval_tokens=results.get("eval_tokens"),
+        dataset_text=describe_dataset(dataset),
+        base_model=base_name,
+        plot_file=plot_file,
+        step=info.step,
+        tokens_seen=(f"{seen:,}" + (" (estimated)" if results.get("tokens_seen_estimated") else ""))
+        if seen
         else "not counted",
-        optimizer_name=info.optimizer_name, optimizer_description=spec.description if spec else None,
-        hyperparameters=hyperparameter_rows(info, block_size), task_rows=task_rows(results),
+        optimizer_name=info.optimizer_name,
+        optimizer_description=spec.description if spec else None,
+        hyperparameters=hyperparameter_rows(info, block_size),
+        task_rows=task_rows(results),
         task_failures=sorted(results.get("task_failures", {}).items()),
         task_plots=sorted((task_plot_files or {}).items()),
     )

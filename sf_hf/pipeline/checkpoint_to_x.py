@@ -39,8 +39,7 @@ from .run_inventory import (
 logger = logging.getLogger(__name__)
 
 
-def load_model_at_x(checkpoint: str | os.PathLike | CheckpointInfo,
-                    model_cls=AutoModelForCausalLM) -> PreTrainedModel:
+def load_model_at_x(checkpoint: str | os.PathLike | CheckpointInfo, model_cls=AutoModelForCausalLM) -> PreTrainedModel:
     """Loads a checkpoint's model with x weights (converted in memory from y when the folder holds y).
 
     Args:
@@ -93,11 +92,15 @@ def adapter_base_error(info: CheckpointInfo, what: str, err: Exception) -> Check
     where = "a local folder" if os.path.isdir(base) else "not a local folder, so a Hub id"
     hint = ""
     if not os.path.isdir(base) and constants.HF_HUB_OFFLINE:
-        hint = (" HF_HUB_OFFLINE=1 is set, so the Hub is not asked: download the base model first (unset "
-                "HF_HUB_OFFLINE, or `hf download` it) or point base_model_name_or_path at a local copy.")
-    return CheckpointError(f"{info.path}: cannot load the {what} of the adapter's base model {base!r} "
-                           f"(base_model_name_or_path of adapter_config.json; {where}).{hint} "
-                           f"{type(err).__name__}: {err}")
+        hint = (
+            " HF_HUB_OFFLINE=1 is set, so the Hub is not asked: download the base model first (unset "
+            "HF_HUB_OFFLINE, or `hf download` it) or point base_model_name_or_path at a local copy."
+        )
+    return CheckpointError(
+        f"{info.path}: cannot load the {what} of the adapter's base model {base!r} "
+        f"(base_model_name_or_path of adapter_config.json; {where}).{hint} "
+        f"{type(err).__name__}: {err}"
+    )
 
 
 @torch.no_grad()
@@ -150,8 +153,10 @@ def parameter_positions(model: nn.Module, param_groups: list, state: dict) -> di
             "parameters under any known grouping; cannot convert y to x"
         )
     if len({tuple(sorted(m.items())) for m in found.values()}) > 1:
-        raise CheckpointError(f"the optimizer state matches several parameter groupings ({', '.join(found)}) that "
-                              "disagree; cannot convert y to x safely")
+        raise CheckpointError(
+            f"the optimizer state matches several parameter groupings ({', '.join(found)}) that "
+            "disagree; cannot convert y to x safely"
+        )
     return next(iter(found.values()))
 
 
@@ -160,8 +165,10 @@ def _candidate_groupings(model: nn.Module, names: list[str]) -> dict[str, list[l
     hf_decay, linear_decay = decay["hf"], decay["linear"]
     return {
         "transformers.Trainer": [[n for n in names if n in hf_decay], [n for n in names if n not in hf_decay]],
-        "weight_decay_params=linear": [[n for n in names if n in linear_decay],
-                                       [n for n in names if n not in linear_decay]],
+        "weight_decay_params=linear": [
+            [n for n in names if n in linear_decay],
+            [n for n in names if n not in linear_decay],
+        ],
         "single group": [names],
     }
 
@@ -201,7 +208,10 @@ def convert_checkpoint(source: str | os.PathLike, destination: str | os.PathLike
         shutil.copy2(source / name, destination / name)
     model.save_pretrained(destination)
     write_metadata(
-        destination, weights="x", optimizer_name=info.optimizer_name, global_step=info.step,
+        destination,
+        weights="x",
+        optimizer_name=info.optimizer_name,
+        global_step=info.step,
         hyperparameters=info.hyperparameters,
         extra=dict(tokens_seen=info.tokens_seen, train_batch_size=info.train_batch_size, converted_from=info.weights),
     )

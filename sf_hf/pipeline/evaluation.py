@@ -73,8 +73,13 @@ def _batches(blocks: Iterable[dict], batch_size: int) -> Iterable[tuple[torch.Te
 
 
 @torch.no_grad()
-def evaluate_model(model: PreTrainedModel, blocks: Iterable[dict], batch_size: int = 8, metrics: Sequence[str] = (),
-                   progress: bool = False) -> dict[str, float]:
+def evaluate_model(
+    model: PreTrainedModel,
+    blocks: Iterable[dict],
+    batch_size: int = 8,
+    metrics: Sequence[str] = (),
+    progress: bool = False,
+) -> dict[str, float]:
     """Token-weighted validation loss (nats per predicted token) and perplexity of `model` as it is.
 
     Args:
@@ -105,8 +110,9 @@ def evaluate_model(model: PreTrainedModel, blocks: Iterable[dict], batch_size: i
     if tokens == 0:
         raise PipelineError("The validation set has no tokens to predict.")
     loss = loss_sum / tokens
-    results = dict(eval_loss=loss, eval_perplexity=math.exp(min(loss, 700.0)), eval_tokens=tokens,
-                   eval_blocks=num_blocks)
+    results = dict(
+        eval_loss=loss, eval_perplexity=math.exp(min(loss, 700.0)), eval_tokens=tokens, eval_blocks=num_blocks
+    )
     for module in modules:
         results.update({f"eval_{key}": value for key, value in module.compute().items()})
     return results
@@ -122,9 +128,17 @@ def tokens_seen(info: CheckpointInfo, block_size: int) -> tuple[int | None, bool
     return None, True
 
 
-def evaluate_checkpoint(info: CheckpointInfo, blocks, spec: DataSpec, batch_size: int = 8,
-                        metrics: Sequence[str] = (), device: str | None = None, write: bool = True,
-                        tasks: TaskSuite | None = None, seeded: bool = True) -> dict:
+def evaluate_checkpoint(
+    info: CheckpointInfo,
+    blocks,
+    spec: DataSpec,
+    batch_size: int = 8,
+    metrics: Sequence[str] = (),
+    device: str | None = None,
+    write: bool = True,
+    tasks: TaskSuite | None = None,
+    seeded: bool = True,
+) -> dict:
     """Evaluates one checkpoint at x and (if `write`) writes its `eval_results.json`.
 
     Args:
@@ -142,10 +156,17 @@ def evaluate_checkpoint(info: CheckpointInfo, blocks, spec: DataSpec, batch_size
     model = load_model_at_x(info).to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     seen, estimated = tokens_seen(info, spec.block_size)
     record = dict(
-        checkpoint=info.name, global_step=info.step, tokens_seen=seen, tokens_seen_estimated=estimated,
-        weights="plain" if info.weights == "plain" else "x", converted_from="y" if info.weights == "y" else None,
-        optimizer_name=info.optimizer_name, dataset=spec.dataset_name, dataset_config=spec.dataset_config,
-        split=spec.load_options.get("validation_split") or "validation", block_size=spec.block_size,
+        checkpoint=info.name,
+        global_step=info.step,
+        tokens_seen=seen,
+        tokens_seen_estimated=estimated,
+        weights="plain" if info.weights == "plain" else "x",
+        converted_from="y" if info.weights == "y" else None,
+        optimizer_name=info.optimizer_name,
+        dataset=spec.dataset_name,
+        dataset_config=spec.dataset_config,
+        split=spec.load_options.get("validation_split") or "validation",
+        block_size=spec.block_size,
         **evaluate_model(model, blocks, batch_size=batch_size, metrics=metrics, progress=tasks is None),
     )
     if info.adapter_base:
@@ -231,12 +252,24 @@ def tokenizer_fingerprint(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def evaluate_run(run_dir: os.PathLike, *, dataset: str | None = None, dataset_config: str | None = None,
-                 text_column: str | None = None, block_size: int | None = None, batch_size: int = 8,
-                 metrics: Sequence[str] = (), output_dir: os.PathLike | None = None,
-                 device: str | None = None, tasks: Sequence[str] = (), include_path: Sequence[str] = (),
-                 num_fewshot: int | None = None, limit: float | None = None, verbose: bool = False,
-                 only: Sequence[str] | None = None) -> RunEvaluation:
+def evaluate_run(
+    run_dir: os.PathLike,
+    *,
+    dataset: str | None = None,
+    dataset_config: str | None = None,
+    text_column: str | None = None,
+    block_size: int | None = None,
+    batch_size: int = 8,
+    metrics: Sequence[str] = (),
+    output_dir: os.PathLike | None = None,
+    device: str | None = None,
+    tasks: Sequence[str] = (),
+    include_path: Sequence[str] = (),
+    num_fewshot: int | None = None,
+    limit: float | None = None,
+    verbose: bool = False,
+    only: Sequence[str] | None = None,
+) -> RunEvaluation:
     """Evaluates every `checkpoint-N` of a run and its final model at x, on the run's held-out set.
 
     Args:
@@ -267,14 +300,20 @@ def evaluate_run(run_dir: os.PathLike, *, dataset: str | None = None, dataset_co
     spec = DataSpec.from_run(run_dir, dataset, dataset_config, text_column, block_size)
     for metric in metrics:  # fail on a bad metric or task name before the first checkpoint
         load_metric(metric)
-    suite = TaskSuite.resolve(tasks, include_path, num_fewshot=num_fewshot, limit=limit, batch_size=batch_size,
-                              verbose=verbose) if tasks else None
+    suite = (
+        TaskSuite.resolve(
+            tasks, include_path, num_fewshot=num_fewshot, limit=limit, batch_size=batch_size, verbose=verbose
+        )
+        if tasks
+        else None
+    )
     infos = find_checkpoints(run_dir)
     if only:
         unknown = sorted(set(only) - {i.name for i in infos})
         if unknown:
-            raise PipelineError(f"No checkpoint named {', '.join(unknown)} in {run_dir}; it has "
-                                f"{', '.join(i.name for i in infos)}.")
+            raise PipelineError(
+                f"No checkpoint named {', '.join(unknown)} in {run_dir}; it has {', '.join(i.name for i in infos)}."
+            )
     evaluation, blocks_by_tokenizer = RunEvaluation(), {}
     per_checkpoint = len(suite.tasks) if suite else 1
     selected = [i for i in infos if not only or i.name in only]  # the others: their earlier results, if any
@@ -289,8 +328,7 @@ def evaluate_run(run_dir: os.PathLike, *, dataset: str | None = None, dataset_co
             if info.problem:
                 raise CheckpointError(info.problem)
             blocks = checkpoint_blocks(info, spec, blocks_by_tokenizer)
-            evaluation.results.append(evaluate_checkpoint(info, blocks, spec, batch_size, metrics, device,
-                                                          tasks=suite))
+            evaluation.results.append(evaluate_checkpoint(info, blocks, spec, batch_size, metrics, device, tasks=suite))
         except CheckpointError as err:
             logger.error("Skipping %s: %s", info.name, err)
             evaluation.failures.append((info.name, str(err)))

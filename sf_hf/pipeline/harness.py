@@ -105,8 +105,10 @@ class TaskSuite:
         if unknown:
             close = {n: ", ".join(difflib.get_close_matches(n, manager.all_tasks, 5, 0.6)) for n in unknown}
             hints = "; ".join(f"{n!r}: did you mean {close[n] or 'nothing close'}?" for n in unknown)
-            raise PipelineError(f"Unknown lm-eval task(s): {hints} (sf_hf's offline tasks: sf_kjv_next_verse, "
-                                "sf_kjv_cloze; a task YAML file or --include-path FOLDER adds your own)")
+            raise PipelineError(
+                f"Unknown lm-eval task(s): {hints} (sf_hf's offline tasks: sf_kjv_next_verse, "
+                "sf_kjv_cloze; a task YAML file or --include-path FOLDER adds your own)"
+            )
         return cls(names, manager, **settings)
 
 
@@ -172,14 +174,23 @@ def parse_results(output: dict) -> dict[str, dict]:
                 continue
             metric, filter_name = key.split(",", 1)
             name = metric if filter_name == "none" else key
-            metrics[name] = dict(value=_number(value), stderr=_number(values.get(f"{metric}_stderr,{filter_name}")),
-                                 metric=metric, filter=filter_name)
+            metrics[name] = dict(
+                value=_number(value),
+                stderr=_number(values.get(f"{metric}_stderr,{filter_name}")),
+                metric=metric,
+                filter=filter_name,
+            )
         samples = output.get("n-samples", {}).get(task, {})
         config = output.get("configs", {}).get(task, {})
-        parsed[task] = dict(metrics=metrics, num_fewshot=output.get("n-shot", {}).get(task),
-                            samples=samples.get("effective"), version=output.get("versions", {}).get(task),
-                            higher_is_better=output.get("higher_is_better", {}).get(task, {}),
-                            dataset=config.get("dataset_path"), split=config.get("test_split"))
+        parsed[task] = dict(
+            metrics=metrics,
+            num_fewshot=output.get("n-shot", {}).get(task),
+            samples=samples.get("effective"),
+            version=output.get("versions", {}).get(task),
+            higher_is_better=output.get("higher_is_better", {}).get(task, {}),
+            dataset=config.get("dataset_path"),
+            split=config.get("test_split"),
+        )
     return parsed
 
 
@@ -196,8 +207,16 @@ def _run(lm, suite: TaskSuite, tasks: list[str], seeded: bool) -> dict[str, dict
     from lm_eval import simple_evaluate
 
     seeds = {} if seeded else dict(random_seed=None, numpy_random_seed=None, torch_random_seed=None)
-    output = simple_evaluate(model=lm, tasks=tasks, task_manager=suite.manager, num_fewshot=suite.num_fewshot,
-                             limit=suite.limit, batch_size=suite.batch_size, log_samples=False, **seeds)
+    output = simple_evaluate(
+        model=lm,
+        tasks=tasks,
+        task_manager=suite.manager,
+        num_fewshot=suite.num_fewshot,
+        limit=suite.limit,
+        batch_size=suite.batch_size,
+        log_samples=False,
+        **seeds,
+    )
     return parse_results(output)
 
 

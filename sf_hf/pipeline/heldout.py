@@ -52,8 +52,14 @@ class DataSpec:
     load_options: dict = field(default_factory=dict)
 
     @classmethod
-    def from_run(cls, run_dir: os.PathLike, dataset: str | None = None, dataset_config: str | None = None,
-                 text_column: str | None = None, block_size: int | None = None) -> "DataSpec":
+    def from_run(
+        cls,
+        run_dir: os.PathLike,
+        dataset: str | None = None,
+        dataset_config: str | None = None,
+        text_column: str | None = None,
+        block_size: int | None = None,
+    ) -> "DataSpec":
         """The run's data settings from `run_args.json`, with overrides.
 
         A `dataset` other than the run's drops the run's `dataset_config` and loading options, which belong to
@@ -90,8 +96,9 @@ def validation_blocks(spec: DataSpec, tokenizer: PreTrainedTokenizerBase):
         PipelineError: if the data cannot be loaded or packed (the message says why).
     """
     try:
-        splits = load_text_dataset(spec.dataset_name, config_name=spec.dataset_config, text_column=spec.text_column,
-                                   **spec.load_options)
+        splits = load_text_dataset(
+            spec.dataset_name, config_name=spec.dataset_config, text_column=spec.text_column, **spec.load_options
+        )
         return pack_into_blocks(splits["validation"], tokenizer, spec.block_size, text_column=spec.text_column)
     except (ValueError, ImportError) as err:
         raise PipelineError(f"Cannot build the validation set of {spec.dataset_name!r}: {err}") from err

@@ -46,15 +46,18 @@ def authenticated_api(token: str | None = None, retry: RetryPolicy = DEFAULT_RET
         me = retry.call(api.whoami, f"checking the token with {api.endpoint} (whoami)")
     except HfHubHTTPError as err:
         status = err.response.status_code if err.response is not None else "?"
-        raise PushError(f"The Hub at {api.endpoint} rejected the token (HTTP {status}): pass a valid write token "
-                        "with --token or HF_TOKEN.") from err
+        raise PushError(
+            f"The Hub at {api.endpoint} rejected the token (HTTP {status}): pass a valid write token "
+            "with --token or HF_TOKEN."
+        ) from err
     if me.get("auth", {}).get("accessToken", {}).get("role") == "read":
         raise PushError(f"The token of {me.get('name')} is read-only: pushing needs a write token.")
     return api
 
 
-def refuse_taken_revisions(api: HfApi, repo_id: str, revisions: Sequence[str], overwrite: bool,
-                           retry: RetryPolicy) -> list[str]:
+def refuse_taken_revisions(
+    api: HfApi, repo_id: str, revisions: Sequence[str], overwrite: bool, retry: RetryPolicy
+) -> list[str]:
     """The revisions among `revisions` that already hold something: a `step-*` branch that exists, or a `main`
     with files besides `.gitattributes`.
 
@@ -69,13 +72,16 @@ def refuse_taken_revisions(api: HfApi, repo_id: str, revisions: Sequence[str], o
         if set(files) - KEPT_REMOTE_FILES:
             taken.append("main")
     if taken and not overwrite:
-        raise PushError(f"Refusing to overwrite existing revisions of {repo_id}: {', '.join(taken)}. Pass "
-                        "--overwrite to replace them (each then holds exactly the pushed files), or push elsewhere.")
+        raise PushError(
+            f"Refusing to overwrite existing revisions of {repo_id}: {', '.join(taken)}. Pass "
+            "--overwrite to replace them (each then holds exactly the pushed files), or push elsewhere."
+        )
     return taken
 
 
-def upload_revision(api: HfApi, repo_id: str, info: CheckpointInfo, revision: str, extra_files: dict[str, bytes],
-                    retry: RetryPolicy) -> str:
+def upload_revision(
+    api: HfApi, repo_id: str, info: CheckpointInfo, revision: str, extra_files: dict[str, bytes], retry: RetryPolicy
+) -> str:
     """Makes `revision` of `repo_id` hold exactly the folder's published files at x plus `extra_files`.
 
     The branch is created if needed; remote files that are not part of the upload are deleted in the same commit
@@ -100,11 +106,16 @@ def upload_revision(api: HfApi, repo_id: str, info: CheckpointInfo, revision: st
         stale = sorted(set(remote) - set(uploads) - KEPT_REMOTE_FILES)
 
         def commit():  # fresh operations for every attempt: a failed attempt leaves upload state on them
-            operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=content)
-                          for name, content in uploads.items()]
+            operations = [
+                CommitOperationAdd(path_in_repo=name, path_or_fileobj=content) for name, content in uploads.items()
+            ]
             operations += [CommitOperationDelete(path_in_repo=name) for name in stale]
-            return api.create_commit(repo_id, operations=operations, revision=revision,
-                                     commit_message=f"sf-hf: {info.name} (step {info.step}, x weights)")
+            return api.create_commit(
+                repo_id,
+                operations=operations,
+                revision=revision,
+                commit_message=f"sf-hf: {info.name} (step {info.step}, x weights)",
+            )
 
         result = retry.call(commit, f"committing {info.name} to {repo_id}@{revision}")
     logger.info("%s -> %s@%s", info.path, repo_id, revision)

@@ -13,5 +13,6 @@ from ..probe import (  # noqa: F401
     probe_checkpoint,
 )
 
-warnings.warn("sf_hf.pipeline.probe moved to sf_hf.probe; the old path goes in the next release.", FutureWarning,
-              stacklevel=2)
+warnings.warn(
+    "sf_hf.pipeline.probe moved to sf_hf.probe; the old path goes in the next release.", FutureWarning, stacklevel=2
+)

@@ -37,8 +37,10 @@ def public_records(folder: os.PathLike) -> dict[str, bytes]:
             record = json.loads(path.read_text())
         except ValueError as err:
             raise PushError(f"{path} is not valid JSON ({err}): fix or delete it, then push again.") from err
-        cleaned = {key: (keys[key](value) if key in keys and isinstance(value, str) else value)
-                   for key, value in record.items()}
+        cleaned = {
+            key: (keys[key](value) if key in keys and isinstance(value, str) else value)
+            for key, value in record.items()
+        }
         if cleaned != record:
             public[name] = (json.dumps(cleaned, indent=2) + "\n").encode()
     return public

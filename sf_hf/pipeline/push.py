@@ -57,9 +57,11 @@ class PushTarget:
     def describe(self) -> str:
         """One line per target for `--dry-run`."""
         weights = {"y": "y, converted to x on upload", "x": "x", "plain": "no x/y (not schedule-free)"}
-        return (f"{self.info.name} ({weights[self.info.weights]}) -> {self.revision}: "
-                f"{', '.join(self.files + [CARD_NAME + ' (card)'])}; never uploaded: "
-                f"{', '.join(self.kept_local) or 'nothing'}")
+        return (
+            f"{self.info.name} ({weights[self.info.weights]}) -> {self.revision}: "
+            f"{', '.join(self.files + [CARD_NAME + ' (card)'])}; never uploaded: "
+            f"{', '.join(self.kept_local) or 'nothing'}"
+        )
 
 
 @dataclass
@@ -104,8 +106,9 @@ def _target(info: CheckpointInfo, revision: str) -> PushTarget:
     return PushTarget(info, revision, files, kept)
 
 
-def generated_files(target: PushTarget, repo_id: str, run_args: dict, plots: dict[str, bytes],
-                    base_model: str | None = None) -> dict[str, bytes]:
+def generated_files(
+    target: PushTarget, repo_id: str, run_args: dict, plots: dict[str, bytes], base_model: str | None = None
+) -> dict[str, bytes]:
     """The files `push` adds to a revision besides the folder's own: the card `README.md` and the run's plots; for
     a PEFT adapter given `base_model` (a Hub id), its `adapter_config.json` naming that base model, so that the
     adapter loads from the Hub (`AutoPeftModelForCausalLM`) where the run's base model was a local folder."""
@@ -114,11 +117,19 @@ def generated_files(target: PushTarget, repo_id: str, run_args: dict, plots: dic
     if target.info.adapter_base and base_model:
         config = {**json.loads((target.info.path / ADAPTER_CONFIG).read_text()), "base_model_name_or_path": base_model}
         extra[ADAPTER_CONFIG] = (json.dumps(config, indent=2) + "\n").encode()
-    task_plots = {task: task_plot_name(task) for task in (results or {}).get("tasks", {})
-                  if task_plot_name(task) in plots}
-    card = build_model_card(target.info, results, repo_id=repo_id, run_args=run_args, revision=target.revision,
-                            base_model=base_model, plot_file=PLOT_NAME if PLOT_NAME in plots else None,
-                            task_plot_files=task_plots)
+    task_plots = {
+        task: task_plot_name(task) for task in (results or {}).get("tasks", {}) if task_plot_name(task) in plots
+    }
+    card = build_model_card(
+        target.info,
+        results,
+        repo_id=repo_id,
+        run_args=run_args,
+        revision=target.revision,
+        base_model=base_model,
+        plot_file=PLOT_NAME if PLOT_NAME in plots else None,
+        task_plot_files=task_plots,
+    )
     return {CARD_NAME: card.content.encode(), **plots, **extra}
 
 
@@ -127,8 +138,13 @@ def _run_plots(report: PushReport) -> dict[str, bytes]:
     return run_plots(list(results.values()))
 
 
-def write_cards(run_dir: os.PathLike, output_dir: os.PathLike, repo_id: str | None = None,
-                base_model: str | None = None, report: PushReport | None = None) -> dict[str, Path]:
+def write_cards(
+    run_dir: os.PathLike,
+    output_dir: os.PathLike,
+    repo_id: str | None = None,
+    base_model: str | None = None,
+    report: PushReport | None = None,
+) -> dict[str, Path]:
     """Writes, for each revision `push` would create, the card and plots it would upload: `output_dir/<revision>/`.
 
     Args:
@@ -153,9 +169,18 @@ def write_cards(run_dir: os.PathLike, output_dir: os.PathLike, repo_id: str | No
     return folders
 
 
-def push_run(run_dir: os.PathLike, repo_id: str, *, token: str | None = None, private: bool = False,
-             overwrite: bool = False, dry_run: bool = False, base_model: str | None = None,
-             retry: RetryPolicy = DEFAULT_RETRY, preview_dir: os.PathLike | None = None) -> PushReport:
+def push_run(
+    run_dir: os.PathLike,
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool = False,
+    overwrite: bool = False,
+    dry_run: bool = False,
+    base_model: str | None = None,
+    retry: RetryPolicy = DEFAULT_RETRY,
+    preview_dir: os.PathLike | None = None,
+) -> PushReport:
     """Pushes a run's checkpoints (each to `step-{N:09d}`) and final model (to `main`) at x, with model cards.
 
     Args:
@@ -191,8 +216,13 @@ def push_run(run_dir: os.PathLike, repo_id: str, *, token: str | None = None, pr
     for target in tqdm(report.targets, desc=f"Pushing to {repo_id}"):
         try:
             report.commits[target.revision] = upload_revision(
-                api, repo_id, target.info, target.revision,
-                generated_files(target, repo_id, run_args, plots, base_model), retry)
+                api,
+                repo_id,
+                target.info,
+                target.revision,
+                generated_files(target, repo_id, run_args, plots, base_model),
+                retry,
+            )
         except PushError as err:
             done = ", ".join(report.commits) or "nothing"
             raise PushError(f"{err} (already pushed: {done}; local files are unchanged)") from err

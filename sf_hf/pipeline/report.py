@@ -29,11 +29,19 @@ def summary_rows(results: Sequence[dict], failures: Sequence[tuple[str, str]]) -
         for task, entry in sorted(record.get("tasks", {}).items()):
             for name, metric in entry["metrics"].items():
                 metrics[f"{task}/{name}"], metrics[f"{task}/{name}_stderr"] = metric["value"], metric["stderr"]
-        failed = "; ".join(f"{task} failed: {reason}"
-                           for task, reason in sorted(record.get("task_failures", {}).items()))
-        rows.append(dict(checkpoint=record["checkpoint"], global_step=record["global_step"],
-                         tokens_seen=record["tokens_seen"], weights=weights, **metrics,
-                         status="ok" + (f"; {failed}" if failed else "")))
+        failed = "; ".join(
+            f"{task} failed: {reason}" for task, reason in sorted(record.get("task_failures", {}).items())
+        )
+        rows.append(
+            dict(
+                checkpoint=record["checkpoint"],
+                global_step=record["global_step"],
+                tokens_seen=record["tokens_seen"],
+                weights=weights,
+                **metrics,
+                status="ok" + (f"; {failed}" if failed else ""),
+            )
+        )
     rows += [dict(checkpoint=name, status=f"skipped: {reason}") for name, reason in failures]
     return rows
 
@@ -109,11 +117,18 @@ def plot_task(results: Sequence[dict], task: str) -> bytes:
     axes = figure.add_subplot()
     names = sorted({name for r in evaluated for name in r["tasks"][task]["metrics"]})
     for name in names:
-        points = sorted((r[key] or 0, r["tasks"][task]["metrics"][name]["value"],
-                         r["tasks"][task]["metrics"][name]["stderr"] or 0.0)
-                        for r in evaluated if r["tasks"][task]["metrics"].get(name, {}).get("value") is not None)
-        axes.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], fmt="o-",
-                      capsize=3, label=name)
+        points = sorted(
+            (
+                r[key] or 0,
+                r["tasks"][task]["metrics"][name]["value"],
+                r["tasks"][task]["metrics"][name]["stderr"] or 0.0,
+            )
+            for r in evaluated
+            if r["tasks"][task]["metrics"].get(name, {}).get("value") is not None
+        )
+        axes.errorbar(
+            [p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], fmt="o-", capsize=3, label=name
+        )
     axes.set_title(f"{task} (lm-evaluation-harness)")
     axes.set_xlabel(label)
     axes.set_ylabel("metric (error bars: standard error)")
@@ -144,7 +159,7 @@ def write_summary(results: Sequence[dict], failures: Sequence[tuple[str, str]], 
     files["csv"].write_text(to_csv(rows))
     files["markdown"].write_text(to_markdown(rows))
     for name, png in run_plots(results).items():
-        key = "plot" if name == PLOT_NAME else f"plot:{name[len('eval_'):-len('.png')]}"
+        key = "plot" if name == PLOT_NAME else f"plot:{name[len('eval_') : -len('.png')]}"
         files[key] = output_dir / name
         files[key].write_bytes(png)
     return files

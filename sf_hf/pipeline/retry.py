@@ -67,8 +67,7 @@ class RetryPolicy:
                     raise
                 if attempt >= self.attempts:
                     message = " ".join(str(err).split())  # the client's messages span several lines
-                    raise PushError(f"{what} failed after {attempt} attempts: {type(err).__name__}: {message}") \
-                        from err
+                    raise PushError(f"{what} failed after {attempt} attempts: {type(err).__name__}: {message}") from err
                 logger.warning("%s failed (%s), retry %d/%d in %.1fs", what, err, attempt, self.attempts - 1, delay)
             time.sleep(delay)
             delay, attempt = min(delay * 2, self.max_delay), attempt + 1

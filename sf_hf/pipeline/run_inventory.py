@@ -34,15 +34,28 @@ from .errors import CheckpointError
 
 OPTIMIZER_FILE = "optimizer.pt"
 WEIGHT_PATTERNS = (
-    "*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin", "pytorch_model.bin.index.json",
+    "*.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model*.bin",
+    "pytorch_model.bin.index.json",
     "adapter_model.bin",
 )
 # What may leave the machine: weights, configs, tokenizer, metadata, results. Never optimizer/scheduler/scaler
 # states, RNG files or training_args.bin (a pickle that can hold a hub_token), even if a pattern matched them.
 PUBLISHED_PATTERNS = WEIGHT_PATTERNS + (
-    "config.json", "generation_config.json", "tokenizer*", "special_tokens_map.json", "added_tokens.json",
-    "vocab.json", "vocab.txt", "merges.txt", "chat_template.*", "schedule_free.json", "trainer_state.json",
-    "eval_results.json", ADAPTER_CONFIG,
+    "config.json",
+    "generation_config.json",
+    "tokenizer*",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "chat_template.*",
+    "schedule_free.json",
+    "trainer_state.json",
+    "eval_results.json",
+    ADAPTER_CONFIG,
 )
 NEVER_PUBLISHED = ("optimizer*", "scheduler*", "scaler*", "rng_state*", "training_args.bin", "*.pt", "*.pth")
 
@@ -111,8 +124,9 @@ def find_checkpoints(run_dir: os.PathLike) -> list[CheckpointInfo]:
     if (run_dir / "config.json").is_file() or (run_dir / ADAPTER_CONFIG).is_file():
         infos.append(inspect_checkpoint(run_dir, name="final"))
     if not infos:
-        raise CheckpointError(f"{run_dir} holds no checkpoint-N folder and no saved model (config.json or "
-                              f"{ADAPTER_CONFIG}).")
+        raise CheckpointError(
+            f"{run_dir} holds no checkpoint-N folder and no saved model (config.json or {ADAPTER_CONFIG})."
+        )
     return infos
 
 
@@ -141,7 +155,7 @@ def inspect_checkpoint(folder: os.PathLike, name: str | None = None) -> Checkpoi
 
 
 def optimizer_weights_mode(param_groups: list, state: dict) -> str | None:
-    """"y" or "x" for a schedule-free optimizer state (by its `train_mode` flag), "plain" for an optimizer
+    """ "y" or "x" for a schedule-free optimizer state (by its `train_mode` flag), "plain" for an optimizer
     without modes; None for a mode-switching optimizer without `z` (its x cannot be recovered)."""
     has_modes = any("train_mode" in g for g in param_groups)
     if not has_modes:

@@ -51,8 +51,9 @@ def _link(source: Path, destination: Path) -> None:
         shutil.copy2(source, destination)
 
 
-def snapshot(folder: os.PathLike, parent: os.PathLike, names: Iterable[str],
-             contents: dict[str, bytes] | None = None) -> Path:
+def snapshot(
+    folder: os.PathLike, parent: os.PathLike, names: Iterable[str], contents: dict[str, bytes] | None = None
+) -> Path:
     """A new `_sf_hf-push-*` folder of `parent` holding `names` (paths relative to `folder`, hard-linked) and
     `contents` (written). Files of a committed checkpoint are never rewritten in place, so the links stay what
     they were when the push started, even if the checkpoint is rotated away meanwhile."""
@@ -90,8 +91,16 @@ ROOT_RECORDS = ("schedule_free.json", "trainer_state.json", "eval_results.json")
 """Records of the repo root that describe its weights: a push of the root that does not carry one deletes it."""
 
 
-def upload_snapshot(path: Path, *, repo_id: str, revision: str | None, commit_message: str, token: str | None,
-                    blocking: bool, path_in_repo: str | None = None):
+def upload_snapshot(
+    path: Path,
+    *,
+    repo_id: str,
+    revision: str | None,
+    commit_message: str,
+    token: str | None,
+    blocking: bool,
+    path_in_repo: str | None = None,
+):
     """Uploads a snapshot folder, then removes it. Files are added to what the revision holds, as transformers does;
     for the root, the records of `ROOT_RECORDS` that the snapshot lacks are deleted in the same commit (they would
     describe other weights).
@@ -101,9 +110,16 @@ def upload_snapshot(path: Path, *, repo_id: str, revision: str | None, commit_me
     """
     try:
         stale = None if path_in_repo else [name for name in ROOT_RECORDS if not (path / name).is_file()] or None
-        result = hub_api().upload_folder(repo_id=repo_id, folder_path=str(path), path_in_repo=path_in_repo,
-                                       commit_message=commit_message, token=token, revision=revision,
-                                       delete_patterns=stale, run_as_future=not blocking)
+        result = hub_api().upload_folder(
+            repo_id=repo_id,
+            folder_path=str(path),
+            path_in_repo=path_in_repo,
+            commit_message=commit_message,
+            token=token,
+            revision=revision,
+            delete_patterns=stale,
+            run_as_future=not blocking,
+        )
     except BaseException:
         discard_snapshot(path)
         raise
@@ -114,9 +130,17 @@ def upload_snapshot(path: Path, *, repo_id: str, revision: str | None, commit_me
     return result
 
 
-def trainer_model_card(folder: os.PathLike, *, repo_id: str, run_dir: os.PathLike, revision: str | None = None,
-                       base_model: str | None = None, tags: Sequence[str] = (), language=None,
-                       license: str | None = None) -> ModelCard:
+def trainer_model_card(
+    folder: os.PathLike,
+    *,
+    repo_id: str,
+    run_dir: os.PathLike,
+    revision: str | None = None,
+    base_model: str | None = None,
+    tags: Sequence[str] = (),
+    language=None,
+    license: str | None = None,
+) -> ModelCard:
     """sf_hf's card (the one `sf-hf push` writes) for a model folder a `ScheduleFreeTrainer` publishes to the root of
     `repo_id`: its `schedule_free.json`, `eval_results.json` (when `sf-hf evaluate` wrote one) and the run's
     `run_args.json`."""
@@ -124,7 +148,16 @@ def trainer_model_card(folder: os.PathLike, *, repo_id: str, run_dir: os.PathLik
     metadata = read_metadata(folder)
     if info.problem and metadata:  # e.g. a model without config.json: the card still names its weights
         _fill_from_metadata(info, metadata)
-    return build_model_card(info, read_eval_results(folder), repo_id=repo_id, run_args=read_run_args(run_dir),
-                            revision=revision or "main", base_model=base_model, step_branches=False,
-                            publisher="`ScheduleFreeTrainer.push_to_hub`",
-                            extra_tags=tags, language=language, license=license)
+    return build_model_card(
+        info,
+        read_eval_results(folder),
+        repo_id=repo_id,
+        run_args=read_run_args(run_dir),
+        revision=revision or "main",
+        base_model=base_model,
+        step_branches=False,
+        publisher="`ScheduleFreeTrainer.push_to_hub`",
+        extra_tags=tags,
+        language=language,
+        license=license,
+    )

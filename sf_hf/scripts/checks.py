@@ -22,12 +22,14 @@ def resolve_batch(data_args, training_args) -> int:
         raise RecipeError(
             f"global_batch_size={data_args.global_batch_size} is not a multiple of per_device_train_batch_size="
             f"{training_args.per_device_train_batch_size} x {training_args.world_size} process(es) = {per_step}. "
-            "Change per_device_train_batch_size or the number of processes so that it divides.")
+            "Change per_device_train_batch_size or the number of processes so that it divides."
+        )
     if training_args.gradient_accumulation_steps not in (1, accumulation):
         raise RecipeError(
             f"gradient_accumulation_steps={training_args.gradient_accumulation_steps} contradicts global_batch_size="
             f"{data_args.global_batch_size} (which needs {accumulation} at {per_step} sequences per micro-step). "
-            "Set only one of them.")
+            "Set only one of them."
+        )
     training_args.gradient_accumulation_steps = accumulation
     return data_args.global_batch_size
 
@@ -41,16 +43,27 @@ def check_model(model_args, data_args):
         what = f"model_preset={model_args.model_preset!r} with max_position_embeddings={positions}"
     else:
         try:
-            config = AutoConfig.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision,
-                                                trust_remote_code=model_args.trust_remote_code)
+            config = AutoConfig.from_pretrained(
+                model_args.model_name_or_path,
+                revision=model_args.model_revision,
+                trust_remote_code=model_args.trust_remote_code,
+            )
         except OSError as err:
             raise RecipeError(f"Cannot load model_name_or_path={model_args.model_name_or_path!r}: {err}") from err
-        positions = next((getattr(config, k) for k in ("max_position_embeddings", "n_positions", "n_ctx")
-                          if getattr(config, k, None)), None)
+        positions = next(
+            (
+                getattr(config, k)
+                for k in ("max_position_embeddings", "n_positions", "n_ctx")
+                if getattr(config, k, None)
+            ),
+            None,
+        )
         what = f"{model_args.model_name_or_path!r} (max_position_embeddings={positions})"
     if positions is not None and data_args.block_size > positions:
-        raise RecipeError(f"block_size={data_args.block_size} is longer than the model's context: {what}. "
-                          f"Set block_size <= {positions}.")
+        raise RecipeError(
+            f"block_size={data_args.block_size} is longer than the model's context: {what}. "
+            f"Set block_size <= {positions}."
+        )
     return config
 
 

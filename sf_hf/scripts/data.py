@@ -36,8 +36,9 @@ def load_tokenizer(model_args, data_args, raw, training_args, checkpoint, positi
             else:
                 tokenizer = AutoTokenizer.from_pretrained(folder)
     else:
-        tokenizer = AutoTokenizer.from_pretrained(name, revision=model_args.model_revision,
-                                                  trust_remote_code=model_args.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(
+            name, revision=model_args.model_revision, trust_remote_code=model_args.trust_remote_code
+        )
     tokenizer.model_max_length = positions
     return tokenizer
 
@@ -48,8 +49,11 @@ def prepare_data(data_args, training_args, tokenizer, raw):
     if isinstance(train, datasets.IterableDataset):
         train = train.shuffle(seed=training_args.seed, buffer_size=STREAM_SHUFFLE_BUFFER)
     with training_args.main_process_first(desc="packing"):
-        kwargs = dict(block_size=data_args.block_size, text_column=data_args.text_column,
-                      num_proc=data_args.preprocessing_num_workers)
+        kwargs = dict(
+            block_size=data_args.block_size,
+            text_column=data_args.text_column,
+            num_proc=data_args.preprocessing_num_workers,
+        )
         train_blocks = pack_into_blocks(train, tokenizer, **kwargs)
         eval_blocks = pack_into_blocks(validation, tokenizer, **kwargs)
     train_blocks = _head(train_blocks, data_args.max_train_blocks)
@@ -69,7 +73,8 @@ def _head(dataset, n):
 
 def baseline_entropy(train_blocks, eval_blocks):
     """Unigram entropy (nats/token) of the training blocks (of the validation blocks for a stream)."""
-    blocks, which = (train_blocks, "training") if isinstance(train_blocks, datasets.Dataset) else (eval_blocks,
-                                                                                                   "validation")
+    blocks, which = (
+        (train_blocks, "training") if isinstance(train_blocks, datasets.Dataset) else (eval_blocks, "validation")
+    )
     blocks = _head(blocks, ENTROPY_BLOCKS)
     return unigram_entropy(blocks), f"{which} data, {len(blocks) * len(blocks[0]['input_ids']):,} tokens"

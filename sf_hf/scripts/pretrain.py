@@ -37,22 +37,33 @@ def build(model_args, tokenizer, positions, config):
     """The model: a preset built for `tokenizer`, or `model_name_or_path` (whose embeddings must cover it)."""
     extra = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
     if model_args.model_name_or_path is None:
-        ids = dict(eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
-                   pad_token_id=tokenizer.pad_token_id)
+        ids = dict(
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
         return build_model(model_args.model_preset, len(tokenizer), positions, **ids, **extra)
     if len(tokenizer) > config.vocab_size:
-        raise RecipeError(f"The tokenizer has {len(tokenizer)} tokens but {model_args.model_name_or_path!r} only "
-                          f"{config.vocab_size} embeddings: use the model's own tokenizer.")
-    return AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision,
-                                                trust_remote_code=model_args.trust_remote_code, **extra)
+        raise RecipeError(
+            f"The tokenizer has {len(tokenizer)} tokens but {model_args.model_name_or_path!r} only "
+            f"{config.vocab_size} embeddings: use the model's own tokenizer."
+        )
+    return AutoModelForCausalLM.from_pretrained(
+        model_args.model_name_or_path,
+        revision=model_args.model_revision,
+        trust_remote_code=model_args.trust_remote_code,
+        **extra,
+    )
 
 
 def prepare(argv, default_config, require_pretrained=False):
     """Everything before training; every input error surfaces here as a RecipeError/ValueError, within seconds."""
     model_args, data_args, training_args, script_args = parse_script_args(argv, default_config, with_script_args=True)
     if require_pretrained and not model_args.model_name_or_path:
-        raise RecipeError("Fine-tuning needs a model: pass --model_name_or_path (a local folder, e.g. the output_dir "
-                          "of recipes/pretrain.py, or a Hub id). To train from scratch use recipes/pretrain.py.")
+        raise RecipeError(
+            "Fine-tuning needs a model: pass --model_name_or_path (a local folder, e.g. the output_dir "
+            "of recipes/pretrain.py, or a Hub id). To train from scratch use recipes/pretrain.py."
+        )
     setup_logging(training_args)
     seqs_per_step = resolve_batch(data_args, training_args)
     config = check_model(model_args, data_args)
@@ -62,11 +73,17 @@ def prepare(argv, default_config, require_pretrained=False):
     positions = model_args.max_position_embeddings or data_args.block_size
     if config is not None:
         positions = getattr(config, "max_position_embeddings", None) or positions
-    raw = load_text_dataset(data_args.dataset_name, config_name=data_args.dataset_config,
-                            train_split=data_args.train_split, validation_split=data_args.validation_split,
-                            text_column=data_args.text_column, streaming=data_args.streaming,
-                            validation_fraction=data_args.validation_fraction,
-                            validation_size=data_args.validation_size, seed=training_args.seed)
+    raw = load_text_dataset(
+        data_args.dataset_name,
+        config_name=data_args.dataset_config,
+        train_split=data_args.train_split,
+        validation_split=data_args.validation_split,
+        text_column=data_args.text_column,
+        streaming=data_args.streaming,
+        validation_fraction=data_args.validation_fraction,
+        validation_size=data_args.validation_size,
+        seed=training_args.seed,
+    )
     tokenizer = load_tokenizer(model_args, data_args, raw, training_args, checkpoint, positions)
     train_blocks, eval_blocks = prepare_data(data_args, training_args, tokenizer, raw)
     steps, epochs = steps_and_epochs(training_args, train_blocks, seqs_per_step)
@@ -76,8 +93,18 @@ def prepare(argv, default_config, require_pretrained=False):
     log_derived_numbers(model, data_args, training_args, seqs_per_step, steps, epochs, entropy)
     callbacks = get_callbacks(script_args.callbacks, model_args, data_args, training_args)
     callbacks.append(SpeedCallback(seqs_per_step * data_args.block_size))
-    return (model_args, data_args, training_args, tokenizer, model, train_blocks, eval_blocks, checkpoint, entropy,
-            callbacks)
+    return (
+        model_args,
+        data_args,
+        training_args,
+        tokenizer,
+        model,
+        train_blocks,
+        eval_blocks,
+        checkpoint,
+        entropy,
+        callbacks,
+    )
 
 
 def main(argv=None, default_config=DEFAULT_RECIPE, require_pretrained=False):
@@ -87,17 +114,38 @@ def main(argv=None, default_config=DEFAULT_RECIPE, require_pretrained=False):
         prepared = prepare(argv, default_config, require_pretrained)
     except (ValueError, ImportError) as err:  # bad input: say what to fix, no traceback, before any training
         raise SystemExit(f"{Path(sys.argv[0]).name}: error: {err}") from None
-    (model_args, data_args, training_args, tokenizer, model, train_blocks, eval_blocks, checkpoint, entropy,
-     callbacks) = prepared
-    trainer = ScheduleFreeTrainer(model=model, args=training_args, train_dataset=train_blocks, eval_dataset=eval_blocks,
-                                  processing_class=tokenizer, data_collator=default_data_collator, callbacks=callbacks)
+    (
+        model_args,
+        data_args,
+        training_args,
+        tokenizer,
+        model,
+        train_blocks,
+        eval_blocks,
+        checkpoint,
+        entropy,
+        callbacks,
+    ) = prepared
+    trainer = ScheduleFreeTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_blocks,
+        eval_dataset=eval_blocks,
+        processing_class=tokenizer,
+        data_collator=default_data_collator,
+        callbacks=callbacks,
+    )
     out = Path(training_args.output_dir)
     if trainer.is_world_process_zero():
         out.mkdir(parents=True, exist_ok=True)
         record, written = run_args_record(model_args, data_args), out / "run_args.json"
         if checkpoint and written.is_file() and (changes := run_args_changes(json.loads(written.read_text()), record)):
-            logger.warning("Resuming %s with other model/data settings than the run that wrote it (%s); "
-                           "run_args.json now records the new ones.", checkpoint, "; ".join(changes))
+            logger.warning(
+                "Resuming %s with other model/data settings than the run that wrote it (%s); "
+                "run_args.json now records the new ones.",
+                checkpoint,
+                "; ".join(changes),
+            )
         written.write_text(json.dumps(record, indent=2) + "\n")
     initial = None
     if model_args.model_name_or_path is not None and checkpoint is None:
@@ -110,8 +158,9 @@ def main(argv=None, default_config=DEFAULT_RECIPE, require_pretrained=False):
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
     metrics = trainer.evaluate()
-    metrics.update(perplexity=math.exp(metrics["eval_loss"]), unigram_entropy=entropy[0],
-                   unigram_perplexity=math.exp(entropy[0]))
+    metrics.update(
+        perplexity=math.exp(metrics["eval_loss"]), unigram_entropy=entropy[0], unigram_perplexity=math.exp(entropy[0])
+    )
     if initial is not None:
         metrics["initial_eval_loss"] = initial
     trainer.log_metrics("eval", metrics)

@@ -43,8 +43,10 @@ def log_derived_numbers(model, data_args, training_args, seqs_per_step, steps, e
     warmup = resolve_warmup_steps(args, steps)
     tokens_per_step = seqs_per_step * data_args.block_size
     if spec.schedule_free:
-        window = f"~{final_averaging_window(args, steps):.1f} steps of y at the end ((1 - b) / c: ~T/C refined, " \
-                 "~T(1-b1) vanilla)"
+        window = (
+            f"~{final_averaging_window(args, steps):.1f} steps of y at the end ((1 - b) / c: ~T/C refined, "
+            "~T(1-b1) vanilla)"
+        )
     elif args.optimizer_name == "adamw_ema":
         window = f"EMA ~1/(1-decay) = {1 / (1 - args.ema_decay):.0f} steps"
     else:
@@ -52,10 +54,10 @@ def log_derived_numbers(model, data_args, training_args, seqs_per_step, steps, e
     numbers = {
         "parameters": f"{sum(p.numel() for p in model.parameters()):,}",
         "optimizer": f"{args.optimizer_name}: lr {args.learning_rate:g}, betas ({args.adam_beta1}, {args.adam_beta2}), "
-                     f"weight decay {args.weight_decay:g} on {args.weight_decay_params} weights",
+        f"weight decay {args.weight_decay:g} on {args.weight_decay_params} weights",
         "tokens per step": f"{tokens_per_step:,} = {args.per_device_train_batch_size} per device x "
-                           f"{args.gradient_accumulation_steps} accumulation x {args.world_size} process(es) x "
-                           f"{data_args.block_size} tokens",
+        f"{args.gradient_accumulation_steps} accumulation x {args.world_size} process(es) x "
+        f"{data_args.block_size} tokens",
         "steps": f"{steps:,} ({steps * tokens_per_step:,} tokens" + (f", {epochs:.2f} epochs)" if epochs else ")"),
         "warmup steps": f"{warmup:,}" + (" (in the optimizer)" if spec.schedule_free else " (lr scheduler)"),
         "averaging window": window,
@@ -111,9 +113,16 @@ class SpeedCallback(TrainerCallback):
         seconds_per_step = (now - self.start[1]) / steps
         left = max(state.max_steps - state.global_step, 0)
         if state.is_world_process_zero:
-            logger.info("%s tokens/s (%.2f s/step over steps %d-%d), ETA %s for the %d steps left of %d",
-                        f"{self.tokens_per_step / seconds_per_step:,.0f}", seconds_per_step, self.start[0] + 1,
-                        state.global_step, tqdm.format_interval(left * seconds_per_step), left, state.max_steps)
+            logger.info(
+                "%s tokens/s (%.2f s/step over steps %d-%d), ETA %s for the %d steps left of %d",
+                f"{self.tokens_per_step / seconds_per_step:,.0f}",
+                seconds_per_step,
+                self.start[0] + 1,
+                state.global_step,
+                tqdm.format_interval(left * seconds_per_step),
+                left,
+                state.max_steps,
+            )
         self.logged = True
 
     def _restart(self, *args, **kwargs):
@@ -130,6 +139,15 @@ def log_done(out, metrics, entropy, initial=None) -> None:
         "Done.\n  final model (x): %s  (AutoModelForCausalLM.from_pretrained(%r))\n  checkpoints (x): %s\n"
         "  TensorBoard: tensorboard --logdir %s\n  validation loss %.4f nats/token, perplexity %.2f%s\n"
         "  unigram entropy %.4f nats/token (perplexity %.1f): the model is %.2f nats/token %s it",
-        out, str(out), ", ".join(checkpoints) or "none", out / "runs", metrics["eval_loss"], metrics["perplexity"],
-        f" (before fine-tuning {initial:.4f})" if initial is not None else "", entropy[0], math.exp(entropy[0]),
-        abs(entropy[0] - metrics["eval_loss"]), "below" if metrics["eval_loss"] < entropy[0] else "ABOVE")
+        out,
+        str(out),
+        ", ".join(checkpoints) or "none",
+        out / "runs",
+        metrics["eval_loss"],
+        metrics["perplexity"],
+        f" (before fine-tuning {initial:.4f})" if initial is not None else "",
+        entropy[0],
+        math.exp(entropy[0]),
+        abs(entropy[0] - metrics["eval_loss"]),
+        "below" if metrics["eval_loss"] < entropy[0] else "ABOVE",
+    )

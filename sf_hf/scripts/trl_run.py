@@ -43,8 +43,10 @@ class TrlScriptArguments(ScriptArguments):
 
     dataset_test_split: str | None = field(
         default=None,
-        metadata={"help": "The split to evaluate on (default: 'validation' if the dataset has it, else "
-                          "validation_fraction of dataset_train_split is held out)."},
+        metadata={
+            "help": "The split to evaluate on (default: 'validation' if the dataset has it, else "
+            "validation_fraction of dataset_train_split is held out)."
+        },
     )
     validation_fraction: float = field(default=0.05, metadata={"help": "Fraction held out when there is no split."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Train on the first N examples only."})
@@ -52,8 +54,10 @@ class TrlScriptArguments(ScriptArguments):
 
     def __post_init__(self):
         if not self.dataset_name:
-            raise RecipeError("dataset_name is not set: 'kjv-instructions' or 'kjv-preferences' (built offline), a "
-                              "local file or folder, or a Hub dataset id.")
+            raise RecipeError(
+                "dataset_name is not set: 'kjv-instructions' or 'kjv-preferences' (built offline), a "
+                "local file or folder, or a Hub dataset id."
+            )
         for name in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -71,24 +75,35 @@ def check_model_path(model_args) -> None:
     """Fails within seconds when `model_name_or_path` is unset, or is a local path that does not exist."""
     name = model_args.model_name_or_path
     if not name:
-        raise RecipeError("model_name_or_path is not set: a local folder (e.g. the output of `make pretrain`, "
-                          f"{MAKE_PRETRAIN_OUTPUT}) or a Hub id.")
+        raise RecipeError(
+            "model_name_or_path is not set: a local folder (e.g. the output of `make pretrain`, "
+            f"{MAKE_PRETRAIN_OUTPUT}) or a Hub id."
+        )
     if os.path.exists(name):
         return
     if name.startswith((".", "/", "~")) or name.count("/") != 1 or name.startswith("outputs/"):
-        hint = (" It is the output of `make pretrain`: run `make pretrain` first (about 4 minutes on 2 idle CPU cores)."
-                if name.rstrip("/").endswith(MAKE_PRETRAIN_OUTPUT) else "")
-        raise RecipeError(f"model_name_or_path={name!r} does not exist (from {os.getcwd()}).{hint} Or point "
-                          "model_name_or_path at another model folder or a Hub id.")
+        hint = (
+            " It is the output of `make pretrain`: run `make pretrain` first (about 4 minutes on 2 idle CPU cores)."
+            if name.rstrip("/").endswith(MAKE_PRETRAIN_OUTPUT)
+            else ""
+        )
+        raise RecipeError(
+            f"model_name_or_path={name!r} does not exist (from {os.getcwd()}).{hint} Or point "
+            "model_name_or_path at another model folder or a Hub id."
+        )
 
 
 def load_splits(script_args, training_args) -> tuple:
     """`(train, eval)` of the recipe's dataset, cut to max_train_samples / max_eval_samples."""
-    splits = load_dataset_splits(script_args.dataset_name, config_name=script_args.dataset_config,
-                                 train_split=script_args.dataset_train_split,
-                                 validation_split=script_args.dataset_test_split,
-                                 streaming=script_args.dataset_streaming,
-                                 validation_fraction=script_args.validation_fraction, seed=training_args.seed)
+    splits = load_dataset_splits(
+        script_args.dataset_name,
+        config_name=script_args.dataset_config,
+        train_split=script_args.dataset_train_split,
+        validation_split=script_args.dataset_test_split,
+        streaming=script_args.dataset_streaming,
+        validation_fraction=script_args.validation_fraction,
+        seed=training_args.seed,
+    )
     train, evaluation = splits["train"], splits["validation"]
     if script_args.max_train_samples is not None:
         train = train.select(range(min(script_args.max_train_samples, len(train))))
@@ -105,14 +120,24 @@ def prepare(config_cls: type, argv, default_config) -> tuple:
     checkpoint = find_checkpoint(training_args)
     if checkpoint:
         logger.info("Resuming from %s", checkpoint)
-    model_init_kwargs = dict(revision=model_args.model_revision, trust_remote_code=training_args.trust_remote_code,
-                             attn_implementation=model_args.attn_implementation, dtype=model_args.dtype)
+    model_init_kwargs = dict(
+        revision=model_args.model_revision,
+        trust_remote_code=training_args.trust_remote_code,
+        attn_implementation=model_args.attn_implementation,
+        dtype=model_args.dtype,
+    )
     training_args.model_init_kwargs = {**model_init_kwargs, **(training_args.model_init_kwargs or {})}
     train, evaluation = load_splits(script_args, training_args)
-    logger.info("Dataset %s: %d training and %d held-out examples; %s", script_args.dataset_name, len(train),
-                len(evaluation), "LoRA " + str(dict(r=model_args.lora_r, alpha=model_args.lora_alpha,
-                                                    target_modules=model_args.lora_target_modules))
-                if model_args.use_peft else "full fine-tuning")
+    logger.info(
+        "Dataset %s: %d training and %d held-out examples; %s",
+        script_args.dataset_name,
+        len(train),
+        len(evaluation),
+        "LoRA "
+        + str(dict(r=model_args.lora_r, alpha=model_args.lora_alpha, target_modules=model_args.lora_target_modules))
+        if model_args.use_peft
+        else "full fine-tuning",
+    )
     return script_args, training_args, model_args, train, evaluation, checkpoint
 
 
@@ -124,22 +149,28 @@ def tokens_seen(trainer) -> int | None:
     return trainer.state.num_input_tokens_seen or None
 
 
-def run_trl_script(trainer_cls: type, config_cls: type, argv=None, default_config=None,
-                   report: tuple[str, ...] = ("eval_loss",)) -> dict:
+def run_trl_script(
+    trainer_cls: type, config_cls: type, argv=None, default_config=None, report: tuple[str, ...] = ("eval_loss",)
+) -> dict:
     """Runs a TRL trainer with Schedule-Free from a recipe to the end; returns the final evaluation's metrics with
     `initial_<key>` for each `report` key measured before training (not on a resume) and the throughput.
 
     A bad input exits with the message and no traceback, before any training.
     """
     try:
-        script_args, training_args, model_args, train, evaluation, checkpoint = prepare(config_cls, argv,
-                                                                                        default_config)
+        script_args, training_args, model_args, train, evaluation, checkpoint = prepare(
+            config_cls, argv, default_config
+        )
     except (ValueError, ImportError, OSError) as err:
         raise SystemExit(f"{Path(sys.argv[0]).name}: error: {err}") from None
     set_seed(training_args.seed)
     trainer = schedule_free_trainer(trainer_cls)(
-        model=model_args.model_name_or_path, args=training_args, train_dataset=train, eval_dataset=evaluation,
-        peft_config=get_peft_config(model_args))
+        model=model_args.model_name_or_path,
+        args=training_args,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        peft_config=get_peft_config(model_args),
+    )
     initial = {}
     if checkpoint is None:
         initial = {f"initial_{k}": v for k, v in trainer.evaluate().items() if k in report}
@@ -161,10 +192,17 @@ def run_trl_script(trainer_cls: type, config_cls: type, argv=None, default_confi
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
     if trainer.is_world_process_zero():
-        logger.info("Done in %.0f s of training. The model (x%s) is in %s.\n  %s", seconds,
-                    ", a LoRA adapter" if model_args.use_peft else "", training_args.output_dir,
-                    "\n  ".join(f"{k}: {metrics.get('initial_' + k, float('nan')):.4f} before -> {metrics[k]:.4f} after"
-                                for k in report if k in metrics))
+        logger.info(
+            "Done in %.0f s of training. The model (x%s) is in %s.\n  %s",
+            seconds,
+            ", a LoRA adapter" if model_args.use_peft else "",
+            training_args.output_dir,
+            "\n  ".join(
+                f"{k}: {metrics.get('initial_' + k, float('nan')):.4f} before -> {metrics[k]:.4f} after"
+                for k in report
+                if k in metrics
+            ),
+        )
     trainer.accelerator.wait_for_everyone()
     trainer.accelerator.end_training()  # destroys the process group: a process left with it aborts at exit
     return metrics

@@ -44,11 +44,29 @@ TRAIN, EVAL = TokenDataset(64, seed=1), TokenDataset(8, seed=2)
 HYPER = dict(lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1, warmup_steps=3, decoupling_c=5.0)  # = trainer_utils.config
 # ScheduleFree+ (--sf-plus): annealing, c warmup and AdamC decay all active within STEPS; the foreach twin (a compile
 # per process would cost more than the whole run)
-HYPER_PLUS = dict(lr=1.0, betas=(0.9, 0.95), weight_decay=1.0, warmup_steps=2, c_warmup=2, sf_beta1=0.8,
-                  sf_beta1_anneal_steps=4, sf_beta1_max=0.95)
-SF_PLUS_ARGS = dict(optimizer_name="sf_plus", learning_rate=1.0, adam_beta1=0.9, adam_beta2=0.95, weight_decay=1.0,
-                    warmup_steps=2, c_warmup=2, sf_beta1=0.8, sf_beta1_anneal_steps=4, sf_beta1_max=0.95,
-                    sf_fused=False)
+HYPER_PLUS = dict(
+    lr=1.0,
+    betas=(0.9, 0.95),
+    weight_decay=1.0,
+    warmup_steps=2,
+    c_warmup=2,
+    sf_beta1=0.8,
+    sf_beta1_anneal_steps=4,
+    sf_beta1_max=0.95,
+)
+SF_PLUS_ARGS = dict(
+    optimizer_name="sf_plus",
+    learning_rate=1.0,
+    adam_beta1=0.9,
+    adam_beta2=0.95,
+    weight_decay=1.0,
+    warmup_steps=2,
+    c_warmup=2,
+    sf_beta1=0.8,
+    sf_beta1_anneal_steps=4,
+    sf_beta1_max=0.95,
+    sf_fused=False,
+)
 
 
 def contiguous(weights: dict) -> dict:
@@ -61,10 +79,18 @@ def contiguous(weights: dict) -> dict:
 def trainer_args(out: Path, **overrides):
     # On CPU ddp_backend="gloo": DeepSpeed needs it (ACCELERATE_USE_CPU would turn DeepSpeed into DDP); use_cpu
     # stays False for the same reason, and DDP gets the CPU from ACCELERATE_USE_CPU.
-    settings = dict(max_steps=STEPS, per_device_train_batch_size=PER_DEVICE, per_device_eval_batch_size=PER_DEVICE,
-                    save_strategy="steps", save_steps=SAVE_AT, eval_strategy="steps", eval_steps=SAVE_AT,
-                    use_cpu=False, ddp_backend=None if torch.cuda.is_available() else "gloo",
-                    bf16=os.environ.get("ACCELERATE_MIXED_PRECISION") == "bf16")  # DeepSpeed refuses a mismatch
+    settings = dict(
+        max_steps=STEPS,
+        per_device_train_batch_size=PER_DEVICE,
+        per_device_eval_batch_size=PER_DEVICE,
+        save_strategy="steps",
+        save_steps=SAVE_AT,
+        eval_strategy="steps",
+        eval_steps=SAVE_AT,
+        use_cpu=False,
+        ddp_backend=None if torch.cuda.is_available() else "gloo",
+        bf16=os.environ.get("ACCELERATE_MIXED_PRECISION") == "bf16",
+    )  # DeepSpeed refuses a mismatch
     return config(out, **{**settings, **overrides})
 
 
@@ -113,10 +139,12 @@ def describe(trainer) -> dict:
     base = trainer._base_optimizer()
     plugin = trainer.accelerator.state.deepspeed_plugin if trainer.is_deepspeed_enabled else None
     return dict(
-        world_size=trainer.args.world_size, distributed_type=str(trainer.accelerator.distributed_type).split(".")[-1],
+        world_size=trainer.args.world_size,
+        distributed_type=str(trainer.accelerator.distributed_type).split(".")[-1],
         zero_stage=plugin.zero_stage if plugin else None,
         chain=[type(o).__name__ for o in optimizer_chain(trainer.optimizer)],
-        k=[g["k"] for g in base.param_groups], module_dtype=str(next(trainer.model.parameters()).dtype),
+        k=[g["k"] for g in base.param_groups],
+        module_dtype=str(next(trainer.model.parameters()).dtype),
         ds_config={k: v for k, v in (plugin.deepspeed_config if plugin else {}).items() if "zero" in k or k == "bf16"},
     )
 
@@ -137,8 +165,11 @@ def refused(out: Path, config_file: str) -> dict:
     try:
         trainer.train()
     except Exception as err:  # the test asserts on the type and the message
-        return dict(error=type(err).__name__, message=str(err), chain=[type(o).__name__
-                                                                       for o in optimizer_chain(trainer.optimizer)])
+        return dict(
+            error=type(err).__name__,
+            message=str(err),
+            chain=[type(o).__name__ for o in optimizer_chain(trainer.optimizer)],
+        )
     return dict(error=None, chain=[type(o).__name__ for o in optimizer_chain(trainer.optimizer)])
 
 
@@ -151,38 +182,58 @@ def run_trainer(out: Path, refuse_config: str = None, bf16_params: bool = False,
         os.environ["ACCELERATE_DEEPSPEED_CONFIG_FILE"] = main_config
 
     record = RecordAt(SAVE_AT)
-    straight = ScheduleFreeTrainer(model=tiny_model(), args=trainer_args(out / "run"), train_dataset=TRAIN,
-                                   eval_dataset=EVAL, callbacks=[record])
+    straight = ScheduleFreeTrainer(
+        model=tiny_model(), args=trainer_args(out / "run"), train_dataset=TRAIN, eval_dataset=EVAL, callbacks=[record]
+    )
     record.trainer = straight
     straight.train()
     x_master, x_module = master_weights(straight), module_weights(straight)
-    results.update(describe(straight), losses=losses(straight), eval_loss=straight.evaluate()["eval_loss"],
-                   single_process_eval_loss=single_process_loss(x_module, next(straight.model.parameters())))
+    results.update(
+        describe(straight),
+        losses=losses(straight),
+        eval_loss=straight.evaluate()["eval_loss"],
+        single_process_eval_loss=single_process_loss(x_module, next(straight.model.parameters())),
+    )
     straight.save_model(str(out / "final"))
     straight.use_training_weights()
     y = module_weights(straight)
     straight.use_averaged_weights()
 
-    resumed = ScheduleFreeTrainer(model=tiny_model(seed=1), args=trainer_args(out / "resumed"), train_dataset=TRAIN,
-                                  eval_dataset=EVAL)
+    resumed = ScheduleFreeTrainer(
+        model=tiny_model(seed=1), args=trainer_args(out / "resumed"), train_dataset=TRAIN, eval_dataset=EVAL
+    )
     resumed.train(resume_from_checkpoint=str(out / "run" / f"checkpoint-{SAVE_AT}"))
     x_resumed = master_weights(resumed)
-    results.update(resumed_losses=losses(resumed), resumed_eval_loss=resumed.evaluate()["eval_loss"],
-                   resumed_k=[g["k"] for g in resumed._base_optimizer().param_groups])
+    results.update(
+        resumed_losses=losses(resumed),
+        resumed_eval_loss=resumed.evaluate()["eval_loss"],
+        resumed_k=[g["k"] for g in resumed._base_optimizer().param_groups],
+    )
 
     # the same run never evaluated nor saved: observing a run must not change it
     x_unobserved = unobserved_x(out / "unobserved", tiny_model())
     outputs = dict(x_master=x_master, y=y, x_resumed=x_resumed, x_at_save=record.x, x_unobserved=x_unobserved)
     if bf16_params:  # and all three again with bf16 parameters (fp32 z and v, y rounded to bf16 at every step)
-        observed = ScheduleFreeTrainer(model=tiny_model().to(torch.bfloat16), args=trainer_args(out / "bf16"),
-                                       train_dataset=TRAIN, eval_dataset=EVAL)
+        observed = ScheduleFreeTrainer(
+            model=tiny_model().to(torch.bfloat16),
+            args=trainer_args(out / "bf16"),
+            train_dataset=TRAIN,
+            eval_dataset=EVAL,
+        )
         observed.train()
-        resumed = ScheduleFreeTrainer(model=tiny_model(seed=1).to(torch.bfloat16),
-                                      args=trainer_args(out / "bf16_resumed"), train_dataset=TRAIN, eval_dataset=EVAL)
+        resumed = ScheduleFreeTrainer(
+            model=tiny_model(seed=1).to(torch.bfloat16),
+            args=trainer_args(out / "bf16_resumed"),
+            train_dataset=TRAIN,
+            eval_dataset=EVAL,
+        )
         resumed.train(resume_from_checkpoint=str(out / "bf16" / f"checkpoint-{SAVE_AT}"))
         results["bf16_module_dtype"] = str(next(observed.model.parameters()).dtype)
-        outputs.update(bf16_x_observed=master_weights(observed), bf16_x_resumed=master_weights(resumed),
-                       bf16_x_unobserved=unobserved_x(out / "bf16_unobserved", tiny_model().to(torch.bfloat16)))
+        outputs.update(
+            bf16_x_observed=master_weights(observed),
+            bf16_x_resumed=master_weights(resumed),
+            bf16_x_unobserved=unobserved_x(out / "bf16_unobserved", tiny_model().to(torch.bfloat16)),
+        )
 
     save_file(x_module, str(out / f"x_module_rank{rank}.safetensors"))
     if rank == 0:
@@ -196,8 +247,9 @@ def run_trainer(out: Path, refuse_config: str = None, bf16_params: bool = False,
 
 def unobserved_x(out: Path, model) -> dict:
     """x at the end of the same run with no evaluation and no checkpoint on the way."""
-    trainer = ScheduleFreeTrainer(model=model, args=trainer_args(out, save_strategy="no", eval_strategy="no"),
-                                  train_dataset=TRAIN)
+    trainer = ScheduleFreeTrainer(
+        model=model, args=trainer_args(out, save_strategy="no", eval_strategy="no"), train_dataset=TRAIN
+    )
     trainer.train()
     return master_weights(trainer)
 
@@ -206,12 +258,19 @@ def run_sf_plus_trainer(out: Path) -> None:
     """ScheduleFree+ through the Trainer: STEPS steps; per-rank x and y, the optimizer's x, losses and Polyak steps."""
     rank = int(os.environ.get("RANK", 0))
     out.mkdir(parents=True, exist_ok=True)
-    trainer = ScheduleFreeTrainer(model=tiny_model(), train_dataset=TRAIN, args=trainer_args(
-        out / "run", eval_strategy="no", save_strategy="no", **SF_PLUS_ARGS))
+    trainer = ScheduleFreeTrainer(
+        model=tiny_model(),
+        train_dataset=TRAIN,
+        args=trainer_args(out / "run", eval_strategy="no", save_strategy="no", **SF_PLUS_ARGS),
+    )
     trainer.train()
     base = trainer._base_optimizer()
-    results = dict(describe(trainer), losses=losses(trainer), sf_beta1_y=base.param_groups[0]["sf_beta1_y"],
-                   polyak_lr={h["step"]: h["learning_rate"] for h in trainer.state.log_history if "loss" in h})
+    results = dict(
+        describe(trainer),
+        losses=losses(trainer),
+        sf_beta1_y=base.param_groups[0]["sf_beta1_y"],
+        polyak_lr={h["step"]: h["learning_rate"] for h in trainer.state.log_history if "loss" in h},
+    )
     x_master, x_module = master_weights(trainer), module_weights(trainer)
     trainer.use_training_weights()
     y_module = module_weights(trainer)
@@ -241,9 +300,9 @@ def end_process_group() -> None:
 
 def batch_ids(step: int, world: int = 1, rank: int = 0) -> torch.Tensor:
     """The global batch of `step` (1-based; PER_DEVICE x 2 sequences), or one rank's share of it."""
-    order = torch.randperm(len(TRAIN), generator=torch.Generator().manual_seed(step))[:2 * PER_DEVICE]
+    order = torch.randperm(len(TRAIN), generator=torch.Generator().manual_seed(step))[: 2 * PER_DEVICE]
     share = len(order) // world
-    return TRAIN.ids[order[rank * share:(rank + 1) * share]]
+    return TRAIN.ids[order[rank * share : (rank + 1) * share]]
 
 
 def lm_loss(model, ids: torch.Tensor) -> torch.Tensor:
@@ -279,7 +338,7 @@ def loop_eval(model, optimizer, world: int = 1, rank: int = 0) -> float:
     switch_weights(optimizer, train=False, model=model)
     model.eval()
     share = len(EVAL) // world
-    value = lm_loss(model, EVAL.ids[rank * share:(rank + 1) * share]).detach().clone()
+    value = lm_loss(model, EVAL.ids[rank * share : (rank + 1) * share]).detach().clone()
     if world > 1:
         dist.all_reduce(value)
     return value.item() / world
@@ -455,13 +514,20 @@ def run_fsdp2(out: Path) -> None:
         twin_optimizer.set_grad_norm(torch.nn.utils.clip_grad_norm_(twin.parameters(), max_norm=1.0))
         twin_optimizer.step()
     handed = [None] * world
-    dist.all_gather_object(handed, ([(g["k"], g["skipped_steps"]) for g in twin_optimizer.param_groups],
-                                    len(own_checks)))
+    dist.all_gather_object(
+        handed, ([(g["k"], g["skipped_steps"]) for g in twin_optimizer.param_groups], len(own_checks))
+    )
     results["handed_norm_k_skipped_and_own_checks_per_rank"] = handed
     save_file(x_module, str(out / f"x_module_rank{rank}.safetensors"))
     if rank == 0:
-        for name, weights in (("x_master", x_master), ("y", y), ("x_resumed", x_resumed), ("x_at_save", x_at_save),
-                              ("x_foreach", x_foreach), ("x_unobserved", x_unobserved)):
+        for name, weights in (
+            ("x_master", x_master),
+            ("y", y),
+            ("x_resumed", x_resumed),
+            ("x_at_save", x_at_save),
+            ("x_foreach", x_foreach),
+            ("x_unobserved", x_unobserved),
+        ):
             save_file(weights, str(out / f"{name}.safetensors"))
         for folder, weights in (("final", saved), (f"run/checkpoint-{SAVE_AT}", saved_at_save)):
             (out / folder).mkdir(parents=True, exist_ok=True)
@@ -486,9 +552,13 @@ def run_deepspeed_bf16(out: Path, stages=(2, 3)) -> None:
     results = dict(world_size=world)
     for stage in stages:
         model = tiny_model()
-        config = {"train_micro_batch_size_per_gpu": PER_DEVICE, "gradient_accumulation_steps": 1,
-                  "bf16": {"enabled": True}, "zero_optimization": {"stage": stage},
-                  "zero_allow_untested_optimizer": True}
+        config = {
+            "train_micro_batch_size_per_gpu": PER_DEVICE,
+            "gradient_accumulation_steps": 1,
+            "bf16": {"enabled": True},
+            "zero_optimization": {"stage": stage},
+            "zero_allow_untested_optimizer": True,
+        }
         engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=build_optimizer(model), config=config)
         resolve_optimizer(optimizer, RefinedScheduleFreeAdamW)
         params = dict(engine.module.named_parameters())
@@ -520,9 +590,13 @@ def run_deepspeed_bf16(out: Path, stages=(2, 3)) -> None:
             with torch.no_grad():
                 single_loss = lm_loss(single.eval(), EVAL.ids).item()
             results[f"zero{stage}"] = dict(
-                module_dtype=str(next(iter(params.values())).dtype), k=[g["k"] for g in optimizer.param_groups],
-                losses=losses, eval_loss=eval_loss, single_process_eval_loss=single_loss,
-                chain=[type(o).__name__ for o in optimizer_chain(optimizer)])
+                module_dtype=str(next(iter(params.values())).dtype),
+                k=[g["k"] for g in optimizer.param_groups],
+                losses=losses,
+                eval_loss=eval_loss,
+                single_process_eval_loss=single_loss,
+                chain=[type(o).__name__ for o in optimizer_chain(optimizer)],
+            )
             for name, weights in (("x_master", x_master), ("y", y), ("saved", contiguous(saved))):
                 save_file(weights, str(out / f"zero{stage}_{name}.safetensors"))
     if rank == 0:

@@ -43,14 +43,21 @@ def main(out: Path) -> None:
     straight = ScheduleFreeTrainer(model=partitioned_model(0), args=args, train_dataset=TRAIN, eval_dataset=EVAL)
     shapes = sorted({str(list(t.shape)) for t in straight.model.state_dict().values()})  # [0]: partitioned
     straight.train()
-    results = dict(describe(straight), state_dict_shapes=shapes, losses=losses(straight),
-                   eval_loss=straight.evaluate()["eval_loss"])
+    results = dict(
+        describe(straight),
+        state_dict_shapes=shapes,
+        losses=losses(straight),
+        eval_loss=straight.evaluate()["eval_loss"],
+    )
     x = master_weights(straight)
     args = trainer_args(out / "resumed")
     resumed = ScheduleFreeTrainer(model=partitioned_model(1), args=args, train_dataset=TRAIN, eval_dataset=EVAL)
     resumed.train(resume_from_checkpoint=str(out / "run" / f"checkpoint-{SAVE_AT}"))
-    results.update(resumed_losses=losses(resumed), resumed_eval_loss=resumed.evaluate()["eval_loss"],
-                   resumed_k=[g["k"] for g in resumed._base_optimizer().param_groups])
+    results.update(
+        resumed_losses=losses(resumed),
+        resumed_eval_loss=resumed.evaluate()["eval_loss"],
+        resumed_k=[g["k"] for g in resumed._base_optimizer().param_groups],
+    )
     x_resumed = master_weights(resumed)
     if rank == 0:
         save_file(x, str(out / "x_master.safetensors"))

@@ -1,6 +1,6 @@
 """The shipped accelerate configs and SLURM launcher, and sf_hf.distributed's guards, without launching anything.
 
-    pytest tests/distributed/test_configs.py -q      # seconds
+pytest tests/distributed/test_configs.py -q      # seconds
 """
 
 import logging
@@ -22,8 +22,13 @@ from sf_hf.distributed import ReplacedOptimizerError, resolve_optimizer, warn_on
 from sf_hf.distributed.guards import OneScheduleAdvancePerStep
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = {"ddp": "MULTI_GPU", "deepspeed_zero1": "DEEPSPEED", "deepspeed_zero2": "DEEPSPEED",
-           "deepspeed_zero3": "DEEPSPEED", "fsdp2": "FSDP"}
+CONFIGS = {
+    "ddp": "MULTI_GPU",
+    "deepspeed_zero1": "DEEPSPEED",
+    "deepspeed_zero2": "DEEPSPEED",
+    "deepspeed_zero3": "DEEPSPEED",
+    "fsdp2": "FSDP",
+}
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -52,20 +57,39 @@ def test_each_config_is_complete_and_says_how_to_run_it(name):
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_slurm_launcher_fills_the_machine_fields_from_the_scheduler():
-    env = dict(os.environ, SF_HF_DRY_RUN="1", SLURM_NNODES="4", SLURM_PROCID="2", SLURM_JOB_ID="4321",
-               SLURM_GPUS_ON_NODE="8", MAIN_PROCESS_IP="node-17")
+    env = dict(
+        os.environ,
+        SF_HF_DRY_RUN="1",
+        SLURM_NNODES="4",
+        SLURM_PROCID="2",
+        SLURM_JOB_ID="4321",
+        SLURM_GPUS_ON_NODE="8",
+        MAIN_PROCESS_IP="node-17",
+    )
     env.pop("SLURM_JOB_NODELIST", None)
-    out = subprocess.run(["bash", "recipes/launch.slurm", "deepspeed_zero3", "recipes/a b.yaml", "--max_steps", "5"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["bash", "recipes/launch.slurm", "deepspeed_zero3", "recipes/a b.yaml", "--max_steps", "5"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     out = shlex.split(out)  # as the node's shell will split it
-    expected = {"--config_file": "accelerate_configs/deepspeed_zero3.yaml", "--num_machines": "4",
-                "--num_processes": "32", "--machine_rank": "2", "--main_process_ip": "node-17",
-                "--main_process_port": str(29500 + 4321 % 1000)}
+    expected = {
+        "--config_file": "accelerate_configs/deepspeed_zero3.yaml",
+        "--num_machines": "4",
+        "--num_processes": "32",
+        "--machine_rank": "2",
+        "--main_process_ip": "node-17",
+        "--main_process_port": str(29500 + 4321 % 1000),
+    }
     for flag, value in expected.items():
         assert out[out.index(flag) + 1] == value
     assert out[-5:] == ["recipes/pretrain.py", "--config", "recipes/a b.yaml", "--max_steps", "5"]
-    bad = subprocess.run(["bash", "recipes/launch.slurm", "zero9", "r.yaml"], cwd=ROOT, env=env,
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        ["bash", "recipes/launch.slurm", "zero9", "r.yaml"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
     assert bad.returncode == 2 and "deepspeed_zero3" in bad.stderr
 
 
@@ -87,21 +111,25 @@ def test_an_optimizer_swapped_in_by_deepspeed_is_refused():
         resolve_optimizer(nvme, RefinedScheduleFreeAdamW)
 
 
-@pytest.mark.parametrize("distributed_type, asked, world, warned", [
-    (DistributedType.MULTI_CPU, "ACCELERATE_USE_FSDP", "2", "asked for FSDP but accelerate runs MULTI_CPU"),
-    (DistributedType.MULTI_CPU, "ACCELERATE_USE_DEEPSPEED", "2", "asked for DEEPSPEED"),
-    (DistributedType.NO, None, "2", "2 processes were launched but accelerate runs NO"),
-    (DistributedType.FSDP, "ACCELERATE_USE_FSDP", "2", None),
-    (DistributedType.NO, None, "1", None),
-])
+@pytest.mark.parametrize(
+    "distributed_type, asked, world, warned",
+    [
+        (DistributedType.MULTI_CPU, "ACCELERATE_USE_FSDP", "2", "asked for FSDP but accelerate runs MULTI_CPU"),
+        (DistributedType.MULTI_CPU, "ACCELERATE_USE_DEEPSPEED", "2", "asked for DEEPSPEED"),
+        (DistributedType.NO, None, "2", "2 processes were launched but accelerate runs NO"),
+        (DistributedType.FSDP, "ACCELERATE_USE_FSDP", "2", None),
+        (DistributedType.NO, None, "1", None),
+    ],
+)
 def test_silent_fallbacks_are_warned_about(monkeypatch, caplog, distributed_type, asked, world, warned):
     for var in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"):
         monkeypatch.delenv(var, raising=False)
     if asked:
         monkeypatch.setenv(asked, "true")
     monkeypatch.setenv("WORLD_SIZE", world)
-    accelerator = SimpleNamespace(distributed_type=distributed_type, num_processes=1 if distributed_type ==
-                                  DistributedType.NO else int(world))
+    accelerator = SimpleNamespace(
+        distributed_type=distributed_type, num_processes=1 if distributed_type == DistributedType.NO else int(world)
+    )
     with caplog.at_level(logging.WARNING, logger="sf_hf.distributed.guards"):
         warn_on_silent_fallback(accelerator)
     if warned:

@@ -38,9 +38,15 @@ STRATEGIES = ["ddp", "zero1", "zero2", "zero3", "zero2_offload", "fsdp2"]
 SF_PLUS_STRATEGIES = ["ddp", "zero2", "zero3", "fsdp2"]  # launched with --sf-plus
 
 # ZeRO-Offload through a DeepSpeed JSON: accelerate's yaml keys cannot set zero_force_ds_cpu_optimizer.
-OFFLOAD = {"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu", "pin_memory": False}},
-           "zero_force_ds_cpu_optimizer": False, "bf16": {"enabled": "auto"}, "gradient_accumulation_steps": "auto",
-           "gradient_clipping": "auto", "train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto"}
+OFFLOAD = {
+    "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu", "pin_memory": False}},
+    "zero_force_ds_cpu_optimizer": False,
+    "bf16": {"enabled": "auto"},
+    "gradient_accumulation_steps": "auto",
+    "gradient_clipping": "auto",
+    "train_batch_size": "auto",
+    "train_micro_batch_size_per_gpu": "auto",
+}
 
 
 def free_port() -> int:
@@ -59,20 +65,51 @@ def launch_command(kind: str, out: Path) -> tuple:
         return [*torchrun, "--fsdp2", "--deepspeed-bf16"], {}
     accelerate = [str(BIN / "accelerate"), "launch", "--num_processes", "2", "--main_process_port", str(free_port())]
     if kind == "ddp":  # without ACCELERATE_USE_CPU each CPU process would train alone
-        return [*accelerate, "--config_file", str(ROOT / "accelerate_configs" / "ddp.yaml"), "--mixed_precision",
-                "no", *script, "--bf16-params"], {"ACCELERATE_USE_CPU": "true"}
+        return [
+            *accelerate,
+            "--config_file",
+            str(ROOT / "accelerate_configs" / "ddp.yaml"),
+            "--mixed_precision",
+            "no",
+            *script,
+            "--bf16-params",
+        ], {"ACCELERATE_USE_CPU": "true"}
     if kind == "zero2_offload":
         offload, swap = out / "offload.json", out / "swap.json"
         offload.write_text(json.dumps(OFFLOAD))
         swap.write_text(json.dumps({k: v for k, v in OFFLOAD.items() if k != "zero_force_ds_cpu_optimizer"}))
-        return [*accelerate, "--use_deepspeed", "--deepspeed_config_file", str(offload), *script,
-                "--refuse-config", str(swap)], {}
+        return [
+            *accelerate,
+            "--use_deepspeed",
+            "--deepspeed_config_file",
+            str(offload),
+            *script,
+            "--refuse-config",
+            str(swap),
+        ], {}
     if kind == "zero3_init":  # the shipped config as it is (zero3_init_flag: true), with the CPU overrides it names
-        return [*accelerate, "--config_file", str(ROOT / "accelerate_configs" / "deepspeed_zero3.yaml"),
-                "--mixed_precision", "no", "-m", "tests.distributed.run_zero3_init", "--out", str(out)], {}
+        return [
+            *accelerate,
+            "--config_file",
+            str(ROOT / "accelerate_configs" / "deepspeed_zero3.yaml"),
+            "--mixed_precision",
+            "no",
+            "-m",
+            "tests.distributed.run_zero3_init",
+            "--out",
+            str(out),
+        ], {}
     stage = kind[-1]
-    return [*accelerate, "--config_file", str(ROOT / "accelerate_configs" / f"deepspeed_zero{stage}.yaml"),
-            "--mixed_precision", "no", "--zero3_init_flag", "false", *script], {}
+    return [
+        *accelerate,
+        "--config_file",
+        str(ROOT / "accelerate_configs" / f"deepspeed_zero{stage}.yaml"),
+        "--mixed_precision",
+        "no",
+        "--zero3_init_flag",
+        "false",
+        *script,
+    ], {}
 
 
 _LAUNCHED = {}
@@ -93,7 +130,8 @@ def launched(kind: str, tmp_path_factory) -> tuple:
         finished = (out / "results.json").exists()
         assert proc.returncode == 0, (
             f"{kind}: the launch exited {proc.returncode} {'after' if finished else 'before'} writing its results. "
-            f"Log tail:\n{(proc.stdout + proc.stderr)[-6000:]}")
+            f"Log tail:\n{(proc.stdout + proc.stderr)[-6000:]}"
+        )
         _LAUNCHED[kind] = (json.loads((out / "results.json").read_text()), out)
     return _LAUNCHED[kind]
 
@@ -114,12 +152,21 @@ def single_process(tmp_path_factory) -> dict:
     from .run_strategy import TRAIN
 
     out = tmp_path_factory.mktemp("single")
-    args = config(out, max_steps=STEPS, per_device_train_batch_size=8, per_device_eval_batch_size=4,
-                  save_strategy="steps", save_steps=SAVE_AT, eval_strategy="steps", eval_steps=SAVE_AT)
+    args = config(
+        out,
+        max_steps=STEPS,
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=4,
+        save_strategy="steps",
+        save_steps=SAVE_AT,
+        eval_strategy="steps",
+        eval_steps=SAVE_AT,
+    )
     trainer = ScheduleFreeTrainer(model=tiny_model(), args=args, train_dataset=TRAIN, eval_dataset=EVAL)
     trainer.train()
-    return dict(losses={h["step"]: h["loss"] for h in trainer.state.log_history if "loss" in h},
-                x=weights(trainer.model))
+    return dict(
+        losses={h["step"]: h["loss"] for h in trainer.state.log_history if "loss" in h}, x=weights(trainer.model)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +232,8 @@ def test_resumed_run_matches_the_uninterrupted_run(kind, tmp_path_factory):
     if kind == "fsdp2":  # DCP keeps "state" and "param_groups" only, not the kept y: y is rebuilt by the lerp
         assert gap <= 1e-6  # half an ulp at the resume, carried 3 steps (measured 1.2e-7)
         assert [results["resumed_losses"][s] for s in after] == pytest.approx(
-            [results["losses"][s] for s in after], rel=1e-5)
+            [results["losses"][s] for s in after], rel=1e-5
+        )
         assert results["resumed_eval_loss"] == pytest.approx(results["eval_loss"], rel=1e-5)
         return
     assert [results["resumed_losses"][s] for s in after] == [results["losses"][s] for s in after]
@@ -263,8 +311,9 @@ def test_zero3_as_shipped_builds_partitioned_models_and_resumes_them(tmp_path_fa
     assert results["chain"][1:] == ["DeepSpeedZeroOptimizer_Stage3", "RefinedScheduleFreeAdamW"]
     assert results["resumed_k"] == results["k"] == [STEPS, STEPS]
     after = [str(step) for step in range(SAVE_AT + 1, STEPS + 1)]
-    assert [results["resumed_losses"][s] for s in after] == pytest.approx([results["losses"][s] for s in after],
-                                                                           rel=1e-6, abs=0)
+    assert [results["resumed_losses"][s] for s in after] == pytest.approx(
+        [results["losses"][s] for s in after], rel=1e-6, abs=0
+    )
     assert results["resumed_eval_loss"] == pytest.approx(results["eval_loss"], rel=1e-6, abs=0)
     assert max_abs_diff(tensors(out, "x_resumed.safetensors"), tensors(out, "x_master.safetensors")) <= 1e-6
     assert (out / "run" / f"checkpoint-{SAVE_AT}" / f"global_step{SAVE_AT}").is_dir()
@@ -281,12 +330,24 @@ def test_zero_offload_swap_is_refused_before_the_first_step(tmp_path_factory):
 def gpu_launch(config: str, out: Path) -> dict:
     """The Trainer launch with a shipped config as it is (bf16), on up to 2 GPUs."""
     processes = min(2, torch.cuda.device_count())
-    command = [str(BIN / "accelerate"), "launch", "--config_file", str(ROOT / "accelerate_configs" / config),
-               "--num_processes", str(processes), "--main_process_port", str(free_port()), "-m", MODULE,
-               "--out", str(out)]
+    command = [
+        str(BIN / "accelerate"),
+        "launch",
+        "--config_file",
+        str(ROOT / "accelerate_configs" / config),
+        "--num_processes",
+        str(processes),
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        MODULE,
+        "--out",
+        str(out),
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
-    proc = subprocess.run(command, cwd=ROOT, env=dict(env, HF_HUB_OFFLINE="1"), capture_output=True, text=True,
-                          timeout=900)
+    proc = subprocess.run(
+        command, cwd=ROOT, env=dict(env, HF_HUB_OFFLINE="1"), capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
     results = json.loads((out / "results.json").read_text())
     assert results["k"] == [STEPS, STEPS] and results["chain"][-1] == "RefinedScheduleFreeAdamW"
@@ -329,13 +390,17 @@ def single_process_plus(tmp_path_factory) -> dict:
     """ScheduleFree+ through the Trainer in one process with the global batch (the DDP and ZeRO-2/3 runs' twin)."""
     from .run_strategy import SF_PLUS_ARGS, TRAIN
 
-    args = config(tmp_path_factory.mktemp("single_plus"), max_steps=STEPS, per_device_train_batch_size=8,
-                  **SF_PLUS_ARGS)
+    args = config(
+        tmp_path_factory.mktemp("single_plus"), max_steps=STEPS, per_device_train_batch_size=8, **SF_PLUS_ARGS
+    )
     trainer = ScheduleFreeTrainer(model=tiny_model(), args=args, train_dataset=TRAIN)
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
-    return dict(losses={h["step"]: h["loss"] for h in logs}, lrs={h["step"]: h["learning_rate"] for h in logs},
-                x=weights(trainer.model))
+    return dict(
+        losses={h["step"]: h["loss"] for h in logs},
+        lrs={h["step"]: h["learning_rate"] for h in logs},
+        x=weights(trainer.model),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -354,8 +419,9 @@ def test_sf_plus_matches_one_process(kind, tmp_path_factory, request):
     steps = range(1, STEPS + 1)
     lrs = results["lrs"] if kind == "fsdp2" else results["polyak_lr"]
     assert [lrs[str(s)] for s in steps] == pytest.approx([reference["lrs"][s] for s in steps], rel=1e-5)
-    assert [results["losses"][str(s)] for s in steps] == pytest.approx([reference["losses"][s] for s in steps],
-                                                                       rel=1e-5)
+    assert [results["losses"][str(s)] for s in steps] == pytest.approx(
+        [reference["losses"][s] for s in steps], rel=1e-5
+    )
     assert max(reference["lrs"].values()) > 1e-3  # the Polyak steps moved the weights
     assert results["k"] == [STEPS, STEPS]
     # steps of a ~ 0.04 (4x the SF runs' lr) on Adam's normalized update: float differences in the reduction order of
@@ -372,7 +438,17 @@ def test_sf_plus_skips_a_nan_in_one_fsdp2_shard_on_every_rank(tmp_path_factory):
 def test_sf_plus_ddp_replicas_stay_bitwise_equal(tmp_path_factory):
     _, out = launched("ddp", tmp_path_factory)
     for name in ("x_module", "y_module"):
-        assert max_abs_diff(tensors(out / "sf_plus", f"{name}_rank0.safetensors"),
-                            tensors(out / "sf_plus", f"{name}_rank1.safetensors")) == 0.0
-    assert max_abs_diff(tensors(out / "sf_plus", "x_module_rank0.safetensors"),
-                        tensors(out / "sf_plus", "y_module_rank0.safetensors")) > 1e-3
+        assert (
+            max_abs_diff(
+                tensors(out / "sf_plus", f"{name}_rank0.safetensors"),
+                tensors(out / "sf_plus", f"{name}_rank1.safetensors"),
+            )
+            == 0.0
+        )
+    assert (
+        max_abs_diff(
+            tensors(out / "sf_plus", "x_module_rank0.safetensors"),
+            tensors(out / "sf_plus", "y_module_rank0.safetensors"),
+        )
+        > 1e-3
+    )

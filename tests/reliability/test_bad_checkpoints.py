@@ -72,33 +72,46 @@ class Payload:
 def plant_payload(path: Path, legacy: bool = False) -> Path:
     """Replaces a pickle with one carrying a payload and rewrites the manifest to match (attackers can, too)."""
     marker = path.parent.parent / PAYLOAD_MARK
-    torch.save({"state": {0: {"z": torch.zeros(2)}}, "param_groups": [], "evil": Payload(marker)}, path,
-               _use_new_zipfile_serialization=not legacy)
+    torch.save(
+        {"state": {0: {"z": torch.zeros(2)}}, "param_groups": [], "evil": Payload(marker)},
+        path,
+        _use_new_zipfile_serialization=not legacy,
+    )
     write_manifest(path.parent, global_step=4)
     return marker
 
 
 DAMAGES = {
-    "model.safetensors cut short": (lambda c: truncate(c / "model.safetensors"),
-                                    "checkpoint-4/model.safetensors: truncated"),
+    "model.safetensors cut short": (
+        lambda c: truncate(c / "model.safetensors"),
+        "checkpoint-4/model.safetensors: truncated",
+    ),
     "optimizer.pt cut short": (lambda c: truncate(c / "optimizer.pt"), "checkpoint-4/optimizer.pt: truncated"),
-    "optimizer.pt missing": (lambda c: (c / "optimizer.pt").unlink(),
-                             "checkpoint-4/optimizer.pt: missing (listed in checkpoint_manifest.json)"),
-    "trainer_state.json garbled": (lambda c: ((c / "trainer_state.json").write_text("{\"global_step\": 4,"),
-                                              write_manifest(c, 4)),
-                                   "checkpoint-4/trainer_state.json: truncated or corrupt JSON"),
-    "manifest garbled": (lambda c: (c / "checkpoint_manifest.json").write_text("{not json"),
-                         "checkpoint-4/checkpoint_manifest.json: unreadable manifest"),
+    "optimizer.pt missing": (
+        lambda c: (c / "optimizer.pt").unlink(),
+        "checkpoint-4/optimizer.pt: missing (listed in checkpoint_manifest.json)",
+    ),
+    "trainer_state.json garbled": (
+        lambda c: ((c / "trainer_state.json").write_text('{"global_step": 4,'), write_manifest(c, 4)),
+        "checkpoint-4/trainer_state.json: truncated or corrupt JSON",
+    ),
+    "manifest garbled": (
+        lambda c: (c / "checkpoint_manifest.json").write_text("{not json"),
+        "checkpoint-4/checkpoint_manifest.json: unreadable manifest",
+    ),
     # checkpoints without a manifest (a plain transformers.Trainer's) are judged by their files alone
     "no manifest, optimizer.pt cut short": (
         lambda c: (c / "checkpoint_manifest.json").unlink() or truncate(c / "optimizer.pt"),
-        "checkpoint-4/optimizer.pt: cannot be read, the file is truncated or corrupt"),
+        "checkpoint-4/optimizer.pt: cannot be read, the file is truncated or corrupt",
+    ),
     "no manifest, optimizer.pt missing": (
         lambda c: (c / "checkpoint_manifest.json").unlink() or (c / "optimizer.pt").unlink(),
-        "checkpoint-4/optimizer.pt: missing: this checkpoint cannot resume training"),
+        "checkpoint-4/optimizer.pt: missing: this checkpoint cannot resume training",
+    ),
     "no manifest, model.safetensors cut short": (
         lambda c: (c / "checkpoint_manifest.json").unlink() or truncate(c / "model.safetensors"),
-        "checkpoint-4/model.safetensors: truncated"),
+        "checkpoint-4/model.safetensors: truncated",
+    ),
 }
 
 
@@ -146,19 +159,22 @@ def test_resume_refuses_a_checkpoint_of_another_model_configuration(run, tmp_pat
     with pytest.raises(CheckpointCorruptError) as caught:
         make_trainer(out, model=wider).train(resume_from_checkpoint=str(out / "checkpoint-4"))
     message = str(caught.value)
-    assert "checkpoint-4/model.safetensors: tensor 'lm_head.weight' has shape [64, 32], the model has [64, 48]" \
-        in message
+    assert (
+        "checkpoint-4/model.safetensors: tensor 'lm_head.weight' has shape [64, 32], the model has [64, 48]" in message
+    )
     assert "checkpoint-4/config.json: config mismatch: hidden_size=32 (model: 48)" in message
 
 
-@pytest.mark.parametrize("name,legacy", [("optimizer.pt", False), ("optimizer.pt", True), ("scheduler.pt", False),
-                                         ("rng_state.pth", False)])
+@pytest.mark.parametrize(
+    "name,legacy", [("optimizer.pt", False), ("optimizer.pt", True), ("scheduler.pt", False), ("rng_state.pth", False)]
+)
 def test_resume_refuses_a_pickle_with_a_payload_and_never_runs_it(run, tmp_path, name, legacy):
     out = copy(run[0], tmp_path)
     target = out / "checkpoint-4" / name
     marker = plant_payload(target, legacy=legacy)
-    with pytest.raises(UnsafeCheckpointError, match=f"checkpoint-4/{name}: refused. Loading it would import or call "
-                                                    "`posix.system`") as caught:
+    with pytest.raises(
+        UnsafeCheckpointError, match=f"checkpoint-4/{name}: refused. Loading it would import or call `posix.system`"
+    ) as caught:
         make_trainer(out).train(resume_from_checkpoint=str(out / "checkpoint-4"))
     assert "do not load this file with weights_only=False" in str(caught.value)
     for check in (lambda: safe_torch_load(target), lambda: verify_checkpoint(out / "checkpoint-4", deep=True)):
@@ -221,8 +237,10 @@ def test_evaluate_names_bad_checkpoints_and_still_evaluates_the_others(pipeline_
     assert sf_hf_cli(["evaluate", str(run_dir)]) == 1
     err = capsys.readouterr().err
     assert "skipped checkpoint-6: " in err
-    assert "checkpoint-6/model.safetensors: tensor 'model.embed_tokens.weight' has shape [320, 64], its config.json " \
-           "describes [320, 128]" in err
+    assert (
+        "checkpoint-6/model.safetensors: tensor 'model.embed_tokens.weight' has shape [320, 64], its config.json "
+        "describes [320, 128]" in err
+    )
     assert (run_dir / "checkpoint-3" / "eval_results.json").is_file() and (run_dir / "eval_results.json").is_file()
 
     plain_dir = Path(shutil.copytree(pipeline_runs[1], tmp_path / "plain"))
@@ -238,8 +256,9 @@ def test_convert_names_the_bad_file(pipeline_runs, tmp_path, capsys):
     plain_dir = Path(shutil.copytree(pipeline_runs[1], tmp_path / "plain"))
     marker = plant_payload(plain_dir / "checkpoint-3" / "optimizer.pt")
     assert sf_hf_cli(["convert", str(plain_dir / "checkpoint-3")]) == 1
-    assert "checkpoint-3/optimizer.pt: refused. Loading it would import or call `posix.system`" \
-        in capsys.readouterr().err
+    assert (
+        "checkpoint-3/optimizer.pt: refused. Loading it would import or call `posix.system`" in capsys.readouterr().err
+    )
     assert not marker.exists()
     truncate(plain_dir / "checkpoint-6" / "optimizer.pt")
     assert sf_hf_cli(["convert", str(plain_dir / "checkpoint-6")]) == 1

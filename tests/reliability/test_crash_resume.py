@@ -1,6 +1,6 @@
 """SIGKILL a real training process at chosen and at random moments, inside saves included; re-run; compare bitwise.
 
-    pytest tests/reliability/test_crash_resume.py -q -s     # -s prints the figures docs/reliability.md quotes
+pytest tests/reliability/test_crash_resume.py -q -s     # -s prints the figures docs/reliability.md quotes
 """
 
 import json
@@ -21,8 +21,15 @@ from sf_hf.checkpoints import MANIFEST_NAME, checkpoint_folders, checkpoint_prob
 MODULE = "tests.reliability.train_tiny"  # run as `python -m` from ROOT, so that `tests` is importable
 ROOT = Path(__file__).resolve().parents[2]
 # (kill point, step): each run resumes from what the previous one left.
-CHOSEN_KILLS = [("optimizer_write", 2), ("model_write", 4), ("before_manifest", 6), ("after_manifest", 8),
-                ("rotation", 10), ("step_end", 11), ("after_rename", 12)]
+CHOSEN_KILLS = [
+    ("optimizer_write", 2),
+    ("model_write", 4),
+    ("before_manifest", 6),
+    ("after_manifest", 8),
+    ("rotation", 10),
+    ("step_end", 11),
+    ("after_rename", 12),
+]
 RANDOM_KILLS, SEED = 8, 1234
 
 
@@ -32,8 +39,15 @@ class Zygote:
     def __init__(self, log: Path):
         env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
         self.log = log
-        self.proc = subprocess.Popen([sys.executable, "-m", MODULE, "serve"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=open(log, "wb"), text=True, env=env, cwd=ROOT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", MODULE, "serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=open(log, "wb"),
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
 
     def ask(self, **request) -> dict:
         self.proc.stdin.write(json.dumps(request) + "\n")
@@ -142,8 +156,14 @@ def test_killed_runs_resume_to_bitwise_the_same_result(tmp_path):
 
     # the last run of the chosen-kill chain is the plain command, in a fresh process: "re-run the same command"
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, "-m", MODULE, "run", str(chosen)], env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", MODULE, "run", str(chosen)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     figures["runs"] += 1
     assert done.returncode == 0, done.stderr[-3000:]
 

@@ -29,8 +29,12 @@ STEPS = 6
 
 
 def make_trainer(out, callbacks=()):
-    return ScheduleFreeTrainer(model=tiny_model(), train_dataset=TRAIN, callbacks=list(callbacks),
-                               args=config(out, max_steps=STEPS, save_strategy="steps", save_steps=2, sf_fused=False))
+    return ScheduleFreeTrainer(
+        model=tiny_model(),
+        train_dataset=TRAIN,
+        callbacks=list(callbacks),
+        args=config(out, max_steps=STEPS, save_strategy="steps", save_steps=2, sf_fused=False),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +143,7 @@ def test_injected_write_faults(tmp_path, monkeypatch, reference, where):
                 Path(filename).write_bytes(b"\0" * 1000)  # a partial file, as a full disk leaves it
                 raise FakeSafetensorError(INJECTED[where][1])
             return original(tensors, filename, *args, **kwargs)
+
         monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", failing)
     elif where == "optimizer.pt":
         original = torch.save
@@ -147,6 +152,7 @@ def test_injected_write_faults(tmp_path, monkeypatch, reference, where):
             if state["armed"] and str(f).endswith("optimizer.pt"):
                 raise enospc(f)
             return original(obj, f, *args, **kwargs)
+
         monkeypatch.setattr(torch, "save", failing)
     else:
         original = os.rename
@@ -155,6 +161,7 @@ def test_injected_write_faults(tmp_path, monkeypatch, reference, where):
             if state["armed"] and Path(dst).name == "checkpoint-4":
                 raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dst))
             return original(src, dst)
+
         monkeypatch.setattr(sf_hf.checkpoints.staging.os, "rename", failing)
 
     with pytest.raises(CheckpointSaveError) as caught:

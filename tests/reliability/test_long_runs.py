@@ -65,8 +65,11 @@ def drift_in_ulp(cls, dtype, beta1, trips=ROUND_TRIPS, fused=False, kept=False, 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
 @pytest.mark.parametrize("beta1", [0.1, 0.5, 0.9, 0.95, 0.98])
-@pytest.mark.parametrize("cls, fused", [(ScheduleFreeAdamW, False), (RefinedScheduleFreeAdamW, False),
-                                        (ScheduleFreeAdamW, True)], ids=["plain", "refined-plain", "fused"])
+@pytest.mark.parametrize(
+    "cls, fused",
+    [(ScheduleFreeAdamW, False), (RefinedScheduleFreeAdamW, False), (ScheduleFreeAdamW, True)],
+    ids=["plain", "refined-plain", "fused"],
+)
 def test_thousands_of_mode_switches_keep_y_within_a_fixed_bound(cls, fused, dtype, beta1, monkeypatch):
     """The plain and the compiled switch (the same for both optimizers; a compiled call costs ~0.3 ms on a tensor
     this small, so it makes fewer round trips, and the optimizer takes it for groups of any size here)."""
@@ -74,8 +77,10 @@ def test_thousands_of_mode_switches_keep_y_within_a_fixed_bound(cls, fused, dtyp
     kwargs = {"decoupling_c": 50.0} if cls is RefinedScheduleFreeAdamW else {}  # 200 would make x = z for 20 steps
     trips = ROUND_TRIPS // 5 if fused else ROUND_TRIPS
     after_100, after_all = drift_in_ulp(cls, dtype, beta1, trips=trips, fused=fused, **kwargs)
-    print(f"\n{cls.__name__} {dtype} b1={beta1} {'fused' if fused else 'plain'}: y drift {after_100:.2f} ulp after "
-          f"100 round trips, {after_all:.2f} after {trips}")
+    print(
+        f"\n{cls.__name__} {dtype} b1={beta1} {'fused' if fused else 'plain'}: y drift {after_100:.2f} ulp after "
+        f"100 round trips, {after_all:.2f} after {trips}"
+    )
     assert after_all <= DRIFT_BOUND_ULP
     assert after_all == after_100  # no accumulation
     assert drift_in_ulp(cls, dtype, beta1, trips=100, fused=fused, kept=True, **kwargs) == (0.0, 0.0)  # y kept: exact
@@ -120,9 +125,12 @@ def test_a_non_finite_loss_skips_the_step_and_the_run_continues(tmp_path, value)
     model = tiny_model()
     poison = PoisonLoss(model, steps=[5], value=value)
     # checkpoints at 3, 6, 9: none between steps 4 and 5, so no eval()/train() round trip touches y there
-    trainer = ScheduleFreeTrainer(model=model, train_dataset=TokenDataset(64, seed=1), callbacks=[poison],
-                                  args=config(tmp_path, max_steps=10, save_strategy="steps", save_steps=3,
-                                              sf_fused=False))
+    trainer = ScheduleFreeTrainer(
+        model=model,
+        train_dataset=TokenDataset(64, seed=1),
+        callbacks=[poison],
+        args=config(tmp_path, max_steps=10, save_strategy="steps", save_steps=3, sf_fused=False),
+    )
     trainer.train()
     assert poison.skipped[4] == (0, 4) and poison.skipped[5] == (1, 4) and poison.skipped[10] == (1, 9)
     for name in poison.y[4]:  # step 5 changed nothing: y and z bitwise as after step 4
@@ -139,8 +147,9 @@ def test_a_non_finite_loss_can_stop_the_run_cleanly_at_the_last_good_checkpoint(
     model = tiny_model()
     poison = PoisonLoss(model, steps=range(5, 100))  # broken from step 5 on
     args = config(tmp_path, max_steps=10, save_strategy="steps", save_steps=2, sf_fused=False)
-    trainer = ScheduleFreeTrainer(model=model, train_dataset=TokenDataset(64, seed=1), args=args,
-                                  callbacks=[poison, StopOnSkippedStep()])
+    trainer = ScheduleFreeTrainer(
+        model=model, train_dataset=TokenDataset(64, seed=1), args=args, callbacks=[poison, StopOnSkippedStep()]
+    )
     trainer.train()
     assert trainer.state.global_step == 5 and all_finite(weights(trainer.model))
     assert [p.name for p in checkpoint_folders(tmp_path)] == ["checkpoint-2", "checkpoint-4"]
@@ -159,9 +168,14 @@ def test_the_trainer_s_grad_norm_is_the_non_finite_check(tmp_path, monkeypatch, 
     monkeypatch.setattr(ScheduleFreeAdamW, "_grads_finite", staticmethod(lambda grads: own_checks.append(len(grads))))
     model = tiny_model()
     poison = PoisonLoss(model, steps=[5])
-    trainer = ScheduleFreeTrainer(model=model, train_dataset=TokenDataset(64, seed=1), callbacks=[poison],
-                                  args=config(tmp_path, max_steps=8, max_grad_norm=max_grad_norm, sf_fused=False,
-                                              gradient_accumulation_steps=accumulation))
+    trainer = ScheduleFreeTrainer(
+        model=model,
+        train_dataset=TokenDataset(64, seed=1),
+        callbacks=[poison],
+        args=config(
+            tmp_path, max_steps=8, max_grad_norm=max_grad_norm, sf_fused=False, gradient_accumulation_steps=accumulation
+        ),
+    )
     trainer.train()
     assert own_checks == []
     assert poison.skipped[5] == (1, 4) and poison.skipped[8] == (1, 7)

@@ -30,10 +30,30 @@ ROOT = Path(__file__).resolve().parents[2]
 LAUNCHER = ROOT / "recipes" / "launch.slurm"
 RECIPE_YAML = ROOT / "recipes" / "llama-small" / "pretrain" / "config_sf_adamw_refined.yaml"
 DDP_TIMEOUT = 15  # seconds a collective waits for a missing peer
-FLAGS = ["--model_preset", "llama-tiny", "--block_size", "32", "--global_batch_size", "4",
-         "--per_device_train_batch_size", "2", "--tokenizer_vocab_size", "300", "--max_eval_blocks", "8",
-         "--logging_steps", "1", "--save_steps", "2", "--eval_steps", "1000", "--report_to", "none",
-         "--ddp_timeout", str(DDP_TIMEOUT)]
+FLAGS = [
+    "--model_preset",
+    "llama-tiny",
+    "--block_size",
+    "32",
+    "--global_batch_size",
+    "4",
+    "--per_device_train_batch_size",
+    "2",
+    "--tokenizer_vocab_size",
+    "300",
+    "--max_eval_blocks",
+    "8",
+    "--logging_steps",
+    "1",
+    "--save_steps",
+    "2",
+    "--eval_steps",
+    "1000",
+    "--report_to",
+    "none",
+    "--ddp_timeout",
+    str(DDP_TIMEOUT),
+]
 
 
 def free_port() -> int:
@@ -46,11 +66,24 @@ def machine_commands(port: int, flags: list) -> list:
     """What recipes/launch.slurm runs on machine 0 and machine 1 of a 2-node job (its dry run prints it)."""
     commands = []
     for rank in (0, 1):
-        env = dict(os.environ, SF_HF_DRY_RUN="1", SLURM_NNODES="2", SLURM_PROCID=str(rank), GPUS_PER_NODE="1",
-                   MAIN_PROCESS_IP="127.0.0.1", MAIN_PROCESS_PORT=str(port))
+        env = dict(
+            os.environ,
+            SF_HF_DRY_RUN="1",
+            SLURM_NNODES="2",
+            SLURM_PROCID=str(rank),
+            GPUS_PER_NODE="1",
+            MAIN_PROCESS_IP="127.0.0.1",
+            MAIN_PROCESS_PORT=str(port),
+        )
         env.pop("SLURM_JOB_NODELIST", None)
-        printed = subprocess.run(["bash", str(LAUNCHER), "ddp", str(RECIPE_YAML), *flags], env=env, cwd=ROOT,
-                                 capture_output=True, text=True, check=True).stdout
+        printed = subprocess.run(
+            ["bash", str(LAUNCHER), "ddp", str(RECIPE_YAML), *flags],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         command = shlex.split(printed)
         assert command[:2] == ["accelerate", "launch"] and f"--machine_rank {rank}" in printed
         assert "--num_machines 2" in printed and "--main_process_ip 127.0.0.1" in printed
@@ -62,11 +95,17 @@ class Machine:
     """One "node": its launcher and everything under it, in a session of its own."""
 
     def __init__(self, command: list, log: Path):
-        env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
-                   PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+        env = dict(
+            os.environ,
+            ACCELERATE_USE_CPU="true",
+            OMP_NUM_THREADS="1",
+            HF_HUB_OFFLINE="1",
+            PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        )
         self.log = log
-        self.proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def signal_all(self, sig) -> int:
         """Sends `sig` to the launcher and all its descendants (the worker runs in a session of its own)."""
@@ -111,13 +150,16 @@ def corpus(tmp_path_factory):
     return write_corpus(tmp_path_factory.mktemp("corpus"))
 
 
-@pytest.mark.parametrize("message, lost", [
-    ("[../third_party/gloo/gloo/transport/tcp/pair.cc:538] Connection closed by peer [127.0.0.1]:53812", True),
-    ("Application timeout caused pair closure", True),  # gloo, when the peer was SIGSTOPped
-    ("[gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 15000ms for recv operation to complete", True),
-    ("CUDA out of memory. Tried to allocate 2.00 GiB", False),
-    ("The size of tensor a (4) must match the size of tensor b (8) at non-singleton dimension 0", False),
-])
+@pytest.mark.parametrize(
+    "message, lost",
+    [
+        ("[../third_party/gloo/gloo/transport/tcp/pair.cc:538] Connection closed by peer [127.0.0.1]:53812", True),
+        ("Application timeout caused pair closure", True),  # gloo, when the peer was SIGSTOPped
+        ("[gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 15000ms for recv operation to complete", True),
+        ("CUDA out of memory. Tried to allocate 2.00 GiB", False),
+        ("The size of tensor a (4) must match the size of tensor b (8) at non-singleton dimension 0", False),
+    ],
+)
 def test_collective_errors_that_mean_a_lost_peer_are_told_apart_from_others(message, lost):
     assert is_lost_peer(RuntimeError(message)) is lost
     assert not is_lost_peer(ValueError(message))  # only errors raised by collectives count
@@ -205,9 +247,12 @@ def switches_after_failure(tmp_path, monkeypatch, error, switch_fails=False):
         return real_switch(optimizer, train, model)
 
     monkeypatch.setattr(sf_hf.trainer, "switch_weights", switch)
-    trainer = ScheduleFreeTrainer(model=tiny_model(), train_dataset=TokenDataset(64, seed=1),
-                                  args=config(tmp_path, max_steps=4, sf_fused=False),
-                                  callbacks=[fail])
+    trainer = ScheduleFreeTrainer(
+        model=tiny_model(),
+        train_dataset=TokenDataset(64, seed=1),
+        args=config(tmp_path, max_steps=4, sf_fused=False),
+        callbacks=[fail],
+    )
     with pytest.raises(Exception) as caught:
         trainer.train()
     return caught.value, calls
@@ -216,8 +261,9 @@ def switches_after_failure(tmp_path, monkeypatch, error, switch_fails=False):
 def test_after_a_lost_peer_no_collective_runs_and_the_lost_peer_is_reported(tmp_path, monkeypatch):
     """Under ZeRO the switch to x is a collective: after a lost peer it would wait another ddp_timeout and then
     replace the lost-peer message with its own timeout."""
-    err, calls = switches_after_failure(tmp_path, monkeypatch, RuntimeError("Connection reset by peer"),
-                                        switch_fails=True)
+    err, calls = switches_after_failure(
+        tmp_path, monkeypatch, RuntimeError("Connection reset by peer"), switch_fails=True
+    )
     assert "sf_hf: lost contact with another process of the run at step 2" in str(err)
     assert calls == []
 
@@ -231,17 +277,39 @@ def test_after_another_error_the_model_is_at_x_and_that_error_is_reported(tmp_pa
 
 def node_command(rank: int, port: int, out: Path, *flags) -> list:
     """One "node" of a 2-node DDP job (one process) running train_tiny.py into its own `out` (its local disk)."""
-    return [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
-            str(ROOT / "accelerate_configs" / "ddp.yaml"), "--mixed_precision", "no", "--num_machines", "2",
-            "--num_processes", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
-            "--main_process_port", str(port), "--rdzv_conf", "timeout=120",
-            "-m", "tests.reliability.train_tiny", "run", str(out), *flags]
+    return [
+        str(Path(sys.executable).parent / "accelerate"),
+        "launch",
+        "--config_file",
+        str(ROOT / "accelerate_configs" / "ddp.yaml"),
+        "--mixed_precision",
+        "no",
+        "--num_machines",
+        "2",
+        "--num_processes",
+        "2",
+        "--machine_rank",
+        str(rank),
+        "--main_process_ip",
+        "127.0.0.1",
+        "--main_process_port",
+        str(port),
+        "--rdzv_conf",
+        "timeout=120",
+        "-m",
+        "tests.reliability.train_tiny",
+        "run",
+        str(out),
+        *flags,
+    ]
 
 
 def run_nodes(tmp_path, tag, flags=()) -> list:
     port = free_port()
-    machines = [Machine(node_command(rank, port, tmp_path / f"node{rank}" / "run", *flags),
-                        tmp_path / f"{tag}-node{rank}.log") for rank in (0, 1)]
+    machines = [
+        Machine(node_command(rank, port, tmp_path / f"node{rank}" / "run", *flags), tmp_path / f"{tag}-node{rank}.log")
+        for rank in (0, 1)
+    ]
     codes = [m.wait(timeout=300) for m in machines]
     assert codes == [0, 0], [m.output()[-3000:] for m in machines]
     return [tmp_path / f"node{rank}" / "run" for rank in (0, 1)]
@@ -256,8 +324,11 @@ def test_node_local_disks_each_node_commits_and_cleans_its_own_part(tmp_path):
     on node 1's disk, which node 0 (the one that saves) never sees: node 1 commits and rotates its own part, and at
     the resume clears what an interrupted save or rotation left on its disk."""
     seed = tmp_path / "seed"  # a checkpoint both nodes can read (as after a sync of the node folders)
-    ScheduleFreeTrainer(model=tiny_model(), train_dataset=TokenDataset(64, seed=1), args=config(
-        seed, max_steps=2, save_strategy="steps", save_steps=2, sf_fused=False)).train()
+    ScheduleFreeTrainer(
+        model=tiny_model(),
+        train_dataset=TokenDataset(64, seed=1),
+        args=config(seed, max_steps=2, save_strategy="steps", save_steps=2, sf_fused=False),
+    ).train()
     node1 = tmp_path / "node1" / "run"
     for leftover in (".partial-checkpoint-16", ".deleted-checkpoint-2"):  # of an earlier timeline on node 1's disk
         (node1 / leftover).mkdir(parents=True)

@@ -33,8 +33,9 @@ def losses(trainer) -> list:
 def run_and_resume(make_model, tmp_path, callbacks=()):
     """An uninterrupted run of STEPS steps (checkpoint at SAVE_AT) and a run resumed from that checkpoint."""
     args = dict(max_steps=STEPS, save_strategy="steps", save_steps=SAVE_AT, sf_fused=False)
-    straight = ScheduleFreeTrainer(model=make_model(), args=config(tmp_path / "straight", **args), train_dataset=TRAIN,
-                                   callbacks=list(callbacks))
+    straight = ScheduleFreeTrainer(
+        model=make_model(), args=config(tmp_path / "straight", **args), train_dataset=TRAIN, callbacks=list(callbacks)
+    )
     straight.train()
     checkpoint = tmp_path / "straight" / f"checkpoint-{SAVE_AT}"
     resumed = ScheduleFreeTrainer(model=make_model(), args=config(tmp_path / "resumed", **args), train_dataset=TRAIN)
@@ -54,8 +55,9 @@ def lora_model(r=4, target_modules=("q_proj", "v_proj")):
     peft = pytest.importorskip("peft")  # in the dev extra
     LoraConfig, get_peft_model = peft.LoraConfig, peft.get_peft_model
 
-    return get_peft_model(tiny_model(), LoraConfig(r=r, lora_alpha=8, target_modules=list(target_modules),
-                                                   lora_dropout=0.0))
+    return get_peft_model(
+        tiny_model(), LoraConfig(r=r, lora_alpha=8, target_modules=list(target_modules), lora_dropout=0.0)
+    )
 
 
 def gpt2_bf16_lora_model():
@@ -98,25 +100,41 @@ def test_an_adapter_of_another_rank_or_other_modules_is_refused_before_loading(t
     the tensors and the adapter_config.json fields that differ."""
     lora_model().save_pretrained(tmp_path)
     verify_checkpoint(tmp_path, deep=False, model=lora_model())
-    with pytest.raises(CheckpointCorruptError,
-                       match=r"(?s)Can't find a valid checkpoint at .*adapter_model.safetensors: "
-                       r"no weights for 4 of the adapter's 12 tensors, e\.g\. \['base_model\.model\.model\.layers\.0"
-                       r"\.self_attn\.k_proj\.lora_A\.weight'.*adapter config mismatch: target_modules="):
+    with pytest.raises(
+        CheckpointCorruptError,
+        match=r"(?s)Can't find a valid checkpoint at .*adapter_model.safetensors: "
+        r"no weights for 4 of the adapter's 12 tensors, e\.g\. \['base_model\.model\.model\.layers\.0"
+        r"\.self_attn\.k_proj\.lora_A\.weight'.*adapter config mismatch: target_modules=",
+    ):
         verify_checkpoint(tmp_path, deep=False, model=lora_model(target_modules=("q_proj", "k_proj", "v_proj")))
-    with pytest.raises(CheckpointCorruptError, match=r"(?s)tensor 'base_model\.model\.model\.layers\.0\.self_attn"
-                       r"\.q_proj\.lora_A\.weight' has shape \[4, 32\], the model's adapter has \[8, 32\].*"
-                       r"\.\.\. and 5 more tensors of other shapes.*adapter config mismatch: r=4 \(model: 8\)"):
+    with pytest.raises(
+        CheckpointCorruptError,
+        match=r"(?s)tensor 'base_model\.model\.model\.layers\.0\.self_attn"
+        r"\.q_proj\.lora_A\.weight' has shape \[4, 32\], the model's adapter has \[8, 32\].*"
+        r"\.\.\. and 5 more tensors of other shapes.*adapter config mismatch: r=4 \(model: 8\)",
+    ):
         verify_checkpoint(tmp_path, deep=False, model=lora_model(r=8))
-    with pytest.raises(CheckpointCorruptError, match=r"adapter_model.safetensors: a PEFT adapter without the model's "
-                                                     r"weights, but the model is no PEFT model"):
+    with pytest.raises(
+        CheckpointCorruptError,
+        match=r"adapter_model.safetensors: a PEFT adapter without the model's "
+        r"weights, but the model is no PEFT model",
+    ):
         verify_checkpoint(tmp_path, deep=False, model=tiny_model())
 
 
 def tiny_neox():
     torch.manual_seed(0)
-    return GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
-                                            num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=16,
-                                            tie_word_embeddings=False))
+    return GPTNeoXForCausalLM(
+        GPTNeoXConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=16,
+            tie_word_embeddings=False,
+        )
+    )
 
 
 def test_gpt_neox_resumes_bitwise_although_its_head_is_saved_as_embed_out(tmp_path):
@@ -159,15 +177,27 @@ def test_weights_of_another_architecture_are_still_refused(tmp_path):
     """What the check keeps refusing: parameters with no weights in the checkpoint (another architecture)."""
     tiny_neox().save_pretrained(tmp_path)
     verify_checkpoint(tmp_path, deep=False, model=tiny_neox())  # embed_out.weight is lm_head.weight
-    with pytest.raises(CheckpointCorruptError, match=r"Can't find a valid checkpoint at .*; sf_hf found:\n  - .*: no "
-                                                     r"weights for \d+ of the model's parameters, e.g. \['lm_head"):
+    with pytest.raises(
+        CheckpointCorruptError,
+        match=r"Can't find a valid checkpoint at .*; sf_hf found:\n  - .*: no "
+        r"weights for \d+ of the model's parameters, e.g. \['lm_head",
+    ):
         verify_checkpoint(tmp_path, deep=False, model=tiny_model())
 
 
 def test_bf16_adapters_stay_bf16_after_the_best_model_is_reloaded(tmp_path):
     """`load_best_model_at_end` loads the adapter with PEFT's `load_adapter`, which casts bf16 adapters to float32."""
-    args = config(tmp_path, max_steps=4, eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2,
-                  load_best_model_at_end=True, metric_for_best_model="loss", sf_fused=False)
+    args = config(
+        tmp_path,
+        max_steps=4,
+        eval_strategy="steps",
+        eval_steps=2,
+        save_strategy="steps",
+        save_steps=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="loss",
+        sf_fused=False,
+    )
     trainer = ScheduleFreeTrainer(model=gpt2_bf16_lora_model(), args=args, train_dataset=TRAIN, eval_dataset=TRAIN)
     trainer.train()
     assert trainer.state.best_model_checkpoint is not None

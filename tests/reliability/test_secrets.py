@@ -26,14 +26,34 @@ TOKENS = {
     "environment": f"hf_sfhf{MARK}environment0123456",
     "cli": f"hf_sfhf{MARK}cliargument01234567",
 }
-TINY = ["--model_preset", "llama-tiny", "--max_steps", "4", "--save_steps", "2", "--eval_steps", "2",
-        "--block_size", "32", "--global_batch_size", "4", "--per_device_train_batch_size", "4",
-        "--tokenizer_vocab_size", "300", "--max_eval_blocks", "8", "--logging_steps", "1"]
+TINY = [
+    "--model_preset",
+    "llama-tiny",
+    "--max_steps",
+    "4",
+    "--save_steps",
+    "2",
+    "--eval_steps",
+    "2",
+    "--block_size",
+    "32",
+    "--global_batch_size",
+    "4",
+    "--per_device_train_batch_size",
+    "4",
+    "--tokenizer_vocab_size",
+    "300",
+    "--max_eval_blocks",
+    "8",
+    "--logging_steps",
+    "1",
+]
 
 
 def leaks(data: bytes) -> list:
     return [name for name, token in TOKENS.items() if token.encode() in data] + (
-        ["a fragment"] if MARK.encode() in data else [])
+        ["a fragment"] if MARK.encode() in data else []
+    )
 
 
 @pytest.mark.skipif(not RECIPE.is_file(), reason="recipes/pretrain.py is not in this checkout")
@@ -44,10 +64,32 @@ def test_tokens_never_written_uploaded_or_printed(hub_server, tmp_path, monkeypa
     out = tmp_path / "run"
     env = hub_server.subprocess_env(token=TOKENS["environment"], OMP_NUM_THREADS="1")
     train = subprocess.run(
-        [sys.executable, str(RECIPE), *TINY, "--dataset_name", str(corpus), "--output_dir", str(out),
-         "--push_to_hub", "true", "--hub_model_id", "org/recipe-run", "--hub_strategy", "all_checkpoints",
-         "--hub_token", TOKENS["argument"], "--report_to", "tensorboard", "--log_level", "info"],
-        env=env, cwd=ROOT, capture_output=True, timeout=600)
+        [
+            sys.executable,
+            str(RECIPE),
+            *TINY,
+            "--dataset_name",
+            str(corpus),
+            "--output_dir",
+            str(out),
+            "--push_to_hub",
+            "true",
+            "--hub_model_id",
+            "org/recipe-run",
+            "--hub_strategy",
+            "all_checkpoints",
+            "--hub_token",
+            TOKENS["argument"],
+            "--report_to",
+            "tensorboard",
+            "--log_level",
+            "info",
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        timeout=600,
+    )
     assert train.returncode == 0, train.stderr[-3000:].decode(errors="replace")
     assert sf_hf_cli(["evaluate", str(out)]) == 0
     assert sf_hf_cli(["push", str(out), "--repo-id", "org/cli-run", "--token", TOKENS["cli"]]) == 0
@@ -58,8 +100,10 @@ def test_tokens_never_written_uploaded_or_printed(hub_server, tmp_path, monkeypa
     # every token was really used, and only as a credential
     used = {r.headers.get("authorization", "").removeprefix("Bearer ") for r in hub_server.requests}
     assert set(TOKENS.values()) <= used
-    commits = {r.path.split("/api/models/")[1].split("/commit/")[0] for r in hub_server.requests_matching(
-        method="POST", path_contains="/commit/")}
+    commits = {
+        r.path.split("/api/models/")[1].split("/commit/")[0]
+        for r in hub_server.requests_matching(method="POST", path_contains="/commit/")
+    }
     assert {"org/recipe-run", "org/cli-run", "org/env-run"} <= commits
     assert any((out / name).is_file() for name in ("training_args.bin",))
     assert list(out.glob("runs/**/*tfevents*")) and (out / "checkpoint-4" / "trainer_state.json").is_file()
@@ -70,10 +114,14 @@ def test_tokens_never_written_uploaded_or_printed(hub_server, tmp_path, monkeypa
     found["sf-hf stdout"], found["sf-hf stderr"] = leaks(console.out.encode()), leaks(console.err.encode())
     for i, request in enumerate(hub_server.requests):
         found[f"request {i} {request.method} {request.path} body"] = [
-            leak for payload in request.payloads() for leak in leaks(payload)]
-        found[f"request {i} headers"] = [leak for name, value in request.headers.items() if name != "authorization"
-                                         for leak in leaks(value.encode())]
+            leak for payload in request.payloads() for leak in leaks(payload)
+        ]
+        found[f"request {i} headers"] = [
+            leak for name, value in request.headers.items() if name != "authorization" for leak in leaks(value.encode())
+        ]
     assert {where: what for where, what in found.items() if what} == {}
-    print(f"\nsecrets: {len(written)} files, {len(hub_server.requests)} requests "
-          f"({sum(len(p) for r in hub_server.requests for p in r.payloads())} bytes), "
-          f"{len(train.stdout) + len(train.stderr) + len(console.out) + len(console.err)} console bytes searched")
+    print(
+        f"\nsecrets: {len(written)} files, {len(hub_server.requests)} requests "
+        f"({sum(len(p) for r in hub_server.requests for p in r.payloads())} bytes), "
+        f"{len(train.stdout) + len(train.stderr) + len(console.out) + len(console.err)} console bytes searched"
+    )

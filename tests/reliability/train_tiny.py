@@ -43,8 +43,7 @@ from tests.trainer_utils import TokenDataset, config, tiny_model  # noqa: E402
 
 torch.set_num_threads(1)
 MAX_STEPS, SAVE_STEPS, SAVE_TOTAL_LIMIT = 12, 2, 2
-POINTS = ("step_end", "model_write", "optimizer_write", "before_manifest", "after_manifest", "after_rename",
-          "rotation")
+POINTS = ("step_end", "model_write", "optimizer_write", "before_manifest", "after_manifest", "after_rename", "rotation")
 
 
 def die() -> None:
@@ -54,6 +53,7 @@ def die() -> None:
 
 def half_written(write, path, step_of):
     """Wraps a `write(obj, path, ...)` so that at the kill step it leaves `path` half written, then dies."""
+
     def wrapped(obj, target, *args, **kwargs):
         write(obj, target, *args, **kwargs)
         if step_of() and str(target).endswith(path):
@@ -63,6 +63,7 @@ def half_written(write, path, step_of):
                 f.flush()
                 os.fsync(f.fileno())
             die()
+
     return wrapped
 
 
@@ -85,7 +86,8 @@ def install_kill(trainer, spec: str) -> None:
         trainer.add_callback(KillAtStepEnd(step))
     elif point == "model_write":
         transformers.modeling_utils.safe_save_file = half_written(
-            transformers.modeling_utils.safe_save_file, "model.safetensors", at_step)
+            transformers.modeling_utils.safe_save_file, "model.safetensors", at_step
+        )
     elif point == "optimizer_write":
         torch.save = half_written(torch.save, "optimizer.pt", at_step)
     elif point in ("before_manifest", "after_manifest"):
@@ -98,6 +100,7 @@ def install_kill(trainer, spec: str) -> None:
             if at_step():
                 die()
             return path
+
         checkpoints.staging.write_manifest = write_manifest  # where commit_staged_checkpoint looks it up
     elif point == "after_rename":
         original_rotate = checkpoints.rotate_checkpoints
@@ -106,6 +109,7 @@ def install_kill(trainer, spec: str) -> None:
             if at_step():
                 die()
             return original_rotate(*args, **kwargs)
+
         checkpoints.rotate_checkpoints = rotate  # where sf_hf.trainer looks it up
     elif point == "rotation":
         original_remove = checkpoints.staging._remove
@@ -115,15 +119,26 @@ def install_kill(trainer, spec: str) -> None:
                 return original_remove(path)
             os.rename(path, path.parent / f"{checkpoints.DELETED_PREFIX}{path.name}")
             die()
+
         checkpoints.staging._remove = remove
 
 
 def run(out: str, kill: str = "", max_steps: int = MAX_STEPS, resume: str = None) -> None:
     trainer = ScheduleFreeTrainer(
-        model=tiny_model(), train_dataset=TokenDataset(64, seed=1), eval_dataset=TokenDataset(8, seed=2),
-        args=config(out, max_steps=max_steps, save_strategy="steps", save_steps=SAVE_STEPS,
-                    save_total_limit=SAVE_TOTAL_LIMIT, eval_strategy="steps", eval_steps=4, sf_fused=False,
-                    logging_steps=1),
+        model=tiny_model(),
+        train_dataset=TokenDataset(64, seed=1),
+        eval_dataset=TokenDataset(8, seed=2),
+        args=config(
+            out,
+            max_steps=max_steps,
+            save_strategy="steps",
+            save_steps=SAVE_STEPS,
+            save_total_limit=SAVE_TOTAL_LIMIT,
+            eval_strategy="steps",
+            eval_steps=4,
+            sf_fused=False,
+            logging_steps=1,
+        ),
     )
     if kill:
         install_kill(trainer, kill)
@@ -167,8 +182,10 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["serve"]:
         serve()
     elif sys.argv[1:2] == ["run"] and len(sys.argv) >= 3:
+
         def flag(name, default=None):
             return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default
+
         run(sys.argv[2], flag("--kill", ""), int(flag("--max-steps", MAX_STEPS)), flag("--resume"))
     else:
         raise SystemExit(__doc__)
