@@ -301,7 +301,8 @@ def _rebuild_config(parent: type, state: dict) -> ScheduleFreeFields:
 def as_schedule_free_config(config: TrainingArguments) -> ScheduleFreeFields:
     """`config`, a built `TrainingArguments` (or subclass) instance, made Schedule-Free: a new instance of
     `schedule_free_config(type(config))` with `config`'s field values and the Schedule-Free fields at their defaults
-    (`sf_adamw_refined`, `decoupling_c` from `sf_hf.registry.FIELD_DEFAULTS`). `config` itself is not changed.
+    (`sf_adamw_refined`, `decoupling_c` from `sf_hf.registry.FIELD_DEFAULTS`). `config` keeps its class and values (a
+    shallow copy: the two share nested objects such as `accelerator_config`).
 
     Every value is kept as it is (a plain `TrainingArguments`' lr 5e-5 and clipping 1.0 stay; a `ScheduleFreeConfig`
     built by hand has the paper's), so what the parent's `__post_init__` derived from them (DeepSpeed's "auto"

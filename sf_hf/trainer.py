@@ -73,12 +73,12 @@ class ScheduleFreeMixin(HubPublishing):
     (`sf_hf.configs.as_schedule_free_config`: every value kept, plus `optimizer_name` and `decoupling_c` at sf_hf's
     defaults), so TRL's quick start works: without `args` the parent builds its own default (TRL's
     `SFTConfig("<model>-SFT")`, `Trainer`'s `TrainingArguments("tmp_trainer")`), which is converted once the parent's
-    `__init__` returns. Given `args` are converted before the parent sees them (a new object: the user's is never
-    changed); args that are not of the config class the parent's `__init__` declares (a plain `TrainingArguments` for
-    TRL's trainers) are first converted into it as TRL's `SFTTrainer` does (`to_dict()` plus `hub_token`; TRL 1.16's
-    DPO, reward and GRPO trainers would fail on them). Both are safe because nothing the parents build in `__init__`
-    (transformers 5.18 to 5.25, TRL 1.16) depends on the optimizer: it and its scheduler are built in `train()` from
-    `self.args.optimizer_name`.
+    `__init__` returns. Given `args` are converted before the parent sees them (a new object, so the user's keeps its
+    class and fields); args that are not of the config class the parent's `__init__` declares (a plain
+    `TrainingArguments` for TRL's trainers) are first converted into it as TRL's `SFTTrainer` does (`to_dict()` plus
+    `hub_token`; TRL 1.16's DPO, reward and GRPO trainers would fail on them). Both are safe because nothing the
+    parents build in `__init__` (transformers 5.18 to 5.25, TRL 1.16) depends on the optimizer: it and its scheduler
+    are built in `train()` from `self.args.optimizer_name`.
 
     Args:
         args (`TrainingArguments`, *optional*): a `sf_hf.schedule_free_config(...)` instance (e.g. of TRL's
