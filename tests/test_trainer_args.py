@@ -12,7 +12,13 @@ import transformers.training_args
 from transformers import DefaultFlowCallback, EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 from trl import DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
 
-from sf_hf import RefinedScheduleFreeAdamW, ScheduleFreeConfig, ScheduleFreeTrainer, schedule_free_trainer
+from sf_hf import (
+    RefinedScheduleFreeAdamW,
+    ScheduleFreeConfig,
+    ScheduleFreeTrainer,
+    schedule_free_config,
+    schedule_free_trainer,
+)
 from sf_hf.metadata import read_metadata
 from sf_hf.registry import FIELD_DEFAULTS
 
@@ -135,6 +141,22 @@ def test_trl_with_plain_training_arguments_gets_them_converted_and_made_schedule
     assert trainer.args.learning_rate == 3e-3 and trainer.args.per_device_train_batch_size == 8
     same_values_but_the_schedule(trainer.args, reference)
     trains_with_sf_hf_and_saves_x(trainer, tmp_path / "saved")
+
+
+def test_a_trl_config_without_the_fields_or_a_schedule_free_config_is_made_trls_schedule_free_config(tmp_path):
+    sft = schedule_free_trainer(SFTTrainer)
+    trl_args = SFTConfig(output_dir=str(tmp_path), bf16=False, max_length=16, learning_rate=3e-3, report_to="none")
+    ours = ScheduleFreeConfig(output_dir=str(tmp_path), decoupling_c=7.0, report_to="none")
+    before = [trl_args.to_dict(), ours.to_dict()]
+    made = [
+        sft(model=tiny_model(), args=args, train_dataset=text_dataset(4), processing_class=tiny_tokenizer()).args
+        for args in (trl_args, ours)
+    ]
+    assert [trl_args.to_dict(), ours.to_dict()] == before
+    assert all(type(args) is schedule_free_config(SFTConfig) for args in made)
+    same_values_but_the_schedule(made[0], trl_args)
+    assert made[1].decoupling_c == 7.0 and made[1].learning_rate == ours.learning_rate == 2e-3  # the paper's, kept
+    assert made[1].max_length == SFTConfig.__dataclass_fields__["max_length"].default  # TRL's fields: TRL's defaults
 
 
 def test_schedule_free_trainer_without_args_or_with_plain_ones_gets_a_schedule_free_config(tmp_path, monkeypatch):
