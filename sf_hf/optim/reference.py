@@ -52,17 +52,17 @@ class _ExplicitSequences(torch.optim.Optimizer):
                 )
 
     @torch.no_grad()
-    def eval(self):
+    def _copy_in(self, sequence: str) -> None:
         for group in self.param_groups:
             for p in group["params"]:
-                p.copy_(self.state[p]["x"])
+                p.copy_(self.state[p][sequence])
+
+    def eval(self):
+        self._copy_in("x")
         self.in_train_mode = False
 
-    @torch.no_grad()
     def train(self):
-        for group in self.param_groups:
-            for p in group["params"]:
-                p.copy_(self.state[p]["y"])
+        self._copy_in("y")
         self.in_train_mode = True
 
 
