@@ -10,6 +10,8 @@ publish x.
     from sf_hf import ScheduleFreeMixin, schedule_free_config
     class ScheduleFreeSFTTrainer(ScheduleFreeMixin, SFTTrainer): ...       # or sf_hf.schedule_free_trainer(SFTTrainer)
     args = schedule_free_config(SFTConfig)(output_dir="out", decoupling_c=50)
+    ScheduleFreeSFTTrainer(model="Qwen/Qwen2.5-0.5B", train_dataset=data)   # TRL's quick start: its default config,
+                                                                           # made Schedule-Free (see ScheduleFreeMixin)
 
 `ScheduleFreeMixin` in this file is the one place where the weights' mode is decided:
 `use_training_weights()` before every training step, `use_averaged_weights()` before every evaluation,
