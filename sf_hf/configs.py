@@ -18,7 +18,7 @@ import logging
 import sys
 from dataclasses import MISSING, dataclass, field, fields
 
-from transformers import TrainingArguments
+from transformers import SchedulerType, TrainingArguments
 
 from .registry import (
     FIELD_DEFAULTS,
@@ -53,6 +53,11 @@ def _optimizer_default(name: str, help_text: str):
             "under a TRL config, the TRL config's own."
         },
     )
+
+
+def _schedule_free_field(name: str, help_text: str, **metadata):
+    """A Schedule-Free field, with its default from `sf_hf.registry.FIELD_DEFAULTS`."""
+    return field(default=FIELD_DEFAULTS[name], metadata={"help": help_text, **metadata})
 
 
 @dataclass
@@ -91,44 +96,29 @@ class ScheduleFreeFields:
     )
     adam_beta2: float | None = _optimizer_default("adam_beta2", "The second moment's decay.")
     max_grad_norm: float | None = _optimizer_default("max_grad_norm", "Gradient clipping (0: none).")
-    decoupling_c: float = field(
-        default=FIELD_DEFAULTS["decoupling_c"],
-        metadata={
-            "help": "Refined SF: the decoupling constant C (x averages over ~T/C steps). 1/(1-beta1) is vanilla SF."
-        },
+    decoupling_c: float = _schedule_free_field(
+        "decoupling_c", "Refined SF: the decoupling constant C (x averages over ~T/C steps). 1/(1-beta1) is vanilla SF."
     )
-    r: float = field(default=FIELD_DEFAULTS["r"], metadata={"help": "SF: polynomial weight t^r of the average."})
-    weight_lr_power: float = field(
-        default=FIELD_DEFAULTS["weight_lr_power"], metadata={"help": "SF: the average weights steps by lr^power."}
+    r: float = _schedule_free_field("r", "SF: polynomial weight t^r of the average.")
+    weight_lr_power: float = _schedule_free_field("weight_lr_power", "SF: the average weights steps by lr^power.")
+    sf_fused: bool | None = _schedule_free_field(
+        "sf_fused", "SF: compiled single-pass step (None: when it compiles on this device)."
     )
-    sf_fused: bool | None = field(
-        default=FIELD_DEFAULTS["sf_fused"],
-        metadata={"help": "SF: compiled single-pass step (None: when it compiles on this device)."},
+    sf_beta1: float = _schedule_free_field(
+        "sf_beta1",
+        "sf_plus: the interpolation weight b of y = b x + (1 - b) z (adam_beta1/2 are Adam's moments there).",
     )
-    sf_beta1: float = field(
-        default=FIELD_DEFAULTS["sf_beta1"],
-        metadata={
-            "help": "sf_plus: the interpolation weight b of y = b x + (1 - b) z (adam_beta1/2 are Adam's "
-            "moments there)."
-        },
+    sf_beta1_max: float = _schedule_free_field("sf_beta1_max", "sf_plus: b at the end of its annealing.")
+    sf_beta1_anneal_steps: int = _schedule_free_field(
+        "sf_beta1_anneal_steps",
+        "sf_plus: anneal b from sf_beta1 to sf_beta1_max over this many steps (0: no annealing).",
     )
-    sf_beta1_max: float = field(
-        default=FIELD_DEFAULTS["sf_beta1_max"], metadata={"help": "sf_plus: b at the end of its annealing."}
+    polyak_beta: float = _schedule_free_field(
+        "polyak_beta", "sf_plus: EMA decay of the gradient L1 norm in the Polyak step (0: this step's)."
     )
-    sf_beta1_anneal_steps: int = field(
-        default=FIELD_DEFAULTS["sf_beta1_anneal_steps"],
-        metadata={"help": "sf_plus: anneal b from sf_beta1 to sf_beta1_max over this many steps (0: no annealing)."},
-    )
-    polyak_beta: float = field(
-        default=FIELD_DEFAULTS["polyak_beta"],
-        metadata={"help": "sf_plus: EMA decay of the gradient L1 norm in the Polyak step (0: this step's)."},
-    )
-    c_warmup: int = field(
-        default=FIELD_DEFAULTS["c_warmup"],
-        metadata={
-            "help": "sf_plus: steps with averaging weight c = 1 (x follows z) before the average starts; "
-            "1-2x warmup_steps."
-        },
+    c_warmup: int = _schedule_free_field(
+        "c_warmup",
+        "sf_plus: steps with averaging weight c = 1 (x follows z) before the average starts; 1-2x warmup_steps.",
     )
     weight_decay_params: str = field(
         default="hf",
@@ -138,35 +128,36 @@ class ScheduleFreeFields:
             "choices": list(WEIGHT_DECAY_PARAMS),
         },
     )
-    cosine_min_lr_ratio: float = field(
-        default=FIELD_DEFAULTS["cosine_min_lr_ratio"], metadata={"help": "adamw_cosine: final lr / peak lr."}
+    cosine_min_lr_ratio: float = _schedule_free_field("cosine_min_lr_ratio", "adamw_cosine: final lr / peak lr.")
+    wsd_decay_fraction: float = _schedule_free_field("wsd_decay_fraction", "adamw_wsd: fraction of steps that decay.")
+    wsd_decay_type: str = _schedule_free_field(
+        "wsd_decay_type", "adamw_wsd: the shape of the final decay.", choices=["linear", "1-sqrt", "cosine"]
     )
-    wsd_decay_fraction: float = field(
-        default=FIELD_DEFAULTS["wsd_decay_fraction"], metadata={"help": "adamw_wsd: fraction of steps that decay."}
-    )
-    wsd_decay_type: str = field(
-        default=FIELD_DEFAULTS["wsd_decay_type"],
-        metadata={"help": "adamw_wsd: the shape of the final decay.", "choices": ["linear", "1-sqrt", "cosine"]},
-    )
-    ema_decay: float = field(default=FIELD_DEFAULTS["ema_decay"], metadata={"help": "adamw_ema: EMA decay."})
+    ema_decay: float = _schedule_free_field("ema_decay", "adamw_ema: EMA decay.")
 
     _sf_parent = TrainingArguments
     """The `TrainingArguments` subclass whose defaults the config keeps (set by `schedule_free_config`)."""
 
     def __post_init__(self):
+        self._resolve_schedule_free_fields()
+        super().__post_init__()
+        self._check_betas()
+
+    def _resolve_schedule_free_fields(self) -> None:
+        """Checks the Schedule-Free fields and decides what they leave open (before the parent's `__post_init__`, or
+        for a built config made Schedule-Free by `as_schedule_free_config`): a conflicting `optim` is refused,
+        `lr_scheduler_type` follows the optimizer, unset lr, betas and clipping take their defaults."""
         self._check_choices()
         parent = self._sf_parent.__name__
-        default_optim = _parent_default(self, "optim")
-        if str(getattr(self.optim, "value", self.optim)) != str(getattr(default_optim, "value", default_optim)):
+        if _name(self.optim) != _name(_parent_default(self, "optim")):
             raise ValueError(
-                f"optim={str(getattr(self.optim, 'value', self.optim))!r} is not used by ScheduleFreeTrainer: the "
+                f"optim={_name(self.optim)!r} is not used by ScheduleFreeTrainer: the "
                 f"optimizer is chosen by optimizer_name (one of {', '.join(OPTIMIZERS)}). Set optimizer_name instead "
                 "and leave optim unset."
             )
-        chosen = str(getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type))
+        chosen = _name(self.lr_scheduler_type)
         self.lr_scheduler_type = lr_scheduler_type_for(self.optimizer_name, chosen)
-        parent_scheduler = _parent_default(self, "lr_scheduler_type")
-        parent_scheduler = str(getattr(parent_scheduler, "value", parent_scheduler))
+        parent_scheduler = _name(_parent_default(self, "lr_scheduler_type"))
         if self.is_schedule_free and chosen == "auto" and parent_scheduler != "constant":
             logger.info(
                 "sf_hf: lr_scheduler_type='constant' for the schedule-free %s (%s's default %r is not "
@@ -187,7 +178,8 @@ class ScheduleFreeFields:
             raise ValueError(f"cosine_min_lr_ratio must be in [0, 1], got {self.cosine_min_lr_ratio}.")
         if self.decoupling_c <= 0:
             raise ValueError(f"decoupling_c must be > 0, got {self.decoupling_c}.")
-        super().__post_init__()
+
+    def _check_betas(self) -> None:
         if self.optimizer_name == "sf_plus":
             if not 0 < self.sf_beta1 < 1 or not 0 < self.sf_beta1_max < 1:
                 raise ValueError(
@@ -222,6 +214,11 @@ class ScheduleFreeFields:
     def is_schedule_free(self) -> bool:
         """True for the Schedule-Free optimizers (x/y weights, constant lr, warmup in the optimizer)."""
         return get_optimizer_spec(self.optimizer_name).schedule_free
+
+
+def _name(value) -> str:
+    """An enum field's value (`OptimizerNames`, `SchedulerType`) or the string it was given as."""
+    return str(getattr(value, "value", value))
 
 
 def _parent_default(config: ScheduleFreeFields, name: str):
@@ -299,3 +296,39 @@ def _rebuild_config(parent: type, state: dict) -> ScheduleFreeFields:
     config = object.__new__(schedule_free_config(parent))
     config.__dict__.update(state)
     return config
+
+
+def as_schedule_free_config(config: TrainingArguments) -> ScheduleFreeFields:
+    """`config`, a built `TrainingArguments` (or subclass) instance, made Schedule-Free: a new instance of
+    `schedule_free_config(type(config))` with `config`'s field values and the Schedule-Free fields at their defaults
+    (`sf_adamw_refined`, `decoupling_c` from `sf_hf.registry.FIELD_DEFAULTS`). `config` keeps its class and values (a
+    shallow copy: the two share nested objects such as `accelerator_config`).
+
+    Every value is kept as it is (a plain `TrainingArguments`' lr 5e-5 and clipping 1.0 stay; a `ScheduleFreeConfig`
+    built by hand has the paper's), so what the parent's `__post_init__` derived from them (DeepSpeed's "auto"
+    values) still holds, and the parent's `__post_init__` is not run again (it need not be idempotent: TRL's
+    `GRPOConfig` refuses its own derived `generation_batch_size`). One exception: an `lr_scheduler_type` left at its
+    class's default ("linear") becomes "auto" (constant for Schedule-Free); another decaying one is refused, as is an
+    `optim` other than the class's default (the optimizer is `optimizer_name`'s).
+
+    Args:
+        config (`TrainingArguments`): the config to convert; a Schedule-Free one is returned as it is.
+
+    Returns:
+        `ScheduleFreeFields`: an instance of `schedule_free_config(type(config))`.
+    """
+    if isinstance(config, ScheduleFreeFields):
+        return config
+    if not isinstance(config, TrainingArguments):
+        raise TypeError(f"Schedule-Free trainers need TrainingArguments, got {type(config).__name__}.")
+    made = object.__new__(schedule_free_config(type(config)))
+    made.__dict__.update(config.__dict__)
+    for f in fields(ScheduleFreeFields):
+        if f.name not in type(config).__dataclass_fields__:
+            setattr(made, f.name, f.default)
+    if _name(made.lr_scheduler_type) == _name(_parent_default(made, "lr_scheduler_type")):
+        made.lr_scheduler_type = "auto"
+    made._resolve_schedule_free_fields()
+    made.lr_scheduler_type = SchedulerType(made.lr_scheduler_type)  # as TrainingArguments.__post_init__ leaves it
+    made._check_betas()
+    return made

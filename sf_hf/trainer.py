@@ -10,6 +10,8 @@ publish x.
     from sf_hf import ScheduleFreeMixin, schedule_free_config
     class ScheduleFreeSFTTrainer(ScheduleFreeMixin, SFTTrainer): ...       # or sf_hf.schedule_free_trainer(SFTTrainer)
     args = schedule_free_config(SFTConfig)(output_dir="out", decoupling_c=50)
+    ScheduleFreeSFTTrainer(model="Qwen/Qwen2.5-0.5B", train_dataset=data)   # TRL's quick start: its default config,
+                                                                           # made Schedule-Free (see ScheduleFreeMixin)
 
 `ScheduleFreeMixin` in this file is the one place where the weights' mode is decided:
 `use_training_weights()` before every training step, `use_averaged_weights()` before every evaluation,
@@ -34,18 +36,18 @@ import functools
 import inspect
 import logging
 import os
-import weakref
+import typing
 from datetime import timedelta
 
 import torch
 from torch import nn
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer, TrainingArguments
 from transformers.optimization import get_scheduler
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy
 
 from . import checkpoints
-from .configs import ScheduleFreeConfig, ScheduleFreeFields
+from .configs import ScheduleFreeFields, as_schedule_free_config, schedule_free_config
 from .distributed import resolve_optimizer, switch_weights
 from .metadata import optimizer_hyperparameters, read_metadata, write_metadata
 from .optim.averaging import averaging_window, no_averaging_message
@@ -69,15 +71,24 @@ class ScheduleFreeMixin(HubPublishing):
     a plain `Trainer` parent it is sf_hf's card). Not kept: what a parent does in `_save_checkpoint` besides its
     card (sf_hf writes the checkpoint itself; TRL 1.16's GRPO adaptive-entropy state is not saved).
 
+    The parent's argument handling is kept, and the config it ends up with is made Schedule-Free
+    (`sf_hf.configs.as_schedule_free_config`: every value kept, plus `optimizer_name` and `decoupling_c` at sf_hf's
+    defaults), so TRL's quick start works: without `args` the parent builds its own default (TRL's
+    `SFTConfig("<model>-SFT")`, `Trainer`'s `TrainingArguments("tmp_trainer")`), which is converted once the parent's
+    `__init__` returns. Given `args` are converted before the parent sees them (a new object, so the user's keeps its
+    class and fields); args that are not of the config class the parent's `__init__` declares (a plain
+    `TrainingArguments` for TRL's trainers) are first converted into it as TRL's `SFTTrainer` does (`to_dict()` plus
+    `hub_token`; TRL 1.16's DPO, reward and GRPO trainers would fail on them). Both are safe because nothing the
+    parents build in `__init__` (transformers 5.18 to 5.25, TRL 1.16) depends on the optimizer: it and its scheduler
+    are built in `train()` from `self.args.optimizer_name`.
+
     Args:
-        args: an instance of a `sf_hf.schedule_free_config(...)` class (e.g. of TRL's `SFTConfig`); a `TypeError`
-            otherwise.
+        args (`TrainingArguments`, *optional*): a `sf_hf.schedule_free_config(...)` instance (e.g. of TRL's
+            `SFTConfig`), or any `TrainingArguments`, or none (see above). An `optim` other than the class's default,
+            or a decaying `lr_scheduler_type` set by hand, is a `ValueError`.
         **kwargs: as for the parent; `optimizers` and `optimizer_cls_and_kwargs` are not accepted (the optimizer is
             chosen by `args.optimizer_name`).
     """
-
-    _sf_default_args = None
-    """A function building the args when none are passed (`ScheduleFreeTrainer`: a default `ScheduleFreeConfig`)."""
 
     def __init_subclass__(cls, **kwargs):
         """Refuses `class C(SFTTrainer, ScheduleFreeMixin)`: there transformers' `Trainer` comes before the mixin in
@@ -98,32 +109,33 @@ class ScheduleFreeMixin(HubPublishing):
 
     def __init__(self, *args, **kwargs):
         try:
-            bound = inspect.signature(super().__init__).bind_partial(*args, **kwargs).arguments
+            bound = inspect.signature(super().__init__).bind_partial(*args, **kwargs)
         except TypeError:  # the parent's own call will say what is wrong
-            bound = kwargs
-        training_args = bound.get("args")
-        if training_args is None and ("args" in kwargs or "args" not in bound) and self._sf_default_args is not None:
-            training_args = kwargs["args"] = self._sf_default_args()
-            logger.info(
-                "sf_hf: no args passed, using a default %s(output_dir='tmp_trainer').", type(training_args).__name__
-            )
-        if not isinstance(training_args, ScheduleFreeFields):
-            raise TypeError(
-                f"{type(self).__name__} needs args with the Schedule-Free fields (optimizer_name, decoupling_c, ...), "
-                f"got {type(training_args).__name__}: build them with sf_hf.schedule_free_config("
-                f"{type(training_args).__name__ if training_args is not None else 'TrainingArguments'})(...), or "
-                "ScheduleFreeConfig(...) for a plain Trainer."
-            )
-        if (
-            bound.get("optimizer_cls_and_kwargs") is not None
-            or (bound.get("optimizers") or (None, None))[0] is not None
-        ):
-            raise ValueError(f"{type(self).__name__} builds its optimizer from args.optimizer_name; do not pass one.")
-        super().__init__(*args, **kwargs)
+            bound = None
+        if bound is not None:
+            given = bound.arguments
+            if (
+                given.get("optimizer_cls_and_kwargs") is not None
+                or (given.get("optimizers") or (None, None))[0] is not None
+            ):
+                raise ValueError(
+                    f"{type(self).__name__} builds its optimizer from args.optimizer_name; do not pass one."
+                )
+            if given.get("args") is not None:
+                given["args"] = _schedule_free_args(given["args"], _parent_config_class(type(self)))
+                args, kwargs = bound.args, bound.kwargs
         self._num_training_steps: int | None = None
         self._sf_loaded_from: dict | None = None  # the best checkpoint's metadata while the model holds its weights
         self._sf_end_limit = None  # save_total_limit, while the end of training is sf_hf's (see _finalize_training)
-        self.callback_handler.callbacks.insert(0, _EndOfTraining(self))
+        self._sf_in_training_step = False  # compute_loss hands the loss to the optimizer only inside training_step
+        self._sf_step_loss: torch.Tensor | None = None  # this step's loss so far, over its micro-batches
+        self._sf_resolved_for = self._sf_base = None  # the prepared optimizer, and the one inside it that steps
+        self._sf_norm_checked_for, self._sf_norm_covers = None, False  # the optimizer whose params the norm covers
+        self._sf_logged_decay_for = None  # the model whose decayed weights were logged
+        self._sf_warned_no_averaging = False
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.args, ScheduleFreeFields):  # no args passed: the parent's own default config
+            self.args = _schedule_free_args(self.args, type(self.args))
 
     # ------------------------------------------------------------------ optimizer and scheduler
 
@@ -140,7 +152,7 @@ class ScheduleFreeMixin(HubPublishing):
         if self.args.weight_decay_params != "linear":
             return super().get_decay_parameter_names(model)
         names = linear_weight_names(model)
-        if getattr(self, "_sf_logged_decay_for", None) is not model:  # the Trainer asks more than once
+        if self._sf_logged_decay_for is not model:  # the Trainer asks more than once
             self._sf_logged_decay_for = model
             trained = {n for n, p in model.named_parameters() if p.requires_grad}
             decayed = [n for n in names if n in trained]
@@ -178,7 +190,7 @@ class ScheduleFreeMixin(HubPublishing):
     def _warn_if_no_averaging(self, num_training_steps: int) -> None:
         """Warns once when the averaging weight stays 1 at every step of the run, so x = y (see
         `sf_hf.optim.averaging`): a short fine-tune with the paper's decoupling_c."""
-        if getattr(self, "_sf_warned_no_averaging", False) or not self.is_world_process_zero():
+        if self._sf_warned_no_averaging or not self.is_world_process_zero():
             return
         message = no_averaging_message(self._base_optimizer(), num_training_steps)
         if message:
@@ -213,7 +225,7 @@ class ScheduleFreeMixin(HubPublishing):
         """
         if self.optimizer is None:
             return None
-        if getattr(self, "_sf_resolved_for", None) is not self.optimizer:
+        if self._sf_resolved_for is not self.optimizer:
             self._sf_base = resolve_optimizer(
                 self.optimizer, self.get_optimizer_cls_and_kwargs(self.args)[0], self.accelerator
             )
@@ -246,7 +258,7 @@ class ScheduleFreeMixin(HubPublishing):
         result = super().compute_loss(
             model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
         )
-        if getattr(self, "_sf_in_training_step", False):
+        if self._sf_in_training_step:
             self._hand_over_loss(result[0] if return_outputs else result, num_items_in_batch)
         return result
 
@@ -269,8 +281,7 @@ class ScheduleFreeMixin(HubPublishing):
         part = loss.detach().mean() if self.args.n_gpu > 1 else loss.detach()
         if not scaled:
             part = part / self.current_gradient_accumulation_steps
-        total = getattr(self, "_sf_step_loss", None)
-        self._sf_step_loss = part if total is None else total + part
+        self._sf_step_loss = part if self._sf_step_loss is None else self._sf_step_loss + part
         if self.accelerator.sync_gradients:
             optimizer.set_loss(self._sf_step_loss)
             self._sf_step_loss = None
@@ -381,7 +392,7 @@ class ScheduleFreeMixin(HubPublishing):
         return grad_norm
 
     def _norm_covers_optimizer(self, model, optimizer) -> bool:
-        if getattr(self, "_sf_norm_checked_for", None) is not optimizer:
+        if self._sf_norm_checked_for is not optimizer:
             in_model = {id(p) for p in model.parameters()}
             self._sf_norm_covers = all(id(p) in in_model for group in optimizer.param_groups for p in group["params"])
             self._sf_norm_checked_for = optimizer
@@ -561,13 +572,12 @@ class ScheduleFreeTrainer(ScheduleFreeMixin, Trainer):
     `transformers.Trainer`, with sf_hf's model card.
 
     Args:
-        args (`ScheduleFreeConfig`, *optional*): training arguments with the Schedule-Free fields. Without them, a
-            default `ScheduleFreeConfig(output_dir="tmp_trainer")`, as `Trainer` builds default `TrainingArguments`.
+        args (`ScheduleFreeConfig`, *optional*): training arguments with the Schedule-Free fields. A plain
+            `TrainingArguments` is made a `ScheduleFreeConfig` with the same values; without args, `Trainer`'s default
+            `TrainingArguments(output_dir="tmp_trainer")` is (see `ScheduleFreeMixin`).
         **kwargs: as for `transformers.Trainer`; `optimizers` and `optimizer_cls_and_kwargs` are not accepted
             (the optimizer is chosen by `args.optimizer_name`).
     """
-
-    _sf_default_args = staticmethod(functools.partial(ScheduleFreeConfig, output_dir="tmp_trainer"))
 
 
 @functools.cache
@@ -585,16 +595,42 @@ def schedule_free_trainer(trainer_cls: type) -> type:
     return type(name, (ScheduleFreeMixin, trainer_cls), namespace)
 
 
-class _EndOfTraining(TrainerCallback):
-    """The first of a `ScheduleFreeMixin`'s callbacks: at `on_train_end`, before any other callback (W&B's and
-    DVCLive's `log_model` save the model there), the model holds x and `save_total_limit` is the user's again (see
-    `_finalize_training`), whichever path fires the event (a pruned hyperparameter-search trial fires it too)."""
+@functools.cache
+def _parent_config_class(trainer_cls: type) -> type:
+    """The config class that `trainer_cls`'s parent declares for `args` in its `__init__` (TRL's `DPOConfig` for
+    `DPOTrainer`, `SFTConfig` for `SFTTrainer`'s `SFTConfig | TrainingArguments | None`); `TrainingArguments` where
+    none is declared."""
+    for klass in trainer_cls.__mro__:
+        if issubclass(klass, ScheduleFreeMixin) or "__init__" not in vars(klass):
+            continue
+        try:
+            annotation = inspect.signature(klass.__init__, eval_str=True).parameters["args"].annotation
+        except (KeyError, NameError, TypeError, ValueError):  # no `args`, or an annotation that does not resolve
+            continue
+        declared = [
+            c
+            for c in typing.get_args(annotation) or (annotation,)
+            if isinstance(c, type) and issubclass(c, TrainingArguments)
+        ]
+        if declared:
+            return max(declared, key=lambda c: len(c.__mro__))  # the most derived: SFTConfig before TrainingArguments
+    return TrainingArguments
 
-    def __init__(self, trainer: ScheduleFreeMixin):
-        self._trainer = weakref.ref(trainer)
 
-    def on_train_end(self, args, state, control, **kwargs):
-        trainer = self._trainer()
-        if trainer is not None:
-            trainer.use_averaged_weights()
-            trainer._restore_save_total_limit()
+def _schedule_free_args(args, config_cls: type) -> ScheduleFreeFields:
+    """`args` made Schedule-Free (`sf_hf.configs.as_schedule_free_config`), converted into `config_cls` first when
+    they are not of it, as TRL's `SFTTrainer` converts a plain `TrainingArguments` into its `SFTConfig` (a
+    `ScheduleFreeConfig` into `schedule_free_config(SFTConfig)`)."""
+    if isinstance(args, TrainingArguments) and not isinstance(args, config_cls):
+        values = {**args.to_dict(), "hub_token": args.hub_token}  # to_dict hides the token
+        args = (schedule_free_config(config_cls) if isinstance(args, ScheduleFreeFields) else config_cls)(**values)
+    made = as_schedule_free_config(args)
+    if made is not args:
+        logger.info(
+            "sf_hf: %s made Schedule-Free as %s (optimizer_name=%r, decoupling_c=%g)",
+            type(args).__name__,
+            type(made).__name__,
+            made.optimizer_name,
+            made.decoupling_c,
+        )
+    return made

@@ -282,9 +282,9 @@ def test_grad_accumulation_best_model_and_early_stopping(tmp_path):
     )
 
 
-def test_trainer_rejects_plain_arguments_and_external_optimizers(tmp_path):
-    with pytest.raises(TypeError, match="ScheduleFreeConfig"):
-        ScheduleFreeTrainer(model=tiny_model(), args=TrainingArguments(output_dir=str(tmp_path)))
+def test_trainer_rejects_a_conflicting_optim_and_external_optimizers(tmp_path):
+    with pytest.raises(ValueError, match=r"optim='adafactor' is not used .* optimizer_name"):
+        ScheduleFreeTrainer(model=tiny_model(), args=TrainingArguments(output_dir=str(tmp_path), optim="adafactor"))
     with pytest.raises(ValueError, match="optimizer_name"):
         ScheduleFreeTrainer(model=tiny_model(), args=config(tmp_path), optimizer_cls_and_kwargs=(torch.optim.AdamW, {}))
 

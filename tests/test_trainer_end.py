@@ -4,9 +4,13 @@ reload, and which folders the end of training may delete.
     pytest tests/test_trainer_end.py -q
 """
 
+import sys
+import types
+
 import pytest
 import torch
 from transformers import TrainerCallback
+from transformers.trainer_utils import HPSearchBackend, default_compute_objective
 
 from sf_hf import ScheduleFreeTrainer
 from sf_hf.metadata import read_metadata
@@ -70,6 +74,43 @@ def test_callbacks_after_the_last_step_see_x(tmp_path, strategy):
     assert set(saver.seen) == expected
     for event, seen in saver.seen.items():
         assert max_abs_diff(seen, x) < 1e-6, event
+    assert max_abs_diff(saved_weights(tmp_path / "logged_model"), x) < 1e-6
+
+
+class PrunedTrial:
+    """An optuna trial that asks to be pruned at its first report."""
+
+    study = types.SimpleNamespace(_is_multi_objective=lambda: False)
+
+    def report(self, value, step):
+        pass
+
+    def should_prune(self):
+        return True
+
+
+def test_a_pruned_trials_on_train_end_sees_x(tmp_path, monkeypatch):
+    """transformers fires `on_train_end` from its evaluation when an optuna trial is pruned, mid-training, with the
+    model at y until then: it sees x there too (the evaluation before it switched to x)."""
+    pruned = type("TrialPruned", (Exception,), {})
+    monkeypatch.setitem(sys.modules, "optuna", types.SimpleNamespace(TrialPruned=pruned))  # what the path imports
+    saver = SaveTheModel(tmp_path / "logged_model", last_step=None)
+    trainer = ScheduleFreeTrainer(
+        model=tiny_model(),
+        train_dataset=TRAIN_SET,
+        eval_dataset=EVAL_SET,
+        callbacks=[saver],
+        args=config(tmp_path / "run", max_steps=4),
+    )
+    trainer.train()
+    saver.seen.clear()
+    x, y = x_and_y_from_optimizer(trainer)
+    trainer.use_training_weights()  # as in the middle of training
+    assert max_abs_diff(weights(trainer.model), y) == 0.0 and max_abs_diff(x, y) > 1e-3
+    trainer.hp_search_backend, trainer.compute_objective = HPSearchBackend.OPTUNA, default_compute_objective
+    with pytest.raises(pruned):
+        trainer._evaluate(PrunedTrial(), None)  # the training loop's evaluation, which reports to the search
+    assert max_abs_diff(saver.seen["on_train_end"], x) < 1e-6
     assert max_abs_diff(saved_weights(tmp_path / "logged_model"), x) < 1e-6
 
 

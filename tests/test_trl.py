@@ -138,14 +138,7 @@ def test_schedule_free_config_follows_the_optimizer_and_refuses_a_set_schedule(t
     assert schedule_free_config(TrainingArguments) is ScheduleFreeConfig
 
 
-def test_mixin_refuses_plain_trl_args_and_the_factory_caches(tmp_path):
-    with pytest.raises(TypeError, match=r"schedule_free_config\(SFTConfig\)"):
-        ScheduleFreeSFTTrainer(
-            model=tiny_model(),
-            args=SFTConfig(output_dir=str(tmp_path), bf16=False),
-            train_dataset=text_dataset(4),
-            processing_class=tiny_tokenizer(),
-        )
+def test_the_factory_caches_and_refuses_the_wrong_order():
     made = schedule_free_trainer(SFTTrainer)
     assert made is schedule_free_trainer(SFTTrainer) and made.__mro__[1:3] == (
         ScheduleFreeMixin,

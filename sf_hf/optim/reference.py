@@ -1,65 +1,42 @@
 """Readable reference twins of Algorithms 1, 2 and 3 that store x, y and z explicitly.
 
 It spends three extra copies of the weights to follow ../shared/PAPER.md line by line, shares no
-code with the memory-efficient optimizers, and is what the tests hold them against (run it on
-float64 parameters for an exact yardstick):
+algorithm code with the memory-efficient optimizers (only their arguments and defaults, read from their
+signatures), and is what the tests hold them against (run it on float64 parameters for an exact yardstick):
 
     >>> ref = ReferenceScheduleFreeAdamW(params_float64, lr=1e-3, betas=(0.9, 0.99), decoupling_c=50)
 """
 
+import inspect
 import math
 from collections.abc import Iterable
 
 import torch
 
+from .schedule_free import ScheduleFreeAdamW
+from .schedule_free_plus import ScheduleFreePlusAdamW
+
+
+def _arguments_of(twin: type, given: dict) -> dict:
+    """The fast twin's arguments with its defaults (from its signature; `fused` aside), `given` on top: one argument
+    list for both twins. An unknown name is a `TypeError`, as a signature would raise it."""
+    parameters = inspect.signature(twin.__init__).parameters
+    defaults = {
+        name: p.default
+        for name, p in parameters.items()
+        if p.default is not inspect.Parameter.empty and name != "fused"
+    }
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise TypeError(f"the reference twin of {twin.__name__} got unexpected arguments: {', '.join(unknown)}")
+    return {**defaults, **given}
+
 
 class _ExplicitSequences(torch.optim.Optimizer):
-    """The modes of the reference twins: x and y are stored per parameter, `eval()`/`train()` copy one in."""
+    """The state and modes of the reference twins: x, y, z and the moments stored per parameter, `eval()`/`train()`
+    copy x or y in."""
 
-    @torch.no_grad()
-    def eval(self):
-        for group in self.param_groups:
-            for p in group["params"]:
-                p.copy_(self.state[p]["x"])
-        self.in_train_mode = False
-
-    @torch.no_grad()
-    def train(self):
-        for group in self.param_groups:
-            for p in group["params"]:
-                p.copy_(self.state[p]["y"])
-        self.in_train_mode = True
-
-
-class ReferenceScheduleFreeAdamW(_ExplicitSequences):
-    r"""Schedule-Free AdamW with explicit x, y and z; `decoupling_c=None` is Algorithm 1, a number is Algorithm 2.
-
-    The parameters hold y after `train()` and x after `eval()`. Arguments are those of
-    `sf_hf.ScheduleFreeAdamW` plus `decoupling_c`; nothing is validated.
-    """
-
-    def __init__(
-        self,
-        params: Iterable,
-        lr: float = 2e-3,
-        betas: tuple[float, float] = (0.95, 0.99),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 0,
-        r: float = 0.0,
-        weight_lr_power: float = 2.0,
-        decoupling_c: float | None = None,
-    ):
-        defaults = dict(
-            lr=lr,
-            betas=betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            warmup_steps=warmup_steps,
-            r=r,
-            weight_lr_power=weight_lr_power,
-            decoupling_c=decoupling_c,
-        )
+    def __init__(self, params: Iterable, defaults: dict, moments: tuple[str, ...]):
         super().__init__(params, defaults)
         self.t = 0
         self.in_train_mode = True
@@ -68,8 +45,37 @@ class ReferenceScheduleFreeAdamW(_ExplicitSequences):
             group["lr_max"] = 0.0
             for p in group["params"]:
                 self.state[p] = dict(
-                    x=p.detach().clone(), z=p.detach().clone(), y=p.detach().clone(), v=torch.zeros_like(p)
+                    x=p.detach().clone(),
+                    z=p.detach().clone(),
+                    y=p.detach().clone(),
+                    **{name: torch.zeros_like(p) for name in moments},
                 )
+
+    @torch.no_grad()
+    def _copy_in(self, sequence: str) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.copy_(self.state[p][sequence])
+
+    def eval(self):
+        self._copy_in("x")
+        self.in_train_mode = False
+
+    def train(self):
+        self._copy_in("y")
+        self.in_train_mode = True
+
+
+class ReferenceScheduleFreeAdamW(_ExplicitSequences):
+    r"""Schedule-Free AdamW with explicit x, y and z; `decoupling_c=None` is Algorithm 1, a number is Algorithm 2.
+
+    The parameters hold y after `train()` and x after `eval()`. Arguments are those of
+    `sf_hf.ScheduleFreeAdamW` (its defaults, `fused` aside) plus `decoupling_c`; nothing is validated.
+    """
+
+    def __init__(self, params: Iterable, *, decoupling_c: float | None = None, **arguments):
+        defaults = dict(_arguments_of(ScheduleFreeAdamW, arguments), decoupling_c=decoupling_c)
+        super().__init__(params, defaults, moments=("v",))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -110,52 +116,12 @@ class ReferenceScheduleFreePlusAdamW(_ExplicitSequences):
         z <- z - a_t^2 wd y - a_t m_hat / (sqrt(v_hat) + eps);  x <- (1 - c) x + c z;  y <- b_t x + (1 - b_t) z
     """
 
-    def __init__(
-        self,
-        params: Iterable,
-        lr: float = 1.0,
-        betas: tuple[float, float] = (0.9, 0.95),
-        sf_beta1: float = 0.9,
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        r: float = 0.0,
-        polyak_beta: float = 0.0,
-        c_warmup: int = 0,
-        sf_beta1_anneal_steps: int = 0,
-        sf_beta1_max: float = 0.965,
-        weight_lr_power: float = 2.0,
-        warmup_steps: int = 0,
-    ):
-        defaults = dict(
-            lr=lr,
-            betas=betas,
-            sf_beta1=sf_beta1,
-            eps=eps,
-            weight_decay=weight_decay,
-            r=r,
-            polyak_beta=polyak_beta,
-            c_warmup=c_warmup,
-            sf_beta1_anneal_steps=sf_beta1_anneal_steps,
-            sf_beta1_max=sf_beta1_max,
-            weight_lr_power=weight_lr_power,
-            warmup_steps=warmup_steps,
-        )
-        super().__init__(params, defaults)
-        self.t = 0
+    def __init__(self, params: Iterable, **arguments):
+        super().__init__(params, _arguments_of(ScheduleFreePlusAdamW, arguments), moments=("m", "v"))
         self.e = 0.0
         self.loss = None
-        self.in_train_mode = True
         for group in self.param_groups:
-            group["weight_sum"] = 0.0
             group["lr_max"] = group["eps"]
-            for p in group["params"]:
-                self.state[p] = dict(
-                    x=p.detach().clone(),
-                    z=p.detach().clone(),
-                    y=p.detach().clone(),
-                    m=torch.zeros_like(p),
-                    v=torch.zeros_like(p),
-                )
 
     def set_loss(self, loss) -> None:
         self.loss = float(loss)

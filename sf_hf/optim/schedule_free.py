@@ -122,23 +122,24 @@ def _on_every_rank(finite: bool, grads) -> bool:
     return bool(flag.item())
 
 
-def _local_shards(ys, zs, vs, gs):
+def _local_shards(*tensor_lists):
     """DTensor parameters (FSDP2): each rank updates its own shards as plain tensors.
 
-    The update is elementwise, so when y, z, v and g share one sharding (FSDP2 reduce-scatters g into y's
-    layout; z and v are created from y) the local shards are the whole computation: the fused kernel and the
+    `tensor_lists` are the parameters y, their state tensors and the gradients, one list each. The update is
+    elementwise, so when every tensor of a row shares the parameter's sharding (FSDP2 reduce-scatters g into y's
+    layout; the state is created from y) the local shards are the whole computation: the fused kernel and the
     foreach ops then run without DTensor dispatch. Any other layout (e.g. a `Partial` gradient) keeps the
     DTensors, and the step runs foreach ops on them.
     """
-    if not any(isinstance(y, DTensor) for y in ys):
-        return ys, zs, vs, gs
-    for y, z, v, g in zip(ys, zs, vs, gs):
+    if not any(isinstance(y, DTensor) for y in tensor_lists[0]):
+        return tensor_lists
+    for row in zip(*tensor_lists):
+        y = row[0]
         if not all(
-            isinstance(t, DTensor) and t.device_mesh == y.device_mesh and t.placements == y.placements
-            for t in (y, z, v, g)
+            isinstance(t, DTensor) and t.device_mesh == y.device_mesh and t.placements == y.placements for t in row
         ):
-            return ys, zs, vs, gs
-    return tuple([t.to_local() for t in tensors] for tensors in (ys, zs, vs, gs))
+            return tensor_lists
+    return tuple([t.to_local() for t in tensors] for tensors in tensor_lists)
 
 
 class ScheduleFreeAdamW(torch.optim.Optimizer):
@@ -374,13 +375,34 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
             finite = self._grads_finite([local_tensor(g) for g in grads])
         return _on_every_rank(finite, grads)
 
+    _moments = ("exp_avg_sq",)
+    """The per-parameter state besides z (zeros at the start), in the order the update functions take it."""
+
     def _state_for(self, p: torch.Tensor) -> dict:
         state = self.state[p]
         if "z" not in state:
             state_dtype = self._state_dtype(p)
             state["z"] = p.detach().to(state_dtype, memory_format=torch.preserve_format, copy=True)
-            state["exp_avg_sq"] = torch.zeros_like(p, dtype=state_dtype, memory_format=torch.preserve_format)
+            for name in self._moments:
+                state[name] = torch.zeros_like(p, dtype=state_dtype, memory_format=torch.preserve_format)
         return state
+
+    def _update_group(self, params: list, scalars, fused_update: Callable, foreach_update: Callable) -> None:
+        """The end of a step for one group's parameters with a gradient: y, z, the moments and the gradients (as
+        local shards where they can be, see `_local_shards`) go to the compiled `fused_update` where every tensor but
+        the gradient is contiguous (what it needs), to `foreach_update` elsewhere and for DTensors."""
+        states = [self._state_for(p) for p in params]
+        state = ([s[name] for s in states] for name in ("z", *self._moments))
+        tensors = _local_shards(params, *state, [p.grad for p in params])
+        ys = tensors[0]
+        if isinstance(ys[0], DTensor) or not self._use_fused(ys[0]):
+            foreach_update(*tensors, scalars)
+            return
+        is_flat = [all(t.is_contiguous() for t in row[:-1]) for row in zip(*tensors)]
+        for flat, update in ((True, fused_update), (False, foreach_update)):
+            rows = [i for i, f in enumerate(is_flat) if f == flat]
+            if rows:
+                update(*[[t[i] for i in rows] for t in tensors], scalars)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -416,19 +438,7 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
             scalars = self._advance_schedule(group)
             if not params:
                 continue
-            states = [self._state_for(p) for p in params]
-            ys, gs = params, [p.grad for p in params]
-            zs, vs = [s["z"] for s in states], [s["exp_avg_sq"] for s in states]
-            ys, zs, vs, gs = _local_shards(ys, zs, vs, gs)
-            if not isinstance(ys[0], DTensor) and self._use_fused(ys[0]):
-                is_flat = [y.is_contiguous() and z.is_contiguous() for y, z in zip(ys, zs)]
-                contiguous = [i for i, flat in enumerate(is_flat) if flat]
-                strided = [i for i, flat in enumerate(is_flat) if not flat]
-                fused_step(*[[t[i] for i in contiguous] for t in (ys, zs, vs, gs)], scalars)
-                if strided:
-                    foreach_step(*[[t[i] for i in strided] for t in (ys, zs, vs, gs)], scalars)
-            else:
-                foreach_step(ys, zs, vs, gs, scalars)
+            self._update_group(params, scalars, fused_step, foreach_step)
         return loss
 
 

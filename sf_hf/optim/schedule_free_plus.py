@@ -150,6 +150,8 @@ class ScheduleFreePlusAdamW(ScheduleFreeAdamW):
         self._group_params = None  # set when the caller steps one sub-group per call (DeepSpeed ZeRO-3)
         self._pending_grads, self._pending_groups, self._pending_params = {}, set(), set()
 
+    _moments = ("exp_avg", "exp_avg_sq")
+
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
         group = self.param_groups[-1]
@@ -369,15 +371,6 @@ class ScheduleFreePlusAdamW(ScheduleFreeAdamW):
 
     # ----------------------------------------------------------------- the step
 
-    def _state_for(self, p: torch.Tensor) -> dict:
-        state = self.state[p]
-        if "z" not in state:
-            state_dtype = self._state_dtype(p)
-            state["z"] = p.detach().to(state_dtype, memory_format=torch.preserve_format, copy=True)
-            state["exp_avg"] = torch.zeros_like(p, dtype=state_dtype, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, dtype=state_dtype, memory_format=torch.preserve_format)
-        return state
-
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """Performs one optimization step (train mode only; after `set_loss`, or with a closure returning the loss).
@@ -438,36 +431,5 @@ class ScheduleFreePlusAdamW(ScheduleFreeAdamW):
             self._follow_beta(group, params, beta_of_y)
             if not params:
                 continue
-            states = [self.state[p] for p in params]
-            tensors = (
-                params,
-                [s["z"] for s in states],
-                [s["exp_avg"] for s in states],
-                [s["exp_avg_sq"] for s in states],
-                [p.grad for p in params],
-            )
-            ys, zs, ms, vs, gs = _local_shards(*tensors)
-            if not isinstance(ys[0], DTensor) and self._use_fused(ys[0]):
-                is_flat = [all(t.is_contiguous() for t in row[:4]) for row in zip(ys, zs, ms, vs)]
-                for flat, step_fn in ((True, fused_plus_step), (False, foreach_plus_step)):
-                    rows = [i for i, f_ in enumerate(is_flat) if f_ == flat]
-                    if rows:
-                        step_fn(*[[t[i] for i in rows] for t in (ys, zs, ms, vs, gs)], scalars)
-            else:
-                foreach_plus_step(ys, zs, ms, vs, gs, scalars)
+            self._update_group(params, scalars, fused_plus_step, foreach_plus_step)
         return loss
-
-
-def _local_shards(*tensor_lists):
-    """DTensor parameters (FSDP2): the local shards when every tensor of a row shares the parameter's sharding
-    (see `schedule_free._local_shards`), else the DTensors themselves."""
-    ys = tensor_lists[0]
-    if not any(isinstance(y, DTensor) for y in ys):
-        return tensor_lists
-    for row in zip(*tensor_lists):
-        y = row[0]
-        if not all(
-            isinstance(t, DTensor) and t.device_mesh == y.device_mesh and t.placements == y.placements for t in row
-        ):
-            return tensor_lists
-    return tuple([t.to_local() for t in tensors] for tensors in tensor_lists)
