@@ -20,6 +20,7 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM, default_data_collator, set_seed
 
 from .. import ScheduleFreeTrainer
+from ..bundled import RECIPES
 from ..callbacks import get_callbacks
 from ..data import load_text_dataset
 from ..models import build_model
@@ -28,7 +29,6 @@ from .checks import check_model, find_checkpoint, resolve_batch, steps_and_epoch
 from .data import baseline_entropy, load_tokenizer, prepare_data
 from .reporting import SpeedCallback, log_derived_numbers, log_done, setup_logging
 
-RECIPES = Path(__file__).resolve().parents[2] / "recipes"  # the repository's recipes (a source checkout)
 DEFAULT_RECIPE = RECIPES / "llama-small" / "pretrain" / "config_sf_adamw_refined.yaml"
 logger = logging.getLogger("sf_hf.recipes")
 
