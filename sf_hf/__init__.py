@@ -12,7 +12,7 @@ from .optim import (
 from .registry import OPTIMIZERS, get_optimizer_spec, optimizer_cls_and_kwargs
 from .trainer import ScheduleFreeMixin, ScheduleFreeTrainer, schedule_free_trainer
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "OPTIMIZERS",

@@ -1,7 +1,8 @@
 """`sf-hf`: the command line of sf_hf, a thin layer over `sf_hf.scripts` (training) and `sf_hf.pipeline`.
 
-    sf-hf pretrain --config RECIPE.yaml [--accelerate-config ddp|FILE] [--num-processes N] [--max_steps 100 ...]
-    sf-hf finetune --config RECIPE.yaml --model_name_or_path MODEL [...]
+    sf-hf recipes [NAME]                # the bundled recipes and accelerate configs; a NAME's file, to copy
+    sf-hf pretrain [--config NAME|RECIPE.yaml] [--accelerate-config ddp|zero3|FILE] [--num-processes N] [--max_steps 9]
+    sf-hf finetune --config NAME|RECIPE.yaml --model_name_or_path MODEL [...]
     sf-hf evaluate runs/llama-small [--metric next_token_accuracy] [--tasks sf_kjv,hellaswag --limit 100]
     sf-hf convert runs/plain/checkpoint-500 --to x [--output-dir DIR]
     sf-hf card runs/llama-small [--repo-id org/llama-small-sf] [--output-dir DIR]
@@ -29,15 +30,22 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
+from .bundled import (
+    ACCELERATE_CONFIGS,
+    RECIPES,
+    UnknownNameError,
+    accelerate_config_names,
+    first_comment,
+    recipe_names,
+    resolve_accelerate_config,
+    resolve_recipe,
+)
 from .pipeline import CheckpointError, PipelineError, RetryPolicy, convert_checkpoint, evaluate_run, push_run
 from .pipeline.push import write_cards
 from .pipeline.report import summary_rows, to_markdown
 from .probe import DEFAULT_TOLERANCE, probe_checkpoint
 from .scripts import SCRIPTS
-
-ACCELERATE_CONFIGS = Path(__file__).resolve().parents[1] / "accelerate_configs"  # the repository's (ddp, zero3...)
 
 
 @dataclass(frozen=True)
@@ -344,12 +352,52 @@ register(
 )
 
 
+def _recipes_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", nargs="?", help="print the file of this recipe or accelerate config (to copy)")
+
+
+def _recipes(args: argparse.Namespace) -> int:
+    if args.name:
+        found = recipe_names().get(args.name) or accelerate_config_names().get(args.name)
+        if found is None:
+            raise UnknownNameError(
+                f"{args.name!r} is neither a recipe nor an accelerate config of sf_hf; `sf-hf recipes` lists them."
+            )
+        print(found)
+        return 0
+    sections = (
+        (f"Recipes in {RECIPES} (--config NAME, or the path of a copy to edit):", recipe_names()),
+        (
+            f"Accelerate configs in {ACCELERATE_CONFIGS} (--accelerate-config NAME; zeroN = deepspeed_zeroN):",
+            accelerate_config_names(),
+        ),
+    )
+    for title, names in sections:
+        print(title)
+        width = max(map(len, names))
+        for name, path in names.items():
+            print(f"  {name:<{width}}  {first_comment(path)}")
+    return 0
+
+
+register(
+    Command(
+        "recipes",
+        "list the recipes and accelerate configs that sf_hf ships, by name; print one's file",
+        _recipes_arguments,
+        _recipes,
+    )
+)
+
+
 def _launch_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="the YAML recipe (default: the script's own default recipe)")
+    parser.add_argument(
+        "--config", help="a YAML recipe: a file or a bundled recipe's name (sf-hf recipes); default: the script's own"
+    )
     parser.add_argument(
         "--accelerate-config",
-        help="an accelerate config file, or the name of one in accelerate_configs/ (ddp, "
-        "deepspeed_zero3, ...); default: accelerate's own default config",
+        help="an accelerate config: a file or a bundled config's name (ddp, deepspeed_zero3 or zero3, ...: "
+        "sf-hf recipes); default: accelerate's own default config",
     )
     parser.add_argument("--num-processes", type=int, help="processes to launch (default: the accelerate config's)")
 
@@ -358,19 +406,10 @@ def accelerate_launch_args(args: argparse.Namespace, module: str) -> list[str]:
     """The `accelerate launch` argument list that runs `module` with the recipe and the passed-through arguments."""
     launch = []
     if args.accelerate_config:
-        config = Path(args.accelerate_config)
-        if not config.is_file():
-            config = ACCELERATE_CONFIGS / f"{args.accelerate_config}.yaml"
-            if not config.is_file():
-                known = ", ".join(sorted(p.stem for p in ACCELERATE_CONFIGS.glob("*.yaml")))
-                raise PipelineError(
-                    f"--accelerate-config {args.accelerate_config!r} is neither a file nor a config "
-                    f"in {ACCELERATE_CONFIGS} ({known})."
-                )
-        launch += ["--config_file", str(config)]
+        launch += ["--config_file", str(resolve_accelerate_config(args.accelerate_config))]
     if args.num_processes is not None:
         launch += ["--num_processes", str(args.num_processes)]
-    recipe = ["--config", args.config] if args.config else []
+    recipe = ["--config", str(resolve_recipe(args.config))] if args.config else []
     return [*launch, "-m", module, *recipe, *args.passed_through]
 
 
@@ -424,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return COMMANDS[args.command].run(args)
-    except (PipelineError, CheckpointError) as err:
+    except (PipelineError, CheckpointError, UnknownNameError) as err:
         print(f"sf-hf {args.command}: error: {err}", file=sys.stderr)
         return 1
 

@@ -83,7 +83,7 @@ class ScheduleFreeFields:
         metadata={"help": "The optimizer, by name (replaces `optim`).", "choices": list(OPTIMIZERS)},
     )
     # "auto" (instead of HF's and TRL's "linear"): the scheduler follows the optimizer. A decaying scheduler on top of
-    # Schedule-Free fights the averaging and double-applies warmup (../shared/PAPER.md, known weak spots).
+    # Schedule-Free fights the averaging and double-applies warmup (the optimizer warms up itself).
     lr_scheduler_type: str = field(
         default="auto",
         metadata={"help": "'auto': constant for Schedule-Free, the baseline's own schedule otherwise."},
@@ -232,8 +232,8 @@ class ScheduleFreeConfig(ScheduleFreeFields, TrainingArguments):
     """`TrainingArguments` for `ScheduleFreeTrainer`: `schedule_free_config(TrainingArguments)`, with the fields of
     `ScheduleFreeFields` (see its NOTEs and the module docstring) and the paper's setup as defaults.
 
-    NOTE: these defaults differ from `TrainingArguments`' where left unset, by optimizer (../shared/PAPER.md, "setup";
-    the table is `sf_hf.registry.TRAINING_DEFAULTS`):
+    NOTE: these defaults differ from `TrainingArguments`' where left unset, by optimizer (the setup of Song et al.
+    2025, arXiv:2507.09846; the table is `sf_hf.registry.TRAINING_DEFAULTS`):
 
     | field | sf_adamw_refined, sf_adamw | sf_plus | adamw_cosine, adamw_wsd, adamw_ema | TrainingArguments |
     |---|---|---|---|---|

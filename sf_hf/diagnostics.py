@@ -4,7 +4,7 @@
     trainer = ScheduleFreeTrainer(..., callbacks=[RiverDiagnosticsCallback()])
     trainer.train()     # every eval entry of trainer.state.log_history gains eval_river_* keys
 
-Song et al. (../shared/PAPER.md) read a Schedule-Free run through the "river valley" picture: y is the
+Song et al. (2025, arXiv:2507.09846) read a Schedule-Free run through the "river valley" picture: y is the
 point that takes the steps and bounces on the valley's walls; x, a weighted average of the iterates,
 should sit near the river at the bottom. At each evaluation the callback adds, next to `eval_loss`:
 

@@ -10,10 +10,10 @@ adam_beta1/2, adam_epsilon, weight_decay, warmup_steps), which lr scheduler goes
 This file is the one place where two things are decided:
 
 * **The defaults.** `TRAINING_DEFAULTS`: per optimizer, the `TrainingArguments` fields the paper sets (lr, betas,
-  gradient clipping; ../shared/PAPER.md, "setup"); `ScheduleFreeConfig` takes them where the user set nothing
-  (`training_defaults`). `FIELD_DEFAULTS`: the Schedule-Free fields' defaults (`ScheduleFreeFields` declares them
-  from it; a plain `TrainingArguments` without the fields gets them here). The optimizer classes' own signature
-  defaults are the same numbers (tests/test_registry.py holds them together).
+  gradient clipping; the setup of Song et al. 2025, arXiv:2507.09846); `ScheduleFreeConfig` takes them where the
+  user set nothing (`training_defaults`). `FIELD_DEFAULTS`: the Schedule-Free fields' defaults
+  (`ScheduleFreeFields` declares them from it; a plain `TrainingArguments` without the fields gets them here). The
+  optimizer classes' own signature defaults are the same numbers (tests/test_registry.py holds them together).
 * **The lr schedule and warmup.** `lr_schedule`: which scheduler (constant for Schedule-Free, whose warmup is
   inside the optimizer; the baselines' cosine or WSD, with the warmup in the scheduler), with which warmup where;
   `lr_scheduler_type_for` resolves a config's `lr_scheduler_type` ("auto" or the user's) against it. The config,
@@ -29,9 +29,9 @@ from transformers import TrainingArguments
 from .optim import RefinedScheduleFreeAdamW, ScheduleFreeAdamW, ScheduleFreePlusAdamW
 from .optim.ema import AdamWWithEMA
 
-# The paper's setup (../shared/PAPER.md): SF-AdamW lr 2e-3, betas (0.95, 0.99), no clipping; AdamW lr 1e-3,
-# betas (0.9, 0.95), clipping 1.0. ScheduleFree+: lr is the Polyak step's multiplier (1, the authors'), Adam betas
-# (0.9, 0.95) as in their code, no clipping.
+# The paper's setup (Song et al. 2025, arXiv:2507.09846): SF-AdamW lr 2e-3, betas (0.95, 0.99), no clipping; AdamW
+# lr 1e-3, betas (0.9, 0.95), clipping 1.0. ScheduleFree+: lr is the Polyak step's multiplier (1, the authors'), Adam
+# betas (0.9, 0.95) as in their code, no clipping.
 _SF = dict(learning_rate=2e-3, adam_beta1=0.95, adam_beta2=0.99, max_grad_norm=0.0)
 _ADAMW = dict(learning_rate=1e-3, adam_beta1=0.9, adam_beta2=0.95, max_grad_norm=1.0)
 TRAINING_DEFAULTS: dict[str, dict] = {

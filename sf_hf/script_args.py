@@ -16,11 +16,11 @@ import json
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 
 import yaml
 from transformers import HfArgumentParser
 
+from .bundled import UnknownNameError, resolve_recipe
 from .callbacks import check_callback_names
 from .configs import ScheduleFreeConfig
 
@@ -178,10 +178,12 @@ def _unknown_key_message(
 
 
 def load_recipe(path: str, dataclass_types: Sequence[type] = SCRIPT_DATACLASSES) -> dict:
-    """Reads a YAML recipe into a dict, failing on a missing file, a non-mapping, or an unknown key."""
-    recipe = Path(path)
-    if not recipe.is_file():
-        raise RecipeError(f"Recipe {path!r} does not exist. Recipes live in recipes/<model>/<task>/config_<opt>.yaml.")
+    """Reads a YAML recipe (a file, or the name of one of sf_hf's: `sf_hf.bundled.resolve_recipe`) into a dict,
+    failing on a missing file, a non-mapping, or an unknown key."""
+    try:
+        recipe = resolve_recipe(path)
+    except UnknownNameError as err:
+        raise RecipeError(str(err)) from None
     try:
         config = yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:

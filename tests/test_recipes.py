@@ -27,8 +27,8 @@ from sf_hf.scripts import finetune, pretrain
 ROOT = Path(__file__).resolve().parents[1]
 
 # The recipes of sf_hf.scripts.pretrain/finetune; those of the TRL scripts (sft/, dpo/) are checked with their own
-# parser in tests/test_trl_scripts.py.
-RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if p.parent.name not in ("sft", "dpo"))
+# parser in tests/test_trl_scripts.py. recipes/<model> are links into sf_hf/recipes (a glob without ** follows them).
+RECIPES = sorted(p for p in (ROOT / "recipes").glob("*/*/*.yaml") if p.parent.name not in ("sft", "dpo"))
 DEFAULT_RECIPE = ROOT / "recipes" / "llama-small" / "pretrain" / "config_sf_adamw_refined.yaml"
 ACCELERATE = Path(sys.executable).parent / "accelerate"
 
@@ -102,7 +102,7 @@ def test_unknown_key_in_a_recipe_is_an_error_naming_the_closest_key(tmp_path):
 
 
 def test_no_argument_default_is_the_llama_small_recipe():
-    assert Path(pretrain.DEFAULT_RECIPE) == DEFAULT_RECIPE
+    assert Path(pretrain.DEFAULT_RECIPE) == DEFAULT_RECIPE.resolve()  # the package's file, linked from recipes/
     default = parse_script_args([], default_config=pretrain.DEFAULT_RECIPE)
     explicit = parse_script_args(["--config", str(DEFAULT_RECIPE)])
     assert default[0] == explicit[0] and default[1] == explicit[1]

@@ -94,24 +94,27 @@ def test_every_script_command_is_registered_and_launches_its_module():
     for name, module in SCRIPTS.items():
         assert cli.COMMANDS[name].passes_through
         args, unknown = cli.build_parser().parse_known_args(
-            [name, "--config", "r.yaml", "--accelerate-config", "ddp", "--max_steps", "5", "--callbacks", "a", "b"]
+            [name, "--config", "llama-small/pretrain/sf_plus", "--accelerate-config", "zero3", "--max_steps", "5"]
+            + ["--callbacks", "a", "b"]
         )
         args.passed_through = unknown
         assert cli.accelerate_launch_args(args, SCRIPTS[name]) == [
             "--config_file",
-            str(ROOT / "accelerate_configs" / "ddp.yaml"),
+            str(ROOT / "sf_hf" / "accelerate_configs" / "deepspeed_zero3.yaml"),
             "-m",
             module,
             "--config",
-            "r.yaml",
+            str(ROOT / "sf_hf" / "recipes" / "llama-small" / "pretrain" / "config_sf_plus.yaml"),
             "--max_steps",
             "5",
             "--callbacks",
             "a",
             "b",
         ]
-    with pytest.raises(cli.PipelineError, match="neither a file nor a config"):
-        cli.accelerate_launch_args(cli.build_parser().parse_args(["pretrain", "--accelerate-config", "zero9"]), "m")
+    for flag, known in (("--accelerate-config", "ddp, deepspeed_zero1,"), ("--config", "llama-124m/pretrain/adamw")):
+        args, args.passed_through = cli.build_parser().parse_args(["pretrain", flag, "zero9"]), []
+        with pytest.raises(cli.UnknownNameError, match=f"'zero9' is neither a file nor a .* of sf_hf; the .*: {known}"):
+            cli.accelerate_launch_args(args, "m")
 
 
 def test_callbacks_by_name_resolve_to_callbacks_built_from_the_recipe_and_unknown_names_list_the_known_ones(tmp_path):

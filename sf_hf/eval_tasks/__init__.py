@@ -10,9 +10,9 @@ with the true one. Test documents come from the chapters the default recipe hold
 by `python -m sf_hf.eval_tasks.kjv`.
 """
 
-from pathlib import Path
+from ..bundled import package_file
 
-TASKS_DIR = Path(__file__).resolve().parent
+TASKS_DIR = package_file("eval_tasks")
 """The folder lm-eval's `TaskManager` indexes for the bundled tasks (`include_path`)."""
 BUNDLED_TASKS = ("sf_kjv_next_verse", "sf_kjv_cloze")
 BUNDLED_TAG = "sf_kjv"

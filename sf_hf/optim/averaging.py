@@ -9,8 +9,8 @@ at all in a run of T steps.
 Why (1 - b) / c. With x_{t+1} = (1 - c) x_t + c z_{t+1} and y = (1 - b) z + b x, z - x = (y - x) / (1 - b), so each
 step moves x toward y by c / (1 - b) of the distance: x is close to an EMA of y (the points the gradients were
 taken at) with rate c / (1 - b), i.e. it averages about the last (1 - b) / c steps of y. This is the window the
-refined variant's C sets (PAPER.md: x averages y with weights ~ (C/T)(t/T)^(C-1)), so vanilla and refined runs
-are compared on one scale:
+refined variant's C sets (Song et al. 2025, arXiv:2507.09846: x averages y with weights ~ (C/T)(t/T)^(C-1)), so
+vanilla and refined runs are compared on one scale:
 
 * vanilla Schedule-Free: c_t = 1 / t after warmup (constant weights w), so the window is (1 - b1) t, ~T(1 - b1)
   at the end of a T-step run. (x is the uniform average of every z, ~T steps of z; but z is not where the
@@ -38,7 +38,7 @@ from .conversion import beta_of_y
 
 def decoupled_averaging_weight(vanilla: float, group: dict) -> float:
     """The refined variant's c from vanilla's: min((1 - b1) C c, 1), and vanilla's c bit for bit when
-    C = 1 / (1 - b1) (Algorithm 2 of PAPER.md)."""
+    C = 1 / (1 - b1) (Song et al. 2025, arXiv:2507.09846)."""
     scale = (1 - group["betas"][0]) * group["decoupling_c"]
     if math.isclose(scale, 1.0, rel_tol=1e-12):
         return vanilla

@@ -1,8 +1,10 @@
 """Readable reference twins of Algorithms 1, 2 and 3 that store x, y and z explicitly.
 
-It spends three extra copies of the weights to follow ../shared/PAPER.md line by line, shares no
-algorithm code with the memory-efficient optimizers (only their arguments and defaults, read from their
-signatures), and is what the tests hold them against (run it on float64 parameters for an exact yardstick):
+It spends three extra copies of the weights to follow the papers line by line (Algorithm 1: Defazio et al.
+2024, arXiv:2405.15682; Algorithm 2: Song et al. 2025, arXiv:2507.09846; Algorithm 3: Defazio 2026,
+arXiv:2605.19095), shares no algorithm code with the memory-efficient optimizers (only their arguments and
+defaults, read from their signatures), and is what the tests hold them against (run it on float64 parameters for
+an exact yardstick):
 
     >>> ref = ReferenceScheduleFreeAdamW(params_float64, lr=1e-3, betas=(0.9, 0.99), decoupling_c=50)
 """

@@ -143,7 +143,7 @@ def _local_shards(*tensor_lists):
 
 
 class ScheduleFreeAdamW(torch.optim.Optimizer):
-    r"""Schedule-Free AdamW (Algorithm 1 of ../shared/PAPER.md), memory-efficient: parameters hold y or x.
+    r"""Schedule-Free AdamW (Defazio et al. 2024, arXiv:2405.15682), memory-efficient: parameters hold y or x.
 
     `eval()` / `train()` switch them exactly: y comes back bit for bit, from a host copy that lives while the
     parameters hold x and goes into `state_dict()` then (see the module docstring).

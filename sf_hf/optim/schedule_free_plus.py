@@ -11,7 +11,7 @@
         optimizer.zero_grad()
     optimizer.eval()                 # parameters hold x: evaluate, checkpoint and publish here
 
-Algorithm 3 of ../shared/PAPER.md, with the hyperparameter names and defaults of the authors' research code
+ScheduleFree+ (Defazio 2026, arXiv:2605.19095), with the hyperparameter names and defaults of the authors' research code
 (`AdamCScheduleFreePlusPaper`, facebookresearch/schedule_free). The step size is a Polyak step,
 a_t = lr * max(0, F + I_t) / e_hat, from the loss F at y, I_t = b_t <g, z - x> and an EMA e of ||g||_1 sqrt(pi/2);
 `lr` is a multiplier (default 1). Weight decay is AdamC's (scaled by a_t^2: values like 20-50, not 0.1).
@@ -80,7 +80,7 @@ def validate_plus_hyperparameters(group: dict) -> None:
 
 
 class ScheduleFreePlusAdamW(ScheduleFreeAdamW):
-    r"""ScheduleFree+ (Algorithm 3 of ../shared/PAPER.md), memory-efficient: parameters hold y or x.
+    r"""ScheduleFree+ (Defazio 2026, arXiv:2605.19095), memory-efficient: parameters hold y or x.
 
     Call `set_loss(loss)` before every `step()` (`ScheduleFreeTrainer` does).
 

@@ -19,11 +19,12 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..bundled import package_file
 from ..data import EMBEDDED_CORPUS
 from ..registry import OPTIMIZERS
 from .run_inventory import ADAPTER_CONFIG, CheckpointInfo
 
-TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "templates" / "model_card.md"
+TEMPLATE_PATH = package_file("templates", "model_card.md")
 COUNT_KEYS = ("eval_tokens", "eval_blocks")
 """Keys of `eval_results.json` that are counts, not metrics: in the card text, not in the model-index."""
 HARNESS_NAME, HARNESS_URL = "lm-evaluation-harness", "https://github.com/EleutherAI/lm-evaluation-harness"

@@ -9,8 +9,8 @@ own tokenizer and context are used, the validation loss is measured before and a
 holds x.
 """
 
+from ..bundled import RECIPES
 from . import pretrain
-from .pretrain import RECIPES
 
 DEFAULT_RECIPE = RECIPES / "llama-small" / "finetune" / "config_sf_adamw_refined.yaml"
 

@@ -4,8 +4,10 @@
     accelerate launch --config_file accelerate_configs/ddp.yaml recipes/pretrain.py \
         --config recipes/llama-124m/pretrain/config_sf_adamw_refined.yaml
     accelerate launch -m sf_hf.scripts.pretrain --config RECIPE.yaml    # the same module, as recipes/pretrain.py runs
+    accelerate launch -m sf_hf.scripts.pretrain --config llama-124m/pretrain/sf_adamw   # a bundled recipe, by name
 
-With no --config the recipe is recipes/llama-small/pretrain/config_sf_adamw_refined.yaml. Flags override the
+With no --config the recipe is llama-small/pretrain/sf_adamw_refined (sf_hf/recipes/llama-small/pretrain/
+config_sf_adamw_refined.yaml, linked from the repository's recipes/; `sf-hf recipes` lists them). Flags override the
 recipe (`--max_steps 100`); an unknown key is an error. Re-running the same command resumes from the last
 checkpoint in output_dir; `--resume_from_checkpoint PATH` picks one. Checkpoints, evaluations and the final
 model hold x, the averaged weights. See docs/recipes.md.
@@ -20,6 +22,7 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM, default_data_collator, set_seed
 
 from .. import ScheduleFreeTrainer
+from ..bundled import RECIPES
 from ..callbacks import get_callbacks
 from ..data import load_text_dataset
 from ..models import build_model
@@ -28,7 +31,6 @@ from .checks import check_model, find_checkpoint, resolve_batch, steps_and_epoch
 from .data import baseline_entropy, load_tokenizer, prepare_data
 from .reporting import SpeedCallback, log_derived_numbers, log_done, setup_logging
 
-RECIPES = Path(__file__).resolve().parents[2] / "recipes"  # the repository's recipes (a source checkout)
 DEFAULT_RECIPE = RECIPES / "llama-small" / "pretrain" / "config_sf_adamw_refined.yaml"
 logger = logging.getLogger("sf_hf.recipes")
 

@@ -13,7 +13,7 @@ loss is measured before and after. See docs/finetuning.md.
 
 from trl import SFTConfig, SFTTrainer
 
-from .pretrain import RECIPES
+from ..bundled import RECIPES
 from .trl_run import run_trl_script
 
 DEFAULT_RECIPE = RECIPES / "llama-small" / "sft" / "config_sf_adamw_refined.yaml"

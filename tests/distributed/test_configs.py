@@ -36,7 +36,7 @@ def test_each_config_is_complete_and_says_how_to_run_it(name):
     path = ROOT / "accelerate_configs" / f"{name}.yaml"
     text = path.read_text()
     header = [line for line in text.splitlines() if line.startswith("#")]
-    assert header[0].startswith("# Config for 1 node of 8 GPUs")
+    assert header[0].endswith(", for 1 node of 8 GPUs.")  # what `sf-hf recipes` shows
     assert any("num_processes" in line for line in header) and any("accelerate launch" in line for line in header)
     assert any("recipes/launch.slurm" in line for line in header)
     config = load_config_from_file(str(path))  # accelerate's own parser: unknown keys fail here
