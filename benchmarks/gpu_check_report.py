@@ -42,7 +42,7 @@ def tests_section(part: dict) -> list[str]:
 def optimizer_section(part: dict, peak_gbs: float | None) -> list[str]:
     lines = []
     for case in part.get("cases", []):
-        shape = f"{case['params'] / 1e6:,.1f}M parameters in {case['tensors']} tensors"
+        shape = f"{case['params']:,} parameters in {case['tensors']} tensors"
         lines += ["", f"{case['size']} {case['dtype']}: {shape}, on {case['device']}", ""]
         rows = [
             [
@@ -120,8 +120,11 @@ def render_markdown(report: dict) -> str:
         "",
     ]
     lines += table(
-        ["part", "status", "seconds", "limit s"],
-        [[name, part["status"], part.get("seconds"), part.get("limit_s")] for name, part in report["parts"].items()],
+        ["part", "status", "seconds", "limit s", "CPU s"],
+        [
+            [name, part["status"], part.get("seconds"), part.get("limit_s"), part.get("cpu_s")]
+            for name, part in report["parts"].items()
+        ],
     )
     sections = {
         "tests_on_device": tests_section,
