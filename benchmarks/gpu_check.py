@@ -50,7 +50,7 @@ DEVICE_TESTS = [
     "tests/test_trainer.py::test_evaluate_is_at_x_and_training_resumes_at_y",
     "tests/test_trainer.py::test_resume_is_bitwise_identical_to_an_uninterrupted_run",
 ]
-RECIPE_124M = "recipes/llama-124m/pretrain/config_sf_adamw_refined.yaml"
+RECIPE_124M = str(ROOT / "recipes" / "llama-124m" / "pretrain" / "config_sf_adamw_refined.yaml")
 
 # What each part does, on a GPU and in the CPU smoke run; limit_s: the part's time limit in seconds.
 PLANS = {
