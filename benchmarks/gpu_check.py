@@ -34,6 +34,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -109,30 +110,41 @@ PYTEST_OUTCOME = r"^(tests/\S+::\S+) (PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)"
 # ------------------------------------------------------------------ the parts that run in a process of their own
 
 
+def each_case(plan: dict, run, save) -> dict:
+    """`run(size, dtype)` for every dtype and size of the plan, saving after each; a case that fails (out of memory
+    at 1B float32, say) is recorded in "errors" and the next one runs; the part fails at the end if any did."""
+    result = dict(cases=[], errors=[])
+    for dtype in plan["dtypes"]:
+        for size in plan["sizes"]:
+            try:
+                result["cases"].append(run(size, dtype))
+            except Exception as err:
+                traceback.print_exc()
+                result["errors"].append(f"{size} {dtype}: {type(err).__name__}: {err}")
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            save(result)
+    if result["errors"]:
+        raise SystemExit(f"{len(result['errors'])} case(s) failed: " + "; ".join(result["errors"]))
+    return result
+
+
 def optimizer_step_part(plan: dict, save) -> dict:
     from optimizer_step import device_case
 
-    result = dict(cases=[])
-    for dtype in plan["dtypes"]:
-        for size in plan["sizes"]:
-            result["cases"].append(
-                device_case(size, dtype, torch.device(plan["device"]), plan["warmup"], plan["repeats"])
-            )
-            save(result)
-    return result
+    device = torch.device(plan["device"])
+    return each_case(plan, lambda size, dtype: device_case(size, dtype, device, plan["warmup"], plan["repeats"]), save)
 
 
 def switch_part(plan: dict, save) -> dict:
     from switch_cost import run_case
 
-    result = dict(cases=[])
     fused = plan["device"] != "cpu"  # on a GPU the optimizer steps, and so switches, through the compiled pass
-    for dtype in plan["dtypes"]:
-        for size in plan["sizes"]:
-            case = run_case(size, getattr(torch, dtype), plan["repeats"], plan["device"], fused, state_sizes=False)
-            result["cases"].append(case)
-            save(result)
-    return result
+
+    def run(size: str, dtype: str) -> dict:
+        return run_case(size, getattr(torch, dtype), plan["repeats"], plan["device"], fused, state_sizes=False)
+
+    return each_case(plan, run, save)
 
 
 def trainer_part(plan: dict, save) -> dict:

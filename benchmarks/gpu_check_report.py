@@ -135,6 +135,7 @@ def render_markdown(report: dict) -> str:
     }
     for name, part in report["parts"].items():
         lines += ["", f"## {TITLES[name]}", ""] + sections[name](part)
+        lines += [f"- failed case: {error}" for error in part.get("errors", [])]
         if part.get("error"):
             lines += ["", f"{part['status']}; the end of its output:", "", "```", part["error"].strip(), "```"]
     return "\n".join(lines) + "\n"

@@ -128,7 +128,11 @@ def test_a_part_that_fails_or_overruns_is_recorded_and_killed(tmp_path):
 
     status, seconds = run_limited([sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "log", 1.0)
     assert status is None and seconds < 30
-    plan = dict(sizes=["12 apples"], dtypes=["float32"], repeats=1)
+    plan = dict(sizes=["12 apples", "1k"], dtypes=["float32"], repeats=1)
     part = child_part("switch", plan, "cpu", 120, tmp_path, {})
-    assert part["status"] == "failed" and part["limit_s"] == 120 and part.get("cases") is None
-    assert "Invalid size '12 apples'" in part["error"]
+    assert part["status"] == "failed" and part["limit_s"] == 120
+    assert part["errors"] == [
+        "12 apples float32: ValueError: Invalid size '12 apples': use a count such as 10M, 500k or 123456."
+    ]
+    assert [case["params"] for case in part["cases"]] == [1000]  # the next case ran
+    assert "1 case(s) failed" in part["error"]
