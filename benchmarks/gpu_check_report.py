@@ -11,7 +11,7 @@ TITLES = {
     "tests_on_device": "Tests on the device (x/y, checkpoints, exact resume, fused kernels)",
     "optimizer_step": "Optimizer step",
     "switch": "Mode switch (eval()/train())",
-    "trainer": "Trainer: the 124M recipe, ScheduleFreeTrainer against Trainer + fused AdamW",
+    "trainer": "Trainer: the recipe (on a GPU the 124M one) in ScheduleFreeTrainer against Trainer + fused AdamW",
     "tests_gpu_marked": "The suite's `gpu`-marked tests",
 }
 
@@ -19,6 +19,8 @@ TITLES = {
 def number(value, digits: int = 2) -> str:
     if value is None:
         return "n/a"
+    if isinstance(value, bool):
+        return str(value)
     if isinstance(value, float):
         return f"{value:,.{digits}f}"
     return f"{value:,}" if isinstance(value, int) else str(value)
@@ -43,7 +45,7 @@ def optimizer_section(part: dict, peak_gbs: float | None) -> list[str]:
     lines = []
     for case in part.get("cases", []):
         shape = f"{case['params']:,} parameters in {case['tensors']} tensors"
-        lines += ["", f"{case['size']} {case['dtype']}: {shape}, on {case['device']}", ""]
+        lines += ([""] if lines else []) + [f"{case['size']} {case['dtype']}: {shape}, on {case['device']}", ""]
         rows = [
             [
                 row["name"],
@@ -80,14 +82,14 @@ def switch_section(part: dict) -> list[str]:
     names = list(cases[0]["ms"])
     header = ["size", "dtype", "parameters", "fused"] + [f"{name} ms" for name in names]
     rows = [[c["size"], c["dtype"], c["params"], c["fused"]] + [c["ms"][name] for name in names] for c in cases]
-    return [""] + table(header, rows)
+    return table(header, rows)
 
 
 def trainer_section(part: dict) -> list[str]:
     if "ratio" not in part:
         return []
     tokens = part["tokens_per_s"]
-    losses = part.get("eval_loss", {})
+    losses = {arm: f"{loss:.4f}" for arm, loss in part.get("eval_loss", {}).items()}
     rows = [
         [
             f"ScheduleFreeTrainer + {part['optimizer']} (sf_fused={part['sf_fused']})",

@@ -250,10 +250,19 @@ def device_rows(params: list, grads: list, dtype: torch.dtype) -> list[tuple[str
         optimizer.train()
         handed = with_handed_norm(optimizer, norm)
         loss = torch.tensor(3.0, device=params[0].device)
-        return optimizer, lambda: optimizer.set_loss(loss) or handed()
+
+        def step():
+            optimizer.set_loss(loss)
+            return handed()
+
+        return optimizer, step
 
     def adamw(**kwargs):
-        return lambda: (lambda o: (o, o.step))(torch.optim.AdamW(params, **kwargs, **ADAMW_HPARAMS))
+        def make():
+            optimizer = torch.optim.AdamW(params, **kwargs, **ADAMW_HPARAMS)
+            return optimizer, optimizer.step
+
+        return make
 
     rows = [
         ("torch AdamW fused", adamw(fused=True), native_traffic),
