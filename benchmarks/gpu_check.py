@@ -63,7 +63,7 @@ PLANS = {
         optimizer_step=dict(
             limit_s=130, sizes=["llama-124m", "llama-1b"], dtypes=["bfloat16", "float32"], warmup=3, repeats=20
         ),
-        switch=dict(limit_s=50, sizes=["llama-124m", "llama-1b"], dtypes=["bfloat16", "float32"], repeats=3),
+        switch=dict(limit_s=60, sizes=["llama-124m", "llama-1b"], dtypes=["bfloat16", "float32"], repeats=3),
         trainer=dict(
             limit_s=90,
             steps=100,
@@ -75,7 +75,7 @@ PLANS = {
                 *("--global_batch_size", "64", "--max_eval_blocks", "64", "--dataloader_num_workers", "4"),
             ],
         ),
-        tests_gpu_marked=dict(limit_s=200, paths=["tests"], marker="gpu"),  # gets what is left: ~80 s
+        tests_gpu_marked=dict(limit_s=200, paths=["tests"], marker="gpu"),  # gets what is left: ~70 s
     ),
     "cpu-smoke": dict(
         device="cpu",
