@@ -3,6 +3,7 @@
 #   make test       install everything and run the test suite
 #   make paper      the paper's claims at small scale, tuned and seeded (CPU, ~50 min); paper-gpu: 124M, one GPU
 #   make bench      optimizer-step (sf_hf vs fused AdamW vs schedulefree) and trainer-throughput benchmarks
+#   make gpu-check  on one CUDA GPU, < 8 min: tests on CUDA, step/switch benchmarks, the 124M recipe; one report
 #   make lint       ruff check and ruff format --check (CI runs it first)
 #   make test-oldest  the suite again in .venv-oldest, on the oldest transformers minor setup.cfg allows (CI runs both)
 #   make dist       the sdist and wheel in dist/ (python -m build), checked by twine
@@ -13,18 +14,20 @@ PIP    := $(VENV)/bin/pip
 # The CPU build of torch. GPU users: `make install TORCH_SPEC=torch` (or preinstall the
 # CUDA build of torch into .venv first: `make install` keeps an installed torch).
 TORCH_SPEC ?= torch==2.13.0
+# Arguments of `python3 -m venv` when .venv is created (gpu-check: --system-site-packages, see there).
+VENV_ARGS ?=
 STAMP  := $(VENV)/.installed
 # Pins added to the install (test-oldest sets the transformers floor).
 EXTRA_PIP ?=
 # The floor of setup.cfg's `transformers>=X.Y,<6`: the oldest minor version the project supports and CI tests.
 TRANSFORMERS_FLOOR := $(shell sed -n 's/^ *transformers>=\([0-9.]*\),.*/\1/p' setup.cfg)
 
-.PHONY: install test test-oldest test-wheel dist pretrain bench paper paper-gpu lint clean
+.PHONY: install test test-oldest test-wheel dist pretrain bench gpu-check paper paper-gpu lint clean
 
 install: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
+	test -x $(PY) || python3 -m venv $(VENV_ARGS) $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)"
 	$(PIP) install -e ".[dev]" $(EXTRA_PIP)
 	touch $(STAMP)
@@ -57,6 +60,14 @@ pretrain: install
 bench: install
 	$(PY) benchmarks/optimizer_step.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/trainer_throughput.py
+
+# On a GPU machine whose python3 already has the CUDA build of torch: a .venv created here sees it
+# (--system-site-packages), so `make install` keeps it and installs the rest. The report's folder is printed
+# ($OUT/gpu_check-<time>/ when OUT is set, else benchmarks/results/). docs/benchmarks.md, "GPU check".
+GPU_CHECK_ARGS ?=
+gpu-check: VENV_ARGS = --system-site-packages
+gpu-check: install
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 paper: install
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/paper_claims.py

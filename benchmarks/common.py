@@ -14,6 +14,10 @@ import torch
 # sf_hf/models.py "llama-124m": 12 layers, width 768, SwiGLU MLP 2048, vocab 50,304 (GPT-2's, padded),
 # input and output embeddings tied (GPT-2 small's 124M). No biases; RMSNorm weights only.
 LLAMA_124M = dict(layers=12, width=768, mlp=2048, vocab=50304, tied_embeddings=True)
+# ~1B: 18 layers of width 2048, SwiGLU 5632 (TinyLlama's widths, without its grouped K/V), the same vocabulary, tied:
+# 1,027.9M parameters in 164 tensors.
+LLAMA_1B = dict(layers=18, width=2048, mlp=5632, vocab=50304, tied_embeddings=True)
+LLAMA_SIZES = {"llama-124m": LLAMA_124M, "llama-1b": LLAMA_1B}
 
 
 def llama_shapes(layers: int, width: int, mlp: int, vocab: int, tied_embeddings: bool) -> list[tuple[int, ...]]:
@@ -21,6 +25,14 @@ def llama_shapes(layers: int, width: int, mlp: int, vocab: int, tied_embeddings:
     block = [(width, width)] * 4 + [(mlp, width), (mlp, width), (width, mlp), (width,), (width,)]
     shapes = [(vocab, width)] + block * layers + [(width,)]
     return shapes if tied_embeddings else shapes + [(vocab, width)]
+
+
+def named_or_counted_shapes(size: str, tensors: int) -> list[tuple[int, ...]]:
+    """A key of LLAMA_SIZES (its Llama's shapes) or a parameter count ('10M') split into `tensors` flat tensors."""
+    if size.lower() in LLAMA_SIZES:
+        return llama_shapes(**LLAMA_SIZES[size.lower()])
+    count = parse_count(size)
+    return [(count // tensors,)] * (tensors - 1) + [(count - (tensors - 1) * (count // tensors),)]
 
 
 def parse_count(text: str) -> int:
@@ -61,6 +73,24 @@ def machine_summary() -> str:
         + (f"memory {memory:.1f} GiB" if memory else "memory n/a")
         + f"; torch {torch.__version__}, Python {platform.python_version()}, load average {load_average()}"
     )
+
+
+# Peak memory bandwidth (GB/s, the vendor's figure) by device name, first match wins: what a memory-bound step's
+# "bytes moved / time" is compared with.
+PEAK_BANDWIDTH_GBS = (
+    ("H200", 4800.0),
+    ("H100 NVL", 3900.0),
+    ("H100 PCIe", 2000.0),
+    ("H100", 3350.0),  # SXM5 (reported as "NVIDIA H100 80GB HBM3")
+    ("A100 80GB PCIe", 1935.0),
+    ("A100-SXM4-80GB", 2039.0),
+    ("A100", 1555.0),  # the 40 GB cards, SXM4 and PCIe
+)
+
+
+def peak_bandwidth_gbs(device_name: str) -> float | None:
+    """The peak memory bandwidth of a GPU named `device_name` (`torch.cuda.get_device_name()`), `None` if unknown."""
+    return next((gbs for key, gbs in PEAK_BANDWIDTH_GBS if key.lower() in device_name.lower()), None)
 
 
 # ------------------------------------------------------------------ peak memory of one block of code
@@ -108,4 +138,34 @@ class PeakExtraRSS:
     def __exit__(self, *exc):
         if self._before is not None:
             self.bytes = max(0, _status_kib("VmHWM") - self._before) * 1024
+        return False
+
+
+class PeakMemory:
+    """Peak growth of the memory `device` holds while the block runs, in bytes (`None` if unknown).
+
+    CUDA: `torch.cuda.max_memory_allocated` (tensors only, not the caching allocator's reserve) over what was
+    allocated when the block began. CPU: `PeakExtraRSS`.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = torch.device(device)
+        self.bytes = None
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._before = torch.cuda.memory_allocated(self.device)
+        else:
+            self._rss = PeakExtraRSS().__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.bytes = torch.cuda.max_memory_allocated(self.device) - self._before
+        else:
+            self._rss.__exit__(*exc)
+            self.bytes = self._rss.bytes
         return False

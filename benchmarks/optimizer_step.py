@@ -47,15 +47,16 @@ import torch._dynamo.utils
 from common import (
     LLAMA_124M,
     PeakExtraRSS,
+    PeakMemory,
     llama_shapes,
     load_average,
     machine_summary,
-    parse_count,
+    named_or_counted_shapes,
     return_freed_memory_to_os,
 )
 from torch.nn.utils import clip_grad_norm_, get_total_norm
 
-from sf_hf import RefinedScheduleFreeAdamW, ScheduleFreeAdamW
+from sf_hf import RefinedScheduleFreeAdamW, ScheduleFreeAdamW, ScheduleFreePlusAdamW
 from sf_hf.optim import kernels
 from sf_hf.optim.kernels import StepScalars, all_finite, fused_step
 
@@ -87,10 +88,15 @@ class Row:
 
 
 def shapes_for(size: str) -> list[tuple]:
-    if size.lower() == "llama-124m":
-        return llama_shapes(**LLAMA_124M)
-    count = parse_count(size)
-    return [(count // 4,)] * 3 + [(count - 3 * (count // 4),)]  # "a few tensors", as a small model's big matrices
+    """llama-124m / llama-1b (their Llamas' shapes) or a count in 4 tensors, as a small model's big matrices."""
+    return named_or_counted_shapes(size, 4)
+
+
+def update_traffic(dtype: torch.dtype, states: int, state_dtype: torch.dtype | None = None) -> int:
+    """The minimum bytes an update moves per parameter: param, grad and `states` state tensors read, param and
+    states written (float32 AdamW and SF-AdamW: 3 x 4 + 2 x 2 x 4 = 28)."""
+    state_bytes = torch.finfo(state_dtype or dtype).bits // 8
+    return 3 * (torch.finfo(dtype).bits // 8) + 2 * states * state_bytes
 
 
 def with_check(optimizer: ScheduleFreeAdamW, check: Callable) -> Callable[[], object]:
@@ -128,8 +134,8 @@ def after_clipping(params, step: Callable[[], object], optimizer=None) -> Callab
 
 def make_rows(params, grads, dtype) -> list[Row]:
     param_bytes = torch.finfo(dtype).bits // 8
-    sf_traffic = 3 * param_bytes + 2 * 2 * 4  # z and v are float32 for every parameter dtype
-    native_traffic = 3 * param_bytes + 2 * 2 * param_bytes  # AdamW and schedulefree keep state in the param dtype
+    sf_traffic = update_traffic(dtype, 2, torch.float32)  # z and v are float32 for every parameter dtype
+    native_traffic = update_traffic(dtype, 2)  # AdamW and schedulefree keep state in the param dtype
     sf = ScheduleFreeAdamW(params, fused=True, **SF_HPARAMS)
     refined = RefinedScheduleFreeAdamW(params, fused=True, decoupling_c=200.0, **SF_HPARAMS)
     twin = ScheduleFreeAdamW(params, fused=False, **SF_HPARAMS)
@@ -220,6 +226,122 @@ def run_case(size: str, dtype_name: str, args) -> dict:
             row.step()
         row.peak = peak.bytes
     return dict(size=size, dtype=dtype_name, n=n, tensors=len(shapes), rows=rows, new_graphs=new_graphs, pairs=pairs)
+
+
+# ------------------------------------------------------------------ one optimizer at a time, on any device
+
+
+def device_rows(params: list, grads: list, dtype: torch.dtype) -> list[tuple[str, Callable, int]]:
+    """(name, make, traffic) per optimizer of `device_case`; `make()` returns (optimizer, step), the step as a
+    training loop takes it (`ScheduleFreeTrainer` hands over the gradient norm; ScheduleFree+ also needs the loss)."""
+    sf_traffic, native_traffic = update_traffic(dtype, 2, torch.float32), update_traffic(dtype, 2)
+    norm = get_total_norm(grads)
+
+    def sf(cls, handed=True, **kwargs):
+        def make():
+            optimizer = cls(params, **kwargs)
+            optimizer.train()
+            return optimizer, with_handed_norm(optimizer, norm) if handed else optimizer.step
+
+        return make
+
+    def plus():
+        optimizer = ScheduleFreePlusAdamW(params, fused=True)
+        optimizer.train()
+        handed = with_handed_norm(optimizer, norm)
+        loss = torch.tensor(3.0, device=params[0].device)
+
+        def step():
+            optimizer.set_loss(loss)
+            return handed()
+
+        return optimizer, step
+
+    def adamw(**kwargs):
+        def make():
+            optimizer = torch.optim.AdamW(params, **kwargs, **ADAMW_HPARAMS)
+            return optimizer, optimizer.step
+
+        return make
+
+    rows = [
+        ("torch AdamW fused", adamw(fused=True), native_traffic),
+        ("torch AdamW foreach", adamw(foreach=True), native_traffic),
+        (f"{SF_ROWS[0]}, norm handed over", sf(ScheduleFreeAdamW, fused=True, **SF_HPARAMS), sf_traffic),
+        (SF_ROWS[0], sf(ScheduleFreeAdamW, handed=False, fused=True, **SF_HPARAMS), sf_traffic),
+        (
+            f"{SF_ROWS[1]}, norm handed over",
+            sf(RefinedScheduleFreeAdamW, fused=True, decoupling_c=200.0, **SF_HPARAMS),
+            sf_traffic,
+        ),
+        ("sf_hf SF-AdamW foreach twin, norm handed over", sf(ScheduleFreeAdamW, fused=False, **SF_HPARAMS), sf_traffic),
+        ("sf_hf ScheduleFree+ fused, norm handed over", plus, update_traffic(dtype, 3, torch.float32)),
+    ]
+    if schedulefree is not None:
+        make = sf(schedulefree.AdamWScheduleFree, handed=False, foreach=True, warmup_steps=0, **SF_HPARAMS)
+        rows.append((REFERENCE_ROW, make, native_traffic))
+    return rows
+
+
+def device_case(size: str, dtype_name: str, device: torch.device, warmup: int, repeats: int) -> dict:
+    """Every optimizer of `device_rows` on the same parameters and gradients on `device`, one at a time (all at
+    once would hold seven optimizer states: ~70 GB at 1B float32 parameters). Per optimizer: the first step
+    (state creation and compiling), `warmup` more untimed, then `repeats` timed (CUDA events on a GPU); the
+    peak of the memory allocated while it lived, over the parameters and gradients, and its state bytes."""
+    device, dtype = torch.device(device), DTYPES[dtype_name]
+    shapes = shapes_for(size)
+    n = sum(math.prod(s) for s in shapes)
+    generator = torch.Generator(device).manual_seed(0)
+    params = [torch.nn.Parameter((0.02 * torch.randn(s, generator=generator, device=device)).to(dtype)) for s in shapes]
+    pristine = [torch.randn(s, generator=generator, device=device).to(dtype) for s in shapes]
+    for p, g in zip(params, pristine):
+        p.grad = g.clone()
+    grads = [p.grad for p in params]
+
+    def timed(step: Callable) -> float:
+        torch._foreach_copy_(grads, pristine)  # schedulefree divides the gradients in place
+        if device.type != "cuda":
+            start = time.perf_counter()
+            step()
+            return time.perf_counter() - start
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+
+    rows = []
+    for name, make, traffic in device_rows(params, grads, dtype):
+        with PeakMemory(device) as peak:
+            optimizer, step = make()
+            begin = time.perf_counter()
+            timed(step)
+            first = time.perf_counter() - begin
+            for _ in range(warmup):
+                timed(step)
+            times = [timed(step) for _ in range(repeats)]
+        state = state_bytes_per_param(optimizer, n)
+        del optimizer, step
+        median = statistics.median(times)
+        rows.append(
+            dict(
+                name=name,
+                median_ms=median * 1e3,
+                min_ms=min(times) * 1e3,
+                first_step_s=first,
+                traffic_bytes_per_param=traffic,
+                gb_s=traffic * n / median / 1e9,
+                peak_extra_bytes_per_param=None if peak.bytes is None else peak.bytes / n,
+                state_bytes_per_param=state,
+            )
+        )
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    adamw = rows[0]["median_ms"]
+    for row in rows:
+        row["x_adamw_fused"] = row["median_ms"] / adamw
+    return dict(size=size, dtype=dtype_name, params=n, tensors=len(shapes), device=str(device), rows=rows)
 
 
 def back_to_back_ratios(a: Row, b: Row, timed: Callable[[Row], tuple[float, float]], count: int) -> dict:

@@ -5,7 +5,7 @@
 
 `eval()` now keeps a host copy of y and `train()` recomputes x from it (one tensor at a time, the same code path)
 to check that the parameters still hold it before writing y back; before, `train()` only lerped x toward z.
-Rows, each the median over `--repeats` interleaved repeats (wall clock, ms):
+Rows, each the median over `--repeats` interleaved repeats after one untimed round (wall clock, ms):
 
 * eval(): copy of y + the lerp y -> x (as before, plus the copy);
 * train(), exact: the check (x recomputed from the kept y, compared bit for bit) + the copy back;
@@ -22,22 +22,19 @@ import statistics
 import time
 
 import torch
+from common import machine_summary, named_or_counted_shapes
 
-from benchmarks.common import LLAMA_124M, llama_shapes, machine_summary, parse_count
 from sf_hf import ScheduleFreeAdamW
 from sf_hf.optim import x_to_y_, y_to_x_
 
 
-def shapes_for(size: str) -> list[tuple]:
-    if size.lower() == "llama-124m":
-        return llama_shapes(**LLAMA_124M)
-    n = parse_count(size)
-    return [(n // 4,)] * 4
-
-
-def timed(function) -> float:
+def timed(function, device: torch.device) -> float:
+    """Milliseconds of wall clock, the device's queued work included."""
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    synchronize()
     start = time.perf_counter()
     function()
+    synchronize()
     return (time.perf_counter() - start) * 1e3
 
 
@@ -47,11 +44,18 @@ def serialized_bytes(state_dict: dict) -> int:
     return buffer.tell()
 
 
-def run_case(size: str, dtype: torch.dtype, repeats: int) -> dict:
+def run_case(
+    size: str, dtype: torch.dtype, repeats: int, device: str = "cpu", fused: bool = False, state_sizes: bool = True
+) -> dict:
+    """The switch rows for `size` (llama-124m, llama-1b or a count in 4 tensors) on `device`; `fused`: the optimizer
+    steps and switches through the compiled pass (groups of >= 4M elements); `state_sizes`: also serialize the
+    optimizer state in both modes (slow for billions of parameters)."""
     torch.manual_seed(0)
-    params = [torch.nn.Parameter(torch.randn(s, dtype=dtype) * 0.02) for s in shapes_for(size)]
+    device = torch.device(device)
+    shapes = named_or_counted_shapes(size, 4)
+    params = [torch.nn.Parameter(torch.randn(s, dtype=dtype, device=device) * 0.02) for s in shapes]
     n = sum(p.numel() for p in params)
-    optimizer = ScheduleFreeAdamW(params, lr=1e-3, betas=(0.9, 0.99), fused=False)
+    optimizer = ScheduleFreeAdamW(params, lr=1e-3, betas=(0.9, 0.99), fused=fused)
     optimizer.train()
     for _ in range(2):
         for p in params:
@@ -60,25 +64,31 @@ def run_case(size: str, dtype: torch.dtype, repeats: int) -> dict:
     beta1 = optimizer.param_groups[0]["betas"][0]
     zs = [optimizer.state[p]["z"] for p in params]
     rows = {"eval()": [], "train(), exact": [], "train(), lerp (before)": [], "lerp y -> x (eval before)": []}
+    optimizer.eval()  # one untimed round trip of each kind first: the fused pass compiles at its first call
+    optimizer.train()
+    y_to_x_(params, zs, beta1, fused=fused)
+    x_to_y_(params, zs, beta1, fused=fused)
     for _ in range(repeats):
-        rows["eval()"].append(timed(optimizer.eval))
-        rows["train(), exact"].append(timed(optimizer.train))
+        rows["eval()"].append(timed(optimizer.eval, device))
+        rows["train(), exact"].append(timed(optimizer.train, device))
         optimizer.eval()
         optimizer._kept_y.clear()  # what train() found before: nothing kept, so the lerp
-        rows["train(), lerp (before)"].append(timed(optimizer.train))
-        rows["lerp y -> x (eval before)"].append(timed(lambda: y_to_x_(params, zs, beta1)))
-        x_to_y_(params, zs, beta1)
-    at_y = serialized_bytes(optimizer.state_dict())
-    optimizer.eval()
-    at_x = serialized_bytes(optimizer.state_dict())
-    return dict(
+        rows["train(), lerp (before)"].append(timed(optimizer.train, device))
+        rows["lerp y -> x (eval before)"].append(timed(lambda: y_to_x_(params, zs, beta1, fused=fused), device))
+        x_to_y_(params, zs, beta1, fused=fused)
+    case = dict(
         size=size,
         dtype=str(dtype).replace("torch.", ""),
         params=n,
+        device=str(device),
+        fused=fused,
         ms={k: statistics.median(v) for k, v in rows.items()},
-        train_mode_bytes=at_y,
-        eval_mode_bytes=at_x,
     )
+    if state_sizes:
+        case["train_mode_bytes"] = serialized_bytes(optimizer.state_dict())
+        optimizer.eval()
+        case["eval_mode_bytes"] = serialized_bytes(optimizer.state_dict())
+    return case
 
 
 def main(argv: list[str] | None = None) -> None:

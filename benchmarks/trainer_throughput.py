@@ -73,6 +73,103 @@ def timed_run(trainer, timer: StepTimer, warmup: int) -> float:
     return statistics.median(times)
 
 
+def compare(
+    recipe_flags: list[str],
+    steps: int = 40,
+    warmup: int = 5,
+    repeats: int = 3,
+    warmup_run_steps: int = 10,
+    evaluate: bool = False,
+) -> dict:
+    """Trains both arms as the module docstring says, printing as it goes; returns the numbers.
+
+    Args:
+        recipe_flags (`list[str]`): flags of the recipe (`sf_hf.scripts.pretrain`), e.g. `["--model_preset",
+            "llama-tiny"]`; `--config FILE` picks another recipe than the embedded default.
+        steps, warmup, repeats, warmup_run_steps (`int`): as the command-line flags of the same names.
+        evaluate (`bool`): also evaluate each arm after its last timed run (`ScheduleFreeTrainer` at x) on the
+            recipe's validation blocks.
+
+    Returns:
+        `dict`: optimizer, sf_fused, params, tokens_per_step, tokens_per_s ({"sf": [...], "adamw": [...]}, per
+        repeat), ratios (per repeat), ratio (their median) and, with `evaluate`, eval_loss ({"sf", "adamw"}).
+    """
+    transformers.utils.logging.set_verbosity_error()
+    with tempfile.TemporaryDirectory(prefix="sf_hf_throughput_") as tmp:
+        flags = [
+            "--output_dir",
+            f"{tmp}/sf",
+            "--max_steps",
+            str(steps),
+            "--eval_strategy",
+            "no",
+            "--save_strategy",
+            "no",
+            "--report_to",
+            "none",
+            "--logging_steps",
+            str(10 * steps),
+            "--disable_tqdm",
+            "true",
+            *recipe_flags,
+        ]
+        _, data_args, sf_args, tokenizer, model, train_blocks, eval_blocks, _, _, _ = prepare(flags, DEFAULT_RECIPE)
+        initial = copy.deepcopy(model.state_dict())
+        tokens_per_step = (
+            sf_args.per_device_train_batch_size * sf_args.gradient_accumulation_steps * data_args.block_size
+        )
+        base_args = adamw_arguments(sf_args, f"{tmp}/adamw")
+        params = sum(p.numel() for p in model.parameters())
+        print(
+            f"# trainer throughput: {sf_args.optimizer_name} (sf_fused={sf_args.sf_fused}) in ScheduleFreeTrainer vs "
+            f"Trainer + fused AdamW; {params:,} parameters, {tokens_per_step:,} tokens per step, {steps} steps "
+            f"per run ({warmup} left out), {repeats} repeats"
+        )
+        print(f"# {machine_summary()}")
+
+        def trainer_for(arm: str, max_steps: int) -> Trainer:
+            model.load_state_dict(initial)
+            arm_args = copy.copy(sf_args if arm == "sf" else base_args)
+            arm_args.max_steps = max_steps
+            trainer_class = ScheduleFreeTrainer if arm == "sf" else Trainer
+            return trainer_class(
+                model=model,
+                args=arm_args,
+                train_dataset=train_blocks,
+                eval_dataset=eval_blocks,
+                processing_class=tokenizer,
+                data_collator=default_data_collator,
+            )
+
+        if warmup_run_steps > 0:
+            for arm in ("sf", "adamw"):
+                trainer_for(arm, warmup_run_steps).train()
+            print(f"  (one untimed run of {warmup_run_steps} steps per arm done)", flush=True)
+        results = {"sf": [], "adamw": []}
+        eval_loss = {}
+        for repeat in range(repeats):
+            for arm in ("sf", "adamw") if repeat % 2 == 0 else ("adamw", "sf"):
+                trainer = trainer_for(arm, steps)
+                results[arm].append(tokens_per_step / timed_run(trainer, StepTimer(), warmup))
+                print(f"  repeat {repeat + 1}: {arm:<5} {results[arm][-1]:9,.0f} tokens/s", flush=True)
+                if evaluate and repeat == repeats - 1:
+                    eval_loss[arm] = trainer.evaluate()["eval_loss"]
+
+    ratios = [sf / adamw for sf, adamw in zip(results["sf"], results["adamw"])]
+    summary = dict(
+        optimizer=sf_args.optimizer_name,
+        sf_fused=sf_args.sf_fused,
+        params=params,
+        tokens_per_step=tokens_per_step,
+        tokens_per_s=results,
+        ratios=ratios,
+        ratio=statistics.median(ratios),
+    )
+    if evaluate:
+        summary["eval_loss"] = eval_loss
+    return summary
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -89,74 +186,15 @@ def main(argv=None):
     args, recipe_flags = parser.parse_known_args(argv)
     if args.steps <= args.warmup or args.repeats < 1 or args.warmup_run_steps < 0:
         parser.error("--steps must be larger than --warmup, --repeats at least 1 and --warmup_run_steps at least 0.")
-
-    transformers.utils.logging.set_verbosity_error()
-    with tempfile.TemporaryDirectory(prefix="sf_hf_throughput_") as tmp:
-        flags = [
-            "--output_dir",
-            f"{tmp}/sf",
-            "--max_steps",
-            str(args.steps),
-            "--eval_strategy",
-            "no",
-            "--save_strategy",
-            "no",
-            "--report_to",
-            "none",
-            "--logging_steps",
-            str(10 * args.steps),
-            "--disable_tqdm",
-            "true",
-            *recipe_flags,
-        ]
-        _, data_args, sf_args, tokenizer, model, train_blocks, _, _, _, _ = prepare(flags, DEFAULT_RECIPE)
-        initial = copy.deepcopy(model.state_dict())
-        tokens_per_step = (
-            sf_args.per_device_train_batch_size * sf_args.gradient_accumulation_steps * data_args.block_size
-        )
-        base_args = adamw_arguments(sf_args, f"{tmp}/adamw")
-        params = sum(p.numel() for p in model.parameters())
-        print(
-            f"# trainer throughput: {sf_args.optimizer_name} (sf_fused={sf_args.sf_fused}) in ScheduleFreeTrainer vs "
-            f"Trainer + fused AdamW; {params:,} parameters, {tokens_per_step:,} tokens per step, {args.steps} steps "
-            f"per run ({args.warmup} left out), {args.repeats} repeats"
-        )
-        print(f"# {machine_summary()}")
-
-        def trainer_for(arm: str, max_steps: int) -> Trainer:
-            model.load_state_dict(initial)
-            arm_args = copy.copy(sf_args if arm == "sf" else base_args)
-            arm_args.max_steps = max_steps
-            trainer_class = ScheduleFreeTrainer if arm == "sf" else Trainer
-            return trainer_class(
-                model=model,
-                args=arm_args,
-                train_dataset=train_blocks,
-                processing_class=tokenizer,
-                data_collator=default_data_collator,
-            )
-
-        def run(arm: str) -> float:
-            return tokens_per_step / timed_run(trainer_for(arm, args.steps), StepTimer(), args.warmup)
-
-        if args.warmup_run_steps > 0:
-            for arm in ("sf", "adamw"):
-                trainer_for(arm, args.warmup_run_steps).train()
-            print(f"  (one untimed run of {args.warmup_run_steps} steps per arm done)", flush=True)
-        results = {"sf": [], "adamw": []}
-        for repeat in range(args.repeats):
-            for arm in ("sf", "adamw") if repeat % 2 == 0 else ("adamw", "sf"):
-                results[arm].append(run(arm))
-                print(f"  repeat {repeat + 1}: {arm:<5} {results[arm][-1]:9,.0f} tokens/s", flush=True)
-
-    ratios = [sf / adamw for sf, adamw in zip(results["sf"], results["adamw"])]
-    ratio = statistics.median(ratios)
+    result = compare(recipe_flags, args.steps, args.warmup, args.repeats, args.warmup_run_steps)
+    tokens_per_s = result["tokens_per_s"]
     print(f"\n  {'':<36}{'tokens/s (median)':>18}")
-    print(f"  {'ScheduleFreeTrainer + ' + sf_args.optimizer_name:<36}{statistics.median(results['sf']):>18,.0f}")
-    print(f"  {'Trainer + AdamW (fused)':<36}{statistics.median(results['adamw']):>18,.0f}")
-    verdict = "PASS" if ratio >= TARGET_RATIO else "FAIL"
+    print(f"  {'ScheduleFreeTrainer + ' + result['optimizer']:<36}{statistics.median(tokens_per_s['sf']):>18,.0f}")
+    print(f"  {'Trainer + AdamW (fused)':<36}{statistics.median(tokens_per_s['adamw']):>18,.0f}")
+    verdict = "PASS" if result["ratio"] >= TARGET_RATIO else "FAIL"
+    per_repeat = ", ".join(f"{r:.3f}" for r in result["ratios"])
     print(
-        f"\nSF / AdamW throughput: {ratio:.3f} (per repeat: {', '.join(f'{r:.3f}' for r in ratios)}); "
+        f"\nSF / AdamW throughput: {result['ratio']:.3f} (per repeat: {per_repeat}); "
         f"target >= {TARGET_RATIO}: {verdict}"
     )
     print(f"# load average at the end: {load_average()}; torch threads {torch.get_num_threads()}")

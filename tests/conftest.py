@@ -13,7 +13,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from .devices import TEST_DEVICE  # noqa: E402
+
 torch.set_num_threads(1)
+
+if TEST_DEVICE.type == "cuda":  # SF_HF_TEST_DEVICE=cuda (tests/devices.py): the bitwise comparisons need
+    # deterministic kernels (cuBLAS's fixed workspace; deterministic scatter/index kernels where torch has them)
+    if not torch.cuda.is_available():
+        raise pytest.UsageError(f"SF_HF_TEST_DEVICE={TEST_DEVICE} but torch {torch.__version__} sees no CUDA device.")
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 # --- hub_server: a local fake of the Hugging Face Hub (see tests/hub_server.py) -------------------------------
 

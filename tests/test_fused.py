@@ -13,9 +13,12 @@ from sf_hf import RefinedScheduleFreeAdamW, ScheduleFreeAdamW
 from sf_hf.optim import conversion, schedule_free, x_to_y_, y_to_x_
 from sf_hf.optim.kernels import CHUNK, PARALLEL_MIN_NUMEL, all_finite, fused_available
 
+from .devices import TEST_DEVICE
 from .test_optimizers import continue_both, gradient_stream, make_params, rel_err, set_grads
 
-pytestmark = pytest.mark.skipif(not fused_available(), reason="torch.compile cannot build kernels here")
+pytestmark = pytest.mark.skipif(
+    not fused_available(torch.empty(0, device=TEST_DEVICE)), reason="torch.compile cannot build kernels here"
+)
 
 SHAPES = [(64, 33), (1000,), (5, 7, 3), (1,)]
 

@@ -15,6 +15,8 @@ import torch
 from sf_hf import RefinedScheduleFreeAdamW, ScheduleFreeAdamW, x_from_y, y_from_x
 from sf_hf.optim import ReferenceScheduleFreeAdamW
 
+from .devices import TEST_DEVICE
+
 SHAPES = [(7, 5), (13,), (3, 4, 2)]
 
 
@@ -25,7 +27,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def make_params(seed: int, dtype=torch.float32, shapes=SHAPES):
     g = torch.Generator().manual_seed(seed)
-    return [torch.nn.Parameter(torch.randn(s, generator=g, dtype=torch.float64).to(dtype)) for s in shapes]
+    return [torch.nn.Parameter(torch.randn(s, generator=g, dtype=torch.float64).to(TEST_DEVICE, dtype)) for s in shapes]
 
 
 def gradient_stream(seed: int, shapes=SHAPES, steps: int = 200):
@@ -41,7 +43,7 @@ def gradient_stream(seed: int, shapes=SHAPES, steps: int = 200):
 
 def set_grads(params, grads):
     for p, gr in zip(params, grads):
-        p.grad = None if gr is None else gr.to(p.dtype).clone()
+        p.grad = None if gr is None else gr.to(p.device, p.dtype, copy=True)
 
 
 def random_hparams(rng: random.Random) -> dict:

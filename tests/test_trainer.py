@@ -63,7 +63,7 @@ def test_checkpoints_save_model_and_push_folder_hold_x(tmp_path):
     assert max_abs_diff(x, y) > 1e-3  # x and y are far apart, so the checks above could tell them apart
 
     # the intermediate checkpoint: x of step 6 from that step's y and its saved z
-    z_state = torch.load(tmp_path / "checkpoint-6" / "optimizer.pt", weights_only=True)["state"]
+    z_state = torch.load(tmp_path / "checkpoint-6" / "optimizer.pt", map_location="cpu", weights_only=True)["state"]
     names = [n for n, _ in trainer.model.named_parameters()]
     beta1 = trainer.optimizer.param_groups[0]["betas"][0]
     index = {p: i for i, p in enumerate(p for g in trainer.optimizer.param_groups for p in g["params"])}

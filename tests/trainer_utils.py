@@ -6,6 +6,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
 
 from sf_hf import ScheduleFreeConfig
 
+from .devices import TEST_DEVICE, TEST_DTYPE
+
 VOCAB = 64
 SEQ = 16
 
@@ -22,7 +24,7 @@ def tiny_model(seed: int = 0) -> LlamaForCausalLM:
         max_position_embeddings=SEQ,
         tie_word_embeddings=False,
     )
-    return LlamaForCausalLM(config)
+    return LlamaForCausalLM(config).to(TEST_DTYPE)
 
 
 class TokenDataset(torch.utils.data.Dataset):
@@ -58,7 +60,7 @@ def config(tmp_path, **overrides) -> ScheduleFreeConfig:
         save_strategy="no",
         eval_strategy="no",
         report_to="none",
-        use_cpu=True,
+        use_cpu=TEST_DEVICE.type == "cpu",
         seed=0,
         data_seed=0,
         dataloader_num_workers=0,
@@ -69,7 +71,8 @@ def config(tmp_path, **overrides) -> ScheduleFreeConfig:
 
 
 def weights(model) -> dict:
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
+    """A copy of every parameter, in host memory (where saved weights are loaded) whatever the model's device."""
+    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters()}
 
 
 def saved_weights(folder) -> dict:
@@ -84,7 +87,7 @@ def hand_loss(model, dataset) -> float:
     """Mean causal-LM loss over the dataset at the model's current weights (token-weighted, as HF computes it)."""
     model.eval()
     with torch.no_grad():
-        batch = torch.stack([dataset[i]["input_ids"] for i in range(len(dataset))])
+        batch = torch.stack([dataset[i]["input_ids"] for i in range(len(dataset))]).to(model.device)
         logits = model(input_ids=batch).logits.float()
         return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), batch[:, 1:].reshape(-1)).item()
 
@@ -123,4 +126,4 @@ def tiny_hub_model(model_type: str, seed: int = 0):
         kwargs.pop("num_hidden_layers")
         kwargs.pop("max_position_embeddings")
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **kwargs))
+    return AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **kwargs)).to(TEST_DTYPE)
