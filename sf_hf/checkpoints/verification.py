@@ -89,7 +89,9 @@ def checkpoint_problems(
         folder: the checkpoint folder.
         deep (`bool`): also load every pickle (`safe_torch_load`: refuses payloads, finds truncation).
         manifest (`bool`): require `checkpoint_manifest.json` (sf_hf checkpoints). Without it, a folder with no
-            manifest (a plain `transformers.Trainer` checkpoint) is judged by its files alone.
+            manifest (a plain `transformers.Trainer` checkpoint) is judged by its files alone, unless it is a
+            `checkpoint-N` beside others that have one. A pending manifest (a save that did not complete) is always
+            a problem.
         training_state (`bool`): require what a resume needs: `trainer_state.json` (and the manifest's files).
         sizes (`bool`): check every file the manifest lists against its recorded size. False judges the files by
             their own structure only (safetensors, JSON, shard indexes): the pipeline evaluates and publishes a
@@ -103,8 +105,12 @@ def checkpoint_problems(
         record = read_manifest(folder)
     except CheckpointCorruptError as err:
         return [str(err)]
-    if record is None and manifest:
+    if record is not None and record.get("pending"):
+        return [f"{folder / MANIFEST_NAME}: the save of this checkpoint did not complete (interrupted, or it failed)"]
+    if record is None and (manifest or _beside_recorded_checkpoints(folder)):
         problems.append(f"{folder / MANIFEST_NAME}: missing: the save was interrupted before it completed")
+        if not manifest:
+            problems[-1] += " (or a deletion was; the other checkpoints of this run have one)"
     for name, info in sorted((record or {}).get("files", {}).items() if sizes else ()):
         path = folder / name
         if not path.is_file():
@@ -144,6 +150,15 @@ def checkpoint_problems(
             except CheckpointCorruptError as err:
                 problems.append(str(err))
     return problems
+
+
+def _beside_recorded_checkpoints(folder: Path) -> bool:
+    """Whether `folder` is a `checkpoint-N` of a run whose other checkpoints carry a manifest (a ScheduleFreeTrainer
+    run): there, a checkpoint without one is a save that never finished or a deletion (transformers' rotation removes
+    files in any order) that was interrupted, never a plain `transformers.Trainer` checkpoint."""
+    if not CHECKPOINT_RE.match(folder.name):
+        return False
+    return any((other / MANIFEST_NAME).is_file() for other in checkpoint_folders(folder.parent) if other != folder)
 
 
 def verify_checkpoint(folder: PathLike, *, deep: bool = True, training_state: bool = False, model=None) -> Path:
