@@ -50,6 +50,7 @@ from .metadata import optimizer_hyperparameters, read_metadata, write_metadata
 from .optim.averaging import averaging_window, no_averaging_message
 from .registry import get_optimizer_spec, lr_schedule
 from .trainer_publishing import HubPublishing
+from .trainer_upstream import check_overrides
 from .weight_decay import linear_weight_names  # noqa: F401  (sf_hf.trainer.linear_weight_names, as before)
 
 logger = logging.getLogger(__name__)
@@ -81,7 +82,9 @@ class ScheduleFreeMixin(HubPublishing):
 
     def __init_subclass__(cls, **kwargs):
         """Refuses `class C(SFTTrainer, ScheduleFreeMixin)`: there transformers' `Trainer` comes before the mixin in
-        the MRO, so none of its methods would run (checkpoints at y, no crash safety) without a word."""
+        the MRO, so none of its methods would run (checkpoints at y, no crash safety) without a word. Then checks
+        that every method the mixins override still exists on the parent, with parameters that fit
+        (`sf_hf.trainer_upstream.check_overrides`): a rename upstream raises `UpstreamChangedError`."""
         super().__init_subclass__(**kwargs)
         mro = cls.__mro__
         before = [
@@ -95,6 +98,8 @@ class ScheduleFreeMixin(HubPublishing):
                 f"(class {cls.__name__}(ScheduleFreeMixin, {before[0].__name__})), or use "
                 f"sf_hf.schedule_free_trainer({before[0].__name__})."
             )
+        if issubclass(cls, Trainer):
+            check_overrides(cls, tuple(k for k in ScheduleFreeMixin.__mro__ if k is not object))
 
     def __init__(self, *args, **kwargs):
         try:
@@ -160,7 +165,9 @@ class ScheduleFreeMixin(HubPublishing):
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
         """The scheduler `sf_hf.registry.lr_schedule` decides (constant for Schedule-Free, whose warmup is in the
-        optimizer; the baseline's own otherwise), with the user's `lr_scheduler_kwargs` on top."""
+        optimizer; the baseline's own otherwise), with the user's `lr_scheduler_kwargs` on top, set before the
+        parent's `create_scheduler` runs: it keeps a scheduler already set (transformers': and recreates it at the next
+        `train()`, as one it created), and does whatever else a parent does there."""
         if self.lr_scheduler is None:
             schedule = lr_schedule(self.args, num_training_steps)
             self.lr_scheduler = get_scheduler(
@@ -173,7 +180,7 @@ class ScheduleFreeMixin(HubPublishing):
             self._created_lr_scheduler = True
             self._log_schedule(schedule, num_training_steps)
             self._warn_if_no_averaging(num_training_steps)
-        return self.lr_scheduler
+        return super().create_scheduler(num_training_steps, optimizer)
 
     def _warn_if_no_averaging(self, num_training_steps: int) -> None:
         """Warns once when the averaging weight stays 1 at every step of the run, so x = y (see
@@ -296,14 +303,21 @@ class ScheduleFreeMixin(HubPublishing):
             super()._load_best_model()  # see _load_from_checkpoint
         self._sf_loaded_from = read_metadata(self.state.best_model_checkpoint)
 
-    def _finalize_training(self, *args, **kwargs):
+    def _finalize_training(self, trial, num_train_samples, start_time):
         """transformers' end of training, from x on (for the final log, the best-model reload and `on_train_end`).
 
         With `save_total_limit=1` and a best checkpoint, transformers deletes every `checkpoint-*` folder but the best
-        one: `sf-hf convert` names its folders `x-checkpoint-N`, out of that pattern, and a deletion interrupted
-        midway leaves a `checkpoint-N` without manifest, which no reader takes (see `sf_hf.checkpoints`)."""
+        one (`sf-hf convert` names its folders `x-checkpoint-N`, out of that pattern): the complete checkpoints are
+        held meanwhile (`sf_hf.checkpoints.hold_checkpoints`), so that one whose deletion a crash interrupts is
+        refused by every reader, and comes back at the next resume."""
         self.use_averaged_weights()
-        return super()._finalize_training(*args, **kwargs)
+        held = {}
+        if self.args.should_save and self.args.save_total_limit:
+            held = checkpoints.hold_checkpoints(self._get_output_dir(trial))
+        try:
+            return super()._finalize_training(trial, num_train_samples, start_time)
+        finally:
+            checkpoints.drop_holds(held)
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         self._bound_collective_timeout()

@@ -20,9 +20,9 @@ So every `checkpoint-N` that a reader takes is complete: a crash (SIGKILL, or po
 previous checkpoints plus, at most, a folder with a pending manifest and hidden leftovers, which the next resume or
 save clears (a held checkpoint whose original is gone or incomplete comes back). A failed write (disk full, read-only
 directory) raises `CheckpointSaveError`, which names the folder and the last intact checkpoint. A `checkpoint-N`
-without a manifest beside others that have one (a deletion by transformers' rotation, which removes files in any
-order, interrupted) is refused too; one in a run without manifests (a plain `transformers.Trainer`'s) is judged by
-its files.
+without a manifest but with a hold beside it (a deletion by the parent, which removes files in any order,
+interrupted; transformers' end of training with `save_total_limit=1` deletes under holds too) is refused; one
+without a manifest and no hold (a plain `transformers.Trainer`'s) is judged by its files.
 
 `verify_checkpoint` checks a folder before it is resumed, evaluated or converted and names the file and the
 problem: a missing or truncated file (against the manifest, and each safetensors header against the file
@@ -67,7 +67,9 @@ from .saved_names import loads_saved_names, saved_name_map
 from .saving import (
     CheckpointSave,
     disk_diagnosis,
+    drop_holds,
     finish_node_part,
+    hold_checkpoints,
     recover_leftovers,
     rotate_checkpoints,
     save_error,
@@ -112,7 +114,9 @@ __all__ = [
     "checkpoint_problems",
     "config_mismatch",
     "disk_diagnosis",
+    "drop_holds",
     "finish_node_part",
+    "hold_checkpoints",
     "is_lost_peer",
     "keeps_adapter_dtypes",
     "checkpoint_to_resume",

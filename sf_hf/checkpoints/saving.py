@@ -1,5 +1,6 @@
 """Crash-safe saves around the parent trainer's own `_save_checkpoint`, which writes `checkpoint-N` in place and may
-delete older checkpoints (transformers' rotation) before it returns:
+delete older checkpoints (transformers' rotation) before it returns, and holds around its end of training (which
+deletes checkpoints with `save_total_limit=1`):
 
     save = CheckpointSave.begin(folder, global_step, hold=True)   # the saving process, before the parent's save
     ...                                                              # every process: the parent's save
@@ -59,12 +60,7 @@ class CheckpointSave:
                 os.rename(folder, held[folder])
         write_pending_manifest(folder, global_step)
         if hold:
-            for other in checkpoint_folders(folder.parent):
-                if other != folder and _is_recorded(other):
-                    hold_path = other.parent / f"{HELD_PREFIX}{other.name}"
-                    if not _hard_link_tree(other, hold_path):
-                        break
-                    held[other] = hold_path
+            held.update(hold_checkpoints(folder.parent, exclude=folder))
         return cls(folder, global_step, held)
 
     def restore_held(self) -> None:
@@ -82,9 +78,7 @@ class CheckpointSave:
         """After `complete`: the deletions the parent made are done (through a hidden name), the holds removed."""
         for path in self.deleted:
             _remove(path)
-        for hold_path in self.held.values():
-            if hold_path.exists():
-                _remove(hold_path)
+        drop_holds(self.held)
 
     def abandon(self) -> None:
         """After a failure: removes the partial folder and puts every held checkpoint back where it was. Best effort
@@ -102,6 +96,28 @@ class CheckpointSave:
                     os.rename(hold_path, original)
         except OSError as err:
             logger.warning("sf_hf: could not clear the failed save of %s: %s", self.folder, _first_line(err))
+
+
+def hold_checkpoints(run_dir: PathLike, exclude: PathLike | None = None) -> dict[Path, Path]:
+    """Hard-links every complete `checkpoint-M` of `run_dir` (but `exclude`) into a hidden `_sf_hf-held-checkpoint-M`
+    (no data is copied): while a parent trainer may delete checkpoints, what it deletes can come back, and a deletion
+    interrupted midway is refused by every reader (`checkpoint_problems`). Returns {checkpoint: its hold}; where the
+    file system has no hard links, fewer (with a warning)."""
+    held = {}
+    for folder in checkpoint_folders(run_dir):
+        if folder != (Path(exclude) if exclude else None) and _is_recorded(folder):
+            hold_path = folder.parent / f"{HELD_PREFIX}{folder.name}"
+            if not _hard_link_tree(folder, hold_path):
+                break
+            held[folder] = hold_path
+    return held
+
+
+def drop_holds(held: dict[Path, Path]) -> None:
+    """Removes the holds that `hold_checkpoints` made (through a hidden name: their files stay in the checkpoints)."""
+    for hold_path in held.values():
+        if hold_path.exists():
+            _remove(hold_path)
 
 
 def _record(folder: Path) -> dict | None:

@@ -12,7 +12,7 @@ from safetensors import safe_open
 
 from .adapters import adapter_mismatch
 from .errors import CheckpointCorruptError, UnsafeCheckpointError, _first_line
-from .layout import CHECKPOINT_RE, MANIFEST_NAME, PathLike
+from .layout import CHECKPOINT_RE, HELD_PREFIX, MANIFEST_NAME, PathLike
 from .manifest import read_manifest
 from .safe_loading import _pickles, safe_torch_load
 from .saved_names import saved_name_map
@@ -89,9 +89,9 @@ def checkpoint_problems(
         folder: the checkpoint folder.
         deep (`bool`): also load every pickle (`safe_torch_load`: refuses payloads, finds truncation).
         manifest (`bool`): require `checkpoint_manifest.json` (sf_hf checkpoints). Without it, a folder with no
-            manifest (a plain `transformers.Trainer` checkpoint) is judged by its files alone, unless it is a
-            `checkpoint-N` beside others that have one. A pending manifest (a save that did not complete) is always
-            a problem.
+            manifest (a plain `transformers.Trainer` checkpoint) is judged by its files alone, unless a hold of it lies
+            beside it (an interrupted deletion). A pending manifest (a save that did not complete) is always a
+            problem.
         training_state (`bool`): require what a resume needs: `trainer_state.json` (and the manifest's files).
         sizes (`bool`): check every file the manifest lists against its recorded size. False judges the files by
             their own structure only (safetensors, JSON, shard indexes): the pipeline evaluates and publishes a
@@ -107,10 +107,12 @@ def checkpoint_problems(
         return [str(err)]
     if record is not None and record.get("pending"):
         return [f"{folder / MANIFEST_NAME}: the save of this checkpoint did not complete (interrupted, or it failed)"]
-    if record is None and (manifest or _beside_recorded_checkpoints(folder)):
+    if record is None and _held(folder):
+        return [
+            f"{folder / MANIFEST_NAME}: missing, and {HELD_PREFIX}{folder.name} beside it: a deletion was interrupted"
+        ]
+    if record is None and manifest:
         problems.append(f"{folder / MANIFEST_NAME}: missing: the save was interrupted before it completed")
-        if not manifest:
-            problems[-1] += " (or a deletion was; the other checkpoints of this run have one)"
     for name, info in sorted((record or {}).get("files", {}).items() if sizes else ()):
         path = folder / name
         if not path.is_file():
@@ -152,13 +154,10 @@ def checkpoint_problems(
     return problems
 
 
-def _beside_recorded_checkpoints(folder: Path) -> bool:
-    """Whether `folder` is a `checkpoint-N` of a run whose other checkpoints carry a manifest (a ScheduleFreeTrainer
-    run): there, a checkpoint without one is a save that never finished or a deletion (transformers' rotation removes
-    files in any order) that was interrupted, never a plain `transformers.Trainer` checkpoint."""
-    if not CHECKPOINT_RE.match(folder.name):
-        return False
-    return any((other / MANIFEST_NAME).is_file() for other in checkpoint_folders(folder.parent) if other != folder)
+def _held(folder: Path) -> bool:
+    """Whether a hold of `folder` lies beside it (`sf_hf.checkpoints.saving`): while one does, the parent trainer may
+    be deleting the folder (transformers removes its files in any order, the manifest maybe first)."""
+    return (folder.parent / f"{HELD_PREFIX}{folder.name}").is_dir()
 
 
 def verify_checkpoint(folder: PathLike, *, deep: bool = True, training_state: bool = False, model=None) -> Path:
