@@ -9,7 +9,7 @@ also has, plus `WRAPPED_PRIVATE_METHODS` (a private method that upstream renames
 those are named; tests/test_trainer_upstream.py holds the list equal to the mixins' private overrides). Each must
 exist on the parent (the class after the mixins in the MRO: `Trainer`, TRL's `SFTTrainer`, a user's subclass), and
 the two signatures must fit both ways: whatever the parent's callers pass reaches the override, and every parameter
-the override requires reaches the parent.
+the override passes on reaches the parent's (`ADAPTS_TO_PARENT`: those that pass on only what the parent's takes).
 """
 
 import inspect
@@ -33,6 +33,11 @@ WRAPPED_PRIVATE_METHODS = (
     "_save_checkpoint",
 )
 """The private `transformers.Trainer` methods the mixins override, each wrapping the parent's (super())."""
+
+
+ADAPTS_TO_PARENT = ("create_model_card",)
+"""Overrides that pass on only the parameters the parent's method takes (`HubPublishing.create_model_card`: TRL's card
+takes `model_name`, `dataset_name`, `tags`; transformers' its own): checked for what reaches them only."""
 
 
 class UpstreamChangedError(TypeError):
@@ -63,7 +68,7 @@ def check_overrides(cls: type, mixins: tuple[type, ...]) -> None:
             _fail(cls, parent, name, "which it no longer has (renamed or removed upstream)")
         theirs = _parameters(_first_with_named_parameters(parent, name))
         for ours in definitions:
-            problem = _signature_mismatch(_parameters(ours), theirs)
+            problem = _signature_mismatch(_parameters(ours), theirs, adapts=name in ADAPTS_TO_PARENT)
             if problem:
                 _fail(cls, parent, name, f"whose parameters changed: {problem}")
 
@@ -85,32 +90,28 @@ def _parameters(method) -> list[inspect.Parameter]:
     return parameters if isinstance(method, staticmethod) else parameters[1:]
 
 
-def _signature_mismatch(ours: list, theirs: list) -> str:
+def _signature_mismatch(ours: list, theirs: list, adapts: bool = False) -> str:
     """What keeps the override (`ours`) and the parent's method (`theirs`) from being called alike, or "": every
-    parameter of the parent's reaches the override, and every parameter the override requires reaches the parent's.
-    A required positional parameter must have the same name at the same position; one with a default (passed by
-    name) the same name anywhere, or land in `**kwargs`."""
-    for receiver, sender, required_only in ((ours, theirs, False), (theirs, ours, True)):
+    parameter of the parent's reaches the override, and every parameter of the override reaches the parent's (it
+    passes them on), unless it `adapts` to the parent's signature. A required positional parameter must have the same
+    name at the same position; one with a default (passed by name) the same name anywhere, or land in `**kwargs`."""
+    for receiver, sender in [(ours, theirs)] + ([] if adapts else [(theirs, ours)]):
         kinds = {p.kind for p in receiver}
         receiver_positional = [p.name for p in receiver if p.kind in _POSITIONAL]
         for index, p in enumerate(sender):
             required = p.default is inspect.Parameter.empty
             if p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
-                if not required_only and p.kind not in kinds:
-                    return _which(
-                        receiver is ours,
-                        f"{'*' if p.kind == inspect.Parameter.VAR_POSITIONAL else '**'}{p.name}",
-                        receiver_positional,
-                    )
+                if receiver is ours and p.kind not in kinds:
+                    star = "*" if p.kind == inspect.Parameter.VAR_POSITIONAL else "**"
+                    return _which(True, f"{star}{p.name}", receiver_positional)
             elif required and p.kind in _POSITIONAL:
                 if index < len(receiver_positional):
                     if receiver_positional[index] != p.name:
                         return _which(receiver is ours, f"{p.name!r} at position {index + 1}", receiver_positional)
                 elif inspect.Parameter.VAR_POSITIONAL not in kinds:
                     return _which(receiver is ours, f"{p.name!r}", receiver_positional)
-            elif (required or not required_only) and p.name not in {q.name for q in receiver}:
-                if inspect.Parameter.VAR_KEYWORD not in kinds:
-                    return _which(receiver is ours, f"{p.name!r}", [q.name for q in receiver])
+            elif p.name not in {q.name for q in receiver} and inspect.Parameter.VAR_KEYWORD not in kinds:
+                return _which(receiver is ours, f"{p.name!r}", [q.name for q in receiver])
     return ""
 
 
@@ -120,7 +121,7 @@ _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_O
 def _which(receiver_is_override: bool, what: str, receiver_names: list) -> str:
     if receiver_is_override:
         return f"the parent's takes {what}, which the override does not ({receiver_names})"
-    return f"the override requires {what}, which the parent's does not take ({receiver_names})"
+    return f"the override passes on {what}, which the parent's does not take ({receiver_names})"
 
 
 def _fail(cls: type, parent: type, name: str, what: str):
