@@ -49,19 +49,23 @@ class CheckpointSave:
     def begin(cls, folder: PathLike, global_step: int, hold: bool = False) -> "CheckpointSave":
         """Readies `folder` for the parent's save (see the module docstring); `hold`: keep every complete checkpoint
         of the run until this one is complete (the parent rotates checkpoints out: `save_total_limit`)."""
-        folder = Path(folder)
-        recover_leftovers(folder.parent)
-        held = {}
-        if folder.exists():  # an earlier timeline's checkpoint of this step: kept aside until this one is complete
-            if checkpoint_problems(folder, manifest=True):
-                _remove(folder)
-            else:
-                held[folder] = folder.parent / f"{HELD_PREFIX}{folder.name}"
-                os.rename(folder, held[folder])
-        write_pending_manifest(folder, global_step)
-        if hold:
-            held.update(hold_checkpoints(folder.parent, exclude=folder))
-        return cls(folder, global_step, held)
+        save = cls(Path(folder), global_step, {})
+        try:
+            recover_leftovers(save.folder.parent)
+            if save.folder.exists():  # an earlier timeline's checkpoint of this step: aside until this one is complete
+                if checkpoint_problems(save.folder, manifest=True):
+                    _remove(save.folder)
+                else:
+                    aside = save.folder.parent / f"{HELD_PREFIX}{save.folder.name}"
+                    os.rename(save.folder, aside)
+                    save.held[save.folder] = aside
+            write_pending_manifest(save.folder, global_step)
+            if hold:
+                save.held.update(hold_checkpoints(save.folder.parent, exclude=save.folder))
+        except BaseException:
+            save.abandon()
+            raise
+        return save
 
     def restore_held(self) -> None:
         """Puts back every held checkpoint that the parent deleted during its save; `release` deletes them again."""
@@ -85,7 +89,7 @@ class CheckpointSave:
         (a failure is logged: the save's own error is the one to raise); what stays is refused by every reader
         and cleared by the next save or resume."""
         try:
-            if self.folder.exists():
+            if (_record(self.folder) or {}).get("pending"):  # only this save's folder: never a complete one
                 _remove(self.folder)
             for original, hold_path in self.held.items():
                 if not hold_path.exists():
