@@ -427,12 +427,10 @@ class ScheduleFreeMixin(HubPublishing):
                 error = err
         if not self._all_processes_ok(error is None):
             if save is not None:
-                save.restore_held()
+                save.abandon()  # best effort: the partial folder removed, what the parent deleted back
             failure = checkpoints.save_error(
                 folder, error or RuntimeError("another process failed to write its part (see its error)"), run_dir
             )
-            if save is not None:
-                save.abandon()
             raise failure from error
         if not writer and self.args.local_process_index == 0:  # a node-local disk: this node's part
             checkpoints.finish_node_part(

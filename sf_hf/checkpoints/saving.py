@@ -263,8 +263,8 @@ def rotate_checkpoints(run_dir: PathLike, save_total_limit: int | None, keep: It
 
 def save_error(final: PathLike, err: BaseException, run_dir: PathLike) -> CheckpointSaveError:
     """The `CheckpointSaveError` for a failed save of `final`: what failed (a full or read-only disk is named as
-    such: torch reports a full disk as "unexpected pos"), where, and what is still intact. Call it before the
-    partial folder is removed."""
+    such: torch reports a full disk as "unexpected pos"), where, and what is still intact (call it after
+    `CheckpointSave.abandon`, which puts back what the parent deleted)."""
     try:
         last = last_complete_checkpoint(run_dir, quiet=True)
     except Exception:  # the run directory itself may be unreadable
