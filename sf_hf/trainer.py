@@ -34,6 +34,7 @@ import functools
 import inspect
 import logging
 import os
+import warnings
 import weakref
 from datetime import timedelta
 
@@ -50,7 +51,7 @@ from .metadata import optimizer_hyperparameters, read_metadata, write_metadata
 from .optim.averaging import averaging_window, no_averaging_message
 from .registry import get_optimizer_spec, lr_schedule
 from .trainer_publishing import HubPublishing
-from .trainer_upstream import check_overrides
+from .trainer_upstream import UpstreamChangedError, UpstreamChangedWarning, check_overrides
 from .weight_decay import linear_weight_names  # noqa: F401  (sf_hf.trainer.linear_weight_names, as before)
 
 logger = logging.getLogger(__name__)
@@ -84,7 +85,8 @@ class ScheduleFreeMixin(HubPublishing):
         """Refuses `class C(SFTTrainer, ScheduleFreeMixin)`: there transformers' `Trainer` comes before the mixin in
         the MRO, so none of its methods would run (checkpoints at y, no crash safety) without a word. Then checks
         that every method the mixins override still exists on the parent, with parameters that fit
-        (`sf_hf.trainer_upstream.check_overrides`): a rename upstream raises `UpstreamChangedError`."""
+        (`sf_hf.trainer_upstream.check_overrides`): a rename upstream warns here (`UpstreamChangedWarning`, so that
+        `import sf_hf` still works for its optimizers) and raises `UpstreamChangedError` when the trainer is built."""
         super().__init_subclass__(**kwargs)
         mro = cls.__mro__
         before = [
@@ -98,10 +100,20 @@ class ScheduleFreeMixin(HubPublishing):
                 f"(class {cls.__name__}(ScheduleFreeMixin, {before[0].__name__})), or use "
                 f"sf_hf.schedule_free_trainer({before[0].__name__})."
             )
+        cls._sf_upstream_error = None
         if issubclass(cls, Trainer):
-            check_overrides(cls, tuple(k for k in ScheduleFreeMixin.__mro__ if k is not object))
+            try:
+                check_overrides(cls, tuple(k for k in ScheduleFreeMixin.__mro__ if k is not object))
+            except UpstreamChangedError as err:  # `import sf_hf` still works (the optimizers need no Trainer)
+                cls._sf_upstream_error = str(err)
+                warnings.warn(cls._sf_upstream_error, UpstreamChangedWarning, stacklevel=2)
+
+    _sf_upstream_error: str | None = None
+    """Why the parent does not fit the mixins' overrides (see `__init_subclass__`): raised when the trainer is built."""
 
     def __init__(self, *args, **kwargs):
+        if self._sf_upstream_error is not None:
+            raise UpstreamChangedError(self._sf_upstream_error)
         try:
             bound = inspect.signature(super().__init__).bind_partial(*args, **kwargs).arguments
         except TypeError:  # the parent's own call will say what is wrong

@@ -2,7 +2,10 @@
 created: an upstream rename or signature change fails loudly instead of silently skipping sf_hf's code (an override
 of a method that no longer exists is never called, and checkpoints would hold y again).
 
-    check_overrides(ScheduleFreeSFTTrainer)     # raises UpstreamChangedError naming the method and the versions
+    check_overrides(ScheduleFreeSFTTrainer, (ScheduleFreeMixin, HubPublishing))   # raises UpstreamChangedError
+
+`ScheduleFreeMixin.__init_subclass__` runs it for every Schedule-Free trainer class: a mismatch warns there
+(`UpstreamChangedWarning`: `import sf_hf` still works, for its optimizers) and raises when the trainer is built.
 
 The overrides are derived from the mixins themselves: every method of their class bodies that `transformers.Trainer`
 also has, plus `WRAPPED_PRIVATE_METHODS` (a private method that upstream renames would no longer be on `Trainer`, so
@@ -42,7 +45,11 @@ takes `model_name`, `dataset_name`, `tags`; transformers' its own): checked for 
 
 class UpstreamChangedError(TypeError):
     """A method a Schedule-Free mixin overrides is missing from the parent trainer, or takes other parameters: the
-    installed transformers or TRL renamed or changed it."""
+    installed transformers or TRL renamed or changed it. Raised when such a trainer is built."""
+
+
+class UpstreamChangedWarning(UserWarning):
+    """The same, warned when the trainer class is created (`import sf_hf` creates `ScheduleFreeTrainer`)."""
 
 
 def overridden_methods(mixins: tuple[type, ...]) -> dict[str, list]:

@@ -25,7 +25,13 @@ from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
 from sf_hf import ScheduleFreeMixin, ScheduleFreeTrainer, optimizer_cls_and_kwargs, schedule_free_trainer
 from sf_hf.checkpoints import checkpoint_folders, checkpoint_problems, read_manifest
 from sf_hf.trainer_publishing import HubPublishing
-from sf_hf.trainer_upstream import TESTED_VERSIONS, WRAPPED_PRIVATE_METHODS, UpstreamChangedError, overridden_methods
+from sf_hf.trainer_upstream import (
+    TESTED_VERSIONS,
+    WRAPPED_PRIVATE_METHODS,
+    UpstreamChangedError,
+    UpstreamChangedWarning,
+    overridden_methods,
+)
 
 from .test_trainer import StopAt
 from .trainer_utils import TokenDataset, config, saved_weights, tiny_hub_model, tiny_model, weights
@@ -205,26 +211,39 @@ def test_the_private_overrides_are_all_named():
     assert {"train", "evaluate", "save_model", "push_to_hub", "log"} <= set(overridden_methods(MIXINS))
 
 
+def built_on_a_fresh_trainer(tmp_path, message: str):
+    """A Schedule-Free trainer class on a new `Trainer` subclass: its creation warns with `message`, building it raises
+    with it (`import sf_hf` keeps working for the optimizers)."""
+    with pytest.warns(UpstreamChangedWarning, match=message):
+        cls = schedule_free_trainer(type("FreshTrainer", (Trainer,), {}))
+    with pytest.raises(UpstreamChangedError, match=message) as caught:
+        cls(model=tiny_model(), args=config(tmp_path), train_dataset=TRAIN_SET)
+    return str(caught.value)
+
+
 @pytest.mark.parametrize("name", WRAPPED_PRIVATE_METHODS)
-def test_a_private_method_gone_upstream_fails_when_the_class_is_built(name, monkeypatch):
+def test_a_private_method_gone_upstream_fails_when_the_trainer_is_built(name, monkeypatch, tmp_path):
     monkeypatch.delattr(Trainer, name)
-    with pytest.raises(UpstreamChangedError, match=rf"overrides FreshTrainer\.{name} .*no longer has") as caught:
-        schedule_free_trainer(type("FreshTrainer", (Trainer,), {}))
-    assert f"transformers {TESTED_VERSIONS['transformers']} and TRL {TESTED_VERSIONS['trl']}" in str(caught.value)
-    assert f"installed: transformers {transformers.__version__}" in str(caught.value)
+    message = built_on_a_fresh_trainer(tmp_path, rf"overrides FreshTrainer\.{name} .*no longer has")
+    assert f"transformers {TESTED_VERSIONS['transformers']} and TRL {TESTED_VERSIONS['trl']}" in message
+    assert f"installed: transformers {transformers.__version__}" in message
 
 
-def test_a_private_method_gone_before_sf_hf_is_imported_fails_the_import():
-    code = "import transformers; del transformers.Trainer._load_from_checkpoint; import sf_hf"
+def test_a_private_method_gone_before_sf_hf_is_imported_fails_the_trainer():
+    code = (
+        "import transformers; del transformers.Trainer._load_from_checkpoint\nimport sf_hf\nsf_hf.ScheduleFreeTrainer()"
+    )
     done = subprocess.run(
-        [sys.executable, "-c", code],
+        [sys.executable, "-W", "always", "-c", code],
         cwd=ROOT,
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert done.returncode == 1
-    assert "UpstreamChangedError: ScheduleFreeTrainer overrides Trainer._load_from_checkpoint" in done.stderr
+    expected = "ScheduleFreeTrainer overrides Trainer._load_from_checkpoint (transformers.trainer), which it no longer"
+    assert f"UpstreamChangedWarning: {expected}" in done.stderr  # at `import sf_hf`
+    assert f"UpstreamChangedError: {expected}" in done.stderr  # at ScheduleFreeTrainer()
 
 
 CHANGED = {
@@ -240,17 +259,15 @@ CHANGED = {
 
 
 @pytest.mark.parametrize("change", list(CHANGED))
-def test_a_changed_signature_upstream_fails_when_the_class_is_built(change, monkeypatch):
+def test_a_changed_signature_upstream_fails_when_the_trainer_is_built(change, monkeypatch, tmp_path):
     name, source, named = CHANGED[change]
     namespace = {}
     exec(source, namespace)
     monkeypatch.setattr(Trainer, name, namespace["f"])
-    with pytest.raises(UpstreamChangedError, match=rf"overrides FreshTrainer\.{name} .*parameters changed") as caught:
-        schedule_free_trainer(type("FreshTrainer", (Trainer,), {}))
-    assert named in str(caught.value)
+    assert named in built_on_a_fresh_trainer(tmp_path, rf"overrides FreshTrainer\.{name} .*parameters changed")
 
 
-def test_every_trl_trainer_fits_and_the_tested_versions_are_setup_cfgs_floors():
+def test_trainer_and_every_trl_trainer_fit_and_the_tested_versions_are_setup_cfgs_floors():
     trl = pytest.importorskip("trl")
     for trainer_cls in (
         trl.SFTTrainer,
@@ -260,7 +277,9 @@ def test_every_trl_trainer_fits_and_the_tested_versions_are_setup_cfgs_floors():
         trl.KTOTrainer,
         trl.RLOOTrainer,
     ):
-        assert issubclass(schedule_free_trainer(trainer_cls), trainer_cls)
+        made = schedule_free_trainer(trainer_cls)
+        assert issubclass(made, trainer_cls) and made._sf_upstream_error is None, made._sf_upstream_error
+    assert ScheduleFreeTrainer._sf_upstream_error is None
     setup = configparser.ConfigParser()
     setup.read(ROOT / "setup.cfg")
     requirements = setup["options"]["install_requires"] + setup["options.extras_require"]["trl"]
