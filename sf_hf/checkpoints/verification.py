@@ -24,7 +24,7 @@ SCHEDULE_FREE_STATE = ("z", "exp_avg_sq")
 
 
 def checkpoint_folders(run_dir: PathLike) -> list[Path]:
-    """The `checkpoint-N` folders of `run_dir`, by increasing N (hidden staging and deleted ones excluded)."""
+    """The `checkpoint-N` folders of `run_dir`, by increasing N (sf_hf's hidden working folders excluded)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return []
@@ -376,9 +376,10 @@ def optimizer_state_problems(folder: PathLike, optimizer, world_size: int = 1) -
 def last_complete_checkpoint(run_dir: PathLike, *, deep: bool = False, quiet: bool = False) -> str | None:
     """The `checkpoint-N` of `run_dir` with the highest N that is complete (see `checkpoint_problems`), or None.
 
-    Newer folders that are incomplete or corrupt are skipped with a warning that says why (unless `quiet`).
-    A checkpoint without a manifest (written by a plain `transformers.Trainer`) counts when its files are sound
-    and it has `trainer_state.json`, the last file the Trainer writes.
+    Newer folders that are incomplete or corrupt are skipped with a warning that says why (unless `quiet`): a save
+    that did not complete (a pending manifest), a deletion that did not (no manifest, a hold beside it), missing or
+    truncated files. A checkpoint without a manifest (written by a plain `transformers.Trainer`) counts when its
+    files are sound and it has `trainer_state.json`, the last file the Trainer writes.
     """
     for path in reversed(checkpoint_folders(run_dir)):
         problems = checkpoint_problems(path, deep=deep, training_state=True)
