@@ -189,7 +189,7 @@ def _convert_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a checkpoint folder (x or y); it is only read")
     parser.add_argument("--to", choices=["x"], default="x", help="the sequence to write (only x)")
     add_renamed_argument(
-        parser, "--output-dir", "--output", help="the new folder (default: CHECKPOINT-x); must not exist"
+        parser, "--output-dir", "--output", help="the new folder (default: x-CHECKPOINT beside it); must not exist"
     )
 
 

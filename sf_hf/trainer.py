@@ -37,14 +37,14 @@ import inspect
 import logging
 import os
 import typing
+import warnings
 from datetime import timedelta
 
 import torch
 from torch import nn
 from transformers import Trainer, TrainingArguments
 from transformers.optimization import get_scheduler
-from transformers.trainer_callback import ExportableState
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from . import checkpoints
 from .configs import ScheduleFreeFields, as_schedule_free_config, schedule_free_config
@@ -53,6 +53,7 @@ from .metadata import optimizer_hyperparameters, read_metadata, write_metadata
 from .optim.averaging import averaging_window, no_averaging_message
 from .registry import get_optimizer_spec, lr_schedule
 from .trainer_publishing import HubPublishing
+from .trainer_upstream import UpstreamChangedError, UpstreamChangedWarning, check_overrides
 from .weight_decay import linear_weight_names  # noqa: F401  (sf_hf.trainer.linear_weight_names, as before)
 
 logger = logging.getLogger(__name__)
@@ -66,10 +67,11 @@ class ScheduleFreeMixin(HubPublishing):
     decides the weights' mode (y for training steps, x for everything else), writes crash-safe checkpoints with
     `schedule_free.json`, hands the gradient norm and the loss to the optimizer, logs the lr and averaging weight,
     checks checkpoints before resuming and pushes only published files at x (`HubPublishing`). The parent's own
-    work is kept: TRL's dataset preparation, `peft_config`, reference model, logging and its model card, written
-    before each checkpoint as TRL does (`create_model_card` is the parent's card with a Schedule-Free section; with
-    a plain `Trainer` parent it is sf_hf's card). Not kept: what a parent does in `_save_checkpoint` besides its
-    card (sf_hf writes the checkpoint itself; TRL 1.16's GRPO adaptive-entropy state is not saved).
+    work is kept, every override calls it: TRL's dataset preparation, `peft_config`, reference model, logging, and
+    whatever its `_save_checkpoint` writes (TRL's model card before each checkpoint, GRPO's adaptive-entropy state,
+    a user's subclass's files), made crash-safe around it (`sf_hf.checkpoints.saving`). `create_model_card` is the
+    parent's card with a Schedule-Free section; with a plain `Trainer` parent it is sf_hf's card. The table of
+    overrides is in docs/architecture.md; each one is checked against the parent when the class is created.
 
     The parent's argument handling is kept, and the config it ends up with is made Schedule-Free
     (`sf_hf.configs.as_schedule_free_config`: every value kept, plus `optimizer_name` and `decoupling_c` at sf_hf's
@@ -92,7 +94,10 @@ class ScheduleFreeMixin(HubPublishing):
 
     def __init_subclass__(cls, **kwargs):
         """Refuses `class C(SFTTrainer, ScheduleFreeMixin)`: there transformers' `Trainer` comes before the mixin in
-        the MRO, so none of its methods would run (checkpoints at y, no crash safety) without a word."""
+        the MRO, so none of its methods would run (checkpoints at y, no crash safety) without a word. Then checks
+        that every method the mixins override still exists on the parent, with parameters that fit
+        (`sf_hf.trainer_upstream.check_overrides`): a rename upstream warns here (`UpstreamChangedWarning`, so that
+        `import sf_hf` still works for its optimizers) and raises `UpstreamChangedError` when the trainer is built."""
         super().__init_subclass__(**kwargs)
         mro = cls.__mro__
         before = [
@@ -106,8 +111,20 @@ class ScheduleFreeMixin(HubPublishing):
                 f"(class {cls.__name__}(ScheduleFreeMixin, {before[0].__name__})), or use "
                 f"sf_hf.schedule_free_trainer({before[0].__name__})."
             )
+        cls._sf_upstream_error = None
+        if issubclass(cls, Trainer):
+            try:
+                check_overrides(cls, tuple(k for k in ScheduleFreeMixin.__mro__ if k is not object))
+            except UpstreamChangedError as err:  # `import sf_hf` still works (the optimizers need no Trainer)
+                cls._sf_upstream_error = str(err)
+                warnings.warn(cls._sf_upstream_error, UpstreamChangedWarning, stacklevel=2)
+
+    _sf_upstream_error: str | None = None
+    """Why the parent does not fit the mixins' overrides (see `__init_subclass__`): raised when the trainer is built."""
 
     def __init__(self, *args, **kwargs):
+        if self._sf_upstream_error is not None:
+            raise UpstreamChangedError(self._sf_upstream_error)
         try:
             bound = inspect.signature(super().__init__).bind_partial(*args, **kwargs)
         except TypeError:  # the parent's own call will say what is wrong
@@ -126,13 +143,13 @@ class ScheduleFreeMixin(HubPublishing):
                 args, kwargs = bound.args, bound.kwargs
         self._num_training_steps: int | None = None
         self._sf_loaded_from: dict | None = None  # the best checkpoint's metadata while the model holds its weights
-        self._sf_end_limit = None  # save_total_limit, while the end of training is sf_hf's (see _finalize_training)
         self._sf_in_training_step = False  # compute_loss hands the loss to the optimizer only inside training_step
         self._sf_step_loss: torch.Tensor | None = None  # this step's loss so far, over its micro-batches
         self._sf_resolved_for = self._sf_base = None  # the prepared optimizer, and the one inside it that steps
         self._sf_norm_checked_for, self._sf_norm_covers = None, False  # the optimizer whose params the norm covers
         self._sf_logged_decay_for = None  # the model whose decayed weights were logged
         self._sf_warned_no_averaging = False
+        self._sf_pushes: list | None = None  # the parent's checkpoint pushes, while its _save_checkpoint runs
         super().__init__(*args, **kwargs)
         if not isinstance(self.args, ScheduleFreeFields):  # no args passed: the parent's own default config
             self.args = _schedule_free_args(self.args, type(self.args))
@@ -172,7 +189,9 @@ class ScheduleFreeMixin(HubPublishing):
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
         """The scheduler `sf_hf.registry.lr_schedule` decides (constant for Schedule-Free, whose warmup is in the
-        optimizer; the baseline's own otherwise), with the user's `lr_scheduler_kwargs` on top."""
+        optimizer; the baseline's own otherwise), with the user's `lr_scheduler_kwargs` on top, set before the
+        parent's `create_scheduler` runs: it keeps a scheduler already set (transformers': and recreates it at the next
+        `train()`, as one it created), and does whatever else a parent does there."""
         if self.lr_scheduler is None:
             schedule = lr_schedule(self.args, num_training_steps)
             self.lr_scheduler = get_scheduler(
@@ -185,7 +204,7 @@ class ScheduleFreeMixin(HubPublishing):
             self._created_lr_scheduler = True
             self._log_schedule(schedule, num_training_steps)
             self._warn_if_no_averaging(num_training_steps)
-        return self.lr_scheduler
+        return super().create_scheduler(num_training_steps, optimizer)
 
     def _warn_if_no_averaging(self, num_training_steps: int) -> None:
         """Warns once when the averaging weight stays 1 at every step of the run, so x = y (see
@@ -307,28 +326,21 @@ class ScheduleFreeMixin(HubPublishing):
             super()._load_best_model()  # see _load_from_checkpoint
         self._sf_loaded_from = read_metadata(self.state.best_model_checkpoint)
 
-    def _finalize_training(self, *args, **kwargs):
+    def _finalize_training(self, trial, num_train_samples, start_time):
         """transformers' end of training, from x on (for the final log, the best-model reload and `on_train_end`).
 
         With `save_total_limit=1` and a best checkpoint, transformers deletes every `checkpoint-*` folder but the best
-        one, `sf-hf convert`'s `checkpoint-N-x` included: sf_hf deletes the other `checkpoint-N` itself (through a
-        hidden name, as its rotation does) and hands transformers no limit until `on_train_end`."""
+        one (`sf-hf convert` names its folders `x-checkpoint-N`, out of that pattern): the complete checkpoints are
+        held meanwhile (`sf_hf.checkpoints.hold_checkpoints`), so that one whose deletion a crash interrupts is
+        refused by every reader, and comes back at the next resume."""
         self.use_averaged_weights()
-        best = self.state.best_model_checkpoint
-        if self.args.save_total_limit == 1 and best is not None:
-            if self.args.should_save and os.path.isdir(best):
-                checkpoints.keep_only_checkpoints(
-                    self._get_output_dir(kwargs.get("trial", args[0] if args else None)), keep=[best]
-                )
-            self._sf_end_limit, self.args.save_total_limit = self.args.save_total_limit, None
+        held = {}
+        if self.args.should_save and self.args.save_total_limit:
+            held = checkpoints.hold_checkpoints(self._get_output_dir(trial))
         try:
-            return super()._finalize_training(*args, **kwargs)
+            return super()._finalize_training(trial, num_train_samples, start_time)
         finally:
-            self._restore_save_total_limit()
-
-    def _restore_save_total_limit(self) -> None:
-        if self._sf_end_limit is not None:
-            self.args.save_total_limit, self._sf_end_limit = self._sf_end_limit, None
+            checkpoints.drop_holds(held)
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         self._bound_collective_timeout()
@@ -401,72 +413,64 @@ class ScheduleFreeMixin(HubPublishing):
     # ------------------------------------------------------------------ crash-safe checkpoints (sf_hf.checkpoints)
 
     def _save_checkpoint(self, model, trial) -> None:
-        """The parent's checkpoint (model at x, optimizer, scheduler, scaler, RNG, trainer state), written into
-        `.partial-checkpoint-N` and renamed to `checkpoint-N` once every process has written its part: a crash or a
-        full disk never leaves a partial `checkpoint-N` (transformers writes straight into it). A parent with a model
-        card of its own (TRL's trainers) gets it written first, as its `_save_checkpoint` does (pinned by
-        tests/test_trl.py against a plain TRL run)."""
-        if self._parent_card_owner() is not None:  # TRL writes its card before each checkpoint (into output_dir)
-            self.create_model_card(model_name=self._card_model_name())
-        if self.hp_search_backend is None and trial is None:
-            self.store_flos()
+        """The parent's checkpoint (the model at x: see `save_model`), made crash-safe around it (see
+        `sf_hf.checkpoints.saving`): the saving process marks the new `checkpoint-N` pending and holds the complete
+        checkpoints before the parent writes (and, with `save_total_limit`, rotates); once every process has written
+        its part, the manifest is written last, then the parent's push of the checkpoint and its deletions happen.
+
+        Whatever the parent writes into the checkpoint is in it (TRL's card before it, GRPO's adaptive-entropy state,
+        a user's subclass's files). A failure on any process raises `CheckpointSaveError` on every process, with the
+        earlier checkpoints as they were."""
         run_dir = self._get_output_dir(trial=trial)
-        final = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        staging = str(checkpoints.staging_path(final))
+        folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         writer = self.args.should_save
-        error = None
+        save, error = None, None
         try:
             if writer:
-                checkpoints.prepare_staging(staging)
-            self.accelerator.wait_for_everyone()
-            self.save_model(staging, _internal_call=True)
-            if not self.args.save_only_model:
-                self._save_optimizer_and_scheduler(staging)
-                self._save_scaler(staging)
-                self._save_rng_state(staging)
-            if (
-                self.args.save_strategy in (SaveStrategy.STEPS, SaveStrategy.EPOCH, SaveStrategy.BEST)
-                and self.state.best_global_step
-            ):
-                best = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}")
-                if best == final or os.path.isdir(best):
-                    self.state.best_model_checkpoint = best
-            if writer:
-                self._save_trainer_state(staging)
-        except Exception as err:  # safetensors reports a full disk as SafetensorError, not OSError
+                save = checkpoints.CheckpointSave.begin(
+                    folder, self.state.global_step, hold=bool(self.args.save_total_limit)
+                )
+        except Exception as err:
             error = err
-        if self._all_processes_ok(error is None) and writer:
+        pushes = []
+        if self._all_processes_ok(error is None):
+            self._sf_pushes = pushes
             try:
-                checkpoints.commit_staged_checkpoint(staging, final, global_step=self.state.global_step)
+                super()._save_checkpoint(model, trial)
+                if save is not None:
+                    save.restore_held()
+            except Exception as err:  # safetensors reports a full disk as SafetensorError, not OSError
+                error = err
+            finally:
+                self._sf_pushes = None
+        if self._all_processes_ok(error is None) and save is not None:
+            try:
+                save.complete()
             except Exception as err:
                 error = err
-        node_local = not writer and self.args.local_process_index == 0  # a node-local disk: this node's part
         if not self._all_processes_ok(error is None):
-            cause = error or RuntimeError("another process failed to write its part (see its error)")
-            failure = checkpoints.save_error(final, cause, run_dir)
-            if writer or node_local:
-                checkpoints.discard_staging(staging)
+            if save is not None:
+                save.abandon()  # best effort: the partial folder removed, what the parent deleted back
+            failure = checkpoints.save_error(
+                folder, error or RuntimeError("another process failed to write its part (see its error)"), run_dir
+            )
             raise failure from error
-        if node_local:
-            checkpoints.commit_node_part(
-                staging, final, self.args.save_total_limit, keep=[final, self.state.best_model_checkpoint]
+        if not writer and self.args.local_process_index == 0:  # a node-local disk: this node's part
+            checkpoints.finish_node_part(
+                folder, self.args.save_total_limit, keep=[folder, self.state.best_model_checkpoint]
             )
-        if self.args.push_to_hub:
-            self._push_from_checkpoint(final)
-        if writer:
-            checkpoints.rotate_checkpoints(
-                run_dir, self.args.save_total_limit, keep=[final, self.state.best_model_checkpoint]
-            )
+        for pushed in pushes:
+            self._push_from_checkpoint(pushed)
+        if save is not None:
+            save.release()
 
-    def _save_trainer_state(self, folder: str) -> None:
-        """`trainer_state.json` with the exportable callbacks' states, as the parent's `_save_checkpoint` writes it."""
-        for cb in [c for c in self.callback_handler.callbacks + [self.control] if isinstance(c, ExportableState)]:
-            name = cb.__class__.__name__
-            if isinstance(self.state.stateful_callbacks[name], list):
-                self.state.stateful_callbacks[name].append(cb.state())
-            else:
-                self.state.stateful_callbacks[name] = cb.state()
-        self.state.save_to_json(os.path.join(folder, "trainer_state.json"))
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """The parent's push of a checkpoint (`push_to_hub=True`), which it starts inside its `_save_checkpoint`: there
+        it waits until the checkpoint is recorded complete (a failed save pushes nothing)."""
+        if self._sf_pushes is not None:
+            self._sf_pushes.append(checkpoint_folder)
+            return
+        super()._push_from_checkpoint(checkpoint_folder)
 
     def _bound_collective_timeout(self) -> None:
         """Applies `ddp_timeout` to the process group: transformers 5.23 passes it on GPUs only, so on CPU (gloo) a

@@ -8,7 +8,6 @@ Each test lists what the repo holds after the push (every commit of `main`, for 
 import fnmatch
 import json
 import threading
-from pathlib import Path
 
 import pytest
 from huggingface_hub import ModelCard
@@ -136,28 +135,28 @@ def test_nothing_but_published_files_leaves_with_the_pipeline_callback(hub_serve
     assert set(hub_server.branches("org/branches")) == {"main", "step-000000003", "step-000000006"}
 
 
-def test_pushes_never_carry_staged_or_deleted_folders(hub_server, tmp_path, monkeypatch):
-    """A push that starts while a checkpoint is staged (`hub_always_push` lets one start at any time), with debris
-    of an interrupted earlier run in `output_dir`."""
-    debris = [tmp_path / ".partial-checkpoint-99", tmp_path / ".deleted-checkpoint-1"]
+def test_pushes_never_carry_pending_checkpoints_or_hidden_folders(hub_server, tmp_path, monkeypatch):
+    """A push that starts while a checkpoint is being written (`hub_always_push` lets one start at any time), with
+    debris of an interrupted earlier run in `output_dir` (sf_hf's hidden folders, of this release and earlier ones)."""
+    debris = [tmp_path / ".partial-checkpoint-99", tmp_path / ".deleted-checkpoint-1", tmp_path / "_sf_hf-deleted-x"]
     for folder in debris:
         folder.mkdir(parents=True)
         (folder / "optimizer.pt").write_bytes(b"state")
     trainer = hub_trainer(tmp_path, "org/always", max_steps=4, save_steps=1, save_total_limit=1, hub_always_push=True)
-    commit = sf_checkpoints.commit_staged_checkpoint
+    complete = sf_checkpoints.CheckpointSave.complete
 
-    def push_while_staged(staging, final, **kwargs):
-        assert (tmp_path / Path(staging).name).is_dir()
+    def push_while_pending(save):
+        assert sf_checkpoints.read_manifest(save.folder)["pending"]
         if trainer.state.global_step > 1:
             trainer._push_from_checkpoint(str(tmp_path / f"checkpoint-{trainer.state.global_step - 1}"))
             trainer._finish_current_push()
-        return commit(staging, final, **kwargs)
+        return complete(save)
 
-    monkeypatch.setattr(sf_checkpoints, "commit_staged_checkpoint", push_while_staged)
+    monkeypatch.setattr(sf_checkpoints.CheckpointSave, "complete", push_while_pending)
     trainer.train()
     pushed = {path for _, files in commits_of_main(hub_server, "org/always") for path in files}
     assert "model.safetensors" in pushed
-    assert not [p for p in pushed if p.startswith((".partial-", ".deleted-"))]
+    assert not [p for p in pushed if p.startswith((".partial-", ".deleted-", "_"))]
     assert unpublished(pushed) == []
 
 

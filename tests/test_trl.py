@@ -13,11 +13,12 @@ import pickle
 import pytest
 import torch
 from safetensors.torch import load
-from transformers import TrainingArguments
+from transformers import TrainerCallback, TrainingArguments
 from trl import DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
 
 import sf_hf
 from sf_hf import ScheduleFreeConfig, ScheduleFreeMixin, schedule_free_config, schedule_free_trainer
+from sf_hf.checkpoints import read_manifest
 from sf_hf.configs import ScheduleFreeFields
 from sf_hf.metadata import read_metadata
 
@@ -356,6 +357,60 @@ def test_grpo_generates_at_y_and_evaluates_checkpoints_and_saves_at_x(tmp_path):
     trainer._base_optimizer().train()
     trainer.save_model(str(tmp_path / "saved"))
     assert max_diff(saved_weights(tmp_path / "saved"), x) <= 1e-6
+
+
+def adaptive_entropy_grpo(out, callbacks=()):
+    """GRPO with TRL's adaptive entropy control (`use_adaptive_entropy`): its coefficient moves at every step (the
+    tiny model's entropy is always below the target, so it grows by `entropy_coef_delta`)."""
+    return schedule_free_trainer(GRPOTrainer)(
+        model=tiny_model(),
+        reward_funcs=count_reward,
+        args=sf_args(
+            GRPOConfig,
+            out,
+            max_steps=4,
+            save_strategy="steps",
+            save_steps=2,
+            num_generations=2,
+            steps_per_generation=2,
+            max_completion_length=4,
+            use_vllm=False,
+            use_adaptive_entropy=True,
+            entropy_coef=0.01,
+            entropy_coef_delta=0.005,
+            entropy_target=100.0,
+        ),
+        train_dataset=prompt_dataset(16),
+        processing_class=tiny_tokenizer(),
+        callbacks=list(callbacks),
+    )
+
+
+def test_grpo_adaptive_entropy_state_is_in_every_checkpoint_and_resumes(tmp_path):
+    """TRL's GRPO writes its controller's state after its parent's save (`_save_checkpoint`) and reads it back in
+    `_load_optimizer_and_scheduler`: under the mixin it is in every checkpoint, recorded complete, and comes back."""
+    whole = adaptive_entropy_grpo(tmp_path / "whole")
+    whole.train()
+    states = {}
+    for step in (2, 4):
+        folder = tmp_path / "whole" / f"checkpoint-{step}"
+        assert "entropy_ctrl_state.json" in read_manifest(folder)["files"]
+        states[step] = json.loads((folder / "entropy_ctrl_state.json").read_text())
+    assert states[2]["entropy_coef"] == pytest.approx(0.01 + 2 * 0.005)  # one update per optimizer step
+    assert states[4]["entropy_coef"] == pytest.approx(0.01 + 4 * 0.005) == whole.entropy_coef
+    assert states[4]["last_world_entropy"] == whole._last_world_entropy < 100.0
+
+    adaptive_entropy_grpo(tmp_path / "split", callbacks=[StopAt(2)]).train()
+    restored = {}
+
+    class RecordRestored(TrainerCallback):  # on_train_begin comes after the checkpoint's training state is loaded
+        def on_train_begin(self, args, state, control, **kwargs):
+            restored.update(entropy_coef=resumed.entropy_coef, last_world_entropy=resumed._last_world_entropy)
+
+    resumed = adaptive_entropy_grpo(tmp_path / "split", callbacks=[RecordRestored()])
+    resumed.train(resume_from_checkpoint=True)
+    assert restored == states[2]
+    assert resumed.entropy_coef == pytest.approx(states[4]["entropy_coef"])
 
 
 def test_sft_with_peft_config_saves_the_adapter_at_x(tmp_path):

@@ -4,19 +4,25 @@
     resume = last_complete_checkpoint("runs/llama-small")        # None on a fresh run
     trainer.train(resume_from_checkpoint=resume)                  # or resume_from_checkpoint=True
 
-How `ScheduleFreeTrainer` writes `checkpoint-N` (see `ScheduleFreeTrainer._save_checkpoint`):
+How a `ScheduleFreeMixin` trainer writes `checkpoint-N` (see `ScheduleFreeMixin._save_checkpoint` and `saving`):
+the parent trainer's own `_save_checkpoint` writes it in place (transformers', TRL's, a user's subclass's: whatever
+they write lands in it), wrapped so that
 
-1. every process writes into the hidden folder `.partial-checkpoint-N` of the run directory, a name that
-   transformers' `get_last_checkpoint` / `rotate_checkpoints` and `sf_hf.pipeline` never pick up;
-2. once all processes agree that their part was written, the saving process fsyncs every file, writes
-   `checkpoint_manifest.json` (each file's size) last, renames the folder to `checkpoint-N` (atomic on
-   POSIX) and fsyncs the run directory;
-3. checkpoints beyond `save_total_limit` are renamed to `.deleted-checkpoint-N` before they are removed.
+1. before it, the saving process clears leftovers of an interrupted save, writes a *pending* manifest into the new
+   folder (every reader refuses the folder from then on) and, with `save_total_limit`, hard-links every complete
+   checkpoint into a hidden `_sf_hf-held-checkpoint-M` (no data copied): transformers' rotation deletes old
+   checkpoints inside the parent's save, before the new one is known to be complete;
+2. once all processes agree that their part was written, it fsyncs every file and writes the complete
+   `checkpoint_manifest.json` (each file's size) last; only then are the checkpoints the parent deleted really gone
+   (through a hidden `_sf_hf-deleted-` name) and the holds dropped.
 
-So every `checkpoint-N` is complete at every instant: a crash (SIGKILL, or power loss after the fsyncs) leaves
-the previous checkpoints plus, at most, a hidden leftover that the next resume or save clears (a staged folder
-whose manifest was written is promoted: it is complete). A failed write (disk full, read-only directory)
-raises `CheckpointSaveError`, which names the folder and the last intact checkpoint.
+So every `checkpoint-N` that a reader takes is complete: a crash (SIGKILL, or power loss after the fsyncs) leaves the
+previous checkpoints plus, at most, a folder with a pending manifest and hidden leftovers, which the next resume or
+save clears (a held checkpoint whose original is gone or incomplete comes back). A failed write (disk full, read-only
+directory) raises `CheckpointSaveError`, which names the folder and the last intact checkpoint. A `checkpoint-N`
+without a manifest but with a hold beside it (a deletion by the parent, which removes files in any order,
+interrupted; transformers' end of training with `save_total_limit=1` deletes under holds too) is refused; one
+without a manifest and no hold (a plain `transformers.Trainer`'s) is judged by its files.
 
 `verify_checkpoint` checks a folder before it is resumed, evaluated or converted and names the file and the
 problem: a missing or truncated file (against the manifest, and each safetensors header against the file
@@ -27,17 +33,25 @@ i.e. `torch.load(weights_only=True)`: a pickle that would import or call anythin
 loaded by sf_hf.
 
 The modules, one job each: `errors` (`CheckpointError` and its kinds, the pipeline's too), `layout` (the names
-in a run directory), `manifest` (fsyncs and `checkpoint_manifest.json`), `safe_loading` (pickles loaded or
-scanned without running code), `verification` (a checkpoint's problems, the newest complete one), `adapters` (a
-PEFT adapter checkpoint judged as PEFT loads it), `saved_names` (weights transformers saves under other names,
-loaded back on resume), `staging` (staged saves, leftovers, rotation, save errors) and `peers` (another process
-of the run lost). Everything public is importable from here.
+in a run directory), `manifest` (fsyncs and `checkpoint_manifest.json`, pending or complete), `safe_loading`
+(pickles loaded or scanned without running code), `verification` (a checkpoint's problems, the newest complete one),
+`adapters` (a PEFT adapter checkpoint judged as PEFT loads it), `saved_names` (weights transformers saves under other
+names, loaded back on resume), `saving` (saves around the parent's, leftovers, node-local parts, save errors) and
+`peers` (another process of the run lost). Everything public is importable from here.
 """
 
 from .adapters import ADAPTER_CONFIG, adapter_mismatch, keeps_adapter_dtypes
 from .errors import CheckpointCorruptError, CheckpointError, CheckpointSaveError, UnsafeCheckpointError
-from .layout import CHECKPOINT_RE, DELETED_PREFIX, MANIFEST_FORMAT, MANIFEST_NAME, STAGING_PREFIX, PathLike
-from .manifest import read_manifest, write_manifest
+from .layout import (
+    CHECKPOINT_RE,
+    DELETED_PREFIX,
+    HELD_PREFIX,
+    LEGACY_PREFIXES,
+    MANIFEST_FORMAT,
+    MANIFEST_NAME,
+    PathLike,
+)
+from .manifest import read_manifest, write_manifest, write_pending_manifest
 from .peers import LOST_PEER_MARKERS, is_lost_peer, lost_peer_error
 from .safe_loading import (
     DCP_GLOBALS,
@@ -50,17 +64,15 @@ from .safe_loading import (
     unsafe_globals,
 )
 from .saved_names import loads_saved_names, saved_name_map
-from .staging import (
-    commit_node_part,
-    commit_staged_checkpoint,
-    discard_staging,
+from .saving import (
+    CheckpointSave,
     disk_diagnosis,
-    keep_only_checkpoints,
-    prepare_staging,
+    drop_holds,
+    finish_node_part,
+    hold_checkpoints,
     recover_leftovers,
     rotate_checkpoints,
     save_error,
-    staging_path,
 )
 from .verification import (
     SCHEDULE_FREE_STATE,
@@ -80,12 +92,15 @@ from .verification import (
 __all__ = [
     "ADAPTER_CONFIG",
     "CHECKPOINT_RE",
+    "CheckpointSave",
     "CheckpointCorruptError",
     "CheckpointError",
     "CheckpointSaveError",
     "DCP_GLOBALS",
     "DEEPSPEED_GLOBALS",
     "DELETED_PREFIX",
+    "HELD_PREFIX",
+    "LEGACY_PREFIXES",
     "LOST_PEER_MARKERS",
     "MANIFEST_FORMAT",
     "MANIFEST_NAME",
@@ -93,26 +108,23 @@ __all__ = [
     "NUMPY_GLOBALS",
     "PathLike",
     "SCHEDULE_FREE_STATE",
-    "STAGING_PREFIX",
     "UnsafeCheckpointError",
     "adapter_mismatch",
     "checkpoint_folders",
     "checkpoint_problems",
-    "commit_node_part",
-    "commit_staged_checkpoint",
     "config_mismatch",
-    "discard_staging",
     "disk_diagnosis",
+    "drop_holds",
+    "finish_node_part",
+    "hold_checkpoints",
     "is_lost_peer",
     "keeps_adapter_dtypes",
-    "keep_only_checkpoints",
     "checkpoint_to_resume",
     "last_complete_checkpoint",
     "loads_saved_names",
     "lost_peer_error",
     "model_mismatch",
     "optimizer_state_problems",
-    "prepare_staging",
     "read_json",
     "read_manifest",
     "recover_leftovers",
@@ -124,8 +136,8 @@ __all__ = [
     "saved_name_map",
     "scan_dcp",
     "scan_pickles",
-    "staging_path",
     "unsafe_globals",
     "verify_checkpoint",
     "write_manifest",
+    "write_pending_manifest",
 ]

@@ -12,7 +12,7 @@ from safetensors import safe_open
 
 from .adapters import adapter_mismatch
 from .errors import CheckpointCorruptError, UnsafeCheckpointError, _first_line
-from .layout import CHECKPOINT_RE, MANIFEST_NAME, PathLike
+from .layout import CHECKPOINT_RE, HELD_PREFIX, MANIFEST_NAME, PathLike
 from .manifest import read_manifest
 from .safe_loading import _pickles, safe_torch_load
 from .saved_names import saved_name_map
@@ -24,7 +24,7 @@ SCHEDULE_FREE_STATE = ("z", "exp_avg_sq")
 
 
 def checkpoint_folders(run_dir: PathLike) -> list[Path]:
-    """The `checkpoint-N` folders of `run_dir`, by increasing N (hidden staging and deleted ones excluded)."""
+    """The `checkpoint-N` folders of `run_dir`, by increasing N (sf_hf's hidden working folders excluded)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return []
@@ -89,7 +89,9 @@ def checkpoint_problems(
         folder: the checkpoint folder.
         deep (`bool`): also load every pickle (`safe_torch_load`: refuses payloads, finds truncation).
         manifest (`bool`): require `checkpoint_manifest.json` (sf_hf checkpoints). Without it, a folder with no
-            manifest (a plain `transformers.Trainer` checkpoint) is judged by its files alone.
+            manifest (a plain `transformers.Trainer` checkpoint) is judged by its files alone, unless a hold of it lies
+            beside it (an interrupted deletion). A pending manifest (a save that did not complete) is always a
+            problem.
         training_state (`bool`): require what a resume needs: `trainer_state.json` (and the manifest's files).
         sizes (`bool`): check every file the manifest lists against its recorded size. False judges the files by
             their own structure only (safetensors, JSON, shard indexes): the pipeline evaluates and publishes a
@@ -103,6 +105,12 @@ def checkpoint_problems(
         record = read_manifest(folder)
     except CheckpointCorruptError as err:
         return [str(err)]
+    if record is not None and record.get("pending"):
+        return [f"{folder / MANIFEST_NAME}: the save of this checkpoint did not complete (interrupted, or it failed)"]
+    if record is None and _held(folder):
+        return [
+            f"{folder / MANIFEST_NAME}: missing, and {HELD_PREFIX}{folder.name} beside it: a deletion was interrupted"
+        ]
     if record is None and manifest:
         problems.append(f"{folder / MANIFEST_NAME}: missing: the save was interrupted before it completed")
     for name, info in sorted((record or {}).get("files", {}).items() if sizes else ()):
@@ -144,6 +152,12 @@ def checkpoint_problems(
             except CheckpointCorruptError as err:
                 problems.append(str(err))
     return problems
+
+
+def _held(folder: Path) -> bool:
+    """Whether a hold of `folder` lies beside it (`sf_hf.checkpoints.saving`): while one does, the parent trainer may
+    be deleting the folder (transformers removes its files in any order, the manifest maybe first)."""
+    return (folder.parent / f"{HELD_PREFIX}{folder.name}").is_dir()
 
 
 def verify_checkpoint(folder: PathLike, *, deep: bool = True, training_state: bool = False, model=None) -> Path:
@@ -362,9 +376,10 @@ def optimizer_state_problems(folder: PathLike, optimizer, world_size: int = 1) -
 def last_complete_checkpoint(run_dir: PathLike, *, deep: bool = False, quiet: bool = False) -> str | None:
     """The `checkpoint-N` of `run_dir` with the highest N that is complete (see `checkpoint_problems`), or None.
 
-    Newer folders that are incomplete or corrupt are skipped with a warning that says why (unless `quiet`).
-    A checkpoint without a manifest (written by a plain `transformers.Trainer`) counts when its files are sound
-    and it has `trainer_state.json`, the last file the Trainer writes.
+    Newer folders that are incomplete or corrupt are skipped with a warning that says why (unless `quiet`): a save
+    that did not complete (a pending manifest), a deletion that did not (no manifest, a hold beside it), missing or
+    truncated files. A checkpoint without a manifest (written by a plain `transformers.Trainer`) counts when its
+    files are sound and it has `trainer_state.json`, the last file the Trainer writes.
     """
     for path in reversed(checkpoint_folders(run_dir)):
         problems = checkpoint_problems(path, deep=deep, training_state=True)

@@ -1,6 +1,6 @@
 """Load any checkpoint of a run at x, converting y checkpoints from their optimizer state; `sf-hf convert`.
 
-    sf-hf convert runs/plain/checkpoint-500 --to x            # writes runs/plain/checkpoint-500-x
+    sf-hf convert runs/plain/checkpoint-500 --to x            # writes runs/plain/x-checkpoint-500
 
     from sf_hf.pipeline import load_model_at_x
     model = load_model_at_x("runs/plain/checkpoint-500")      # y on disk, x in memory
@@ -182,7 +182,9 @@ def convert_checkpoint(source: str | os.PathLike, destination: str | os.PathLike
 
     Args:
         source (`str` or `os.PathLike`): the checkpoint folder (x or y).
-        destination (`str` or `os.PathLike`, *optional*): the new folder; defaults to `<source>-x`. It must not
+        destination (`str` or `os.PathLike`, *optional*): the new folder; defaults to `x-<name>` beside the source
+            (`x-checkpoint-500`: a name outside transformers' `checkpoint-*`, which its end of training with
+            `save_total_limit=1` deletes, and outside sf_hf's `checkpoint-N`, which the pipeline evaluates). It must not
             exist yet and must not lie inside `source`.
 
     Returns:
@@ -192,7 +194,7 @@ def convert_checkpoint(source: str | os.PathLike, destination: str | os.PathLike
         CheckpointError: the source is unusable, is not a schedule-free checkpoint, or `destination` is invalid.
     """
     source = Path(source).resolve()
-    destination = Path(destination or f"{source}-x").resolve()
+    destination = Path(destination or source.parent / f"x-{source.name}").resolve()
     if destination.exists():
         raise CheckpointError(f"{destination} already exists; choose a new folder (convert never overwrites).")
     if destination.is_relative_to(source):

@@ -263,7 +263,7 @@ def test_convert_names_the_bad_file(pipeline_runs, tmp_path, capsys):
     truncate(plain_dir / "checkpoint-6" / "optimizer.pt")
     assert sf_hf_cli(["convert", str(plain_dir / "checkpoint-6")]) == 1
     assert "checkpoint-6/optimizer.pt: cannot be read, the file is truncated or corrupt" in capsys.readouterr().err
-    assert not (plain_dir / "checkpoint-3-x").exists() and not (plain_dir / "checkpoint-6-x").exists()
+    assert not (plain_dir / "x-checkpoint-3").exists() and not (plain_dir / "x-checkpoint-6").exists()
 
 
 def test_safetensors_and_json_files_are_judged_by_safetensors_and_json_themselves(tmp_path):

@@ -16,7 +16,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sf_hf.checkpoints import MANIFEST_NAME, checkpoint_folders, checkpoint_problems, safe_torch_load
+from sf_hf.checkpoints import (
+    MANIFEST_NAME,
+    checkpoint_folders,
+    checkpoint_problems,
+    last_complete_checkpoint,
+    read_manifest,
+    safe_torch_load,
+)
+from sf_hf.pipeline import inspect_checkpoint
 
 MODULE = "tests.reliability.train_tiny"  # run as `python -m` from ROOT, so that `tests` is importable
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,7 +36,7 @@ CHOSEN_KILLS = [
     ("after_manifest", 8),
     ("rotation", 10),
     ("step_end", 11),
-    ("after_rename", 12),
+    ("deletion", 12),
 ]
 RANDOM_KILLS, SEED = 8, 1234
 
@@ -71,15 +79,31 @@ class Zygote:
 
 
 def assert_every_checkpoint_is_complete(out: Path):
-    """The invariant: whatever moment a run died, each `checkpoint-N` is complete (manifest, sizes, headers)."""
+    """Once a run has finished: each `checkpoint-N` is complete (manifest, sizes, headers)."""
     for folder in checkpoint_folders(out):
         assert checkpoint_problems(folder, deep=True, manifest=True, training_state=True) == [], folder
 
 
+def assert_readers_take_only_complete_checkpoints(out: Path):
+    """The invariant, whatever moment a run died: each `checkpoint-N` is complete (manifest, sizes, headers), or one
+    that every reader refuses (resume, evaluation, conversion and probe: `checkpoint_problems`; the pipeline's
+    inventory: `inspect_checkpoint`); the newest complete one is the one a re-run resumes from."""
+    complete = []
+    for folder in checkpoint_folders(out):
+        if checkpoint_problems(folder, deep=True, manifest=True, training_state=True) == []:
+            complete.append(str(folder))
+        else:
+            assert checkpoint_problems(folder) and checkpoint_problems(folder, sizes=False), folder
+            assert inspect_checkpoint(folder).problem, folder
+    assert last_complete_checkpoint(out) == (complete[-1] if complete else None)
+
+
 def leftovers(out: Path) -> list:
+    """What an interrupted save leaves: sf_hf's hidden folders and `checkpoint-N` folders with a pending manifest."""
     if not out.is_dir():  # killed before the trainer created it
         return []
-    return sorted(p.name for p in out.iterdir() if p.name.startswith((".partial-", ".deleted-")))
+    pending = [p.name for p in checkpoint_folders(out) if (read_manifest(p) or {}).get("pending")]
+    return sorted([p.name for p in out.iterdir() if p.name.startswith(("_sf_hf-", ".partial-", ".deleted-"))] + pending)
 
 
 def final_state(out: Path) -> dict:
@@ -121,15 +145,21 @@ def test_killed_runs_resume_to_bitwise_the_same_result(tmp_path):
             figures["runs"] += 1
             assert status == "signal 9", (point, step, status)
             figures["chosen_kills"] += 1
-            assert_every_checkpoint_is_complete(chosen)
-            if point in ("model_write", "optimizer_write", "before_manifest"):
-                staged = chosen / f".partial-checkpoint-{step}"
-                assert staged.is_dir() and not (staged / MANIFEST_NAME).exists()
-                assert not (chosen / f"checkpoint-{step}").exists()  # the interrupted save is not a checkpoint
+            assert_readers_take_only_complete_checkpoints(chosen)
+            if point in ("model_write", "optimizer_write", "before_manifest"):  # the interrupted save is no checkpoint
+                assert read_manifest(chosen / f"checkpoint-{step}")["pending"]
+                assert f"checkpoint-{step}" in leftovers(chosen)
+            if point == "before_manifest":  # the parent's rotation deleted checkpoint-2: back from its hold
+                assert leftovers(chosen) == ["_sf_hf-held-checkpoint-4", "checkpoint-6"]
             if point == "after_manifest":
-                assert (chosen / f".partial-checkpoint-{step}" / MANIFEST_NAME).is_file()
-            if point == "rotation":
-                assert leftovers(chosen) == [".deleted-checkpoint-6"]
+                assert "files" in read_manifest(chosen / f"checkpoint-{step}")
+                assert leftovers(chosen) == ["_sf_hf-held-checkpoint-6"]  # checkpoint-4: deleted, back, not yet gone
+            if point == "rotation":  # killed in transformers' rotate_checkpoints, which removed checkpoint-4's manifest
+                assert (chosen / "checkpoint-4").is_dir() and not (chosen / "checkpoint-4" / MANIFEST_NAME).exists()
+                assert last_complete_checkpoint(chosen) == str(chosen / "checkpoint-8")
+                assert leftovers(chosen) == [f"_sf_hf-held-checkpoint-{m}" for m in (4, 6, 8)] + ["checkpoint-10"]
+            if point == "deletion":
+                assert leftovers(chosen) == ["_sf_hf-deleted-checkpoint-8", "_sf_hf-held-checkpoint-10"]
 
         rng = random.Random(SEED)
         chains = [tmp_path / "random-0"]
@@ -148,7 +178,7 @@ def test_killed_runs_resume_to_bitwise_the_same_result(tmp_path):
             assert status == "signal 9", status
             figures["random_kills"] += 1
             figures["random_kills_inside_a_save"] += bool(leftovers(chains[-1]))
-            assert_every_checkpoint_is_complete(chains[-1])
+            assert_readers_take_only_complete_checkpoints(chains[-1])
         assert zygote.wait(zygote.start(chains[-1])) == "exit 0"  # the last chain, resumed to the end
         figures["runs"] += 1
     finally:

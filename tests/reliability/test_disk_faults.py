@@ -18,9 +18,9 @@ import torch
 import transformers.modeling_utils
 from transformers import TrainerCallback
 
-import sf_hf.checkpoints.staging
+import sf_hf.checkpoints.manifest
 from sf_hf import ScheduleFreeTrainer
-from sf_hf.checkpoints import CheckpointSaveError, checkpoint_folders, checkpoint_problems
+from sf_hf.checkpoints import MANIFEST_NAME, CheckpointSaveError, checkpoint_folders, checkpoint_problems
 
 from ..trainer_utils import TokenDataset, config, tiny_model, weights
 
@@ -68,12 +68,17 @@ def assert_state_after_failure(out: Path, failed_step: int, message: str, cause:
         assert checkpoint_problems(out / name, deep=True, manifest=True, training_state=True) == []
 
 
+def hidden(out: Path) -> list:
+    """sf_hf's working folders (`_sf_hf-*`, and `.partial-*` / `.deleted-*` of earlier releases)."""
+    return sorted(p.name for p in out.iterdir() if p.name.startswith(("_", ".")))
+
+
 def resume_and_compare(out: Path, reference: dict):
     trainer = make_trainer(out)
     trainer.train(resume_from_checkpoint=True)
     assert all(torch.equal(a, b) for a, b in zip(reference.values(), weights(trainer.model).values()))
     assert [p.name for p in checkpoint_folders(out)] == [f"checkpoint-{s}" for s in range(2, STEPS + 1, 2)]
-    assert not [p for p in out.iterdir() if p.name.startswith((".partial-", ".deleted-"))]
+    assert hidden(out) == []
 
 
 def test_disk_full_during_a_save(tmpfs, reference):
@@ -84,7 +89,7 @@ def test_disk_full_during_a_save(tmpfs, reference):
     failed = 2 * (len(checkpoint_folders(out)) + 1)
     # torch reports a full disk as "RuntimeError: ... unexpected pos 62912 vs 62800": the message says what it is
     assert_state_after_failure(out, failed, str(caught.value), "the disk is full (")
-    assert not (out / f".partial-checkpoint-{failed}").exists()  # the partial folder was removed, space freed
+    assert hidden(out) == []  # the partial folder was removed (not only hidden), space freed
     assert mount("-o", "remount,size=4m", str(tmpfs))
     resume_and_compare(out, reference)
 
@@ -104,7 +109,7 @@ def test_output_directory_made_read_only_mid_run(tmpfs, reference):
     with pytest.raises(CheckpointSaveError) as caught:
         make_trainer(out, [ReadOnlyAt(3, tmpfs)]).train()
     assert_state_after_failure(out, 4, str(caught.value), f"the file system of {out} is read-only")
-    assert f"Read-only file system: '{out / '.partial-checkpoint-4'}'" in str(caught.value)
+    assert f"Read-only file system: '{out / 'checkpoint-4'}'" in str(caught.value)
     assert mount("-o", "remount,rw", str(tmpfs))
     resume_and_compare(out, reference)
 
@@ -121,7 +126,7 @@ INJECTED = {
     # where the fault is raised -> (what is patched, what the message must show)
     "model.safetensors": ("safe_save_file", "Error while serializing: IoError(StorageFull)"),
     "optimizer.pt": ("torch.save", "No space left on device"),
-    "rename into place": ("os.rename", "Read-only file system"),
+    "the manifest": ("os.replace", "Read-only file system"),
 }
 
 
@@ -155,18 +160,18 @@ def test_injected_write_faults(tmp_path, monkeypatch, reference, where):
 
         monkeypatch.setattr(torch, "save", failing)
     else:
-        original = os.rename
+        original = os.replace
 
-        def failing(src, dst):
-            if state["armed"] and Path(dst).name == "checkpoint-4":
+        def failing(src, dst):  # the complete manifest, written last, after every file of the checkpoint
+            if state["armed"] and Path(dst) == out / "checkpoint-4" / MANIFEST_NAME and '"files"' in open(src).read():
                 raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dst))
             return original(src, dst)
 
-        monkeypatch.setattr(sf_hf.checkpoints.staging.os, "rename", failing)
+        monkeypatch.setattr(sf_hf.checkpoints.manifest.os, "replace", failing)
 
     with pytest.raises(CheckpointSaveError) as caught:
         make_trainer(out, [Arm()]).train()
     assert_state_after_failure(out, 4, str(caught.value), INJECTED[where][1])
-    assert not (out / ".partial-checkpoint-4").exists()
+    assert hidden(out) == []
     monkeypatch.undo()
     resume_and_compare(out, reference)

@@ -316,13 +316,13 @@ def run_nodes(tmp_path, tag, flags=()) -> list:
 
 
 def hidden(run_dir: Path) -> list:
-    return sorted(p.name for p in run_dir.iterdir() if p.name.startswith((".partial-", ".deleted-")))
+    return sorted(p.name for p in run_dir.iterdir() if p.name.startswith(("_sf_hf-", ".partial-", ".deleted-")))
 
 
 def test_node_local_disks_each_node_commits_and_cleans_its_own_part(tmp_path):
-    """save_on_each_node=False with a disk per node: node 1's process writes its RNG state into the staging folder
-    on node 1's disk, which node 0 (the one that saves) never sees: node 1 commits and rotates its own part, and at
-    the resume clears what an interrupted save or rotation left on its disk."""
+    """save_on_each_node=False with a disk per node: node 1's process writes its RNG state into checkpoint-N on node
+    1's disk, which node 0 (the one that saves) never sees: node 1 finishes and rotates its own part, and at the
+    resume clears what an interrupted save or rotation of an earlier sf_hf release left on its disk."""
     seed = tmp_path / "seed"  # a checkpoint both nodes can read (as after a sync of the node folders)
     ScheduleFreeTrainer(
         model=tiny_model(),

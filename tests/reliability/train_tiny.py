@@ -17,19 +17,22 @@ stdin, one JSON answer on stdout:
 Kill points: the child SIGKILLs itself there, at the checkpoint (or step) of the given step.
 
     step_end          end of the optimizer step, outside any save
-    model_write       inside the save: model.safetensors half written
-    optimizer_write   inside the save: optimizer.pt half written
-    before_manifest   every file written, no manifest yet
-    after_manifest    manifest written, folder not yet renamed into place
-    after_rename      checkpoint-N in place, older ones not yet rotated
-    rotation          an old checkpoint renamed to .deleted-checkpoint-M, not yet removed
+    model_write       inside the parent's save: model.safetensors half written
+    optimizer_write   inside the parent's save: optimizer.pt half written
+    rotation          inside the parent's save: its rotation deleting an old checkpoint-M, half done (its manifest
+                      first, then model.safetensors)
+    before_manifest   every file written (the parent's deletions undone from their holds), the manifest still pending
+    after_manifest    manifest written, the parent's deletions not yet done, the holds not yet dropped
+    deletion          after the manifest: an old checkpoint renamed to _sf_hf-deleted-checkpoint-M, not yet removed
 """
 
 import json
 import os
+import shutil
 import signal
 import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -43,7 +46,7 @@ from tests.trainer_utils import TokenDataset, config, tiny_model  # noqa: E402
 
 torch.set_num_threads(1)
 MAX_STEPS, SAVE_STEPS, SAVE_TOTAL_LIMIT = 12, 2, 2
-POINTS = ("step_end", "model_write", "optimizer_write", "before_manifest", "after_manifest", "after_rename", "rotation")
+POINTS = ("step_end", "model_write", "optimizer_write", "rotation", "before_manifest", "after_manifest", "deletion")
 
 
 def die() -> None:
@@ -90,8 +93,20 @@ def install_kill(trainer, spec: str) -> None:
         )
     elif point == "optimizer_write":
         torch.save = half_written(torch.save, "optimizer.pt", at_step)
+    elif point == "rotation":
+        original_rmtree = shutil.rmtree
+
+        def rmtree(path, *args, **kwargs):  # transformers' rotate_checkpoints removes files in directory order
+            folder = Path(path)
+            if at_step() and checkpoints.CHECKPOINT_RE.match(folder.name):
+                (folder / checkpoints.MANIFEST_NAME).unlink()
+                (folder / "model.safetensors").unlink()
+                die()
+            return original_rmtree(path, *args, **kwargs)
+
+        shutil.rmtree = rmtree
     elif point in ("before_manifest", "after_manifest"):
-        original = checkpoints.staging.write_manifest
+        original = checkpoints.saving.write_manifest
 
         def write_manifest(folder, global_step=None):
             if at_step() and point == "before_manifest":
@@ -101,18 +116,9 @@ def install_kill(trainer, spec: str) -> None:
                 die()
             return path
 
-        checkpoints.staging.write_manifest = write_manifest  # where commit_staged_checkpoint looks it up
-    elif point == "after_rename":
-        original_rotate = checkpoints.rotate_checkpoints
-
-        def rotate(*args, **kwargs):
-            if at_step():
-                die()
-            return original_rotate(*args, **kwargs)
-
-        checkpoints.rotate_checkpoints = rotate  # where sf_hf.trainer looks it up
-    elif point == "rotation":
-        original_remove = checkpoints.staging._remove
+        checkpoints.saving.write_manifest = write_manifest  # where CheckpointSave.complete looks it up
+    elif point == "deletion":
+        original_remove = checkpoints.saving._remove
 
         def remove(path):
             if not at_step():
@@ -120,7 +126,7 @@ def install_kill(trainer, spec: str) -> None:
             os.rename(path, path.parent / f"{checkpoints.DELETED_PREFIX}{path.name}")
             die()
 
-        checkpoints.staging._remove = remove
+        checkpoints.saving._remove = remove
 
 
 def run(out: str, kill: str = "", max_steps: int = MAX_STEPS, resume: str = None) -> None:
