@@ -165,6 +165,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     )
     print(to_markdown(summary_rows(evaluation.results, evaluation.failures)))
     print("Wrote " + ", ".join(str(path) for path in evaluation.files.values()))
+    for note in evaluation.notes:
+        print(f"sf-hf evaluate: {note}", file=sys.stderr)
     for name, reason in evaluation.failures:
         print(f"sf-hf evaluate: skipped {name}: {reason}", file=sys.stderr)
     task_failures = [
