@@ -9,7 +9,10 @@
     sf-hf probe runs/llama-small/checkpoint-500 [--decay-steps 50] [--control] [--output-file probe.json]
 
 Subcommands live in `COMMANDS`; a new one is a `Command` passed to `register` (its parser arguments and a
-`run(args) -> exit status`). Pipeline and checkpoint errors are printed without a traceback and exit with status 1.
+`run(args) -> exit status`). Pipeline and checkpoint errors, and a training script's bad input (a recipe's value, a
+damaged checkpoint to resume), are printed as one line without a traceback and exit with status 1; `-v`/`--verbose`
+(every command; `--debug` too, but for the training commands, where `--debug` is `TrainingArguments.debug`) keeps
+the traceback.
 
 Flags share one spelling across commands and with the recipes' fields: `--output-dir` for a folder, `--output-file`
 for a file, `--dataset-name` / `--dataset-config` / `--text-column` / `--block-size` as in the recipes' YAML. The
@@ -25,6 +28,7 @@ one more entry in `SCRIPTS`.
 import argparse
 import json
 import logging
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -36,6 +40,8 @@ from .pipeline.push import write_cards
 from .pipeline.report import summary_rows, to_markdown
 from .probe import DEFAULT_TOLERANCE, probe_checkpoint
 from .scripts import SCRIPTS
+from .scripts.errors import DEBUG_ENV, one_line
+from .scripts.reporting import hide_transformers_bars
 
 ACCELERATE_CONFIGS = Path(__file__).resolve().parents[1] / "accelerate_configs"  # the repository's (ddp, zero3...)
 
@@ -138,7 +144,6 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         help="evaluate only this checkpoint (checkpoint-N or final; "
         "repeatable); the summary keeps the others' earlier results",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="show lm-eval's own progress bars and logs")
 
 
 def _limit(value: float | None):
@@ -146,6 +151,8 @@ def _limit(value: float | None):
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    if not args.verbose:  # the pipeline draws one bar over checkpoints (x tasks)
+        hide_transformers_bars(("Loading weights",))
     evaluation = evaluate_run(
         args.run_dir,
         dataset=args.dataset_name,
@@ -376,12 +383,33 @@ def accelerate_launch_args(args: argparse.Namespace, module: str) -> list[str]:
     return [*launch, "-m", module, *recipe, *args.passed_through]
 
 
+def pass_launch_defaults(launch: argparse.Namespace) -> argparse.Namespace:
+    """Without an accelerate config (none named, no `accelerate config` default), passes the values accelerate
+    would default to (one machine, no mixed precision, no dynamo, a process per GPU or one), which it otherwise
+    warns were not passed on every launch. The recipe's `bf16`/`fp16` set the precision in the Trainer."""
+    from accelerate.commands.config import default_config_file
+
+    if launch.config_file is not None or os.path.isfile(default_config_file):
+        return launch
+    import torch
+
+    gpus = torch.cuda.device_count()
+    launch.num_processes = launch.num_processes or max(gpus, 1)
+    launch.multi_gpu = launch.multi_gpu or (launch.num_processes > 1 and gpus > 1)
+    launch.num_machines = launch.num_machines or 1
+    launch.mixed_precision = launch.mixed_precision or "no"
+    launch.dynamo_backend = launch.dynamo_backend or "no"
+    return launch
+
+
 def _launch(args: argparse.Namespace) -> int:
     from accelerate.commands.launch import launch_command, launch_command_parser
 
     launch_args = accelerate_launch_args(args, SCRIPTS[args.command])
+    if args.verbose:
+        os.environ[DEBUG_ENV] = "1"  # the script keeps its tracebacks
     try:
-        launch_command(launch_command_parser().parse_args(launch_args))
+        launch_command(pass_launch_defaults(launch_command_parser().parse_args(launch_args)))
     except subprocess.CalledProcessError as err:  # the script has printed its error; no launcher traceback
         return err.returncode
     return 0
@@ -407,11 +435,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS.values():
-        command.add_arguments(
-            subparsers.add_parser(
-                command.name, help=command.help, description=command.help, allow_abbrev=not command.passes_through
-            )
+        subparser = subparsers.add_parser(
+            command.name, help=command.help, description=command.help, allow_abbrev=not command.passes_through
         )
+        # a training script's `--debug` is TrainingArguments.debug: there, only -v/--verbose
+        spellings = ("-v", "--verbose") if command.passes_through else ("-v", "--verbose", "--debug")
+        subparser.add_argument(
+            *spellings,
+            dest="verbose",
+            action="store_true",
+            help="full tracebacks of errors, and third-party progress bars and logs (lm-eval's)",
+        )
+        command.add_arguments(subparser)
     return parser
 
 
@@ -427,7 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command].run(args)
     except (PipelineError, CheckpointError) as err:
-        print(f"sf-hf {args.command}: error: {err}", file=sys.stderr)
+        if args.verbose:
+            raise
+        print(f"sf-hf {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 1
 
 

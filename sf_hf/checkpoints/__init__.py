@@ -49,7 +49,7 @@ from .safe_loading import (
     scan_pickles,
     unsafe_globals,
 )
-from .saved_names import loads_saved_names, saved_name_map
+from .saved_names import loads_saved_names, saved_name_map, tied_copies
 from .staging import (
     commit_node_part,
     commit_staged_checkpoint,
@@ -125,6 +125,7 @@ __all__ = [
     "scan_dcp",
     "scan_pickles",
     "staging_path",
+    "tied_copies",
     "unsafe_globals",
     "verify_checkpoint",
     "write_manifest",
