@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .pipeline import CheckpointError, PipelineError, RetryPolicy, convert_checkpoint, evaluate_run, push_run
+from .pipeline.card import PLACEHOLDER_REPO_ID
 from .pipeline.push import write_cards
 from .pipeline.report import summary_rows, to_markdown
 from .probe import DEFAULT_TOLERANCE, probe_checkpoint
@@ -44,6 +45,9 @@ from .scripts.errors import DEBUG_ENV, one_line
 from .scripts.reporting import hide_transformers_bars
 
 ACCELERATE_CONFIGS = Path(__file__).resolve().parents[1] / "accelerate_configs"  # the repository's (ddp, zero3...)
+
+
+LICENSE_HELP = "the model's license, a Hub license id such as apache-2.0 (default: 'unknown', said so on the card)"
 
 
 @dataclass(frozen=True)
@@ -216,6 +220,7 @@ def _push_arguments(parser: argparse.ArgumentParser) -> None:
         help="for fine-tunes: the model the run started from (for the card; a PEFT "
         "adapter's pushed adapter_config.json names it: its base model's Hub id)",
     )
+    parser.add_argument("--license", help=LICENSE_HELP)
     parser.add_argument("--retries", type=int, default=5, help="tries per Hub call on network errors/5xx (default: 5)")
     parser.add_argument("--retry-delay", type=float, default=1.0, help="first backoff in seconds, doubled (default: 1)")
 
@@ -231,6 +236,7 @@ def _push(args: argparse.Namespace) -> int:
         base_model=args.base_model,
         retry=RetryPolicy(attempts=args.retries, initial_delay=args.retry_delay),
         preview_dir=args.preview_dir,
+        license=args.license,
     )
     if args.dry_run:
         print(f"Dry run: nothing is uploaded. Would push to {args.repo_id}:")
@@ -256,14 +262,18 @@ register(
 
 def _card_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", help="the Trainer's output_dir; only read")
-    parser.add_argument("--repo-id", help="the repository the cards name (default: the run folder's name)")
+    parser.add_argument(
+        "--repo-id", help=f"the repository the cards name, in their load snippets (default: {PLACEHOLDER_REPO_ID})"
+    )
     parser.add_argument("--output-dir", help="where the cards go, one folder per revision (default: RUN_DIR/cards)")
     parser.add_argument("--base-model", help="for fine-tunes: the model the run started from")
+    parser.add_argument("--license", help=LICENSE_HELP)
 
 
 def _card(args: argparse.Namespace) -> int:
     output = args.output_dir or f"{args.run_dir.rstrip('/')}/cards"
-    for revision, folder in write_cards(args.run_dir, output, args.repo_id, args.base_model).items():
+    cards = write_cards(args.run_dir, output, args.repo_id, args.base_model, license=args.license)
+    for revision, folder in cards.items():
         plots = ", ".join(sorted(p.name for p in folder.glob("*.png"))) or "no plot"
         print(f"{revision}: {folder / 'README.md'} (+ {plots})")
     return 0
