@@ -4,8 +4,8 @@
     sf-hf finetune --config RECIPE.yaml --model_name_or_path MODEL [...]
     sf-hf evaluate runs/llama-small [--metric next_token_accuracy] [--tasks sf_kjv,hellaswag --limit 100]
     sf-hf convert runs/plain/checkpoint-500 --to x [--output-dir DIR]
-    sf-hf card runs/llama-small [--repo-id org/llama-small-sf] [--output-dir DIR]
-    sf-hf push runs/llama-small --repo-id org/llama-small-sf [--dry-run] [--overwrite]
+    sf-hf card runs/llama-small [--repo-id org/llama-small-sf] [--license apache-2.0] [--output-dir DIR]
+    sf-hf push runs/llama-small --repo-id org/llama-small-sf [--license apache-2.0] [--dry-run] [--overwrite]
     sf-hf probe runs/llama-small/checkpoint-500 [--decay-steps 50] [--control] [--output-file probe.json]
 
 Subcommands live in `COMMANDS`; a new one is a `Command` passed to `register` (its parser arguments and a

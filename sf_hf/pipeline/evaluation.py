@@ -11,7 +11,9 @@ Each usable checkpoint gets an `eval_results.json` in its folder; the run gets `
 `eval_summary.md`, `eval_loss.png` (validation loss against tokens seen) and one `eval_<task>.png` per task. A
 checkpoint that is incomplete, corrupt, or holds y that cannot be converted is reported in `failures` and the
 summary, and never evaluated; a task that fails on a checkpoint is reported in its record (`task_failures`) and
-the summary, and the other tasks and checkpoints are still evaluated.
+the summary, and the other tasks and checkpoints are still evaluated. A run that does not say its data (no
+`run_args.json`) is evaluated on the tasks alone, with a note on how to add the loss; folders holding the same
+weights (the final model and the last checkpoint) are evaluated once.
 """
 
 import hashlib
