@@ -186,11 +186,11 @@ def evaluate_checkpoint(
         CheckpointError: if the checkpoint is unusable (see `load_model_at_x`).
     """
     record = checkpoint_header(info, spec)
-    previous = read_eval_results(info.path) or {}  # the weights of a folder never change: keep what still holds
     if same_weights_as is not None:
-        record.update({k: v for k, v in same_weights_as.items() if k not in record and k != "same_weights_as"})
-        record["same_weights_as"] = same_weights_as.get("same_weights_as") or same_weights_as["checkpoint"]
+        record.update({k: v for k, v in same_weights_as.items() if k not in record})
+        record["same_weights_as"] = same_weights_as["checkpoint"]
     else:
+        previous = read_eval_results(info.path) or {}  # the weights of a folder never change: keep what holds
         model = load_model_at_x(info).to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if spec is not None:
             record.update(evaluate_model(model, blocks, batch_size=batch_size, metrics=metrics, progress=tasks is None))
