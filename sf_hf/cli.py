@@ -5,12 +5,15 @@
     sf-hf finetune --config NAME|RECIPE.yaml --model_name_or_path MODEL [...]
     sf-hf evaluate runs/llama-small [--metric next_token_accuracy] [--tasks sf_kjv,hellaswag --limit 100]
     sf-hf convert runs/plain/checkpoint-500 --to x [--output-dir DIR]
-    sf-hf card runs/llama-small [--repo-id org/llama-small-sf] [--output-dir DIR]
-    sf-hf push runs/llama-small --repo-id org/llama-small-sf [--dry-run] [--overwrite]
+    sf-hf card runs/llama-small [--repo-id org/llama-small-sf] [--license apache-2.0] [--output-dir DIR]
+    sf-hf push runs/llama-small --repo-id org/llama-small-sf [--license apache-2.0] [--dry-run] [--overwrite]
     sf-hf probe runs/llama-small/checkpoint-500 [--decay-steps 50] [--control] [--output-file probe.json]
 
 Subcommands live in `COMMANDS`; a new one is a `Command` passed to `register` (its parser arguments and a
-`run(args) -> exit status`). Pipeline and checkpoint errors are printed without a traceback and exit with status 1.
+`run(args) -> exit status`). Pipeline and checkpoint errors, and a training script's bad input (a recipe's value, a
+damaged checkpoint to resume), are printed as one line without a traceback and exit with status 1; `-v`/`--verbose`
+(every command; `--debug` too, but for the training commands, where `--debug` is `TrainingArguments.debug`) keeps
+the traceback.
 
 Flags share one spelling across commands and with the recipes' fields: `--output-dir` for a folder, `--output-file`
 for a file, `--dataset-name` / `--dataset-config` / `--text-column` / `--block-size` as in the recipes' YAML. The
@@ -26,6 +29,7 @@ one more entry in `SCRIPTS`.
 import argparse
 import json
 import logging
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -42,10 +46,15 @@ from .bundled import (
     resolve_recipe,
 )
 from .pipeline import CheckpointError, PipelineError, RetryPolicy, convert_checkpoint, evaluate_run, push_run
+from .pipeline.card import PLACEHOLDER_REPO_ID
 from .pipeline.push import write_cards
 from .pipeline.report import summary_rows, to_markdown
 from .probe import DEFAULT_TOLERANCE, probe_checkpoint
 from .scripts import SCRIPTS
+from .scripts.errors import DEBUG_ENV, one_line
+from .scripts.reporting import hide_transformers_bars
+
+LICENSE_HELP = "the model's license, a Hub license id such as apache-2.0 (default: 'unknown', said so on the card)"
 
 
 @dataclass(frozen=True)
@@ -146,7 +155,6 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         help="evaluate only this checkpoint (checkpoint-N or final; "
         "repeatable); the summary keeps the others' earlier results",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="show lm-eval's own progress bars and logs")
 
 
 def _limit(value: float | None):
@@ -154,6 +162,8 @@ def _limit(value: float | None):
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    if not args.verbose:  # the pipeline draws one bar over checkpoints (x tasks)
+        hide_transformers_bars(("Loading weights",))
     evaluation = evaluate_run(
         args.run_dir,
         dataset=args.dataset_name,
@@ -173,6 +183,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     )
     print(to_markdown(summary_rows(evaluation.results, evaluation.failures)))
     print("Wrote " + ", ".join(str(path) for path in evaluation.files.values()))
+    for note in evaluation.notes:
+        print(f"sf-hf evaluate: {note}", file=sys.stderr)
     for name, reason in evaluation.failures:
         print(f"sf-hf evaluate: skipped {name}: {reason}", file=sys.stderr)
     task_failures = [
@@ -215,6 +227,7 @@ def _push_arguments(parser: argparse.ArgumentParser) -> None:
         help="for fine-tunes: the model the run started from (for the card; a PEFT "
         "adapter's pushed adapter_config.json names it: its base model's Hub id)",
     )
+    parser.add_argument("--license", help=LICENSE_HELP)
     parser.add_argument("--retries", type=int, default=5, help="tries per Hub call on network errors/5xx (default: 5)")
     parser.add_argument("--retry-delay", type=float, default=1.0, help="first backoff in seconds, doubled (default: 1)")
 
@@ -230,6 +243,7 @@ def _push(args: argparse.Namespace) -> int:
         base_model=args.base_model,
         retry=RetryPolicy(attempts=args.retries, initial_delay=args.retry_delay),
         preview_dir=args.preview_dir,
+        license=args.license,
     )
     if args.dry_run:
         print(f"Dry run: nothing is uploaded. Would push to {args.repo_id}:")
@@ -255,14 +269,18 @@ register(
 
 def _card_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", help="the Trainer's output_dir; only read")
-    parser.add_argument("--repo-id", help="the repository the cards name (default: the run folder's name)")
+    parser.add_argument(
+        "--repo-id", help=f"the repository the cards name, in their load snippets (default: {PLACEHOLDER_REPO_ID})"
+    )
     parser.add_argument("--output-dir", help="where the cards go, one folder per revision (default: RUN_DIR/cards)")
     parser.add_argument("--base-model", help="for fine-tunes: the model the run started from")
+    parser.add_argument("--license", help=LICENSE_HELP)
 
 
 def _card(args: argparse.Namespace) -> int:
     output = args.output_dir or f"{args.run_dir.rstrip('/')}/cards"
-    for revision, folder in write_cards(args.run_dir, output, args.repo_id, args.base_model).items():
+    cards = write_cards(args.run_dir, output, args.repo_id, args.base_model, license=args.license)
+    for revision, folder in cards.items():
         plots = ", ".join(sorted(p.name for p in folder.glob("*.png"))) or "no plot"
         print(f"{revision}: {folder / 'README.md'} (+ {plots})")
     return 0
@@ -413,12 +431,33 @@ def accelerate_launch_args(args: argparse.Namespace, module: str) -> list[str]:
     return [*launch, "-m", module, *recipe, *args.passed_through]
 
 
+def pass_launch_defaults(launch: argparse.Namespace) -> argparse.Namespace:
+    """Without an accelerate config (none named, no `accelerate config` default), passes the values accelerate
+    would default to (one machine, no mixed precision, no dynamo, a process per GPU or one), which it otherwise
+    warns were not passed on every launch. The recipe's `bf16`/`fp16` set the precision in the Trainer."""
+    from accelerate.commands.config import default_config_file
+
+    if launch.config_file is not None or os.path.isfile(default_config_file):
+        return launch
+    import torch
+
+    gpus = torch.cuda.device_count()
+    launch.num_processes = launch.num_processes or max(gpus, 1)
+    launch.multi_gpu = launch.multi_gpu or (launch.num_processes > 1 and gpus > 1)
+    launch.num_machines = launch.num_machines or 1
+    launch.mixed_precision = launch.mixed_precision or "no"
+    launch.dynamo_backend = launch.dynamo_backend or "no"
+    return launch
+
+
 def _launch(args: argparse.Namespace) -> int:
     from accelerate.commands.launch import launch_command, launch_command_parser
 
     launch_args = accelerate_launch_args(args, SCRIPTS[args.command])
+    if args.verbose:
+        os.environ[DEBUG_ENV] = "1"  # the script keeps its tracebacks
     try:
-        launch_command(launch_command_parser().parse_args(launch_args))
+        launch_command(pass_launch_defaults(launch_command_parser().parse_args(launch_args)))
     except subprocess.CalledProcessError as err:  # the script has printed its error; no launcher traceback
         return err.returncode
     return 0
@@ -444,11 +483,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS.values():
-        command.add_arguments(
-            subparsers.add_parser(
-                command.name, help=command.help, description=command.help, allow_abbrev=not command.passes_through
-            )
+        subparser = subparsers.add_parser(
+            command.name, help=command.help, description=command.help, allow_abbrev=not command.passes_through
         )
+        # a training script's `--debug` is TrainingArguments.debug: there, only -v/--verbose
+        spellings = ("-v", "--verbose") if command.passes_through else ("-v", "--verbose", "--debug")
+        subparser.add_argument(
+            *spellings,
+            dest="verbose",
+            action="store_true",
+            help="full tracebacks of errors, and third-party progress bars and logs (lm-eval's)",
+        )
+        command.add_arguments(subparser)
     return parser
 
 
@@ -464,7 +510,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command].run(args)
     except (PipelineError, CheckpointError, UnknownNameError) as err:
-        print(f"sf-hf {args.command}: error: {err}", file=sys.stderr)
+        if args.verbose:
+            raise
+        print(f"sf-hf {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 1
 
 

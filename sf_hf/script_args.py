@@ -202,8 +202,14 @@ class RecipeParser(HfArgumentParser):
 
     def __init__(self, dataclass_types: Sequence[type] = SCRIPT_DATACLASSES, **kwargs):
         kwargs.setdefault("allow_abbrev", False)  # `--max_step 5` must not silently mean `--max_steps 5`
+        kwargs.setdefault("exit_on_error", False)  # a bad value is a one-line RecipeError, not a usage dump
         super().__init__(list(dataclass_types), **kwargs)
         self.add_argument("--config", default=None, help="A YAML recipe; command-line flags override its keys.")
+        self.recipe_path, self.recipe = None, {}
+
+    def error(self, message: str):
+        """argparse's errors (a missing required flag...) as a `RecipeError`, without its usage dump."""
+        raise RecipeError(message)
 
     def parse_recipe_and_args(self, args: Sequence[str] | None = None, default_config: str | None = None) -> tuple:
         """Parses `--config` (or `default_config` when no `--config` is given), then the other flags over it.
@@ -222,10 +228,14 @@ class RecipeParser(HfArgumentParser):
         config_path = known.config or default_config
         if config_path is not None:
             config = load_recipe(config_path, self.dataclass_types)
+            self.recipe_path, self.recipe = str(config_path), config
             self.set_defaults(**config)
             for action in self._actions:
                 if action.dest in config:
                     action.required = False
+                    if action.type in (int, float) and type(config[action.dest]) in (int, float):
+                        # argparse converts (and checks) string defaults only: `max_steps: 1.5` must fail too
+                        action.default = str(config[action.dest])
         *outputs, remaining = self._parse(args)
         outputs = outputs[: len(self.dataclass_types)]  # drop the namespace that holds only `config`
         remaining = [a for a in remaining if a.startswith("-")] or remaining
@@ -240,10 +250,36 @@ class RecipeParser(HfArgumentParser):
     def _parse(self, args: list[str]) -> tuple:
         try:
             return self.parse_args_into_dataclasses(args=args, return_remaining_strings=True)
+        except argparse.ArgumentError as err:
+            raise RecipeError(self._bad_value_message(err, args)) from None
         except RecipeError:
             raise
-        except (ValueError, TypeError) as err:
-            raise RecipeError(str(err)) from err
+        except (ValueError, TypeError) as err:  # a dataclass's __post_init__: its message names the field
+            where = f"{self.recipe_path}: " if self.recipe_path and self.recipe_path not in str(err) else ""
+            raise RecipeError(f"{where}{err}") from err
+
+    def _bad_value_message(self, err: argparse.ArgumentError, args: list[str]) -> str:
+        """`FILE: key: 'value' is not ...; expected ...` for a value argparse rejected, naming where it came from:
+        the recipe file, or the command line when a flag set it."""
+        names = set((err.argument_name or "").split("/"))
+        action = next((a for a in self._actions if names & set(a.option_strings)), None)
+        if action is None:
+            return f"the command line: {err}"
+        if action.dest in self.recipe and not any(arg.split("=", 1)[0] in action.option_strings for arg in args):
+            where, value = self.recipe_path, repr(self.recipe[action.dest])
+        elif err.message.startswith("invalid"):  # argparse's "invalid float value: 'x'", "invalid choice: 'x' (...)"
+            where, value = "the command line", err.message.split(": ", 1)[-1].split(" (choose from", 1)[0]
+        else:  # "expected one argument", or the type's own message
+            return f"the command line: {err}"
+        return f"{where}: {action.dest}: {value} is not allowed; expected {_allowed(action)}."
+
+
+def _allowed(action: argparse.Action) -> str:
+    """What an argparse action accepts, in words."""
+    if action.choices:
+        return "one of " + ", ".join(str(c) for c in action.choices)
+    kind = getattr(action.type, "__name__", "")
+    return {"float": "a number", "int": "an integer", "string_to_bool": "true or false"}.get(kind, f"a {kind} value")
 
 
 def parse_script_args(

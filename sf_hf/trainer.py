@@ -538,6 +538,14 @@ class ScheduleFreeMixin(HubPublishing):
         with checkpoints.loads_saved_names(model), checkpoints.keeps_adapter_dtypes(model):
             super()._load_from_checkpoint(resume_from_checkpoint, model)
 
+    def _issue_warnings_after_load(self, load_result) -> None:
+        """The parent's warnings about missing keys, without the tied copies (`checkpoints.tied_copies`: a tied
+        `lm_head.weight`): saved once, under the name of the weight it shares, it is loaded with it; transformers 5
+        only leaves out the keys of `_keys_to_ignore_on_save`, which its models no longer use for tied weights."""
+        tied = checkpoints.tied_copies(self.model)
+        missing = [key for key in load_result.missing_keys if key not in tied]
+        super()._issue_warnings_after_load(load_result._replace(missing_keys=missing))
+
     def _load_optimizer_and_scheduler(self, checkpoint) -> None:
         """Checks the training state before transformers loads it: a missing `optimizer.pt` (transformers would go on
         with a fresh optimizer, which for Schedule-Free silently restarts the average), another optimizer's state,

@@ -43,3 +43,17 @@ def test_defaults_and_help_show_only_the_new_spellings(command, dests, capsys):
         parser.parse_args([command, "--help"])
     text = capsys.readouterr().out
     assert "--output " not in text and "--dataset " not in text and "--output-" in text
+
+
+def test_every_command_takes_verbose_and_debug_except_where_debug_is_the_scripts():
+    from sf_hf.cli import COMMANDS
+
+    parser = build_parser()
+    for name, command in COMMANDS.items():
+        positional = [] if command.passes_through else ["path"] + (["--repo-id", "o/n"] if name == "push" else [])
+        assert parser.parse_known_args([name, *positional, "-v"])[0].verbose
+        args, unknown = parser.parse_known_args([name, *positional, "--debug", "underflow_overflow"])
+        if command.passes_through:  # TrainingArguments.debug: passed through to the script
+            assert not args.verbose and unknown == ["--debug", "underflow_overflow"]
+        else:
+            assert args.verbose

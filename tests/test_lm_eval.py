@@ -448,3 +448,40 @@ def test_plain_trainer_y_adapter_checkpoints_convert_to_the_optimizers_x(tmp_pat
             rtol=0,
             atol=1e-6,
         )
+
+
+def test_tasks_on_a_users_own_trainer_run_without_run_args_evaluate_identical_weights_once(
+    sf_run, tmp_path, capsys, monkeypatch
+):
+    """A run made by a user's own `ScheduleFreeTrainer` script (no `run_args.json`): `--tasks` alone evaluates the
+    tasks at x and says in one line how to add the loss; `final` (saved right after checkpoint-6, same weights) is
+    evaluated once and gets checkpoint-6's numbers."""
+    run_dir = Path(shutil.copytree(sf_run, tmp_path / "run"))
+    (run_dir / "run_args.json").unlink()
+    import sf_hf.pipeline.evaluation as evaluation_module
+
+    calls, original = [], evaluation_module.evaluate_tasks
+    monkeypatch.setattr(evaluation_module, "evaluate_tasks", lambda *a, **k: calls.append(1) or original(*a, **k))
+    assert main(["evaluate", str(run_dir), "--tasks", "sf_kjv_next_verse", "--limit", str(LIMIT)]) == 0
+    err = capsys.readouterr().err
+    notes = [line for line in err.splitlines() if "validation loss skipped" in line]
+    assert len(notes) == 1 and "--dataset-name NAME --block-size N" in notes[0]
+    assert len(calls) == 2  # checkpoint-3 and checkpoint-6; final holds checkpoint-6's weights
+    assert (run_dir / "model.safetensors").read_bytes() == (run_dir / "checkpoint-6" / "model.safetensors").read_bytes()
+    for folder in [run_dir / "checkpoint-3", run_dir / "checkpoint-6", run_dir]:
+        record = json.loads((folder / "eval_results.json").read_text())
+        assert "eval_loss" not in record and record["task_failures"] == {}
+        hand = by_hand(AutoModelForCausalLM.from_pretrained(folder), folder, ["sf_kjv_next_verse"], tmp_path)
+        assert_same_numbers(record, hand)
+    final = json.loads((run_dir / "eval_results.json").read_text())
+    assert final["checkpoint"] == "final" and final["same_weights_as"] == "checkpoint-6"
+    assert "same weights as checkpoint-6" in (run_dir / "eval_summary.md").read_text()
+    assert not (run_dir / "eval_loss.png").exists() and (run_dir / "eval_sf_kjv_next_verse.png").is_file()
+
+
+@pytest.mark.parametrize("make", [lambda p: p / "missing", lambda p: p.mkdir() or p])
+def test_evaluate_on_a_missing_or_empty_folder_says_no_run_here(tmp_path, capsys, make):
+    folder = make(tmp_path / "empty")
+    assert main(["evaluate", str(folder), "--tasks", "sf_kjv_next_verse"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"sf-hf evaluate: error: No run here: {folder}")

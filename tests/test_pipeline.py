@@ -325,7 +325,7 @@ def test_evaluate_overrides_and_clear_errors(sf_run, tmp_path, capsys):
     run_dir = copy_run(sf_run, tmp_path)
     (run_dir / "run_args.json").unlink()
     assert main(["evaluate", str(run_dir)]) == 1
-    assert "pass --dataset-name and --block-size" in capsys.readouterr().err
+    assert "pass --dataset-name NAME --block-size N." in capsys.readouterr().err
     corpus = str(sf_run.parent / "corpus.jsonl")
     evaluation = evaluate_run(run_dir, dataset=corpus, block_size=16)
     assert [r["block_size"] for r in evaluation.results] == [16, 16, 16]

@@ -63,7 +63,7 @@ from .safe_loading import (
     scan_pickles,
     unsafe_globals,
 )
-from .saved_names import loads_saved_names, saved_name_map
+from .saved_names import loads_saved_names, saved_name_map, tied_copies
 from .saving import (
     CheckpointSave,
     disk_diagnosis,
@@ -136,6 +136,7 @@ __all__ = [
     "saved_name_map",
     "scan_dcp",
     "scan_pickles",
+    "tied_copies",
     "unsafe_globals",
     "verify_checkpoint",
     "write_manifest",

@@ -7,6 +7,9 @@
 saved as `embed_out`; the renamings of `transformers.conversion_mapping`), and `from_pretrained` renames them
 back, but `Trainer._load_from_checkpoint` hands the file's names to `model.load_state_dict(strict=False)`: the
 renamed weights were dropped with a warning, and a resumed GPT-NeoX went on with a freshly initialised head.
+
+A tied weight (the `lm_head.weight` of a model with `tie_word_embeddings`) is saved once, under the name of the
+weight it shares: `tied_copies` names the others, which a resume loads through the shared tensor.
 """
 
 from contextlib import contextmanager
@@ -32,6 +35,14 @@ def saved_name_map(model: nn.Module) -> dict[str, str]:
         if saved and len(saved) == 1 and saved[0] != name:
             mapping[saved[0]] = name
     return mapping
+
+
+def tied_copies(model: nn.Module) -> set[str]:
+    """The names of parameters that are the same tensor as another, earlier one (a tied `lm_head.weight`): saved
+    once under the first name, they are loaded with it."""
+    return {name for name, _ in model.named_parameters(remove_duplicate=False)} - {
+        name for name, _ in model.named_parameters()
+    }
 
 
 @contextmanager

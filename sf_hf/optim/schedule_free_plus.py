@@ -16,6 +16,13 @@ ScheduleFree+ (Defazio 2026, arXiv:2605.19095), with the hyperparameter names an
 a_t = lr * max(0, F + I_t) / e_hat, from the loss F at y, I_t = b_t <g, z - x> and an EMA e of ||g||_1 sqrt(pi/2);
 `lr` is a multiplier (default 1). Weight decay is AdamC's (scaled by a_t^2: values like 20-50, not 0.1).
 
+The EMA of ||g||_1 (`polyak_beta` > 0) follows the paper: e_t = pb e_{t-1} + (1 - pb) ||g_t||_1 sqrt(pi/2) and
+e_hat_t = e_t / (1 - pb^t), with e_t kept. The authors' code stores e_hat_t as the next e instead: the correction
+then compounds while pb^t is large. Measured on a small MLP (benchmarks/sf_plus_polyak_ema.py, 200 steps, 3 seeds;
+docs/paper_claims.md): the same run at pb = 0; at pb = 0.9 the authors' e_hat is ~3e3 times the paper's at step 21,
+its a_t ~75-1000x smaller over steps 5-50, and the final loss 0.97 against 0.27; at pb = 0.99 it stops training
+(a_t < 1e-7 from step 5, loss 2.07, chance 2.30).
+
 The contract is `ScheduleFreeAdamW`'s: the parameters hold y in train mode and x in eval mode, `step()` only in
 train mode, a new optimizer starts in eval mode. Memory: z, the Adam moments m (`exp_avg`) and v (`exp_avg_sq`),
 12 bytes per float32 parameter (float32 for bf16/fp16 parameters too); x is never stored: it is
@@ -92,7 +99,8 @@ class ScheduleFreePlusAdamW(ScheduleFreeAdamW):
         eps (`float`, defaults to 1e-8): added to sqrt(v_hat).
         weight_decay (`float`, defaults to 0.0): AdamC decay, z -= a_t^2 * wd * y; the paper uses 20-50.
         r (`float`, defaults to 0.0): polynomial weight t^r of the average (the paper also tries 2).
-        polyak_beta (`float`, defaults to 0.0): EMA decay of ||g||_1 in the Polyak denominator (0: this step's).
+        polyak_beta (`float`, defaults to 0.0): EMA decay of ||g||_1 in the Polyak denominator (0: this step's);
+            the paper's bias-corrected EMA, not the authors' code's (see the module docstring).
         c_warmup (`int`, defaults to 0): for the first c_warmup steps c = 1 (x follows z) and nothing is added
             to the averaging sums; the reference recommends 1-2x the lr warmup.
         sf_beta1_anneal_steps (`int`, defaults to 0): anneal b from `sf_beta1` to `sf_beta1_max` over this many

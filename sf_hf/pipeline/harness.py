@@ -112,19 +112,34 @@ class TaskSuite:
         return cls(names, manager, **settings)
 
 
+class _LongerThanMaximum(logging.Filter):
+    """Drops transformers' "Token indices sequence length is longer than the specified maximum sequence length"
+    warning: lm-eval encodes whole documents and keeps the last `max_length` tokens itself, so no sequence longer
+    than the model's context reaches the model."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token indices sequence length is longer")
+
+
 @contextlib.contextmanager
 def _quiet_logs(verbose: bool):
-    """lm-eval logs every setting at INFO/WARNING; keep only errors unless `verbose`."""
+    """lm-eval logs every setting at INFO/WARNING; keep only errors unless `verbose`, and leave out the tokenizer's
+    warning about long documents (`_LongerThanMaximum`)."""
     if verbose:
         yield
         return
-    lm_logger = logging.getLogger("lm_eval")
-    level = lm_logger.level
+    lm_logger, tokenizer_logger = (
+        logging.getLogger("lm_eval"),
+        logging.getLogger("transformers.tokenization_utils_base"),
+    )
+    level, long_documents = lm_logger.level, _LongerThanMaximum()
     lm_logger.setLevel(logging.ERROR)
+    tokenizer_logger.addFilter(long_documents)
     try:
         yield
     finally:
         lm_logger.setLevel(level)
+        tokenizer_logger.removeFilter(long_documents)
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ from ..data import load_text_dataset, pack_into_blocks
 from .errors import PipelineError
 
 RUN_ARGS_NAME = "run_args.json"
+DATA_FLAGS = "--dataset-name NAME --block-size N"
 _LOAD_ARGUMENTS = set(inspect.signature(load_text_dataset).parameters) - {"name_or_path", "config_name", "text_column"}
 
 
@@ -31,6 +32,11 @@ def read_run_args(run_dir: os.PathLike) -> dict:
         return {}
     with open(path) as f:
         return json.load(f)
+
+
+class UnknownDataError(PipelineError):
+    """The run does not say which data it was trained on (no `run_args.json`, e.g. a user's own training script),
+    and no override names it."""
 
 
 @dataclass
@@ -66,7 +72,7 @@ class DataSpec:
         the run's dataset.
 
         Raises:
-            PipelineError: if neither `run_args.json` nor the overrides name a dataset and a block size.
+            UnknownDataError: if neither `run_args.json` nor the overrides name a dataset and a block size.
         """
         data = read_run_args(run_dir).get("data", {})
         same_dataset = dataset is None or dataset == data.get("dataset_name")
@@ -78,9 +84,9 @@ class DataSpec:
             load_options={k: v for k, v in data.items() if k in _LOAD_ARGUMENTS} if same_dataset else {},
         )
         if not spec.dataset_name or not spec.block_size:
-            raise PipelineError(
+            raise UnknownDataError(
                 f"{Path(run_dir) / RUN_ARGS_NAME} is missing or does not give data.dataset_name and data.block_size: "
-                "pass --dataset-name and --block-size."
+                f"pass {DATA_FLAGS}."
             )
         return spec
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .card import build_model_card
+from .card import PLACEHOLDER_REPO_ID, build_model_card
 from .errors import PushError
 from .evaluation import read_eval_results
 from .heldout import read_run_args
@@ -107,7 +107,12 @@ def _target(info: CheckpointInfo, revision: str) -> PushTarget:
 
 
 def generated_files(
-    target: PushTarget, repo_id: str, run_args: dict, plots: dict[str, bytes], base_model: str | None = None
+    target: PushTarget,
+    repo_id: str,
+    run_args: dict,
+    plots: dict[str, bytes],
+    base_model: str | None = None,
+    license: str | None = None,
 ) -> dict[str, bytes]:
     """The files `push` adds to a revision besides the folder's own: the card `README.md` and the run's plots; for
     a PEFT adapter given `base_model` (a Hub id), its `adapter_config.json` naming that base model, so that the
@@ -129,6 +134,7 @@ def generated_files(
         base_model=base_model,
         plot_file=PLOT_NAME if PLOT_NAME in plots else None,
         task_plot_files=task_plots,
+        license=license,
     )
     return {CARD_NAME: card.content.encode(), **plots, **extra}
 
@@ -144,26 +150,29 @@ def write_cards(
     repo_id: str | None = None,
     base_model: str | None = None,
     report: PushReport | None = None,
+    license: str | None = None,
 ) -> dict[str, Path]:
     """Writes, for each revision `push` would create, the card and plots it would upload: `output_dir/<revision>/`.
 
     Args:
         run_dir (`os.PathLike`): the run; only read.
         output_dir (`os.PathLike`): created if needed; existing files of the same names are replaced.
-        repo_id (`str`, *optional*): the repository the cards name; defaults to the run folder's name.
+        repo_id (`str`, *optional*): the repository the cards name; defaults to a placeholder
+            (`PLACEHOLDER_REPO_ID`), never the local folder's name.
         base_model (`str`, *optional*): for fine-tunes, as `push_run`.
         report (`PushReport`, *optional*): a `plan_push` already made.
+        license (`str`, *optional*): the card's license, a Hub license id (see `build_model_card`).
 
     Returns:
         `Dict[str, Path]`: revision -> its folder.
     """
     report = report or plan_push(run_dir)
-    repo_id = repo_id or Path(run_dir).resolve().name
+    repo_id = repo_id or PLACEHOLDER_REPO_ID
     run_args, plots, folders = read_run_args(run_dir), _run_plots(report), {}
     for target in report.targets:
         folder = Path(output_dir) / target.revision
         folder.mkdir(parents=True, exist_ok=True)
-        for name, content in generated_files(target, repo_id, run_args, plots, base_model).items():
+        for name, content in generated_files(target, repo_id, run_args, plots, base_model, license).items():
             (folder / name).write_bytes(content)
         folders[target.revision] = folder
     return folders
@@ -180,6 +189,7 @@ def push_run(
     base_model: str | None = None,
     retry: RetryPolicy = DEFAULT_RETRY,
     preview_dir: os.PathLike | None = None,
+    license: str | None = None,
 ) -> PushReport:
     """Pushes a run's checkpoints (each to `step-{N:09d}`) and final model (to `main`) at x, with model cards.
 
@@ -194,6 +204,7 @@ def push_run(
         base_model (`str`, *optional*): for fine-tunes, the model they started from (for the card).
         retry (`RetryPolicy`, *optional*): retries of the calls the client does not retry itself.
         preview_dir (`os.PathLike`, *optional*): the dry run's preview folder; defaults to a new temporary one.
+        license (`str`, *optional*): the cards' license, a Hub license id (see `build_model_card`).
 
     Returns:
         `PushReport`: the plan, the skipped checkpoints and the commit URL of every pushed revision.
@@ -205,7 +216,7 @@ def push_run(
     report = plan_push(run_dir)
     if dry_run:
         report.preview = Path(preview_dir or tempfile.mkdtemp(prefix="sf_hf-push-preview-"))
-        write_cards(run_dir, report.preview, repo_id, base_model, report)
+        write_cards(run_dir, report.preview, repo_id, base_model, report, license)
         return report
     if not report.targets:
         raise PushError(f"Nothing to push from {run_dir}: every checkpoint is unusable ({report.skipped}).")
@@ -220,7 +231,7 @@ def push_run(
                 repo_id,
                 target.info,
                 target.revision,
-                generated_files(target, repo_id, run_args, plots, base_model),
+                generated_files(target, repo_id, run_args, plots, base_model, license),
                 retry,
             )
         except PushError as err:

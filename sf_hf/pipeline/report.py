@@ -39,7 +39,9 @@ def summary_rows(results: Sequence[dict], failures: Sequence[tuple[str, str]]) -
                 tokens_seen=record["tokens_seen"],
                 weights=weights,
                 **metrics,
-                status="ok" + (f"; {failed}" if failed else ""),
+                status="ok"
+                + (f" (same weights as {record['same_weights_as']})" if record.get("same_weights_as") else "")
+                + (f"; {failed}" if failed else ""),
             )
         )
     rows += [dict(checkpoint=name, status=f"skipped: {reason}") for name, reason in failures]
@@ -91,6 +93,7 @@ def _png(figure: Figure) -> bytes:
 
 def plot_loss(results: Sequence[dict]) -> bytes:
     """PNG of validation loss against tokens seen (against steps when a checkpoint lacks its token count)."""
+    results = [r for r in results if "eval_loss" in r]
     key, label = _x_axis(results)
     points = sorted((r[key] or 0, r["eval_loss"], r["checkpoint"] == "final") for r in results)
     figure = Figure(figsize=(6, 4), dpi=100)
@@ -138,10 +141,9 @@ def plot_task(results: Sequence[dict], task: str) -> bytes:
 
 
 def run_plots(results: Sequence[dict]) -> dict[str, bytes]:
-    """`{file name: PNG}`: `eval_loss.png` and one `eval_<task>.png` per task evaluated on any checkpoint."""
-    if not results:
-        return {}
-    plots = {PLOT_NAME: plot_loss(results)}
+    """`{file name: PNG}`: `eval_loss.png` (when a checkpoint has a validation loss) and one `eval_<task>.png` per
+    task evaluated on any checkpoint."""
+    plots = {PLOT_NAME: plot_loss(results)} if any("eval_loss" in r for r in results) else {}
     for task in sorted({task for r in results for task in r.get("tasks", {})}):
         plots[task_plot_name(task)] = plot_task(results, task)
     return plots

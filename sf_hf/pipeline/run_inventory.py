@@ -16,6 +16,7 @@ and adapter weights, no `config.json`) is a checkpoint too: its model is the bas
 """
 
 import fnmatch
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,21 +112,36 @@ def weight_files(folder: os.PathLike) -> list[str]:
     return sorted(f for f in published_files(folder) if any(fnmatch.fnmatch(f, p) for p in WEIGHT_PATTERNS))
 
 
+def weights_digest(info: "CheckpointInfo") -> str | None:
+    """A SHA-256 of the folder's weight files (names and contents) and, for an adapter, of its base model's name:
+    two folders with the same digest hold the same model. None for y, whose x also depends on the optimizer state."""
+    if info.weights not in ("x", "plain"):
+        return None
+    digest = hashlib.sha256((info.adapter_base or "").encode())
+    for name in weight_files(info.path):
+        digest.update(name.encode())
+        with open(info.path / name, "rb") as f:
+            digest.update(hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()
+
+
 def find_checkpoints(run_dir: os.PathLike) -> list[CheckpointInfo]:
     """Inspects every `checkpoint-N` of `run_dir` (by increasing N), then the final model at its root, if any.
 
     Raises:
-        CheckpointError: if `run_dir` is not a folder or holds no model at all.
+        CheckpointError: if `run_dir` is not a folder ("no run here") or holds no model at all.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise CheckpointError(f"{run_dir} is not a directory.")
+        raise CheckpointError(
+            f"No run here: {run_dir} " + ("is not a folder." if run_dir.exists() else "does not exist.")
+        )
     infos = [inspect_checkpoint(path, name=path.name) for path in checkpoint_folders(run_dir)]
     if (run_dir / "config.json").is_file() or (run_dir / ADAPTER_CONFIG).is_file():
         infos.append(inspect_checkpoint(run_dir, name="final"))
     if not infos:
         raise CheckpointError(
-            f"{run_dir} holds no checkpoint-N folder and no saved model (config.json or {ADAPTER_CONFIG})."
+            f"No run here: {run_dir} holds no checkpoint-N folder and no saved model (config.json or {ADAPTER_CONFIG})."
         )
     return infos
 

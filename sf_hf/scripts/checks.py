@@ -7,7 +7,7 @@ import os
 import datasets
 from transformers import AutoConfig
 
-from ..checkpoints import checkpoint_to_resume, last_complete_checkpoint
+from ..checkpoints import CheckpointCorruptError, checkpoint_problems, checkpoint_to_resume, last_complete_checkpoint
 from ..models import MODEL_PRESETS
 from ..script_args import RecipeError
 
@@ -70,7 +70,12 @@ def check_model(model_args, data_args):
 def find_checkpoint(training_args):
     """The checkpoint to resume from: --resume_from_checkpoint (`sf_hf.checkpoints.checkpoint_to_resume`), else the
     last complete one in output_dir, so that re-running a command resumes it (a newer, interrupted or damaged one is
-    skipped with a warning that says why), else None."""
+    skipped with a warning that says why), else None.
+
+    Raises:
+        CheckpointCorruptError: the named checkpoint is incomplete or damaged (each problem names its file), found
+            here, before any data is read, by the check the trainer makes when it resumes.
+    """
     requested = training_args.resume_from_checkpoint
     if requested is None or str(requested).lower() == "false":
         return last_complete_checkpoint(training_args.output_dir)
@@ -80,6 +85,9 @@ def find_checkpoint(training_args):
         raise RecipeError(str(err)) from None
     if not os.path.isdir(checkpoint):
         raise RecipeError(f"resume_from_checkpoint={requested!r} is not a folder; pass a checkpoint-N folder.")
+    problems = checkpoint_problems(checkpoint, training_state=True)
+    if problems:
+        raise CheckpointCorruptError(f"Can't resume from {checkpoint}: " + "; ".join(problems))
     return checkpoint
 
 

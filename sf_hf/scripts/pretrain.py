@@ -16,7 +16,6 @@ model hold x, the averaged weights. See docs/recipes.md.
 import json
 import logging
 import math
-import sys
 from pathlib import Path
 
 from transformers import AutoModelForCausalLM, default_data_collator, set_seed
@@ -24,11 +23,13 @@ from transformers import AutoModelForCausalLM, default_data_collator, set_seed
 from .. import ScheduleFreeTrainer
 from ..bundled import RECIPES
 from ..callbacks import get_callbacks
+from ..checkpoints import CheckpointError
 from ..data import load_text_dataset
 from ..models import build_model
 from ..script_args import RecipeError, parse_script_args, run_args_changes, run_args_record
 from .checks import check_model, find_checkpoint, resolve_batch, steps_and_epochs
 from .data import baseline_entropy, load_tokenizer, prepare_data
+from .errors import user_errors
 from .reporting import SpeedCallback, log_derived_numbers, log_done, setup_logging
 
 DEFAULT_RECIPE = RECIPES / "llama-small" / "pretrain" / "config_sf_adamw_refined.yaml"
@@ -111,11 +112,10 @@ def prepare(argv, default_config, require_pretrained=False):
 
 def main(argv=None, default_config=DEFAULT_RECIPE, require_pretrained=False):
     """Runs a recipe (`argv`, default `sys.argv[1:]`) to the end and returns the final evaluation's metrics; a bad
-    input exits with the message and no traceback, before any training."""
-    try:
+    input (a recipe's value, a damaged checkpoint to resume) exits with one line and no traceback, before any
+    training."""
+    with user_errors(ValueError, ImportError):  # bad input: say what to fix, before any training
         prepared = prepare(argv, default_config, require_pretrained)
-    except (ValueError, ImportError) as err:  # bad input: say what to fix, no traceback, before any training
-        raise SystemExit(f"{Path(sys.argv[0]).name}: error: {err}") from None
     (
         model_args,
         data_args,
@@ -154,7 +154,8 @@ def main(argv=None, default_config=DEFAULT_RECIPE, require_pretrained=False):
         initial = trainer.evaluate()["eval_loss"]
         logger.info("Validation loss of %s before fine-tuning: %.4f", model_args.model_name_or_path, initial)
 
-    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    with user_errors(CheckpointError):  # a checkpoint that does not fit the model, found when it is loaded
+        train_result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model()  # x, the tokenizer and schedule_free.json
     trainer.save_state()
     trainer.log_metrics("train", train_result.metrics)

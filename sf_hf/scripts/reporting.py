@@ -34,6 +34,23 @@ def setup_logging(training_args) -> None:
         package_logger.addHandler(handler)
     transformers.utils.logging.set_verbosity_warning()
     datasets.utils.logging.set_verbosity_warning()
+    # the per-save bars: hidden, unless `--log_level info` (or debug) asks for them
+    hide_transformers_bars(SAVE_BARS if training_args.get_process_log_level() > logging.INFO else ())
+
+
+SAVE_BARS = ("Writing model shards",)
+"""The bars transformers draws at every save (one per checkpoint and for the final model)."""
+
+
+def hide_transformers_bars(descriptions) -> None:
+    """Hides transformers' progress bars with these descriptions (`transformers.utils.logging.set_tqdm_hook`, which
+    replaces the previous hook); its other bars, and the Trainer's own, stay."""
+
+    def hook(factory, args, kwargs):
+        hidden = kwargs.get("desc") in descriptions
+        return factory(*args, **({**kwargs, "disable": True} if hidden else kwargs))
+
+    transformers.utils.logging.set_tqdm_hook(hook)
 
 
 def log_derived_numbers(model, data_args, training_args, seqs_per_step, steps, epochs, entropy) -> dict:

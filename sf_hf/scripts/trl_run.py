@@ -14,18 +14,18 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from transformers import set_seed
 from trl import ModelConfig, ScriptArguments, get_peft_config
 
 from .. import schedule_free_config, schedule_free_trainer
+from ..checkpoints import CheckpointError
 from ..data import load_dataset_splits
 from ..script_args import RecipeError, RecipeParser
 from .checks import find_checkpoint
+from .errors import user_errors
 from .reporting import setup_logging
 
 logger = logging.getLogger("sf_hf.recipes")
@@ -157,12 +157,10 @@ def run_trl_script(
 
     A bad input exits with the message and no traceback, before any training.
     """
-    try:
+    with user_errors(ValueError, ImportError, OSError):
         script_args, training_args, model_args, train, evaluation, checkpoint = prepare(
             config_cls, argv, default_config
         )
-    except (ValueError, ImportError, OSError) as err:
-        raise SystemExit(f"{Path(sys.argv[0]).name}: error: {err}") from None
     set_seed(training_args.seed)
     trainer = schedule_free_trainer(trainer_cls)(
         model=model_args.model_name_or_path,
@@ -176,7 +174,8 @@ def run_trl_script(
         initial = {f"initial_{k}": v for k, v in trainer.evaluate().items() if k in report}
         logger.info("Before training: %s", ", ".join(f"{k[8:]} {v:.4f}" for k, v in initial.items()))
     start = time.perf_counter()
-    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    with user_errors(CheckpointError):
+        train_result = trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.perf_counter() - start
     trainer.save_model(training_args.output_dir)  # x (an adapter: its weights at x), schedule_free.json, the card
     trainer.save_state()
