@@ -28,6 +28,7 @@ WRAPPED_PRIVATE_METHODS = (
     "_finalize_training",
     "_get_grad_norm",
     "_init_training_state",
+    "_issue_warnings_after_load",
     "_load_best_model",
     "_load_from_checkpoint",
     "_load_optimizer_and_scheduler",
