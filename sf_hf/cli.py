@@ -209,6 +209,7 @@ def _push_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--retries", type=int, default=5, help="tries per Hub call on network errors/5xx (default: 5)")
     parser.add_argument("--retry-delay", type=float, default=1.0, help="first backoff in seconds, doubled (default: 1)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show the Hub client's HTTP request logs")
 
 
 def _push(args: argparse.Namespace) -> int:
@@ -227,7 +228,7 @@ def _push(args: argparse.Namespace) -> int:
         print(f"Dry run: nothing is uploaded. Would push to {args.repo_id}:")
     for target in report.targets:
         where = report.commits.get(target.revision, f"{args.repo_id}@{target.revision}")
-        print(target.describe() if args.dry_run else f"{target.info.name} -> {where}")
+        print(target.describe() if args.dry_run else f"{target.info.name} -> {target.revision}: {where}")
     if args.dry_run:
         print(f"Cards and plots as they would be uploaded, to read: {report.preview}/<revision>/README.md")
     for name, reason in report.skipped:
@@ -413,6 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+HTTP_LOGGERS = ("httpx", "httpx2", "huggingface_hub")
+"""Third-party loggers the CLI keeps at WARNING unless `-v`: the Hub client logs every request at INFO."""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs `sf-hf` with `argv` (default: `sys.argv[1:]`) and returns the exit status."""
     parser = build_parser()
@@ -422,6 +427,9 @@ def main(argv: list[str] | None = None) -> int:
     elif unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "verbose", False):  # one INFO line per HTTP request otherwise (96 for an 11-commit push)
+        for name in HTTP_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
         return COMMANDS[args.command].run(args)
     except (PipelineError, CheckpointError) as err:

@@ -50,7 +50,7 @@ from .distributed import resolve_optimizer, switch_weights
 from .metadata import optimizer_hyperparameters, read_metadata, write_metadata
 from .optim.averaging import averaging_window, no_averaging_message
 from .registry import get_optimizer_spec, lr_schedule
-from .trainer_publishing import HubPublishing
+from .trainer_hub import HubPublishing
 from .weight_decay import linear_weight_names  # noqa: F401  (sf_hf.trainer.linear_weight_names, as before)
 
 logger = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from sf_hf.pipeline import (
     evaluate_run,
     push_run,
 )
-from sf_hf.pipeline.card import card_metrics
+from sf_hf.publishing.card import card_metrics
 
 from .test_pipeline import BLOCK, RecordX, build_plain_run, build_sf_run, model_weights, tree_digest, write_corpus
 from .trainer_utils import saved_weights
@@ -190,7 +190,7 @@ def test_cli_dry_run_lists_the_plan_offline_then_pushes(hub_server, sf_run, caps
     assert f"{tmp_path}/<revision>/README.md" in out and (tmp_path / "main" / "README.md").is_file()
 
     assert main(["push", str(sf_run), "--repo-id", "org/cli", "--retry-delay", "0.01"]) == 0
-    assert f"checkpoint-6 -> {hub_server.url}/org/cli/commit/" in capsys.readouterr().out
+    assert f"checkpoint-6 -> step-000000006: {hub_server.url}/org/cli/commit/" in capsys.readouterr().out
     assert main(["push", str(sf_run), "--repo-id", "org/cli"]) == 1
     assert "Refusing to overwrite" in capsys.readouterr().err
 
@@ -243,7 +243,7 @@ def test_callback_evaluates_and_pushes_each_checkpoint_at_x_during_training(hub_
 
 
 def test_published_records_lose_local_paths_and_a_broken_one_is_refused(tmp_path):
-    from sf_hf.pipeline.public_records import public_records
+    from sf_hf.publishing.public_records import public_records
 
     (tmp_path / "trainer_state.json").write_text(
         json.dumps({"best_model_checkpoint": "/home/someone/runs/x/checkpoint-4", "global_step": 4})

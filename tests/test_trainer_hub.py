@@ -2,13 +2,14 @@
 
     pytest tests/test_trainer_hub.py -q
 
-Each test lists what the repo holds after the push (every commit of `main`, for the pushes during training).
+Each test lists what the repo holds after the push (every commit of `main`, for the pushes during training). The
+pushes are transformers' own (`sf_hf.trainer_hub` wraps them): `output_dir` less `_*` and `checkpoint-*`, with
+`training_args.bin`, whose pickle holds no token (tests/reliability/test_secrets.py).
 """
 
 import fnmatch
 import json
 import threading
-from pathlib import Path
 
 import pytest
 from huggingface_hub import ModelCard
@@ -16,15 +17,14 @@ from safetensors.torch import load
 from transformers import Trainer, TrainingArguments
 
 from sf_hf import ScheduleFreeTrainer
-from sf_hf import checkpoints as sf_checkpoints
-from sf_hf.pipeline import CheckpointPipelineCallback, RetryPolicy
-from sf_hf.pipeline.run_inventory import NEVER_PUBLISHED, PUBLISHED_PATTERNS
+from sf_hf.pipeline import CheckpointPipelineCallback, PushError, RetryPolicy
+from sf_hf.publishing.run_inventory import NEVER_PUBLISHED, PUBLISHED_PATTERNS
 
 from .test_trainer_end import best_is_first_run
 from .trainer_utils import TokenDataset, config, max_abs_diff, saved_weights, tiny_model
 
 TRAIN_SET = TokenDataset(64, seed=1)
-PUBLISHED = PUBLISHED_PATTERNS + ("README.md", ".gitattributes")
+PUBLISHED = PUBLISHED_PATTERNS + ("README.md", ".gitattributes", "training_args.bin")
 
 
 def unpublished(paths, under=""):
@@ -84,7 +84,7 @@ def test_every_push_of_the_root_says_which_weights_it_holds(hub_server, tmp_path
 
 class HeldJobs(CheckpointPipelineCallback):
     """The pipeline callback with its background jobs held until the trainer's own pushes are done: its workspace
-    (`output_dir/.sf_hf-*`, optimizer state included) exists while the trainer pushes the root."""
+    (`output_dir/_sf_hf-*`, optimizer state included) exists while the trainer pushes the root."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -136,29 +136,34 @@ def test_nothing_but_published_files_leaves_with_the_pipeline_callback(hub_serve
     assert set(hub_server.branches("org/branches")) == {"main", "step-000000003", "step-000000006"}
 
 
-def test_pushes_never_carry_staged_or_deleted_folders(hub_server, tmp_path, monkeypatch):
-    """A push that starts while a checkpoint is staged (`hub_always_push` lets one start at any time), with debris
-    of an interrupted earlier run in `output_dir`."""
-    debris = [tmp_path / ".partial-checkpoint-99", tmp_path / ".deleted-checkpoint-1"]
-    for folder in debris:
-        folder.mkdir(parents=True)
-        (folder / "optimizer.pt").write_bytes(b"state")
+def test_working_folders_never_leave(hub_server, tmp_path):
+    """sf_hf's working folders in `output_dir` start with `_` (transformers' pushes leave `_*` out): debris of an
+    interrupted run with optimizer state, while pushes start at every save (`hub_always_push`)."""
+    for name in ("_partial-checkpoint-99", "_sf_hf-job"):
+        (tmp_path / name).mkdir(parents=True)
+        (tmp_path / name / "optimizer.pt").write_bytes(b"state")
     trainer = hub_trainer(tmp_path, "org/always", max_steps=4, save_steps=1, save_total_limit=1, hub_always_push=True)
-    commit = sf_checkpoints.commit_staged_checkpoint
-
-    def push_while_staged(staging, final, **kwargs):
-        assert (tmp_path / Path(staging).name).is_dir()
-        if trainer.state.global_step > 1:
-            trainer._push_from_checkpoint(str(tmp_path / f"checkpoint-{trainer.state.global_step - 1}"))
-            trainer._finish_current_push()
-        return commit(staging, final, **kwargs)
-
-    monkeypatch.setattr(sf_checkpoints, "commit_staged_checkpoint", push_while_staged)
     trainer.train()
+    trainer._finish_current_push()
     pushed = {path for _, files in commits_of_main(hub_server, "org/always") for path in files}
-    assert "model.safetensors" in pushed
-    assert not [p for p in pushed if p.startswith((".partial-", ".deleted-"))]
+    assert "model.safetensors" in pushed and "schedule_free.json" in pushed
+    assert not [p for p in pushed if p.startswith("_")]
     assert unpublished(pushed) == []
+
+
+def test_training_state_in_output_dir_stops_the_push(hub_server, tmp_path, caplog):
+    """Training state outside a `_` folder (here the hidden staging folder of an earlier release) would go up with
+    transformers' push: the saves' pushes are skipped, `push_to_hub` raises, training goes on."""
+    debris = tmp_path / ".partial-checkpoint-99"
+    debris.mkdir(parents=True)
+    (debris / "optimizer.pt").write_bytes(b"state")
+    trainer = hub_trainer(tmp_path, "org/refused", max_steps=3, save_steps=3)
+    trainer.train()
+    assert trainer.state.global_step == 3 and commits_of_main(hub_server, "org/refused") == []
+    assert "not pushing" in caplog.text and ".partial-checkpoint-99/optimizer.pt" in caplog.text
+    with pytest.raises(PushError, match=r"\.partial-checkpoint-99/optimizer\.pt"):
+        trainer.push_to_hub()
+    assert commits_of_main(hub_server, "org/refused") == []
 
 
 def test_push_to_hub_writes_sf_hfs_model_card(hub_server, tmp_path):
@@ -187,7 +192,6 @@ def test_a_push_that_cannot_be_prepared_is_skipped_and_training_goes_on(hub_serv
     trainer.train()
     assert trainer.state.global_step == 3 and commits_of_main(hub_server, "org/broken") == []
     assert "not pushing" in caplog.text and (tmp_path / "checkpoint-3").is_dir()
-    assert not [p for p in tmp_path.iterdir() if "sf_hf-push" in p.name]
 
 
 def test_after_a_best_model_reload_the_root_names_the_best_step(hub_server, tmp_path):
