@@ -427,9 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     elif unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if not getattr(args, "verbose", False):  # one INFO line per HTTP request otherwise (96 for an 11-commit push)
-        for name in HTTP_LOGGERS:
-            logging.getLogger(name).setLevel(logging.WARNING)
+    for name in HTTP_LOGGERS:  # one INFO line per HTTP request otherwise (96 for an 11-commit push)
+        logging.getLogger(name).setLevel(logging.NOTSET if getattr(args, "verbose", False) else logging.WARNING)
     try:
         return COMMANDS[args.command].run(args)
     except (PipelineError, CheckpointError) as err:

@@ -63,11 +63,12 @@ class ScheduleFreeMixin(HubPublishing):
     It builds the optimizer from `args.optimizer_name` (with a constant lr scheduler for the Schedule-Free ones),
     decides the weights' mode (y for training steps, x for everything else), writes crash-safe checkpoints with
     `schedule_free.json`, hands the gradient norm and the loss to the optimizer, logs the lr and averaging weight,
-    checks checkpoints before resuming and pushes only published files at x (`HubPublishing`). The parent's own
-    work is kept: TRL's dataset preparation, `peft_config`, reference model, logging and its model card, written
-    before each checkpoint as TRL does (`create_model_card` is the parent's card with a Schedule-Free section; with
-    a plain `Trainer` parent it is sf_hf's card). Not kept: what a parent does in `_save_checkpoint` besides its
-    card (sf_hf writes the checkpoint itself; TRL 1.16's GRPO adaptive-entropy state is not saved).
+    checks checkpoints before resuming, and publishes x through the parent's own Hub methods (`HubPublishing`,
+    `sf_hf.trainer_hub`). The parent's own work is kept: TRL's dataset preparation, `peft_config`, reference model,
+    logging and its model card, written before each checkpoint as TRL does (`create_model_card` is the parent's card
+    with a Schedule-Free section; with a plain `Trainer` parent it is sf_hf's card). Not kept: what a parent does in
+    `_save_checkpoint` besides its card (sf_hf writes the checkpoint itself; TRL 1.16's GRPO adaptive-entropy state
+    is not saved).
 
     Args:
         args: an instance of a `sf_hf.schedule_free_config(...)` class (e.g. of TRL's `SFTConfig`); a `TypeError`

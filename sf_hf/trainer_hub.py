@@ -43,10 +43,13 @@ from .checkpoints import MANIFEST_NAME
 from .metadata import METADATA_NAME, optimizer_hyperparameters
 from .publishing.card import CARD_NAME, trainer_model_card
 from .publishing.errors import PushError
+from .publishing.records import EVAL_RESULTS_NAME
 from .publishing.run_inventory import training_state_in
 from .registry import get_optimizer_spec
 
 logger = logging.getLogger(__name__)
+WEIGHT_RECORDS = (METADATA_NAME, EVAL_RESULTS_NAME)
+"""The records that describe a folder's weights: which they are, and their evaluation (`sf-hf evaluate`)."""
 SCHEDULE_FREE_SECTION = """
 
 ## Schedule-Free
@@ -116,18 +119,22 @@ class HubPublishing:
         return self.args.hub_always_push or not running
 
     def _prepare_root_push(self, checkpoint_folder: str) -> None:
-        """Puts the checkpoint's `schedule_free.json` (which weights these are) and, for a plain `Trainer` parent,
-        sf_hf's card for the checkpoint into `output_dir`, beside the model files the parent copies there. A parent
-        with its own card (TRL's) wrote it before the checkpoint, as its `_save_checkpoint` does."""
+        """Puts into `output_dir`, beside the model files the parent copies there, the checkpoint's records of its
+        weights (`WEIGHT_RECORDS`: an `output_dir` record the checkpoint lacks is removed, it described the weights
+        being replaced) and, for a plain `Trainer` parent, sf_hf's card for the checkpoint. A parent with its own
+        card (TRL's) wrote it before the checkpoint, as its `_save_checkpoint` does."""
         output_dir = self.args.output_dir
         if self._parent_card_owner() is None:
             card = trainer_model_card(
                 checkpoint_folder, repo_id=self.hub_model_id, run_dir=output_dir, revision=self.args.hub_revision
             )
             card.save(os.path.join(output_dir, CARD_NAME))
-        source = os.path.join(checkpoint_folder, METADATA_NAME)
-        if os.path.isfile(source):
-            shutil.copy(source, os.path.join(output_dir, METADATA_NAME))
+        for name in WEIGHT_RECORDS:
+            source, target = os.path.join(checkpoint_folder, name), os.path.join(output_dir, name)
+            if os.path.isfile(source):
+                shutil.copy(source, target)
+            elif os.path.isfile(target):
+                os.remove(target)
 
     def _refuse_training_state(self) -> None:
         found = training_state_in(self.args.output_dir)

@@ -7,6 +7,8 @@ Every test checks what arrives on the Hub through the same endpoint (`from_pretr
 """
 
 import json
+import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -193,6 +195,23 @@ def test_cli_dry_run_lists_the_plan_offline_then_pushes(hub_server, sf_run, caps
     assert f"checkpoint-6 -> step-000000006: {hub_server.url}/org/cli/commit/" in capsys.readouterr().out
     assert main(["push", str(sf_run), "--repo-id", "org/cli"]) == 1
     assert "Refusing to overwrite" in capsys.readouterr().err
+
+
+def test_cli_push_prints_one_line_per_commit_and_http_logs_only_with_verbose(hub_server, sf_run, capsys, caplog):
+    caplog.set_level(logging.INFO)
+    http = lambda: [r for r in caplog.records if r.name.startswith(("httpx", "huggingface_hub"))]  # noqa: E731
+    assert main(["push", str(sf_run), "--repo-id", "org/loud", "--retry-delay", "0.01", "-v"]) == 0
+    assert len(http()) > 10  # one per request: what `sf-hf push` printed before
+    capsys.readouterr()
+    caplog.clear()
+    assert main(["push", str(sf_run), "--repo-id", "org/quiet", "--retry-delay", "0.01"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    branches = sorted(hub_server.branches("org/quiet"))
+    assert branches == ["main", "step-000000003", "step-000000006"]
+    expected = {"checkpoint-3": "step-000000003", "checkpoint-6": "step-000000006", "final": "main"}
+    pattern = re.compile(rf"^(\S+) -> (\S+): {re.escape(hub_server.url)}/org/quiet/commit/[0-9a-f]+$")
+    assert dict(pattern.fullmatch(line).groups() for line in lines) == expected, lines
+    assert http() == []
 
 
 def test_callback_evaluates_and_pushes_each_checkpoint_at_x_during_training(hub_server, tmp_path):

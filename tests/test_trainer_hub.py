@@ -166,6 +166,19 @@ def test_training_state_in_output_dir_stops_the_push(hub_server, tmp_path, caplo
     assert commits_of_main(hub_server, "org/refused") == []
 
 
+def test_a_saves_push_leaves_no_record_of_other_weights(hub_server, tmp_path):
+    """transformers' push copies the checkpoint's weights over `output_dir`'s: the records of the weights they
+    replace (an `eval_results.json` of the model saved there before) go too, so the root's commit never pairs them."""
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / "eval_results.json").write_text(json.dumps({"eval_loss": 9.0, "checkpoint": "final"}))
+    trainer = hub_trainer(tmp_path, "org/records", max_steps=3, save_steps=3)
+    trainer.train()
+    trainer._finish_current_push()
+    [(_, files)] = commits_of_main(hub_server, "org/records")
+    assert json.loads(files["schedule_free.json"])["global_step"] == 3 and "eval_results.json" not in files
+    assert not (tmp_path / "eval_results.json").exists()
+
+
 def test_push_to_hub_writes_sf_hfs_model_card(hub_server, tmp_path):
     trainer = hub_trainer(tmp_path, "org/card", hub_strategy="end")
     trainer.train()
