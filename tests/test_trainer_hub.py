@@ -10,6 +10,7 @@ pushes are transformers' own (`sf_hf.trainer_hub` wraps them): `output_dir` less
 import fnmatch
 import json
 import threading
+import time
 
 import pytest
 from huggingface_hub import ModelCard
@@ -177,6 +178,21 @@ def test_a_saves_push_leaves_no_record_of_other_weights(hub_server, tmp_path):
     [(_, files)] = commits_of_main(hub_server, "org/records")
     assert json.loads(files["schedule_free.json"])["global_step"] == 3 and "eval_results.json" not in files
     assert not (tmp_path / "eval_results.json").exists()
+
+
+def test_a_failed_push_during_training_is_logged_and_the_next_save_pushes(hub_server, tmp_path, caplog):
+    rule = hub_server.fail_next(1, 500, method="POST", path_contains="/commit/")
+    trainer = hub_trainer(tmp_path, "org/flaky", max_steps=6, save_steps=3, hub_always_push=True)
+    trainer.train()
+    trainer._finish_current_push()
+    for _ in range(50):  # the future's callbacks run just after its waiters are woken
+        if "a push to the Hub failed" in caplog.text:
+            break
+        time.sleep(0.1)
+    assert rule.hits == 1 and "a push to the Hub failed" in caplog.text and "Injected fault" in caplog.text
+    [(_, files)] = commits_of_main(hub_server, "org/flaky")
+    assert json.loads(files["schedule_free.json"])["global_step"] == 6
+    assert max_abs_diff(load(files["model.safetensors"]), saved_weights(tmp_path / "checkpoint-6")) == 0.0
 
 
 def test_push_to_hub_writes_sf_hfs_model_card(hub_server, tmp_path):
