@@ -31,6 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from huggingface_hub.utils import disable_progress_bars
+
 from .pipeline import CheckpointError, PipelineError, RetryPolicy, convert_checkpoint, evaluate_run, push_run
 from .pipeline.push import write_cards
 from .pipeline.report import summary_rows, to_markdown
@@ -213,6 +215,8 @@ def _push_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _push(args: argparse.Namespace) -> int:
+    if not args.verbose:  # the commit list below says what was pushed; the per-file upload bars only with -v
+        disable_progress_bars()
     report = push_run(
         args.run_dir,
         args.repo_id,

@@ -205,7 +205,9 @@ def test_cli_push_prints_one_line_per_commit_and_http_logs_only_with_verbose(hub
     capsys.readouterr()
     caplog.clear()
     assert main(["push", str(sf_run), "--repo-id", "org/quiet", "--retry-delay", "0.01"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    printed = capsys.readouterr()
+    lines = printed.out.splitlines()
+    assert "it/s" not in printed.err  # no upload bars either
     branches = sorted(hub_server.branches("org/quiet"))
     assert branches == ["main", "step-000000003", "step-000000006"]
     expected = {"checkpoint-3": "step-000000003", "checkpoint-6": "step-000000006", "final": "main"}
