@@ -1,7 +1,8 @@
 """The Hub methods of a `ScheduleFreeMixin` trainer: `push_to_hub()`, the pushes during training (`push_to_hub=True`,
-`hub_strategy`) and `create_model_card()`. Each wraps the parent's (transformers', TRL's, a user's subclass'), so
-what is uploaded, when, in which order and with which retries is the parent's own; sf_hf decides only what
-`output_dir` holds when the parent uploads it.
+`hub_strategy`) and `create_model_card()`. `push_to_hub` and `_push_from_checkpoint` wrap the parent's (transformers',
+TRL's, a user's subclass'), so what is uploaded, when, in which order and with which retries is the parent's own;
+sf_hf decides only what `output_dir` holds when the parent uploads it. `create_model_card` wraps a parent's own card
+(TRL's) and replaces only transformers' generic one, with sf_hf's.
 
     args = ScheduleFreeConfig("out", push_to_hub=True, hub_model_id="org/name", hub_strategy="every_save")
     trainer = ScheduleFreeTrainer(model=model, args=args, train_dataset=train)
