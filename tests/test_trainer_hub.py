@@ -11,13 +11,14 @@ import fnmatch
 import json
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from huggingface_hub import ModelCard
 from safetensors.torch import load
 from transformers import Trainer, TrainingArguments
 
-from sf_hf import ScheduleFreeTrainer
+from sf_hf import ScheduleFreeTrainer, schedule_free_trainer
 from sf_hf.pipeline import CheckpointPipelineCallback, PushError, RetryPolicy
 from sf_hf.publishing.run_inventory import NEVER_PUBLISHED, PUBLISHED_PATTERNS
 
@@ -193,6 +194,29 @@ def test_a_failed_push_during_training_is_logged_and_the_next_save_pushes(hub_se
     [(_, files)] = commits_of_main(hub_server, "org/flaky")
     assert json.loads(files["schedule_free.json"])["global_step"] == 6
     assert max_abs_diff(load(files["model.safetensors"]), saved_weights(tmp_path / "checkpoint-6")) == 0.0
+
+
+class RecordingPushes(Trainer):
+    """A user's `Trainer` subclass with its own push methods: under the mixin they still run, around transformers'."""
+
+    def push_to_hub(self, *args, **kwargs):
+        self.recorded.append("push_to_hub")
+        return super().push_to_hub(*args, **kwargs)
+
+    def _push_from_checkpoint(self, checkpoint_folder):
+        self.recorded.append(Path(checkpoint_folder).name)
+        return super()._push_from_checkpoint(checkpoint_folder)
+
+
+def test_a_parents_push_methods_run_under_the_mixin(hub_server, tmp_path):
+    trainer = hub_trainer(tmp_path, "org/parent", trainer_cls=schedule_free_trainer(RecordingPushes))
+    trainer.recorded = []
+    trainer.train()
+    trainer.push_to_hub()
+    assert trainer.recorded == ["checkpoint-3", "checkpoint-6", "push_to_hub"]
+    commits = commits_of_main(hub_server, "org/parent")
+    steps = [json.loads(files["schedule_free.json"])["global_step"] for _, files in commits]
+    assert steps[0] == 3 and steps[-1] == 6 and steps == sorted(steps)  # transformers' uploads, in their order
 
 
 def test_push_to_hub_writes_sf_hfs_model_card(hub_server, tmp_path):
