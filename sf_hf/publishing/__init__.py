@@ -7,5 +7,5 @@ sf_hf makes itself, each retried by one policy (`hub`, `retry`).
 
 It sits beside the trainer, below the pipeline: `sf_hf.trainer_hub` (the trainer's `push_to_hub`, its pushes during
 training and `create_model_card`) and `sf_hf.pipeline` (`sf-hf push`, `sf-hf card`, `CheckpointPipelineCallback`)
-both import it; it imports neither. See docs/pipeline.md, "What leaves the machine".
+both import it; it imports neither. See docs/pipeline.md (`sf-hf push`, and `ScheduleFreeTrainer`'s own pushes).
 """
