@@ -92,11 +92,14 @@ class HubPublishing:
         copied into `output_dir`, which is uploaded to the repo root in the background, and for
         `hub_strategy="checkpoint"` / `"all_checkpoints"` the whole checkpoint to `last-checkpoint/` /
         `checkpoint-N/`), for a complete checkpoint only, with the checkpoint's `schedule_free.json` and card in
-        `output_dir` when the parent's push starts. A push that cannot be prepared (training state in `output_dir`,
+        `output_dir` when the parent's push starts; with `hub_always_push`, once the running push is done (transformers
+        would copy the files under it). A push that cannot be prepared (training state in `output_dir`,
         a broken `run_args.json`) is skipped with an error in the log: training never stops for it."""
         if not (Path(checkpoint_folder) / MANIFEST_NAME).is_file():
             logger.debug("sf_hf: %s is pushed once it is complete", checkpoint_folder)
             return
+        if self.args.hub_always_push:  # else transformers copies this checkpoint's files under the running upload
+            self._finish_current_push()
         if self._push_starts():
             try:
                 self._refuse_training_state()
@@ -112,12 +115,12 @@ class HubPublishing:
 
     def _push_starts(self) -> bool:
         """Whether the parent's `_push_from_checkpoint` pushes now: on the main process, unless `hub_strategy` is
-        "end" or, without `hub_always_push`, a push is still running (transformers 5.18 to 5.25). sf_hf writes into
-        `output_dir` only then, never under a running upload of a push that is skipped."""
+        "end" or a push is still running (transformers 5.18 to 5.25 skip the checkpoint then, unless
+        `hub_always_push`, for which sf_hf first waits for the running push). sf_hf writes into `output_dir` only
+        then, never under a running upload."""
         if not self.is_world_process_zero() or self.args.hub_strategy == HubStrategy.END:
             return False
-        running = self.push_in_progress is not None and not self.push_in_progress.is_done()
-        return self.args.hub_always_push or not running
+        return self.push_in_progress is None or self.push_in_progress.is_done()
 
     def _prepare_root_push(self, checkpoint_folder: str) -> None:
         """Puts into `output_dir`, beside the model files the parent copies there, the checkpoint's records of its

@@ -62,13 +62,22 @@ def hub_trainer(tmp_path, repo_id, callbacks=(), trainer_cls=ScheduleFreeTrainer
     )
 
 
-@pytest.mark.parametrize("strategy", ["every_save", "checkpoint", "end"])
+@pytest.mark.parametrize("strategy", ["every_save", "checkpoint", "end", "always"])
 def test_every_push_of_the_root_says_which_weights_it_holds(hub_server, tmp_path, strategy):
-    trainer = hub_trainer(tmp_path, f"org/{strategy}", hub_strategy=strategy)
+    always = strategy == "always"  # hub_always_push: every save pushed, none copied under a running upload
+    trainer = hub_trainer(
+        tmp_path, f"org/{strategy}", hub_strategy="every_save" if always else strategy, hub_always_push=always
+    )
     trainer.train()
     trainer.push_to_hub()
     commits = commits_of_main(hub_server, f"org/{strategy}")
-    assert len(commits) == 1 if strategy == "end" else len(commits) >= 2  # a save's push is skipped while one runs
+    steps = [json.loads(files["schedule_free.json"])["global_step"] for _, files in commits]
+    if strategy == "end":
+        assert steps == [6]
+    elif always:  # the end's push is a commit only where it changes a file
+        assert steps[:2] == [3, 6] and set(steps[2:]) <= {6}
+    else:
+        assert steps[0] == 3 and steps[-1] == 6  # a save's push is skipped while one runs
     for message, files in commits:
         root = root_files(files)
         step = json.loads(root["schedule_free.json"])["global_step"]
@@ -181,9 +190,9 @@ def test_a_saves_push_leaves_no_record_of_other_weights(hub_server, tmp_path):
     assert not (tmp_path / "eval_results.json").exists()
 
 
-def test_a_failed_push_during_training_is_logged_and_the_next_save_pushes(hub_server, tmp_path, caplog):
+def test_a_failed_push_during_training_is_logged_and_training_goes_on(hub_server, tmp_path, caplog):
     rule = hub_server.fail_next(1, 500, method="POST", path_contains="/commit/")
-    trainer = hub_trainer(tmp_path, "org/flaky", max_steps=6, save_steps=3, hub_always_push=True)
+    trainer = hub_trainer(tmp_path, "org/flaky", max_steps=3, save_steps=3)
     trainer.train()
     trainer._finish_current_push()
     for _ in range(50):  # the future's callbacks run just after its waiters are woken
@@ -191,9 +200,11 @@ def test_a_failed_push_during_training_is_logged_and_the_next_save_pushes(hub_se
             break
         time.sleep(0.1)
     assert rule.hits == 1 and "a push to the Hub failed" in caplog.text and "Injected fault" in caplog.text
+    assert trainer.state.global_step == 3 and commits_of_main(hub_server, "org/flaky") == []
+    trainer.push_to_hub()
     [(_, files)] = commits_of_main(hub_server, "org/flaky")
-    assert json.loads(files["schedule_free.json"])["global_step"] == 6
-    assert max_abs_diff(load(files["model.safetensors"]), saved_weights(tmp_path / "checkpoint-6")) == 0.0
+    assert json.loads(files["schedule_free.json"])["global_step"] == 3
+    assert max_abs_diff(load(files["model.safetensors"]), saved_weights(tmp_path / "checkpoint-3")) == 0.0
 
 
 class RecordingPushes(Trainer):
