@@ -35,6 +35,8 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from huggingface_hub.utils import disable_progress_bars
+
 from .bundled import (
     ACCELERATE_CONFIGS,
     RECIPES,
@@ -46,10 +48,10 @@ from .bundled import (
     resolve_recipe,
 )
 from .pipeline import CheckpointError, PipelineError, RetryPolicy, convert_checkpoint, evaluate_run, push_run
-from .pipeline.card import PLACEHOLDER_REPO_ID
 from .pipeline.push import write_cards
 from .pipeline.report import summary_rows, to_markdown
 from .probe import DEFAULT_TOLERANCE, probe_checkpoint
+from .publishing.card import PLACEHOLDER_REPO_ID
 from .scripts import SCRIPTS
 from .scripts.errors import DEBUG_ENV, one_line
 from .scripts.reporting import hide_transformers_bars
@@ -233,6 +235,8 @@ def _push_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _push(args: argparse.Namespace) -> int:
+    if not args.verbose:  # the commit list below says what was pushed; the per-file upload bars only with -v
+        disable_progress_bars()
     report = push_run(
         args.run_dir,
         args.repo_id,
@@ -249,7 +253,7 @@ def _push(args: argparse.Namespace) -> int:
         print(f"Dry run: nothing is uploaded. Would push to {args.repo_id}:")
     for target in report.targets:
         where = report.commits.get(target.revision, f"{args.repo_id}@{target.revision}")
-        print(target.describe() if args.dry_run else f"{target.info.name} -> {where}")
+        print(target.describe() if args.dry_run else f"{target.info.name} -> {target.revision}: {where}")
     if args.dry_run:
         print(f"Cards and plots as they would be uploaded, to read: {report.preview}/<revision>/README.md")
     for name, reason in report.skipped:
@@ -492,10 +496,14 @@ def build_parser() -> argparse.ArgumentParser:
             *spellings,
             dest="verbose",
             action="store_true",
-            help="full tracebacks of errors, and third-party progress bars and logs (lm-eval's)",
+            help="full tracebacks of errors, third-party progress bars and logs (lm-eval's, the Hub client's)",
         )
         command.add_arguments(subparser)
     return parser
+
+
+HTTP_LOGGERS = ("httpx", "httpx2", "huggingface_hub")
+"""Third-party loggers the CLI keeps at WARNING unless `-v`: the Hub client logs every request at INFO."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -507,6 +515,8 @@ def main(argv: list[str] | None = None) -> int:
     elif unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for name in HTTP_LOGGERS:  # one INFO line per HTTP request otherwise (96 for an 11-commit push)
+        logging.getLogger(name).setLevel(logging.NOTSET if getattr(args, "verbose", False) else logging.WARNING)
     try:
         return COMMANDS[args.command].run(args)
     except (PipelineError, CheckpointError, UnknownNameError) as err:

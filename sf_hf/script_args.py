@@ -1,4 +1,4 @@
-"""The recipes' arguments: `ModelArguments`, `DataArguments`, `ScriptArguments` and a strict YAML + command-line
+"""The recipes' arguments: `ModelArguments`, `DataArguments`, `CallbackArguments` and a strict YAML + command-line
 parser.
 
     from sf_hf.script_args import parse_script_args
@@ -6,7 +6,7 @@ parser.
         ["--config", "recipes/llama-small/pretrain/config_sf_adamw_refined.yaml", "--max_steps", "20"])
 
 A recipe is a flat YAML file whose keys are fields of `ModelArguments`, `DataArguments`,
-`sf_hf.ScheduleFreeConfig` and `ScriptArguments`; flags on the command line override it (as TRL's `TrlParser`
+`sf_hf.ScheduleFreeConfig` and `CallbackArguments`; flags on the command line override it (as TRL's `TrlParser`
 does), and an unknown key, in the file or on the command line, is an error that names the closest known key.
 """
 
@@ -21,8 +21,8 @@ import yaml
 from transformers import HfArgumentParser
 
 from .bundled import UnknownNameError, resolve_recipe
-from .callbacks import check_callback_names
 from .configs import ScheduleFreeConfig
+from .recipe_callbacks import check_callback_names
 
 TOKENIZER_CHOICES = ("bpe", "gpt2")
 
@@ -137,14 +137,14 @@ class DataArguments:
 
 
 @dataclass
-class ScriptArguments:
-    """What the training script adds to the trainer: the callbacks the recipe names (`sf_hf.callbacks`)."""
+class CallbackArguments:
+    """What the training script adds to the trainer: the callbacks the recipe names (`sf_hf.recipe_callbacks`)."""
 
     callbacks: list[str] = field(
         default_factory=list,
         metadata={
             "help": "Callbacks by name, e.g. [river_diagnostics, checkpoint_pipeline] in the YAML or "
-            "`--callbacks river_diagnostics` (the names of sf_hf.callbacks.CALLBACKS)."
+            "`--callbacks river_diagnostics` (the names of sf_hf.recipe_callbacks.CALLBACKS)."
         },
     )
 
@@ -155,7 +155,7 @@ class ScriptArguments:
             raise RecipeError(str(err)) from None
 
 
-SCRIPT_DATACLASSES = (ModelArguments, DataArguments, ScheduleFreeConfig, ScriptArguments)
+SCRIPT_DATACLASSES = (ModelArguments, DataArguments, ScheduleFreeConfig, CallbackArguments)
 
 
 def known_keys(dataclass_types: Sequence[type] = SCRIPT_DATACLASSES) -> list[str]:
@@ -286,7 +286,7 @@ def parse_script_args(
     args: Sequence[str] | None = None, default_config: str | None = None, with_script_args: bool = False
 ) -> tuple:
     """`(model_args, data_args, training_args)` from `--config` (or `default_config`) and command-line flags, and
-    `script_args` (a `ScriptArguments`) fourth with `with_script_args=True`."""
+    `script_args` (a `CallbackArguments`) fourth with `with_script_args=True`."""
     parsed = RecipeParser().parse_recipe_and_args(args, default_config=default_config)
     return parsed if with_script_args else parsed[:3]
 

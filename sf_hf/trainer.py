@@ -52,7 +52,7 @@ from .distributed import resolve_optimizer, switch_weights
 from .metadata import optimizer_hyperparameters, read_metadata, write_metadata
 from .optim.averaging import averaging_window, no_averaging_message
 from .registry import get_optimizer_spec, lr_schedule
-from .trainer_publishing import HubPublishing
+from .trainer_hub import HubPublishing
 from .trainer_upstream import UpstreamChangedError, UpstreamChangedWarning, check_overrides
 from .weight_decay import linear_weight_names  # noqa: F401  (sf_hf.trainer.linear_weight_names, as before)
 
@@ -66,11 +66,12 @@ class ScheduleFreeMixin(HubPublishing):
     It builds the optimizer from `args.optimizer_name` (with a constant lr scheduler for the Schedule-Free ones),
     decides the weights' mode (y for training steps, x for everything else), writes crash-safe checkpoints with
     `schedule_free.json`, hands the gradient norm and the loss to the optimizer, logs the lr and averaging weight,
-    checks checkpoints before resuming and pushes only published files at x (`HubPublishing`). The parent's own
-    work is kept, every override calls it: TRL's dataset preparation, `peft_config`, reference model, logging, and
-    whatever its `_save_checkpoint` writes (TRL's model card before each checkpoint, GRPO's adaptive-entropy state,
-    a user's subclass's files), made crash-safe around it (`sf_hf.checkpoints.saving`). `create_model_card` is the
-    parent's card with a Schedule-Free section; with a plain `Trainer` parent it is sf_hf's card. The table of
+    checks checkpoints before resuming, and publishes x through the parent's own Hub methods (`HubPublishing`,
+    `sf_hf.trainer_hub`). The parent's own work is kept, every override calls it: TRL's dataset preparation,
+    `peft_config`, reference model, logging, and whatever its `_save_checkpoint` writes (TRL's model card before each
+    checkpoint, GRPO's adaptive-entropy state, a user's subclass's files), made crash-safe around it
+    (`sf_hf.checkpoints.saving`). `create_model_card` is the parent's card with a Schedule-Free section; with a plain
+    `Trainer` parent it is sf_hf's card. The table of
     overrides is in docs/architecture.md; each one is checked against the parent when the class is created.
 
     The parent's argument handling is kept, and the config it ends up with is made Schedule-Free

@@ -7,6 +7,8 @@ Every test checks what arrives on the Hub through the same endpoint (`from_pretr
 """
 
 import json
+import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -25,7 +27,7 @@ from sf_hf.pipeline import (
     evaluate_run,
     push_run,
 )
-from sf_hf.pipeline.card import card_metrics
+from sf_hf.publishing.card import card_metrics
 
 from .test_pipeline import BLOCK, RecordX, build_plain_run, build_sf_run, model_weights, tree_digest, write_corpus
 from .trainer_utils import saved_weights
@@ -190,9 +192,28 @@ def test_cli_dry_run_lists_the_plan_offline_then_pushes(hub_server, sf_run, caps
     assert f"{tmp_path}/<revision>/README.md" in out and (tmp_path / "main" / "README.md").is_file()
 
     assert main(["push", str(sf_run), "--repo-id", "org/cli", "--retry-delay", "0.01"]) == 0
-    assert f"checkpoint-6 -> {hub_server.url}/org/cli/commit/" in capsys.readouterr().out
+    assert f"checkpoint-6 -> step-000000006: {hub_server.url}/org/cli/commit/" in capsys.readouterr().out
     assert main(["push", str(sf_run), "--repo-id", "org/cli"]) == 1
     assert "Refusing to overwrite" in capsys.readouterr().err
+
+
+def test_cli_push_prints_one_line_per_commit_and_http_logs_only_with_verbose(hub_server, sf_run, capsys, caplog):
+    caplog.set_level(logging.INFO)
+    http = lambda: [r for r in caplog.records if r.name.startswith(("httpx", "huggingface_hub"))]  # noqa: E731
+    assert main(["push", str(sf_run), "--repo-id", "org/loud", "--retry-delay", "0.01", "-v"]) == 0
+    assert len(http()) > 10  # one per request: what `sf-hf push` printed before
+    capsys.readouterr()
+    caplog.clear()
+    assert main(["push", str(sf_run), "--repo-id", "org/quiet", "--retry-delay", "0.01"]) == 0
+    printed = capsys.readouterr()
+    lines = printed.out.splitlines()
+    assert "it/s" not in printed.err  # no upload bars either
+    branches = sorted(hub_server.branches("org/quiet"))
+    assert branches == ["main", "step-000000003", "step-000000006"]
+    expected = {"checkpoint-3": "step-000000003", "checkpoint-6": "step-000000006", "final": "main"}
+    pattern = re.compile(rf"^(\S+) -> (\S+): {re.escape(hub_server.url)}/org/quiet/commit/[0-9a-f]+$")
+    assert dict(pattern.fullmatch(line).groups() for line in lines) == expected, lines
+    assert http() == []
 
 
 def test_callback_evaluates_and_pushes_each_checkpoint_at_x_during_training(hub_server, tmp_path):
@@ -243,7 +264,7 @@ def test_callback_evaluates_and_pushes_each_checkpoint_at_x_during_training(hub_
 
 
 def test_published_records_lose_local_paths_and_a_broken_one_is_refused(tmp_path):
-    from sf_hf.pipeline.public_records import public_records
+    from sf_hf.publishing.public_records import public_records
 
     (tmp_path / "trainer_state.json").write_text(
         json.dumps({"best_model_checkpoint": "/home/someone/runs/x/checkpoint-4", "global_step": 4})

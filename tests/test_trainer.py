@@ -93,7 +93,7 @@ def test_push_to_hub_uploads_x(tmp_path, monkeypatch):
             return "commit"
 
     monkeypatch.setattr(ScheduleFreeTrainer, "init_hf_repo", lambda self, token=None: None)
-    monkeypatch.setattr("sf_hf.pipeline.trainer_hub.hub_api", FakeApi)
+    monkeypatch.setattr("transformers.trainer.hf_api", FakeApi)  # the client transformers' push_to_hub uploads with
     trainer.hub_model_id = "org/name"
     trainer.push_to_hub()
     assert uploaded and max_abs_diff(uploaded, y) > 1e-3

@@ -2,28 +2,32 @@
 
     pytest tests/test_trainer_hub.py -q
 
-Each test lists what the repo holds after the push (every commit of `main`, for the pushes during training).
+Each test lists what the repo holds after the push (every commit of `main`, for the pushes during training). The
+pushes are transformers' own (`sf_hf.trainer_hub` wraps them): `output_dir` less `_*` and `checkpoint-*`, with
+`training_args.bin`, whose pickle holds no token (tests/reliability/test_secrets.py).
 """
 
 import fnmatch
 import json
 import threading
+import time
+from pathlib import Path
 
 import pytest
 from huggingface_hub import ModelCard
 from safetensors.torch import load
 from transformers import Trainer, TrainingArguments
 
-from sf_hf import ScheduleFreeTrainer
+from sf_hf import ScheduleFreeTrainer, schedule_free_trainer
 from sf_hf import checkpoints as sf_checkpoints
-from sf_hf.pipeline import CheckpointPipelineCallback, RetryPolicy
-from sf_hf.pipeline.run_inventory import NEVER_PUBLISHED, PUBLISHED_PATTERNS
+from sf_hf.pipeline import CheckpointPipelineCallback, PushError, RetryPolicy
+from sf_hf.publishing.run_inventory import NEVER_PUBLISHED, PUBLISHED_PATTERNS
 
 from .test_trainer_end import best_is_first_run
 from .trainer_utils import TokenDataset, config, max_abs_diff, saved_weights, tiny_model
 
 TRAIN_SET = TokenDataset(64, seed=1)
-PUBLISHED = PUBLISHED_PATTERNS + ("README.md", ".gitattributes")
+PUBLISHED = PUBLISHED_PATTERNS + ("README.md", ".gitattributes", "training_args.bin")
 
 
 def unpublished(paths, under=""):
@@ -59,13 +63,22 @@ def hub_trainer(tmp_path, repo_id, callbacks=(), trainer_cls=ScheduleFreeTrainer
     )
 
 
-@pytest.mark.parametrize("strategy", ["every_save", "checkpoint", "end"])
+@pytest.mark.parametrize("strategy", ["every_save", "checkpoint", "end", "always"])
 def test_every_push_of_the_root_says_which_weights_it_holds(hub_server, tmp_path, strategy):
-    trainer = hub_trainer(tmp_path, f"org/{strategy}", hub_strategy=strategy)
+    always = strategy == "always"  # hub_always_push: every save pushed, none copied under a running upload
+    trainer = hub_trainer(
+        tmp_path, f"org/{strategy}", hub_strategy="every_save" if always else strategy, hub_always_push=always
+    )
     trainer.train()
     trainer.push_to_hub()
     commits = commits_of_main(hub_server, f"org/{strategy}")
-    assert len(commits) == 1 if strategy == "end" else len(commits) >= 2  # a save's push is skipped while one runs
+    steps = [json.loads(files["schedule_free.json"])["global_step"] for _, files in commits]
+    if strategy == "end":
+        assert steps == [6]
+    elif always:  # the end's push is a commit only where it changes a file
+        assert steps[:2] == [3, 6] and set(steps[2:]) <= {6}
+    else:
+        assert steps[0] == 3 and steps[-1] == 6  # a save's push is skipped while one runs
     for message, files in commits:
         root = root_files(files)
         step = json.loads(root["schedule_free.json"])["global_step"]
@@ -83,7 +96,7 @@ def test_every_push_of_the_root_says_which_weights_it_holds(hub_server, tmp_path
 
 class HeldJobs(CheckpointPipelineCallback):
     """The pipeline callback with its background jobs held until the trainer's own pushes are done: its workspace
-    (`output_dir/.sf_hf-*`, optimizer state included) exists while the trainer pushes the root."""
+    (`output_dir/_sf_hf-*`, optimizer state included) exists while the trainer pushes the root."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -139,6 +152,7 @@ def test_pushes_never_carry_pending_checkpoints_or_hidden_folders(hub_server, tm
     """A push that starts while a checkpoint is being written (`hub_always_push` lets one start at any time), with
     debris of an interrupted earlier run in `output_dir` (sf_hf's hidden folders, of this release and earlier ones)."""
     debris = [tmp_path / ".partial-checkpoint-99", tmp_path / ".deleted-checkpoint-1", tmp_path / "_sf_hf-deleted-x"]
+    debris += [tmp_path / "_partial-checkpoint-99", tmp_path / "_sf_hf-job"]
     for folder in debris:
         folder.mkdir(parents=True)
         (folder / "optimizer.pt").write_bytes(b"state")
@@ -154,10 +168,79 @@ def test_pushes_never_carry_pending_checkpoints_or_hidden_folders(hub_server, tm
 
     monkeypatch.setattr(sf_checkpoints.CheckpointSave, "complete", push_while_pending)
     trainer.train()
+    trainer._finish_current_push()
     pushed = {path for _, files in commits_of_main(hub_server, "org/always") for path in files}
-    assert "model.safetensors" in pushed
+    assert "model.safetensors" in pushed and "schedule_free.json" in pushed
     assert not [p for p in pushed if p.startswith((".partial-", ".deleted-", "_"))]
     assert unpublished(pushed) == []
+
+
+def test_training_state_in_output_dir_stops_the_push(hub_server, tmp_path, caplog):
+    """Training state outside a `_` folder (here the hidden staging folder of an earlier release) would go up with
+    transformers' push: the saves' pushes are skipped, `push_to_hub` raises, training goes on."""
+    debris = tmp_path / ".partial-checkpoint-99"
+    debris.mkdir(parents=True)
+    (debris / "optimizer.pt").write_bytes(b"state")
+    trainer = hub_trainer(tmp_path, "org/refused", max_steps=3, save_steps=3)
+    trainer.train()
+    assert trainer.state.global_step == 3 and commits_of_main(hub_server, "org/refused") == []
+    assert "not pushing" in caplog.text and ".partial-checkpoint-99/optimizer.pt" in caplog.text
+    with pytest.raises(PushError, match=r"\.partial-checkpoint-99/optimizer\.pt"):
+        trainer.push_to_hub()
+    assert commits_of_main(hub_server, "org/refused") == []
+
+
+def test_a_saves_push_leaves_no_record_of_other_weights(hub_server, tmp_path):
+    """transformers' push copies the checkpoint's weights over `output_dir`'s: the records of the weights they
+    replace (an `eval_results.json` of the model saved there before) go too, so the root's commit never pairs them."""
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / "eval_results.json").write_text(json.dumps({"eval_loss": 9.0, "checkpoint": "final"}))
+    trainer = hub_trainer(tmp_path, "org/records", max_steps=3, save_steps=3)
+    trainer.train()
+    trainer._finish_current_push()
+    [(_, files)] = commits_of_main(hub_server, "org/records")
+    assert json.loads(files["schedule_free.json"])["global_step"] == 3 and "eval_results.json" not in files
+    assert not (tmp_path / "eval_results.json").exists()
+
+
+def test_a_failed_push_during_training_is_logged_and_training_goes_on(hub_server, tmp_path, caplog):
+    rule = hub_server.fail_next(1, 500, method="POST", path_contains="/commit/")
+    trainer = hub_trainer(tmp_path, "org/flaky", max_steps=3, save_steps=3)
+    trainer.train()
+    trainer._finish_current_push()
+    for _ in range(50):  # the future's callbacks run just after its waiters are woken
+        if "a push to the Hub failed" in caplog.text:
+            break
+        time.sleep(0.1)
+    assert rule.hits == 1 and "a push to the Hub failed" in caplog.text and "Injected fault" in caplog.text
+    assert trainer.state.global_step == 3 and commits_of_main(hub_server, "org/flaky") == []
+    trainer.push_to_hub()
+    [(_, files)] = commits_of_main(hub_server, "org/flaky")
+    assert json.loads(files["schedule_free.json"])["global_step"] == 3
+    assert max_abs_diff(load(files["model.safetensors"]), saved_weights(tmp_path / "checkpoint-3")) == 0.0
+
+
+class RecordingPushes(Trainer):
+    """A user's `Trainer` subclass with its own push methods: under the mixin they still run, around transformers'."""
+
+    def push_to_hub(self, *args, **kwargs):
+        self.recorded.append("push_to_hub")
+        return super().push_to_hub(*args, **kwargs)
+
+    def _push_from_checkpoint(self, checkpoint_folder):
+        self.recorded.append(Path(checkpoint_folder).name)
+        return super()._push_from_checkpoint(checkpoint_folder)
+
+
+def test_a_parents_push_methods_run_under_the_mixin(hub_server, tmp_path):
+    trainer = hub_trainer(tmp_path, "org/parent", trainer_cls=schedule_free_trainer(RecordingPushes))
+    trainer.recorded = []
+    trainer.train()
+    trainer.push_to_hub()
+    assert trainer.recorded == ["checkpoint-3", "checkpoint-6", "push_to_hub"]
+    commits = commits_of_main(hub_server, "org/parent")
+    steps = [json.loads(files["schedule_free.json"])["global_step"] for _, files in commits]
+    assert steps[0] == 3 and steps[-1] == 6 and steps == sorted(steps)  # transformers' uploads, in their order
 
 
 def test_push_to_hub_writes_sf_hfs_model_card(hub_server, tmp_path):
@@ -186,7 +269,6 @@ def test_a_push_that_cannot_be_prepared_is_skipped_and_training_goes_on(hub_serv
     trainer.train()
     assert trainer.state.global_step == 3 and commits_of_main(hub_server, "org/broken") == []
     assert "not pushing" in caplog.text and (tmp_path / "checkpoint-3").is_dir()
-    assert not [p for p in tmp_path.iterdir() if "sf_hf-push" in p.name]
 
 
 def test_after_a_best_model_reload_the_root_names_the_best_step(hub_server, tmp_path):

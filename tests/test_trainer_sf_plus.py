@@ -10,9 +10,9 @@ import torch
 
 from sf_hf import ScheduleFreePlusAdamW, x_from_y
 from sf_hf.metadata import read_metadata
-from sf_hf.pipeline.card import hyperparameter_rows
 from sf_hf.pipeline.checkpoint_to_x import convert_model_to_x_
-from sf_hf.pipeline.run_inventory import inspect_checkpoint
+from sf_hf.publishing.card import hyperparameter_rows
+from sf_hf.publishing.run_inventory import inspect_checkpoint
 
 from .test_trainer import make_trainer
 from .trainer_utils import saved_weights, tiny_model, weights

@@ -1,10 +1,10 @@
 """What sf_hf's trainers take from transformers and TRL. Behavioural pins: a plain `Trainer` and a `ScheduleFreeTrainer`
 run with the same settings, and what each writes and pushes is compared (`_save_checkpoint` wraps the parent's, so its
-checkpoints are transformers' plus sf_hf's files; `push_to_hub` / `_push_from_checkpoint` upload what transformers
-uploads less what never leaves). A failure means upstream changed what its method does: port the change (or say why
-sf_hf differs), then update the expected differences here. Then: a parent's own checkpoint work (a user's `Trainer`
-subclass) lands in every checkpoint and comes back on resume; every override is checked against the parent when the
-class is created, so that a method renamed or changed upstream raises, naming it.
+checkpoints are transformers' plus sf_hf's files; `push_to_hub` / `_push_from_checkpoint` in `sf_hf/trainer_hub.py`
+wrap the parent's, whose upload is transformers' own). A failure means upstream changed what its method does: port the
+change (or say why sf_hf differs), then update the expected differences here. Then: a parent's own checkpoint work (a
+user's `Trainer` subclass) lands in every checkpoint and comes back on resume; every override is checked against the
+parent when the class is created, so that a method renamed or changed upstream raises, naming it.
 
     pytest tests/test_trainer_upstream.py -q
 """
@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from sf_hf.trainer_hub import HubPublishing
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
 
 from sf_hf import ScheduleFreeMixin, ScheduleFreeTrainer, optimizer_cls_and_kwargs, schedule_free_trainer
 from sf_hf.checkpoints import checkpoint_folders, checkpoint_problems, read_manifest
-from sf_hf.trainer_publishing import HubPublishing
 from sf_hf.trainer_upstream import (
     TESTED_VERSIONS,
     WRAPPED_PRIVATE_METHODS,
@@ -134,7 +134,7 @@ def test_pushes_carry_what_transformers_pushes_less_what_never_leaves(hub_server
         trainer.push_to_hub()
     mine, theirs = (set(hub_server.files(f"{hub_server.user}/{name}")) for name in ("ours", "plain"))
     root = {p for p in mine if "/" not in p}, {p for p in theirs if "/" not in p}
-    assert root[1] - root[0] == {"training_args.bin"}  # a pickle of the arguments: sf_hf never publishes it
+    assert root[1] - root[0] == set()  # transformers' own push (training_args.bin included: it holds no token)
     assert root[0] - root[1] == {"schedule_free.json"}  # which weights the root holds
     checkpoint = {p for p in mine if "/" in p}, {p for p in theirs if "/" in p}
     assert checkpoint[0] == checkpoint[1] | {f"last-checkpoint/{name}" for name in SF_ONLY_FILES}

@@ -1,5 +1,5 @@
 """The training commands: `sf-hf pretrain` launches `sf_hf.scripts.pretrain` through accelerate, recipes pick
-callbacks by name (`sf_hf.callbacks`), and the run logs its measured speed and ETA (`SpeedCallback`).
+callbacks by name (`sf_hf.recipe_callbacks`), and the run logs its measured speed and ETA (`SpeedCallback`).
 
     pytest tests/test_training_commands.py -q
 """
@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from transformers import TrainerControl, TrainerState
 
-from sf_hf.callbacks import CALLBACKS, get_callbacks
 from sf_hf.diagnostics import RiverDiagnosticsCallback
 from sf_hf.pipeline import CheckpointPipelineCallback
+from sf_hf.recipe_callbacks import CALLBACKS, get_callbacks
 from sf_hf.script_args import RecipeError, parse_script_args
 from sf_hf.scripts import SCRIPTS, reporting
 

@@ -252,6 +252,8 @@ def test_dpo_holds_x_everywhere_and_never_moves_the_reference_model(tmp_path):
 
 
 def test_reward_trainer_holds_x_and_pushes_x_with_trls_card(tmp_path, hub_server):
+    token = "hf_rewardpushtoken0123456789"
+    hub_server.add_token(token)
     trainer = schedule_free_trainer(RewardTrainer)(
         model=tiny_reward_model(),
         args=sf_args(
@@ -263,6 +265,7 @@ def test_reward_trainer_holds_x_and_pushes_x_with_trls_card(tmp_path, hub_server
             max_length=16,
             push_to_hub=True,
             hub_model_id="org/reward",
+            hub_token=token,
         ),
         train_dataset=preference_dataset(24).map(
             lambda r: {"chosen": r["prompt"] + " " + r["chosen"], "rejected": r["prompt"] + " " + r["rejected"]},
@@ -285,11 +288,9 @@ def test_reward_trainer_holds_x_and_pushes_x_with_trls_card(tmp_path, hub_server
     assert json.loads(files["schedule_free.json"])["weights"] == "x"
     card = files["README.md"].decode()
     assert "## Schedule-Free" in card and "TRL" in card
-    assert not [
-        p
-        for p in files
-        if p != ".gitattributes" and p.startswith((".", "_", "checkpoint-")) or p == "training_args.bin"
-    ]
+    assert not [p for p in files if p != ".gitattributes" and p.startswith((".", "_", "checkpoint-"))]
+    assert token.encode() not in files["training_args.bin"]  # transformers uploads it; the pickle holds no token
+    assert trainer.args.hub_token == token
 
 
 # ---------------------------------------------------------------------------------------------- GRPO

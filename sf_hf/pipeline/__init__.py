@@ -9,16 +9,17 @@
 Checkpoints -> evaluation -> card -> Hub, always at x. See docs/pipeline.md.
 """
 
+from ..publishing.card import build_model_card
+from ..publishing.records import read_eval_results, read_run_args
+from ..publishing.retry import RetryPolicy
+from ..publishing.run_inventory import CheckpointInfo, find_checkpoints, inspect_checkpoint
 from .callbacks import CheckpointPipelineCallback
-from .card import build_model_card
 from .checkpoint_to_x import convert_checkpoint, load_model_at_x
 from .errors import CheckpointError, PipelineError, PushError
-from .evaluation import RunEvaluation, evaluate_checkpoint, evaluate_model, evaluate_run, read_eval_results
+from .evaluation import RunEvaluation, evaluate_checkpoint, evaluate_model, evaluate_run
 from .harness import TaskSuite, evaluate_tasks
-from .heldout import DataSpec, read_run_args, validation_blocks
+from .heldout import DataSpec, validation_blocks
 from .push import PushReport, plan_push, push_run, write_cards
-from .retry import RetryPolicy
-from .run_inventory import CheckpointInfo, find_checkpoints, inspect_checkpoint
 
 __all__ = [
     "CheckpointError",

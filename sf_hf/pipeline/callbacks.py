@@ -24,15 +24,16 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from ..publishing.hub import authenticated_api, refuse_taken_revisions
+from ..publishing.records import EVAL_RESULTS_NAME, read_run_args
+from ..publishing.retry import DEFAULT_RETRY, RetryPolicy
+from ..publishing.run_inventory import OPTIMIZER_FILE, inspect_checkpoint, published_files
 from .errors import CheckpointError
-from .evaluation import EVAL_RESULTS_NAME, checkpoint_blocks, evaluate_checkpoint
+from .evaluation import checkpoint_blocks, evaluate_checkpoint
 from .harness import TaskSuite
-from .heldout import DataSpec, read_run_args
-from .hub import authenticated_api, refuse_taken_revisions, upload_revision
-from .push import PushTarget, generated_files
+from .heldout import DataSpec
+from .push import PushTarget, generated_files, upload_revision
 from .report import run_plots
-from .retry import DEFAULT_RETRY, RetryPolicy
-from .run_inventory import OPTIMIZER_FILE, inspect_checkpoint, published_files
 
 logger = logging.getLogger(__name__)
 WORKSPACE_PREFIX = "_sf_hf-"

@@ -26,15 +26,15 @@ from ..checkpoints import config_mismatch
 from ..metadata import write_metadata
 from ..optim import y_to_x_
 from ..optim.conversion import beta_of_y
-from ..weight_decay import decay_name_sets
-from .errors import CheckpointError
-from .run_inventory import (
+from ..publishing.run_inventory import (
     CheckpointInfo,
     inspect_checkpoint,
     load_optimizer_state,
     published_files,
     weight_files,
 )
+from ..weight_decay import decay_name_sets
+from .errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 

@@ -1,16 +1,6 @@
-"""The pipeline's errors: each message says what is wrong and what to do; `sf-hf` prints it and exits 1.
+"""The pipeline's errors (`sf_hf.publishing.errors`, one hierarchy from the trainer's pushes up): each message says
+what is wrong and what to do; `sf-hf` prints it and exits 1."""
 
-`CheckpointError` is `sf_hf.checkpoints`' (one hierarchy for checkpoints, re-exported here).
-"""
-
-from ..checkpoints.errors import CheckpointError
+from ..publishing.errors import CheckpointError, PipelineError, PushError
 
 __all__ = ["CheckpointError", "PipelineError", "PushError"]
-
-
-class PipelineError(Exception):
-    """A run, data or Hub problem the user can fix (the CLI prints it without a traceback)."""
-
-
-class PushError(PipelineError):
-    """An upload that was refused or failed; nothing local was changed."""

@@ -29,16 +29,16 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from ..publishing.records import EVAL_RESULTS_NAME, read_eval_results
+from ..publishing.run_inventory import CheckpointInfo, find_checkpoints, published_files, weights_digest
 from .checkpoint_to_x import adapter_base_error, load_model_at_x
 from .errors import CheckpointError, PipelineError
 from .harness import TaskSuite, evaluate_tasks
 from .heldout import DATA_FLAGS, RUN_ARGS_NAME, DataSpec, UnknownDataError, validation_blocks
 from .report import write_summary
-from .run_inventory import CheckpointInfo, find_checkpoints, published_files, weights_digest
 
 logger = logging.getLogger(__name__)
 
-EVAL_RESULTS_NAME = "eval_results.json"
 BUNDLED_METRICS = {"next_token_accuracy": Path(__file__).with_name("next_token_accuracy.py")}
 """Metric modules shipped with sf_hf, by name (the Hub's `evaluate` metric scripts are not reachable offline)."""
 TOKENIZER_PREFIXES = ("tokenizer", "special_tokens_map", "added_tokens", "vocab", "merges", "chat_template")
@@ -241,16 +241,6 @@ def checkpoint_blocks(info: CheckpointInfo, spec: DataSpec, cache: dict):
     if key not in cache:
         cache[key] = validation_blocks(spec, checkpoint_tokenizer(info))
     return cache[key]
-
-
-def read_eval_results(folder: os.PathLike) -> dict | None:
-    """A folder's `eval_results.json` as written by `evaluate_checkpoint`, or None."""
-    path = Path(folder) / EVAL_RESULTS_NAME
-    if not path.is_file():
-        return None
-    with open(path) as f:
-        record = json.load(f)
-    return record if "checkpoint" in record and ("eval_loss" in record or "tasks" in record) else None
 
 
 @dataclass

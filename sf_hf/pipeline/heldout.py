@@ -10,7 +10,6 @@ is an argument of `sf_hf.data.load_text_dataset` (`validation_split`, `validatio
 """
 
 import inspect
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,20 +17,11 @@ from pathlib import Path
 from transformers import PreTrainedTokenizerBase
 
 from ..data import load_text_dataset, pack_into_blocks
+from ..publishing.records import RUN_ARGS_NAME, read_run_args
 from .errors import PipelineError
 
-RUN_ARGS_NAME = "run_args.json"
 DATA_FLAGS = "--dataset-name NAME --block-size N"
 _LOAD_ARGUMENTS = set(inspect.signature(load_text_dataset).parameters) - {"name_or_path", "config_name", "text_column"}
-
-
-def read_run_args(run_dir: os.PathLike) -> dict:
-    """The run's `run_args.json`, or `{}` when it has none."""
-    path = Path(run_dir) / RUN_ARGS_NAME
-    if not path.is_file():
-        return {}
-    with open(path) as f:
-        return json.load(f)
 
 
 class UnknownDataError(PipelineError):

@@ -23,19 +23,20 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from huggingface_hub import HfApi
 
-from .card import PLACEHOLDER_REPO_ID, build_model_card
-from .errors import PushError
-from .evaluation import read_eval_results
-from .heldout import read_run_args
-from .hub import authenticated_api, refuse_taken_revisions, upload_revision
+from ..metadata import METADATA_NAME
+from ..publishing.card import CARD_NAME, PLACEHOLDER_REPO_ID, build_model_card
+from ..publishing.errors import PushError
+from ..publishing.hub import authenticated_api, commit_exactly, refuse_taken_revisions
+from ..publishing.public_records import public_records
+from ..publishing.records import read_eval_results, read_run_args
+from ..publishing.retry import DEFAULT_RETRY, RetryPolicy
+from ..publishing.run_inventory import ADAPTER_CONFIG, CheckpointInfo, find_checkpoints, published_files
+from .checkpoint_to_x import convert_checkpoint
 from .report import PLOT_NAME, run_plots, task_plot_name
-from .retry import DEFAULT_RETRY, RetryPolicy
-from .run_inventory import ADAPTER_CONFIG, CheckpointInfo, find_checkpoints, published_files
 
 logger = logging.getLogger(__name__)
-CARD_NAME = "README.md"
 
 
 @dataclass
@@ -224,7 +225,7 @@ def push_run(
     retry.call(lambda: api.create_repo(repo_id, private=private, exist_ok=True), f"creating {repo_id}")
     refuse_taken_revisions(api, repo_id, [t.revision for t in report.targets], overwrite, retry)
     run_args, plots = read_run_args(run_dir), _run_plots(report)
-    for target in tqdm(report.targets, desc=f"Pushing to {repo_id}"):
+    for target in report.targets:
         try:
             report.commits[target.revision] = upload_revision(
                 api,
@@ -238,3 +239,31 @@ def push_run(
             done = ", ".join(report.commits) or "nothing"
             raise PushError(f"{err} (already pushed: {done}; local files are unchanged)") from err
     return report
+
+
+def upload_revision(
+    api: HfApi, repo_id: str, info: CheckpointInfo, revision: str, extra_files: dict[str, bytes], retry: RetryPolicy
+) -> str:
+    """Makes `revision` of `repo_id` hold exactly the folder's published files at x plus `extra_files`, in one commit
+    (`sf_hf.publishing.hub.commit_exactly`): only the files of `PUBLISHED_PATTERNS`, read in place, the JSON records
+    that name local paths without them (`public_records`). A folder without sf_hf metadata (a plain `Trainer`
+    checkpoint) is first converted into a temporary folder (`convert_checkpoint`), so what is uploaded is x with a
+    `schedule_free.json` saying so. Nothing local is written, moved or deleted.
+
+    Returns:
+        `str`: the commit URL.
+
+    Raises:
+        PushError: when retries are used up.
+    """
+    with tempfile.TemporaryDirectory(prefix="sf_hf-push-") as tmp:
+        folder = info.path
+        if info.weights in ("x", "y") and not (folder / METADATA_NAME).is_file():
+            folder = convert_checkpoint(folder, Path(tmp) / info.name)
+        uploads = {name: str(folder / name) for name in published_files(folder)}
+        uploads.update(public_records(folder))
+        uploads.update(extra_files)
+        message = f"sf-hf: {info.name} (step {info.step}, x weights)"
+        url = commit_exactly(api, repo_id, revision, uploads, message, retry)
+    logger.debug("%s -> %s@%s: %s", info.path, repo_id, revision, url)
+    return url

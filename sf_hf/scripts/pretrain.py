@@ -22,14 +22,14 @@ from transformers import AutoModelForCausalLM, default_data_collator, set_seed
 
 from .. import ScheduleFreeTrainer
 from ..bundled import RECIPES
-from ..callbacks import get_callbacks
 from ..checkpoints import CheckpointError
 from ..data import load_text_dataset
 from ..models import build_model
+from ..recipe_callbacks import get_callbacks
 from ..script_args import RecipeError, parse_script_args, run_args_changes, run_args_record
 from .checks import check_model, find_checkpoint, resolve_batch, steps_and_epochs
-from .data import baseline_entropy, load_tokenizer, prepare_data
 from .errors import user_errors
+from .recipe_data import baseline_entropy, load_tokenizer, prepare_data
 from .reporting import SpeedCallback, log_derived_numbers, log_done, setup_logging
 
 DEFAULT_RECIPE = RECIPES / "llama-small" / "pretrain" / "config_sf_adamw_refined.yaml"

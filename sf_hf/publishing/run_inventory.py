@@ -41,8 +41,8 @@ WEIGHT_PATTERNS = (
     "pytorch_model.bin.index.json",
     "adapter_model.bin",
 )
-# What may leave the machine: weights, configs, tokenizer, metadata, results. Never optimizer/scheduler/scaler
-# states, RNG files or training_args.bin (a pickle that can hold a hub_token), even if a pattern matched them.
+# What a published model folder holds (`sf-hf push`, the pipeline callback): weights, configs, tokenizer, metadata,
+# results; never training state (`NEVER_PUBLISHED`), even if a pattern matched it.
 PUBLISHED_PATTERNS = WEIGHT_PATTERNS + (
     "config.json",
     "generation_config.json",
@@ -58,7 +58,15 @@ PUBLISHED_PATTERNS = WEIGHT_PATTERNS + (
     "eval_results.json",
     ADAPTER_CONFIG,
 )
-NEVER_PUBLISHED = ("optimizer*", "scheduler*", "scaler*", "rng_state*", "training_args.bin", "*.pt", "*.pth")
+NEVER_PUBLISHED = ("optimizer*", "scheduler*", "scaler*", "rng_state*", "*.pt", "*.pth")
+"""Training state: never part of a published model folder, and never in what the trainer's pushes take from
+`output_dir` (`training_state_in`). Only the resumable checkpoint that `hub_strategy="checkpoint"` or
+`"all_checkpoints"` asks for carries it. `training_args.bin` is not a model file, so `sf-hf push` leaves it; the
+trainer's pushes upload it as transformers does, which is safe: sf_hf's config classes pickle without their
+`*_token` fields (`ScheduleFreeFields.__getstate__`)."""
+UPLOAD_IGNORED = ("_*", "checkpoint-*")
+"""The top-level names of `output_dir` that transformers' pushes never upload (their `ignore_patterns`): sf_hf's
+working folders there start with `_`."""
 
 
 @dataclass
@@ -105,6 +113,21 @@ def is_published(filename: str) -> bool:
 def published_files(folder: os.PathLike) -> list[str]:
     """The top-level files of `folder` that may be uploaded, sorted."""
     return sorted(f.name for f in Path(folder).iterdir() if f.is_file() and is_published(f.name))
+
+
+def training_state_in(output_dir: os.PathLike) -> list[str]:
+    """The files of `output_dir` that transformers' pushes would upload (all but `UPLOAD_IGNORED` at its top level)
+    and that are training state (`NEVER_PUBLISHED`), as paths relative to `output_dir`: what must stop a push."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for entry in sorted(root.iterdir()):
+        if any(fnmatch.fnmatch(entry.name, pattern) for pattern in UPLOAD_IGNORED):
+            continue
+        files = [entry] if entry.is_file() else sorted(p for p in entry.rglob("*") if p.is_file())
+        found += [str(p.relative_to(root)) for p in files if any(fnmatch.fnmatch(p.name, n) for n in NEVER_PUBLISHED)]
+    return found
 
 
 def weight_files(folder: os.PathLike) -> list[str]:
@@ -160,7 +183,7 @@ def inspect_checkpoint(folder: os.PathLike, name: str | None = None) -> Checkpoi
         metadata = read_metadata(folder)
         if metadata is not None and metadata.get("weights") in ("x", "ema", "plain"):
             info.weights = "x" if metadata["weights"] == "x" else "plain"  # the EMA is published as it is
-            _fill_from_metadata(info, metadata)
+            fill_from_metadata(info, metadata)
         else:
             _fill_from_optimizer(info, folder, trainer_state)
     except (CheckpointError, OSError, ValueError, RuntimeError) as err:
@@ -217,7 +240,7 @@ def _check_complete(folder: Path) -> str | None:
     return base
 
 
-def _fill_from_metadata(info: CheckpointInfo, metadata: dict) -> None:
+def fill_from_metadata(info: CheckpointInfo, metadata: dict) -> None:
     info.optimizer_name = metadata.get("optimizer_name", info.optimizer_name)
     info.hyperparameters = metadata.get("hyperparameters") or {}
     info.step = metadata.get("global_step", info.step)

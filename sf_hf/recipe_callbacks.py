@@ -6,7 +6,7 @@
 `CALLBACKS` maps each name to a factory `(model_args, data_args, training_args) -> TrainerCallback` that builds the
 callback from the recipe's own settings; a new one is an entry here. `get_callbacks` builds those a recipe names,
 and an unknown name is an error that lists the known ones (raised while the recipe is parsed, before any data is
-read). The factories import their callback when called, so this module is cheap to import.
+read).
 """
 
 import inspect
@@ -14,21 +14,20 @@ from collections.abc import Callable, Sequence
 
 from transformers import TrainerCallback
 
+from .data import load_text_dataset
+from .diagnostics import RiverDiagnosticsCallback
+from .pipeline import CheckpointPipelineCallback, DataSpec
+
 
 def _river_diagnostics(model_args, data_args, training_args) -> TrainerCallback:
     """`sf_hf.diagnostics.RiverDiagnosticsCallback`: loss at x and y, x-y distance, c and the averaging window at
     every evaluation (not with ZeRO/FSDP)."""
-    from .diagnostics import RiverDiagnosticsCallback
-
     return RiverDiagnosticsCallback()
 
 
 def _checkpoint_pipeline(model_args, data_args, training_args) -> TrainerCallback:
     """`sf_hf.pipeline.CheckpointPipelineCallback`: evaluates every saved checkpoint (at x) on the run's held-out
     set in a background thread, into OUTPUT_DIR/eval_results.json (pushing stays with `push_to_hub`)."""
-    from .data import load_text_dataset
-    from .pipeline import CheckpointPipelineCallback, DataSpec
-
     accepted = set(inspect.signature(load_text_dataset).parameters)
     options = {
         k: v

@@ -1,30 +1,24 @@
-"""Hub operations for publishing one model folder at x to one branch, with the checks that come first.
+"""The Hub calls sf_hf makes itself, each through one retry policy (`RetryPolicy`), with the checks that come first.
 
     api = authenticated_api(token=None, retry=RetryPolicy())         # whoami first: a bad token fails here
     refuse_taken_revisions(api, "org/name", ["step-000000500", "main"], overwrite=False, retry=RetryPolicy())
-    upload_revision(api, "org/name", info, "step-000000500", {"README.md": card_bytes}, RetryPolicy())
+    url = commit_exactly(api, "org/name", "step-000000500", {"README.md": b"...", "model.safetensors": "/path"},
+                         "sf-hf: checkpoint-500", RetryPolicy())
 
-Only the files of `checkpoints.PUBLISHED_PATTERNS` are uploaded, read in place (the JSON records that name local
-paths go up without them, see `public_records`): optimizer, scheduler and RNG states and `training_args.bin` never
-leave the machine, and nothing local is written, moved or deleted.
-A folder without sf_hf metadata (a plain `Trainer` checkpoint) is first converted into a temporary folder
-(`convert_checkpoint`), so what is uploaded is x with a `schedule_free.json` saying so.
+`sf-hf push` and `CheckpointPipelineCallback` (`sf_hf.pipeline`) publish through these; the trainer's own pushes
+(`push_to_hub`, `hub_strategy`) are transformers' (`sf_hf.trainer_hub`), which sf_hf makes safe to run by what it
+keeps in `output_dir`. What may leave the machine is decided in `run_inventory` (`PUBLISHED_PATTERNS`,
+`NEVER_PUBLISHED`) and `public_records`, never here: these functions upload what they are given.
 """
 
 import logging
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError
 
-from ..metadata import METADATA_NAME
-from .checkpoint_to_x import convert_checkpoint
 from .errors import PushError
-from .public_records import public_records
 from .retry import DEFAULT_RETRY, RetryPolicy
-from .run_inventory import CheckpointInfo, published_files
 
 logger = logging.getLogger(__name__)
 KEPT_REMOTE_FILES = {".gitattributes"}
@@ -79,13 +73,13 @@ def refuse_taken_revisions(
     return taken
 
 
-def upload_revision(
-    api: HfApi, repo_id: str, info: CheckpointInfo, revision: str, extra_files: dict[str, bytes], retry: RetryPolicy
+def commit_exactly(
+    api: HfApi, repo_id: str, revision: str, uploads: dict[str, str | bytes], message: str, retry: RetryPolicy
 ) -> str:
-    """Makes `revision` of `repo_id` hold exactly the folder's published files at x plus `extra_files`.
+    """One commit that makes `revision` of `repo_id` hold exactly `uploads` (`{path in repo: local path or bytes}`).
 
     The branch is created if needed; remote files that are not part of the upload are deleted in the same commit
-    (except `.gitattributes`), so a branch never mixes two checkpoints.
+    (except `.gitattributes`), so a branch never mixes two folders.
 
     Returns:
         `str`: the commit URL.
@@ -93,30 +87,14 @@ def upload_revision(
     Raises:
         PushError: when retries are used up.
     """
-    with tempfile.TemporaryDirectory(prefix="sf_hf-push-") as tmp:
-        folder = info.path
-        if info.weights in ("x", "y") and not (folder / METADATA_NAME).is_file():
-            folder = convert_checkpoint(folder, Path(tmp) / info.name)
-        uploads = {name: str(folder / name) for name in published_files(folder)}
-        uploads.update(public_records(folder))
-        uploads.update(extra_files)
-        if revision != "main":
-            retry.call(lambda: api.create_branch(repo_id, branch=revision, exist_ok=True), f"creating {revision}")
-        remote = retry.call(lambda: api.list_repo_files(repo_id, revision=revision), f"listing {repo_id}@{revision}")
-        stale = sorted(set(remote) - set(uploads) - KEPT_REMOTE_FILES)
+    if revision != "main":
+        retry.call(lambda: api.create_branch(repo_id, branch=revision, exist_ok=True), f"creating {revision}")
+    remote = retry.call(lambda: api.list_repo_files(repo_id, revision=revision), f"listing {repo_id}@{revision}")
+    stale = sorted(set(remote) - set(uploads) - KEPT_REMOTE_FILES)
 
-        def commit():  # fresh operations for every attempt: a failed attempt leaves upload state on them
-            operations = [
-                CommitOperationAdd(path_in_repo=name, path_or_fileobj=content) for name, content in uploads.items()
-            ]
-            operations += [CommitOperationDelete(path_in_repo=name) for name in stale]
-            return api.create_commit(
-                repo_id,
-                operations=operations,
-                revision=revision,
-                commit_message=f"sf-hf: {info.name} (step {info.step}, x weights)",
-            )
+    def commit():  # fresh operations for every attempt: a failed attempt leaves upload state on them
+        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=data) for name, data in uploads.items()]
+        operations += [CommitOperationDelete(path_in_repo=name) for name in stale]
+        return api.create_commit(repo_id, operations=operations, revision=revision, commit_message=message)
 
-        result = retry.call(commit, f"committing {info.name} to {repo_id}@{revision}")
-    logger.info("%s -> %s@%s", info.path, repo_id, revision)
-    return result.commit_url
+    return retry.call(commit, f"committing to {repo_id}@{revision}").commit_url

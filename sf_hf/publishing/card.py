@@ -24,9 +24,12 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..bundled import package_file
 from ..data import EMBEDDED_CORPUS
+from ..metadata import read_metadata
 from ..registry import OPTIMIZERS
-from .run_inventory import ADAPTER_CONFIG, CheckpointInfo
+from .records import read_eval_results, read_run_args
+from .run_inventory import ADAPTER_CONFIG, CheckpointInfo, fill_from_metadata, inspect_checkpoint
 
+CARD_NAME = "README.md"
 TEMPLATE_PATH = package_file("templates", "model_card.md")
 COUNT_KEYS = ("eval_tokens", "eval_blocks")
 """Keys of `eval_results.json` that are counts, not metrics: in the card text, not in the model-index."""
@@ -314,4 +317,37 @@ def build_model_card(
         task_rows=task_rows(results),
         task_failures=sorted(results.get("task_failures", {}).items()),
         task_plots=sorted((task_plot_files or {}).items()),
+    )
+
+
+def trainer_model_card(
+    folder: os.PathLike,
+    *,
+    repo_id: str,
+    run_dir: os.PathLike,
+    revision: str | None = None,
+    base_model: str | None = None,
+    tags: Sequence[str] = (),
+    language=None,
+    license: str | None = None,
+) -> ModelCard:
+    """sf_hf's card (the one `sf-hf push` writes) for a model folder a `ScheduleFreeTrainer` publishes to the root of
+    `repo_id`: from its `schedule_free.json`, `eval_results.json` (when `sf-hf evaluate` wrote one) and the run's
+    `run_args.json`."""
+    info = inspect_checkpoint(folder, name="final")
+    metadata = read_metadata(folder)
+    if info.problem and metadata:  # e.g. a model without config.json: the card still names its weights
+        fill_from_metadata(info, metadata)
+    return build_model_card(
+        info,
+        read_eval_results(folder),
+        repo_id=repo_id,
+        run_args=read_run_args(run_dir),
+        revision=revision or "main",
+        base_model=base_model,
+        step_branches=False,
+        publisher="`ScheduleFreeTrainer.push_to_hub`",
+        extra_tags=tags,
+        language=language,
+        license=license,
     )
