@@ -12,7 +12,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from sf_hf.cli import main
 from sf_hf.pipeline import build_model_card, evaluate_run, inspect_checkpoint
-from sf_hf.pipeline.card import PLACEHOLDER_REPO_ID
+from sf_hf.publishing.card import PLACEHOLDER_REPO_ID
 
 from .test_pipeline import copy_run, sf_run  # noqa: F401 - the module's run fixture
 
