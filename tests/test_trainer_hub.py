@@ -176,16 +176,17 @@ def test_pushes_never_carry_pending_checkpoints_or_hidden_folders(hub_server, tm
 
 
 def test_training_state_in_output_dir_stops_the_push(hub_server, tmp_path, caplog):
-    """Training state outside a `_` folder (here the hidden staging folder of an earlier release) would go up with
-    transformers' push: the saves' pushes are skipped, `push_to_hub` raises, training goes on."""
-    debris = tmp_path / ".partial-checkpoint-99"
+    """Training state outside a `_` folder (here a user's copy of a checkpoint; sf_hf's own leftovers of earlier
+    releases are cleared at the first save) would go up with transformers' push: the saves' pushes are skipped,
+    `push_to_hub` raises, training goes on."""
+    debris = tmp_path / "copy-of-checkpoint-99"
     debris.mkdir(parents=True)
     (debris / "optimizer.pt").write_bytes(b"state")
     trainer = hub_trainer(tmp_path, "org/refused", max_steps=3, save_steps=3)
     trainer.train()
     assert trainer.state.global_step == 3 and commits_of_main(hub_server, "org/refused") == []
-    assert "not pushing" in caplog.text and ".partial-checkpoint-99/optimizer.pt" in caplog.text
-    with pytest.raises(PushError, match=r"\.partial-checkpoint-99/optimizer\.pt"):
+    assert "not pushing" in caplog.text and "copy-of-checkpoint-99/optimizer.pt" in caplog.text
+    with pytest.raises(PushError, match=r"copy-of-checkpoint-99/optimizer\.pt"):
         trainer.push_to_hub()
     assert commits_of_main(hub_server, "org/refused") == []
 

@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from sf_hf.trainer_hub import HubPublishing
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
 
 from sf_hf import ScheduleFreeMixin, ScheduleFreeTrainer, optimizer_cls_and_kwargs, schedule_free_trainer
 from sf_hf.checkpoints import checkpoint_folders, checkpoint_problems, read_manifest
+from sf_hf.trainer_hub import HubPublishing
 from sf_hf.trainer_upstream import (
     TESTED_VERSIONS,
     WRAPPED_PRIVATE_METHODS,

@@ -16,6 +16,7 @@ from trl import DPOConfig, SFTConfig
 from trl.data_utils import is_conversational
 
 from sf_hf import optimizer_cls_and_kwargs
+from sf_hf.bundled import resolve_recipe
 from sf_hf.data import EMBEDDED_DATASETS, load_dataset_splits, load_embedded_corpus
 from sf_hf.data.instructions import verse_splits
 from sf_hf.metadata import read_metadata
@@ -122,16 +123,18 @@ def test_scripts_are_registered_and_their_help_lists_trl_and_schedule_free_field
     assert SCRIPTS["sft"] == "sf_hf.scripts.sft" and SCRIPTS["dpo"] == "sf_hf.scripts.dpo"
     for name in ("sft", "dpo"):
         assert cli.COMMANDS[name].passes_through
-        args, unknown = cli.build_parser().parse_known_args([name, "--config", "r.yaml", "--use_peft", "true"])
+        recipe = f"llama-small/{name}/sf_adamw_refined"  # a bundled recipe, by name
+        args, unknown = cli.build_parser().parse_known_args([name, "--config", recipe, "--use_peft", "true"])
         args.passed_through = unknown
         assert cli.accelerate_launch_args(args, SCRIPTS[name]) == [
             "-m",
             SCRIPTS[name],
             "--config",
-            "r.yaml",
+            str(resolve_recipe(recipe)),
             "--use_peft",
             "true",
         ]
+        assert resolve_recipe(recipe).name == "config_sf_adamw_refined.yaml"
     for module, own in ((sft, "--completion_only_loss"), (dpo, "--beta")):
         with pytest.raises(SystemExit) as exit_:
             module.main(["--help"])
