@@ -5,6 +5,7 @@ oversubscribe it (OpenMP spin-waits make a tiny Llama step 10x slower), so every
 """
 
 import os
+import sys
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -14,6 +15,21 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_behind():
+    """Fails a test that left a process of its multi-process launches (tests/launch.py) running, after killing it:
+    a leftover would hold a port, a lock or the CPUs of the next test."""
+    launch = sys.modules.get("tests.launch")
+    made = launch.launches_made() if launch else 0
+    yield
+    launch = sys.modules.get("tests.launch")
+    if launch and launch.launches_made() != made:
+        left = launch.kill_marked(launch.SESSION)
+        if left:
+            pytest.fail("processes of this test's launches were still running (killed): " + "; ".join(left))
+
 
 # --- hub_server: a local fake of the Hugging Face Hub (see tests/hub_server.py) -------------------------------
 
