@@ -102,6 +102,7 @@ class Process:
 
     def __init__(self, command: list, log: Path, env: dict, cwd: Path):
         self.command, self.log = [str(part) for part in command], log
+        self.started, self.ended = time.monotonic(), None
         with open(log, "wb") as out:
             self.popen = subprocess.Popen(
                 self.command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -109,7 +110,10 @@ class Process:
 
     @property
     def returncode(self):
-        return self.popen.poll()
+        code = self.popen.poll()
+        if code is not None and self.ended is None:
+            self.ended = time.monotonic()  # when first seen exited (the launch polls every 0.2 s)
+        return code
 
     def signal(self, sig) -> int:
         """Sends `sig` to the launcher and all its descendants; returns how many processes it reached."""
@@ -209,7 +213,8 @@ class Launch:
         left = self.deadline - time.monotonic()
         limit = left if timeout is None else min(timeout, left)
         try:
-            return self.processes[index].popen.wait(timeout=max(0.0, limit))
+            self.processes[index].popen.wait(timeout=max(0.0, limit))
+            return self.processes[index].returncode
         except subprocess.TimeoutExpired:
             self.fail(f"process {index} still running after {limit:.0f} s (the launch's budget: {self.budget:.0f} s)")
 
@@ -260,6 +265,7 @@ class Launch:
         for i, process in enumerate(self.processes):
             code = process.returncode
             exit_text = "still running" if code is None else f"killed by signal {-code}" if code < 0 else f"exit {code}"
+            exit_text += f" after {(process.ended or time.monotonic()) - process.started:.1f} s"
             lines += [
                 f"--- process {i}: {exit_text}; log {process.log}",
                 f"    {' '.join(process.command)}",
