@@ -25,6 +25,10 @@ What each piece prevents (issue 26: a two-node launch hung a whole `make test` r
   environment (torch starts each worker in a session of its own too): leaving the `with` kills every process
   with this launch's mark, orphans included, and the suite's `no_process_left_behind` fixture checks that none
   of this session's marks survive a test.
+* A build lock left behind. DeepSpeed JIT-builds its CPU ops (`deepspeed_shm_comm`, first ZeRO launch on a host:
+  minutes) under torch's `FileBaton`, a `lock` file that every later build waits on with no timeout; a launch
+  killed mid-build would leave it for every session on the host. `kill` removes the lock of a build it killed,
+  and a failure lists any lock still held.
 * A silent failure. `LaunchFailed` names each process's exit code and prints its last lines and its log's path.
   Every wait is bounded by the launch's `budget`, shorter than pytest-timeout's (setup.cfg), so the launch, not
   pytest, reports.
@@ -43,6 +47,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psutil
+from torch.utils.cpp_extension import get_default_build_root
 
 MARKER = "SF_HF_TEST_LAUNCH"
 SESSION = f"{os.getpid()}-{time.time_ns()}"  # this test session: the prefix of every launch's mark
@@ -150,6 +155,14 @@ def marked_processes(mark: str) -> list:
     return found
 
 
+def build_locks() -> list[Path]:
+    """The `lock` files of torch extension builds (DeepSpeed JIT-builds its ops, e.g. `deepspeed_shm_comm` for
+    ZeRO on CPU, under the user's cache, shared by every session on the host). torch's `FileBaton` waits for such a
+    file to go away with no timeout, so a build killed mid-way makes every later build of that op wait for ever."""
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+    return sorted([*root.glob("*/lock"), *root.glob("*/*/lock")])
+
+
 def launches_made() -> int:
     return _launches
 
@@ -187,6 +200,7 @@ class Launch:
         self.processes: list[Process] = []
         self.deadline = None
         self._port = self._lock = None
+        self.cleared_locks: list[Path] = []
 
     @property
     def port(self) -> int:
@@ -248,12 +262,22 @@ class Launch:
         return any("EADDRINUSE" in p.output() or "Address already in use" in p.output() for p in self.processes)
 
     def kill(self) -> list[str]:
-        """SIGKILLs every process of the launch, orphaned descendants included; returns the command lines killed."""
+        """SIGKILLs every process of the launch, orphaned descendants included, and removes the build lock of a torch
+        extension build it killed (the compiler runs in the build folder); returns the command lines killed."""
+        building = set()
+        for proc in marked_processes(self.mark):
+            try:
+                building.add(Path(proc.cwd()) / "lock")
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                pass
         for process in self.processes:
             process.signal(signal.SIGKILL)
         killed = kill_marked(self.mark)
         for process in self.processes:
             process.popen.wait(timeout=30)
+        for lock in building & set(build_locks()):
+            lock.unlink(missing_ok=True)
+            self.cleared_locks.append(lock)
         return killed
 
     def fail(self, why: str):
@@ -271,6 +295,13 @@ class Launch:
                 f"    {' '.join(process.command)}",
                 process.tail(),
             ]
+        lines += [
+            f"removed the lock of a torch extension build this launch was running: {p}" for p in self.cleared_locks
+        ]
+        now = time.time()
+        for lock in build_locks():
+            age = now - lock.stat().st_mtime
+            lines.append(f"a torch extension build lock is held ({age:.0f} s old; torch waits on it for ever): {lock}")
         return "\n".join(lines)
 
     def close(self) -> None:

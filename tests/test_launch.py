@@ -4,6 +4,7 @@ budget with each process's output and exit code, nothing of it survives, and its
     pytest tests/test_launch.py -q
 """
 
+import re
 import socket
 import sys
 import time
@@ -109,3 +110,25 @@ def test_a_launch_whose_port_was_taken_after_all_is_retried_on_another_and_no_ot
     with pytest.raises(LaunchFailed, match="exited non-zero") as failed:
         run_launch("fails", lambda port: [FAILS], tmp_path, budget=60)
     assert "process 0: exit 3" in str(failed.value) and not (tmp_path / "fails-try2-0.log").exists()
+
+
+def test_the_lock_of_a_torch_extension_build_the_launch_killed_is_removed(tmp_path, monkeypatch):
+    """DeepSpeed JIT-builds its CPU ops under torch's FileBaton lock, which torch waits on with no timeout: a build
+    killed by a launch's budget must not leave it behind for every later launch."""
+    extensions = tmp_path / "torch_extensions"
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(extensions))
+    (extensions / "op").mkdir(parents=True)
+    (extensions / "stale").mkdir()
+    (extensions / "stale" / "lock").touch()  # a lock of someone else's build: reported, left alone
+    build = "import os, time; os.chdir(sys.argv[1]); open('lock', 'x'); print('building', flush=True); time.sleep(600)"
+    with Launch("build", tmp_path, budget=3) as launch:
+        launch.start([[*python("import sys; " + build), str(extensions / "op")]])
+        with pytest.raises(LaunchFailed) as failed:
+            launch.wait_all()
+    assert not (extensions / "op" / "lock").exists() and (extensions / "stale" / "lock").exists()
+    report = str(failed.value)
+    assert (
+        f"removed the lock of a torch extension build this launch was running: {extensions / 'op' / 'lock'}" in report
+    )
+    held = re.search(r"a torch extension build lock is held \((\d+) s old; torch waits on it for ever\): (.*)", report)
+    assert held and int(held[1]) < 60 and held[2] == str(extensions / "stale" / "lock")
