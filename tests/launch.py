@@ -69,8 +69,7 @@ def _rendezvous_ports() -> list[int]:
         low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         low = 32768
-    ports = [p for p in range(20000, min(low, 29500))]
-    return ports or list(range(61000, 65536))
+    return list(range(20000, min(low, 29500))) or list(range(61000, 65536))
 
 
 def _is_free(port: int) -> bool:
@@ -99,7 +98,7 @@ def _reserve_port():
         if _is_free(port):
             return port, lock
         lock.close()
-    raise RuntimeError(f"no free port in {ports[0]}-{ports[-1]}")
+    raise RuntimeError(f"no free port in {min(ports)}-{max(ports)}")
 
 
 class Process:
