@@ -167,14 +167,18 @@ def launches_made() -> int:
 
 
 def kill_marked(mark: str) -> list[str]:
-    """SIGKILLs every process marked `mark...` (SIGCONT too, for stopped ones); returns their command lines."""
-    killed = []
+    """SIGKILLs every process marked `mark...` and waits (10 s at most) until they are gone; returns their command
+    lines."""
+    killed, orphans = [], []
     for proc in marked_processes(mark):
         try:
             killed.append(" ".join(proc.cmdline()))
             proc.kill()
+            if proc.ppid() != os.getpid():  # this process's own children are reaped by their Popen (psutil would
+                orphans.append(proc)  # reap them first, and Popen would then read their exit code as 0)
         except (psutil.NoSuchProcess, psutil.ZombieProcess):
             pass
+    psutil.wait_procs(orphans, timeout=10)
     return killed
 
 
