@@ -5,6 +5,7 @@ oversubscribe it (OpenMP spin-waits make a tiny Llama step 10x slower), so every
 """
 
 import os
+import sys
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -23,6 +24,21 @@ if TEST_DEVICE.type == "cuda":  # SF_HF_TEST_DEVICE=cuda (tests/devices.py): the
         raise pytest.UsageError(f"SF_HF_TEST_DEVICE={TEST_DEVICE} but torch {torch.__version__} sees no CUDA device.")
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_behind():
+    """Fails a test that left a process of its multi-process launches (tests/launch.py) running, after killing it:
+    a leftover would hold a port, a lock or the CPUs of the next test."""
+    launch = sys.modules.get("tests.launch")
+    made = launch.launches_made() if launch else 0
+    yield
+    launch = sys.modules.get("tests.launch")
+    if launch and launch.launches_made() != made:
+        left = launch.kill_marked(launch.SESSION)
+        if left:
+            pytest.fail("processes of this test's launches were still running (killed): " + "; ".join(left))
+
 
 # --- hub_server: a local fake of the Hugging Face Hub (see tests/hub_server.py) -------------------------------
 

@@ -14,8 +14,6 @@ FSDP path needs an accelerator.
 
 import json
 import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from safetensors.torch import load_file
 
 from sf_hf import ScheduleFreeTrainer
 
+from ..launch import run_launch
 from ..trainer_utils import TokenDataset, config, hand_loss, max_abs_diff, tiny_model, weights
 
 pytestmark = pytest.mark.distributed
@@ -49,22 +48,21 @@ OFFLOAD = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# seconds per launch, below setup.cfg's pytest timeout (900 s) so the launch reports, not pytest: measured 1 min each
+# on 2 busy cores, 5 min for the first DeepSpeed launch on a host (it JIT-builds deepspeed_shm_comm)
+LAUNCH_BUDGET = 780
 
 
-def launch_command(kind: str, out: Path) -> tuple:
-    """(command, extra environment) of one strategy's launch."""
+def launch_command(kind: str, out: Path, port: int) -> list:
+    """One strategy's launch, its rendezvous on `port`."""
     script = ["-m", MODULE, "--out", str(out)] + (["--sf-plus"] if kind in SF_PLUS_STRATEGIES else [])
-    torchrun = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()), *script]
+    torchrun = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(port), *script]
     if kind == "fsdp2":  # accelerate's FSDP needs an accelerator (on CPU it silently runs DDP): torch's own.
         # The same launch runs DeepSpeed in bf16 with its own engine: transformers refuses bf16 on CPU unless
         # use_cpu=True, which turns DeepSpeed off.
-        return [*torchrun, "--fsdp2", "--deepspeed-bf16"], {}
-    accelerate = [str(BIN / "accelerate"), "launch", "--num_processes", "2", "--main_process_port", str(free_port())]
-    if kind == "ddp":  # without ACCELERATE_USE_CPU each CPU process would train alone
+        return [*torchrun, "--fsdp2", "--deepspeed-bf16"]
+    accelerate = [str(BIN / "accelerate"), "launch", "--num_processes", "2", "--main_process_port", str(port)]
+    if kind == "ddp":  # run with ACCELERATE_USE_CPU (see `launched`)
         return [
             *accelerate,
             "--config_file",
@@ -73,7 +71,7 @@ def launch_command(kind: str, out: Path) -> tuple:
             "no",
             *script,
             "--bf16-params",
-        ], {"ACCELERATE_USE_CPU": "true"}
+        ]
     if kind == "zero2_offload":
         offload, swap = out / "offload.json", out / "swap.json"
         offload.write_text(json.dumps(OFFLOAD))
@@ -86,7 +84,7 @@ def launch_command(kind: str, out: Path) -> tuple:
             *script,
             "--refuse-config",
             str(swap),
-        ], {}
+        ]
     if kind == "zero3_init":  # the shipped config as it is (zero3_init_flag: true), with the CPU overrides it names
         return [
             *accelerate,
@@ -98,7 +96,7 @@ def launch_command(kind: str, out: Path) -> tuple:
             "tests.distributed.run_zero3_init",
             "--out",
             str(out),
-        ], {}
+        ]
     stage = kind[-1]
     return [
         *accelerate,
@@ -109,7 +107,7 @@ def launch_command(kind: str, out: Path) -> tuple:
         "--zero3_init_flag",
         "false",
         *script,
-    ], {}
+    ]
 
 
 _LAUNCHED = {}
@@ -122,16 +120,11 @@ def launched(kind: str, tmp_path_factory) -> tuple:
         return json.loads((out / "results.json").read_text()), out
     if kind not in _LAUNCHED:
         out = tmp_path_factory.mktemp(kind)
-        command, extra = launch_command(kind, out)
         env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
-        env.update(extra, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-        proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-        (out / "launch.log").write_text(proc.stdout + proc.stderr)
-        finished = (out / "results.json").exists()
-        assert proc.returncode == 0, (
-            f"{kind}: the launch exited {proc.returncode} {'after' if finished else 'before'} writing its results. "
-            f"Log tail:\n{(proc.stdout + proc.stderr)[-6000:]}"
-        )
+        env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+        if kind == "ddp":  # without it each CPU process would train alone
+            env["ACCELERATE_USE_CPU"] = "true"
+        run_launch("launch", lambda port: [launch_command(kind, out, port)], out, LAUNCH_BUDGET, env)
         _LAUNCHED[kind] = (json.loads((out / "results.json").read_text()), out)
     return _LAUNCHED[kind]
 
@@ -330,25 +323,25 @@ def test_zero_offload_swap_is_refused_before_the_first_step(tmp_path_factory):
 def gpu_launch(config: str, out: Path) -> dict:
     """The Trainer launch with a shipped config as it is (bf16), on up to 2 GPUs."""
     processes = min(2, torch.cuda.device_count())
-    command = [
-        str(BIN / "accelerate"),
-        "launch",
-        "--config_file",
-        str(ROOT / "accelerate_configs" / config),
-        "--num_processes",
-        str(processes),
-        "--main_process_port",
-        str(free_port()),
-        "-m",
-        MODULE,
-        "--out",
-        str(out),
-    ]
+
+    def command(port: int) -> list:
+        return [
+            str(BIN / "accelerate"),
+            "launch",
+            "--config_file",
+            str(ROOT / "accelerate_configs" / config),
+            "--num_processes",
+            str(processes),
+            "--main_process_port",
+            str(port),
+            "-m",
+            MODULE,
+            "--out",
+            str(out),
+        ]
+
     env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
-    proc = subprocess.run(
-        command, cwd=ROOT, env=dict(env, HF_HUB_OFFLINE="1"), capture_output=True, text=True, timeout=900
-    )
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    run_launch("launch", lambda port: [command(port)], out, LAUNCH_BUDGET, dict(env, HF_HUB_OFFLINE="1"))
     results = json.loads((out / "results.json").read_text())
     assert results["k"] == [STEPS, STEPS] and results["chain"][-1] == "RefinedScheduleFreeAdamW"
     assert results["eval_loss"] == pytest.approx(results["single_process_eval_loss"], rel=1e-2)

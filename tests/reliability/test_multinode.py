@@ -8,19 +8,18 @@ so and names the last complete checkpoint; re-running both commands resumes and 
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 from transformers import TrainerCallback
 
 from sf_hf import ScheduleFreeConfig, ScheduleFreeTrainer
 from sf_hf.checkpoints import checkpoint_folders, checkpoint_problems, is_lost_peer
 
+from ..launch import Launch, LaunchFailed, run_launch
 from ..test_pipeline import write_corpus
 from ..trainer_utils import TokenDataset, config, tiny_model
 
@@ -56,12 +55,6 @@ FLAGS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def machine_commands(port: int, flags: list) -> list:
     """What recipes/launch.slurm runs on machine 0 and machine 1 of a 2-node job (its dry run prints it)."""
     commands = []
@@ -91,57 +84,22 @@ def machine_commands(port: int, flags: list) -> list:
     return commands
 
 
-class Machine:
-    """One "node": its launcher and everything under it, in a session of its own."""
-
-    def __init__(self, command: list, log: Path):
-        env = dict(
-            os.environ,
-            ACCELERATE_USE_CPU="true",
-            OMP_NUM_THREADS="1",
-            HF_HUB_OFFLINE="1",
-            PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        )
-        self.log = log
-        self.proc = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    def signal_all(self, sig) -> int:
-        """Sends `sig` to the launcher and all its descendants (the worker runs in a session of its own)."""
-        try:
-            procs = [psutil.Process(self.proc.pid)]
-            procs += procs[0].children(recursive=True)
-        except psutil.NoSuchProcess:
-            return 0
-        for p in procs:
-            try:
-                p.send_signal(sig)
-            except psutil.NoSuchProcess:
-                pass
-        return len(procs)
-
-    def wait(self, timeout: float) -> int:
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.signal_all(signal.SIGKILL)
-            self.proc.wait(timeout=30)
-            raise
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
+MACHINE_ENV = dict(ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
 
 
-def start(commands, tmp_path, tag) -> list:
-    return [Machine(cmd, tmp_path / f"{tag}-machine{rank}.log") for rank, cmd in enumerate(commands)]
+def machines_env() -> dict:
+    """The environment of a "machine" on this host: CPU, one thread, `accelerate` on the PATH as on a node."""
+    return dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **MACHINE_ENV)
 
 
-def wait_for(path: Path, machines, timeout=240.0):
-    deadline = time.time() + timeout
+def machines(tag, tmp_path, budget) -> Launch:
+    """A launch of "machines" on this host (see tests/launch.py)."""
+    return Launch(tag, tmp_path, budget, machines_env())
+
+
+def wait_for(path: Path, launch: Launch):
     while not path.exists():
-        assert time.time() < deadline, f"{path} never appeared"
-        assert all(m.proc.poll() is None for m in machines), [m.output()[-2000:] for m in machines]
+        launch.check_running()
         time.sleep(0.2)
 
 
@@ -169,13 +127,14 @@ def test_a_machine_that_never_starts_makes_the_other_fail_after_the_rendezvous_t
     rdzv_timeout = 10
     monkeypatch.setenv("RDZV_TIMEOUT", str(rdzv_timeout))
     flags = FLAGS + ["--max_steps", "4", "--dataset_name", str(corpus), "--output_dir", str(tmp_path / "run")]
-    command = machine_commands(free_port(), flags)[0]
-    assert f"timeout={rdzv_timeout}" in command
-    alone = Machine(command, tmp_path / "alone-machine0.log")
-    started = time.time()
-    code = alone.wait(timeout=rdzv_timeout + 120)
-    waited = time.time() - started
-    assert code != 0, alone.output()[-3000:]
+    with machines("alone", tmp_path, budget=rdzv_timeout + 120) as launch:
+        command = machine_commands(launch.port, flags)[0]
+        assert f"timeout={rdzv_timeout}" in command
+        started = time.time()
+        launch.start([command])
+        code = launch.wait(0)
+        waited = time.time() - started
+    assert code != 0, launch.report("machine 0 alone exited 0")
     assert rdzv_timeout <= waited < rdzv_timeout + 90, waited
     assert not (tmp_path / "run").exists() or not checkpoint_folders(tmp_path / "run")
     print(f"\nmachine 1 never started: machine 0 gave up after {waited:.1f} s")
@@ -185,20 +144,18 @@ def test_a_machine_that_never_starts_makes_the_other_fail_after_the_rendezvous_t
 def test_two_machines_train_together_and_a_lost_machine_is_reported_then_resumed(tmp_path, corpus, failure):
     out = tmp_path / "run"
     flags = FLAGS + ["--max_steps", "400", "--dataset_name", str(corpus), "--output_dir", str(out)]
-    machines = start(machine_commands(free_port(), flags), tmp_path, "first")
-    try:
-        wait_for(out / "checkpoint-2", machines)  # both machines trained two steps together and saved
-        hit = machines[1].signal_all(signal.SIGKILL if failure == "dies" else signal.SIGSTOP)
+    with machines("first", tmp_path, budget=300) as launch:
+        launch.start(machine_commands(launch.port, flags))
+        wait_for(out / "checkpoint-2", launch)  # both machines trained two steps together and saved
+        hit = launch.processes[1].signal(signal.SIGKILL if failure == "dies" else signal.SIGSTOP)
         assert hit >= 2  # the launcher and the worker
         lost_at = time.time()
-        code = machines[0].wait(timeout=DDP_TIMEOUT + 90)
+        code = launch.wait(0, timeout=DDP_TIMEOUT + 90)
         waited = time.time() - lost_at
-    finally:
-        for m in machines:
-            m.signal_all(signal.SIGKILL)
-            m.proc.wait(timeout=30)
-    survivor = machines[0].output()
-    assert code != 0 and "sf_hf: lost contact with another process of the run" in survivor
+        survivor = launch.processes[0].output()
+        assert code != 0 and "sf_hf: lost contact with another process of the run" in survivor, launch.report(
+            "machine 0 did not report its lost peer"
+        )
     assert "The last complete checkpoint is " in survivor
     assert waited < DDP_TIMEOUT + 60, waited
     print(f"\nmachine 1 {failure}: machine 0 reported it and exited after {waited:.1f} s")
@@ -211,11 +168,9 @@ def test_two_machines_train_together_and_a_lost_machine_is_reported_then_resumed
     # the same two commands again, with the run made short: they resume from the last complete checkpoint and finish
     last = checkpoint_folders(out)[-1]
     resumed_flags = [f if f != "400" else str(int(last.name.split("-")[1]) + 2) for f in flags]
-    machines = start(machine_commands(free_port(), resumed_flags), tmp_path, "again")
-    codes = [m.wait(timeout=300) for m in machines]
-    assert codes == [0, 0], [m.output()[-3000:] for m in machines]
-    assert f"Resuming from {last}" in machines[0].output()
-    assert "2 process(es)" in machines[0].output()
+    again = run_launch("again", lambda port: machine_commands(port, resumed_flags), tmp_path, 300, machines_env())
+    assert f"Resuming from {last}" in again.processes[0].output()
+    assert "2 process(es)" in again.processes[0].output()
     assert (out / "model.safetensors").is_file() and (out / "eval_results.json").is_file()
 
 
@@ -275,8 +230,8 @@ def test_after_another_error_the_model_is_at_x_and_that_error_is_reported(tmp_pa
     assert isinstance(err, ValueError) and str(err) == "bad batch"  # not the switch's own error
 
 
-def node_command(rank: int, port: int, out: Path, *flags) -> list:
-    """One "node" of a 2-node DDP job (one process) running train_tiny.py into its own `out` (its local disk)."""
+def node_command(rank: int, port: int, *program) -> list:
+    """One "node" of a 2-node DDP job (one process) running `program` (what follows `accelerate launch`'s flags)."""
     return [
         str(Path(sys.executable).parent / "accelerate"),
         "launch",
@@ -296,23 +251,44 @@ def node_command(rank: int, port: int, out: Path, *flags) -> list:
         str(port),
         "--rdzv_conf",
         "timeout=120",
-        "-m",
-        "tests.reliability.train_tiny",
-        "run",
-        str(out),
-        *flags,
+        *program,
     ]
+
+
+def train_tiny(out: Path, *flags) -> list:
+    """train_tiny.py into its own `out` (the node's local disk)."""
+    return ["-m", "tests.reliability.train_tiny", "run", str(out), *flags]
 
 
 def run_nodes(tmp_path, tag, flags=()) -> list:
-    port = free_port()
-    machines = [
-        Machine(node_command(rank, port, tmp_path / f"node{rank}" / "run", *flags), tmp_path / f"{tag}-node{rank}.log")
-        for rank in (0, 1)
-    ]
-    codes = [m.wait(timeout=300) for m in machines]
-    assert codes == [0, 0], [m.output()[-3000:] for m in machines]
+    run_launch(
+        tag,
+        lambda port: [
+            node_command(rank, port, *train_tiny(tmp_path / f"node{rank}" / "run", *flags)) for rank in (0, 1)
+        ],
+        tmp_path,
+        300,
+        machines_env(),
+    )
     return [tmp_path / f"node{rank}" / "run" for rank in (0, 1)]
+
+
+def test_a_machine_that_fails_fails_the_launch_at_once_with_both_machines_output(tmp_path):
+    """Machine 1's worker exits 1 while machine 0's succeeds: torch elastic's agent on machine 0 then waits 300 s at
+    its exit barrier for machine 1's agent, which never comes (and exits 0 after that; measured 316 s). The launch
+    helper kills machine 0 once its grace is over and says what each machine printed."""
+    worker = ["--no_python", "bash", "-c", 'echo "worker $RANK: done"; exit $RANK']
+    started = time.time()
+    with Launch("failing", tmp_path, budget=300, env=machines_env()) as launch:
+        launch.start([node_command(rank, launch.port, *worker) for rank in (0, 1)])
+        with pytest.raises(LaunchFailed) as failed:
+            launch.wait_all(grace=5)
+    waited = time.time() - started
+    report = str(failed.value)
+    assert "process 0: killed by signal 9 after " in report and "worker 0: done" in report
+    assert "process 1: exit 1 after " in report and "worker 1: done" in report
+    assert waited < 120, waited
+    print(f"\nmachine 1 failed: the launch failed after {waited:.1f} s with both machines' output")
 
 
 def hidden(run_dir: Path) -> list:
