@@ -97,8 +97,9 @@ def machines(tag, tmp_path, budget) -> Launch:
     return Launch(tag, tmp_path, budget, machines_env())
 
 
-def wait_for(path: Path, launch: Launch):
-    while not path.exists():
+def wait_for_complete(checkpoint: Path, launch: Launch):
+    """Until `checkpoint` is complete (its folder appears as the parent's save starts; its record comes last)."""
+    while not checkpoint.is_dir() or checkpoint_problems(checkpoint, manifest=True):
         launch.check_running()
         time.sleep(0.2)
 
@@ -146,7 +147,7 @@ def test_two_machines_train_together_and_a_lost_machine_is_reported_then_resumed
     flags = FLAGS + ["--max_steps", "400", "--dataset_name", str(corpus), "--output_dir", str(out)]
     with machines("first", tmp_path, budget=300) as launch:
         launch.start(machine_commands(launch.port, flags))
-        wait_for(out / "checkpoint-2", launch)  # both machines trained two steps together and saved
+        wait_for_complete(out / "checkpoint-2", launch)  # both machines trained two steps together and saved
         hit = launch.processes[1].signal(signal.SIGKILL if failure == "dies" else signal.SIGSTOP)
         assert hit >= 2  # the launcher and the worker
         lost_at = time.time()
