@@ -17,7 +17,13 @@ import pytest
 from transformers import TrainerCallback
 
 from sf_hf import ScheduleFreeConfig, ScheduleFreeTrainer
-from sf_hf.checkpoints import checkpoint_folders, checkpoint_problems, is_lost_peer
+from sf_hf.checkpoints import (
+    checkpoint_folders,
+    checkpoint_problems,
+    is_lost_peer,
+    last_complete_checkpoint,
+    read_manifest,
+)
 
 from ..launch import Launch, LaunchFailed, run_launch
 from ..test_pipeline import write_corpus
@@ -160,15 +166,23 @@ def test_two_machines_train_together_and_a_lost_machine_is_reported_then_resumed
     assert "The last complete checkpoint is " in survivor
     assert waited < DDP_TIMEOUT + 60, waited
     print(f"\nmachine 1 {failure}: machine 0 reported it and exited after {waited:.1f} s")
-    for folder in checkpoint_folders(out):  # whatever the moment, every checkpoint-N is complete
+    # whatever the moment, every checkpoint-N is complete, with both machines' parts, or still marked pending (a save
+    # the loss cut short: every reader refuses it, the next resume clears it)
+    complete = []
+    for folder in checkpoint_folders(out):
+        if (read_manifest(folder) or {}).get("pending"):
+            assert checkpoint_problems(folder, manifest=True), folder
+            continue
         assert checkpoint_problems(folder, deep=True, manifest=True, training_state=True) == []
         assert {"rng_state_0.pth", "rng_state_1.pth"} <= {p.name for p in folder.iterdir()}  # both machines' parts
+        complete.append(folder)
+    last = last_complete_checkpoint(out, quiet=True)
+    assert complete and last == str(complete[-1]) and f"The last complete checkpoint is {last}" in survivor
 
     if failure == "stops":
         return
     # the same two commands again, with the run made short: they resume from the last complete checkpoint and finish
-    last = checkpoint_folders(out)[-1]
-    resumed_flags = [f if f != "400" else str(int(last.name.split("-")[1]) + 2) for f in flags]
+    resumed_flags = [f if f != "400" else str(int(Path(last).name.split("-")[1]) + 2) for f in flags]
     again = run_launch("again", lambda port: machine_commands(port, resumed_flags), tmp_path, 300, machines_env())
     assert f"Resuming from {last}" in again.processes[0].output()
     assert "2 process(es)" in again.processes[0].output()
