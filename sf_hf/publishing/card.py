@@ -177,11 +177,17 @@ def hyperparameter_rows(info: CheckpointInfo, block_size: int | None) -> list[tu
         ("peak learning rate", hp.get("lr")),
         ("weight decay", hp.get("weight_decay")),
     ]
-    if info.train_batch_size:
-        tokens = f" x {block_size} tokens = {info.train_batch_size * block_size:,} tokens" if block_size else ""
-        rows.append(("batch (per optimizer step)", f"{info.train_batch_size} sequences{tokens}"))
+    rows += _batch_row(info, block_size)
     rows += [(key, hp[key]) for key in ("eps", "r", "weight_lr_power", "ema_decay", "momentum") if key in hp]
     return [(name, value) for name, value in rows if value is not None]
+
+
+def _batch_row(info: CheckpointInfo, block_size: int | None) -> list[tuple[str, str]]:
+    """The optimizer step's batch, in sequences (and tokens when the block size is known); none when unknown."""
+    if not info.train_batch_size:
+        return []
+    tokens = f" x {block_size} tokens = {info.train_batch_size * block_size:,} tokens" if block_size else ""
+    return [("batch (per optimizer step)", f"{info.train_batch_size} sequences{tokens}")]
 
 
 def _sf_plus_rows(info: CheckpointInfo, hp: dict, block_size: int | None) -> list[tuple[str, str]]:
@@ -197,9 +203,7 @@ def _sf_plus_rows(info: CheckpointInfo, hp: dict, block_size: int | None) -> lis
         ("c warmup steps", hp.get("c_warmup")),
         ("weight decay (AdamC)", hp.get("weight_decay")),
     ]
-    if info.train_batch_size:
-        tokens = f" x {block_size} tokens = {info.train_batch_size * block_size:,} tokens" if block_size else ""
-        rows.append(("batch (per optimizer step)", f"{info.train_batch_size} sequences{tokens}"))
+    rows += _batch_row(info, block_size)
     rows += [(key, hp[key]) for key in ("eps", "r", "weight_lr_power", "polyak_beta") if key in hp]
     return [(name, value) for name, value in rows if value is not None]
 
