@@ -40,7 +40,7 @@ from pathlib import Path
 from transformers import Trainer
 from transformers.trainer_utils import HubStrategy
 
-from .checkpoints import MANIFEST_NAME
+from .checkpoints import read_manifest
 from .metadata import METADATA_NAME, optimizer_hyperparameters
 from .publishing.card import CARD_NAME, trainer_model_card
 from .publishing.errors import PushError
@@ -95,7 +95,7 @@ class HubPublishing:
         `output_dir` when the parent's push starts; with `hub_always_push`, once the running push is done (transformers
         would copy the files under it). A push that cannot be prepared (training state in `output_dir`,
         a broken `run_args.json`) is skipped with an error in the log: training never stops for it."""
-        if not (Path(checkpoint_folder) / MANIFEST_NAME).is_file():
+        if (read_manifest(checkpoint_folder) or {"pending": True}).get("pending"):  # no record, or a save under way
             logger.debug("sf_hf: %s is pushed once it is complete", checkpoint_folder)
             return
         if self.args.hub_always_push:  # else transformers copies this checkpoint's files under the running upload

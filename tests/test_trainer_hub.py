@@ -9,6 +9,7 @@ pushes are transformers' own (`sf_hf.trainer_hub` wraps them): `output_dir` less
 
 import fnmatch
 import json
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from sf_hf import ScheduleFreeTrainer, schedule_free_trainer
 from sf_hf import checkpoints as sf_checkpoints
 from sf_hf.pipeline import CheckpointPipelineCallback, PushError, RetryPolicy
 from sf_hf.publishing.run_inventory import NEVER_PUBLISHED, PUBLISHED_PATTERNS
+from sf_hf.trainer_hub import HubPublishing
 
 from .test_trainer_end import best_is_first_run
 from .trainer_utils import TokenDataset, config, max_abs_diff, saved_weights, tiny_model
@@ -173,6 +175,34 @@ def test_pushes_never_carry_pending_checkpoints_or_hidden_folders(hub_server, tm
     assert "model.safetensors" in pushed and "schedule_free.json" in pushed
     assert not [p for p in pushed if p.startswith((".partial-", ".deleted-", "_"))]
     assert unpublished(pushed) == []
+
+
+def test_the_hub_methods_push_no_checkpoint_without_its_completion_record(hub_server, tmp_path):
+    """`HubPublishing._push_from_checkpoint` on its own (under the mixin's deferral): a `checkpoint-N` whose record is
+    still pending (a save under way or cut short), or that has none, is not pushed; once complete, it is."""
+    trainer = hub_trainer(tmp_path, "org/records", max_steps=3, save_steps=3)
+    trainer.train()
+    trainer._finish_current_push()
+    pushed = len(commits_of_main(hub_server, "org/records"))
+
+    def copy_of_checkpoint_3(step):  # with a record of its own, so that a push of it would be a new commit
+        folder = shutil.copytree(tmp_path / "checkpoint-3", tmp_path / f"checkpoint-{step}")
+        (folder / "eval_results.json").write_text(json.dumps({"checkpoint": folder.name, "eval_loss": step}))
+        return folder
+
+    pending, unrecorded = copy_of_checkpoint_3(4), copy_of_checkpoint_3(5)
+    sf_checkpoints.write_pending_manifest(pending, 4)
+    (unrecorded / sf_checkpoints.MANIFEST_NAME).unlink()
+    for folder in (pending, unrecorded):
+        HubPublishing._push_from_checkpoint(trainer, str(folder))
+        trainer._finish_current_push()
+    assert len(commits_of_main(hub_server, "org/records")) == pushed
+    sf_checkpoints.write_manifest(pending, 4)  # the save completes
+    HubPublishing._push_from_checkpoint(trainer, str(pending))
+    trainer._finish_current_push()
+    commits = commits_of_main(hub_server, "org/records")
+    assert len(commits) == pushed + 1
+    assert json.loads(commits[-1][1]["eval_results.json"])["checkpoint"] == "checkpoint-4"
 
 
 def test_training_state_in_output_dir_stops_the_push(hub_server, tmp_path, caplog):
