@@ -35,7 +35,6 @@ import inspect
 import logging
 import os
 import shutil
-from pathlib import Path
 
 from transformers import Trainer
 from transformers.trainer_utils import HubStrategy
@@ -206,12 +205,6 @@ class HubPublishing:
             if "create_model_card" in vars(klass):
                 return None if klass is Trainer else klass
         return None
-
-    def _card_model_name(self) -> str:
-        """The name TRL's `_save_checkpoint` gives its card: the hub_model_id's last part, or output_dir's name."""
-        if self.args.hub_model_id is None:
-            return Path(self.args.output_dir).name
-        return self.args.hub_model_id.split("/")[-1]
 
     def _parent_model_card(self, arguments: dict) -> None:
         """The parent's card, called with the arguments it takes (those set), and the Schedule-Free section after it."""

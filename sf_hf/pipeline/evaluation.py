@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from ..bundled import package_file
 from ..publishing.records import EVAL_RESULTS_NAME, read_eval_results
 from ..publishing.run_inventory import CheckpointInfo, find_checkpoints, published_files, weights_digest
 from .checkpoint_to_x import adapter_base_error, load_model_at_x
@@ -39,7 +40,7 @@ from .report import write_summary
 
 logger = logging.getLogger(__name__)
 
-BUNDLED_METRICS = {"next_token_accuracy": Path(__file__).with_name("next_token_accuracy.py")}
+BUNDLED_METRICS = {"next_token_accuracy": package_file("pipeline", "next_token_accuracy.py")}
 """Metric modules shipped with sf_hf, by name (the Hub's `evaluate` metric scripts are not reachable offline)."""
 TOKENIZER_PREFIXES = ("tokenizer", "special_tokens_map", "added_tokens", "vocab", "merges", "chat_template")
 
