@@ -4,6 +4,7 @@
 #   make paper      the paper's claims at small scale, tuned and seeded (CPU, ~50 min); paper-gpu: 124M, one GPU
 #   make bench      optimizer-step (sf_hf vs fused AdamW vs schedulefree) and trainer-throughput benchmarks
 #   make gpu-check  on one CUDA GPU, < 8 min: tests on CUDA, step/switch benchmarks, the 124M recipe; one report
+#   make gpu-wheels the wheels a GPU machine without a package index needs for gpu-check, into .whl/
 #   make lint       ruff check and ruff format --check (CI runs it first)
 #   make test-oldest  the suite again in .venv-oldest, on the oldest transformers minor setup.cfg allows (CI runs both)
 #   make dist       the sdist and wheel in dist/ (python -m build), checked by twine
@@ -22,7 +23,7 @@ EXTRA_PIP ?=
 # The floor of setup.cfg's `transformers>=X.Y,<6`: the oldest minor version the project supports and CI tests.
 TRANSFORMERS_FLOOR := $(shell sed -n 's/^ *transformers>=\([0-9.]*\),.*/\1/p' setup.cfg)
 
-.PHONY: install test test-oldest test-wheel dist pretrain bench gpu-check paper paper-gpu lint clean
+.PHONY: install test test-oldest test-wheel dist pretrain bench gpu-check gpu-wheels paper paper-gpu lint clean
 
 install: $(STAMP)
 
@@ -68,6 +69,11 @@ GPU_CHECK_ARGS ?=
 gpu-check: VENV_ARGS = --system-site-packages
 gpu-check: install
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
+
+# A GPU machine with no package index (those lent to this project's sessions): the wheels it lacks, into .whl/ here;
+# there: `python3 benchmarks/gpu_wheels.py install && python3 benchmarks/gpu_check.py` (docs/benchmarks.md).
+gpu-wheels: install
+	$(PY) benchmarks/gpu_wheels.py download
 
 paper: install
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/paper_claims.py
