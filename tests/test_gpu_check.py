@@ -136,3 +136,26 @@ def test_a_part_that_fails_or_overruns_is_recorded_and_killed(tmp_path):
     ]
     assert [case["params"] for case in part["cases"]] == [1000]  # the next case ran
     assert "1 case(s) failed" in part["error"]
+
+
+def test_gpu_wheels_pin_the_versions_this_suite_runs_with():
+    """The wheels carried to a GPU machine without a package index (benchmarks/gpu_wheels.py) are the versions of
+    deepspeed, schedulefree, peft and trl that this suite is run with (setup.cfg's dev extra)."""
+    from importlib.metadata import version
+
+    from benchmarks.gpu_wheels import requirements
+
+    pins = dict(line.split("==") for line in requirements() if "==" in line)
+    assert set(pins) >= {"deepspeed", "schedulefree", "peft", "trl"}
+    assert pins == {name: version(name) for name in pins}
+
+
+def test_gpu_wheels_install_names_the_missing_folder(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/gpu_wheels.py", "install", "--folder", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1
+    assert f"No wheels in {tmp_path}: run `make gpu-wheels`" in proc.stderr
