@@ -34,7 +34,8 @@ loaded by sf_hf.
 
 The modules, one job each: `errors` (`CheckpointError` and its kinds, the pipeline's too), `layout` (the names
 in a run directory), `manifest` (fsyncs and `checkpoint_manifest.json`, pending or complete), `safe_loading`
-(pickles loaded or scanned without running code), `verification` (a checkpoint's problems, the newest complete one),
+(pickles loaded or scanned without running code), `files` (one JSON record or safetensors header read, each
+problem naming the file), `verification` (a checkpoint's problems, the newest complete one),
 `adapters` (a PEFT adapter checkpoint judged as PEFT loads it), `saved_names` (weights transformers saves under other
 names, loaded back on resume), `saving` (saves around the parent's, leftovers, node-local parts, save errors) and
 `peers` (another process of the run lost). Everything public is importable from here.
@@ -42,6 +43,7 @@ names, loaded back on resume), `saving` (saves around the parent's, leftovers, n
 
 from .adapters import ADAPTER_CONFIG, adapter_mismatch, keeps_adapter_dtypes
 from .errors import CheckpointCorruptError, CheckpointError, CheckpointSaveError, UnsafeCheckpointError
+from .files import read_json, safetensors_problem, safetensors_shapes
 from .layout import (
     CHECKPOINT_RE,
     DELETED_PREFIX,
@@ -83,9 +85,6 @@ from .verification import (
     last_complete_checkpoint,
     model_mismatch,
     optimizer_state_problems,
-    read_json,
-    safetensors_problem,
-    safetensors_shapes,
     verify_checkpoint,
 )
 

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import CheckpointCorruptError
+from .files import read_json, safetensors_shapes
 from .layout import PathLike
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -64,8 +65,6 @@ def adapter_mismatch(folder: PathLike, model) -> list[str]:
     transformers' resume loads it: adapter tensors without weights, tensors of another shape (headers only, no
     tensor is read), an adapter for a model that is no PEFT model. [] when the folder has no
     `adapter_model.safetensors` (`adapter_model.bin`, or per-adapter subfolders: left to PEFT)."""
-    from .verification import safetensors_shapes
-
     folder = Path(folder)
     name = active_adapter(model)
     path = folder / ADAPTER_WEIGHTS
@@ -115,8 +114,6 @@ def keeps_adapter_dtypes(model):
 
 
 def _adapter_config_difference(folder: Path, config) -> str:
-    from .verification import read_json
-
     path = folder / ADAPTER_CONFIG
     try:
         saved = read_json(path)

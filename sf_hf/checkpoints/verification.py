@@ -3,15 +3,14 @@ naming the file (missing or truncated files against the manifest and safetensors
 unsafe pickles), weights or optimizer state that do not fit the run, and the newest complete `checkpoint-N`.
 """
 
-import json
 import logging
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from .adapters import adapter_mismatch
-from .errors import CheckpointCorruptError, UnsafeCheckpointError, _first_line
+from .errors import CheckpointCorruptError, UnsafeCheckpointError
+from .files import read_json, safetensors_problem, safetensors_shapes
 from .layout import CHECKPOINT_RE, HELD_PREFIX, MANIFEST_NAME, PathLike
 from .manifest import read_manifest
 from .safe_loading import _pickles, safe_torch_load
@@ -30,46 +29,6 @@ def checkpoint_folders(run_dir: PathLike) -> list[Path]:
         return []
     found = [(int(m.group(1)), p) for p in run_dir.iterdir() if p.is_dir() and (m := CHECKPOINT_RE.match(p.name))]
     return [p for _, p in sorted(found)]
-
-
-def read_json(path: PathLike) -> dict:
-    """A checkpoint's JSON file (`config.json`, `trainer_state.json`, an index...) as a dict.
-
-    Raises:
-        CheckpointCorruptError: the file is missing, unreadable, truncated or not a JSON object; names it.
-    """
-    path = Path(path)
-    try:
-        with open(path) as f:
-            record = json.load(f)
-    except OSError as err:
-        raise CheckpointCorruptError(f"{path}: unreadable ({_first_line(err)})") from err
-    except ValueError as err:
-        raise CheckpointCorruptError(f"{path}: truncated or corrupt JSON ({_first_line(err)})") from err
-    if not isinstance(record, dict):
-        raise CheckpointCorruptError(f"{path}: truncated or corrupt JSON (a {type(record).__name__}, not an object)")
-    return record
-
-
-def safetensors_problem(path: PathLike) -> str | None:
-    """Why a `.safetensors` file is unusable (truncated, padded, garbled header), or None. Opens it with safetensors'
-    own `safe_open`, which reads the header and checks that it describes the file's length exactly."""
-    path = Path(path)
-    try:
-        with safe_open(str(path), "pt"):
-            pass
-    except OSError as err:
-        return f"{path}: unreadable ({_first_line(err)})"
-    except Exception as err:  # SafetensorError: header too small, invalid header, file not fully covered...
-        size = path.stat().st_size if path.is_file() else 0
-        return f"{path}: truncated or corrupt ({size} bytes; safetensors: {_first_line(err).split(': ', 1)[-1]})"
-    return None
-
-
-def safetensors_shapes(path: PathLike) -> dict:
-    """{tensor name: shape} from a safetensors header (no tensor is read)."""
-    with safe_open(str(path), "pt") as f:
-        return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
 
 
 def _json_problem(path: Path) -> str | None:

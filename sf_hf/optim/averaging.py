@@ -34,15 +34,8 @@ own schedule (`_advance_schedule`, `_advance_plus_schedule`) on a copy of a para
 import math
 
 from .conversion import beta_of_y
-
-
-def decoupled_averaging_weight(vanilla: float, group: dict) -> float:
-    """The refined variant's c from vanilla's: min((1 - b1) C c, 1), and vanilla's c bit for bit when
-    C = 1 / (1 - b1) (Song et al. 2025, arXiv:2507.09846)."""
-    scale = (1 - group["betas"][0]) * group["decoupling_c"]
-    if math.isclose(scale, 1.0, rel_tol=1e-12):
-        return vanilla
-    return min(scale * vanilla, 1.0)
+from .schedule_free import RefinedScheduleFreeAdamW, ScheduleFreeAdamW
+from .schedule_free_plus import ScheduleFreePlusAdamW, interpolation_weight
 
 
 def final_averaging_weight(group: dict, num_training_steps: int) -> float:
@@ -59,9 +52,6 @@ def final_averaging_weight(group: dict, num_training_steps: int) -> float:
 def _schedule_owner(group: dict):
     """An optimizer without parameters whose schedule methods (`_advance_schedule`, `_advance_plus_schedule`, which
     read and write only the group they are given) are the ones the group's optimizer runs."""
-    from .schedule_free import RefinedScheduleFreeAdamW, ScheduleFreeAdamW  # (they import this module)
-    from .schedule_free_plus import ScheduleFreePlusAdamW
-
     if "c_warmup" in group:
         cls = ScheduleFreePlusAdamW
     elif "decoupling_c" in group:
@@ -88,8 +78,6 @@ def averaging_window(group: dict, num_training_steps: int | None = None) -> floa
     else:
         c = final_averaging_weight(group, num_training_steps)
         if "sf_beta1_y" in group:
-            from .schedule_free_plus import interpolation_weight  # (it imports this package's optimizers)
-
             b = interpolation_weight(group, int(num_training_steps) - 1)
         else:
             b = beta_of_y(group)

@@ -43,7 +43,6 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from .averaging import decoupled_averaging_weight
 from .conversion import CHUNK_NUMEL, beta_of_y, x_to_y_, y_to_x_
 from .dtensor import DTensor, local_tensor
 from .grad_norm import HandedGradNorm
@@ -464,4 +463,9 @@ class RefinedScheduleFreeAdamW(ScheduleFreeAdamW):
         _check_range("decoupling_c", group["decoupling_c"], lambda v: v > 0, "a finite number > 0")
 
     def averaging_weight(self, group: dict, weight: float, weight_sum: float) -> float:
-        return decoupled_averaging_weight(super().averaging_weight(group, weight, weight_sum), group)
+        """min((1 - b1) C c, 1) from vanilla's c; vanilla's c bit for bit when C = 1 / (1 - b1)."""
+        vanilla = super().averaging_weight(group, weight, weight_sum)
+        scale = (1 - group["betas"][0]) * group["decoupling_c"]
+        if math.isclose(scale, 1.0, rel_tol=1e-12):
+            return vanilla
+        return min(scale * vanilla, 1.0)
