@@ -4,12 +4,15 @@ that name the file), and `scan_pickles` / `scan_dcp`, which refuse, before a thi
 an allow-list. Nothing of a refused file is executed.
 """
 
+import io
 import pickle
 import re
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import torch
+from torch.distributed.checkpoint.metadata import BytesStorageMetadata
 
 from .errors import CheckpointCorruptError, UnsafeCheckpointError, _first_line
 from .layout import PathLike
@@ -66,8 +69,6 @@ DCP_GLOBALS = (
 
 def _numpy_globals() -> list:
     """The numpy reconstructors of the Trainer's `rng_state.pth` (as `transformers.trainer_pt_utils.safe_globals`)."""
-    import numpy as np
-
     core = np._core if hasattr(np, "_core") else np.core
     return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
@@ -148,10 +149,6 @@ def scan_dcp(metadata_path: PathLike) -> None:
     """Checks a torch.distributed.checkpoint folder without executing it: its `.metadata` is read with a restricted
     unpickler (`DCP_GLOBALS`), and every non-tensor entry of its `.distcp` files (which torch loads with
     `weights_only=False`) is checked for globals beyond torch's weights-only set."""
-    import io
-
-    from torch.distributed.checkpoint.metadata import BytesStorageMetadata
-
     path = Path(metadata_path)
     try:
         with open(path, "rb") as f:

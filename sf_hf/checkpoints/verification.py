@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 import torch
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from .adapters import adapter_mismatch
 from .errors import CheckpointCorruptError, UnsafeCheckpointError
@@ -201,8 +202,6 @@ def model_mismatch(folder: PathLike, model) -> list[str]:
 def config_mismatch(folder: PathLike) -> list[str]:
     """`model_mismatch` of a folder's weights against a model built from its own `config.json` on the meta device
     (no weight is read, no remote code is trusted): finds a config.json that does not describe the weights."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     try:
         config = AutoConfig.from_pretrained(str(folder))
         with torch.device("meta"):

@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from huggingface_hub import constants
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
@@ -86,8 +87,6 @@ def _load_adapter(info: CheckpointInfo, model_cls):
 def adapter_base_error(info: CheckpointInfo, what: str, err: Exception) -> CheckpointError:
     """The error for an adapter whose base model (or its tokenizer: `what`) cannot be loaded, naming the base model,
     where it was looked for, and offline mode when that is why a Hub id was not fetched."""
-    from huggingface_hub import constants
-
     base = info.adapter_base
     where = "a local folder" if os.path.isdir(base) else "not a local folder, so a Hub id"
     hint = ""
