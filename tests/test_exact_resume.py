@@ -11,7 +11,7 @@ import torch
 from sf_hf import ScheduleFreeTrainer
 
 from .test_trainer import EVAL, TRAIN, StopAt
-from .trainer_utils import HUB_ARCHITECTURES, config, tiny_hub_model, tiny_model, weights
+from .trainer_utils import HUB_ARCHITECTURES, config, reshard, tiny_hub_model, tiny_model, weights
 
 STEPS = 6
 
@@ -81,6 +81,25 @@ def test_resume_is_bitwise_across_architectures(tmp_path, model_type, dtype):
         resume=str(tmp_path / "run" / "checkpoint-2"),
         **saved,
     )
+    assert resumed.state.global_step == STEPS
+    assert_bitwise_equal(weights(resumed.model), weights(plain.model))
+
+
+@pytest.mark.parametrize(
+    "model_type, dtype",
+    [("llama", torch.float32), ("gpt2", torch.float32), ("llama", torch.bfloat16)],
+    ids=["llama", "gpt2", "llama-bf16"],
+)
+def test_a_checkpoint_resharded_after_the_save_resumes_bitwise(tmp_path, model_type, dtype):
+    """A checkpoint whose model.safetensors was re-sharded after the save (transformers loads either layout; its own
+    test_resume_training_with_shard_checkpoint does this) resumes, bitwise the run never interrupted: the manifest's
+    record of model.safetensors gives way to the new layout, judged by its own files."""
+    plain = run(tmp_path / "plain", tiny_hub_model(model_type).to(dtype))
+    saved = dict(save_strategy="steps", save_steps=2)
+    run(tmp_path / "run", tiny_hub_model(model_type).to(dtype), callbacks=[StopAt(4)], **saved)
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    assert len(reshard(checkpoint)) > 1
+    resumed = run(tmp_path / "run", tiny_hub_model(model_type, seed=1).to(dtype), resume=str(checkpoint), **saved)
     assert resumed.state.global_step == STEPS
     assert_bitwise_equal(weights(resumed.model), weights(plain.model))
 
