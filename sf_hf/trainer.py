@@ -241,15 +241,16 @@ class ScheduleFreeMixin(HubPublishing):
         """The optimizer that steps, inside accelerate's and DeepSpeed's wrappers (None before there is one).
 
         Resolved once per prepared optimizer (see `sf_hf.distributed.resolve_optimizer`): refuses an optimizer that
-        DeepSpeed or accelerate swapped in for ours, readies ZeRO-3, warns about accelerate's silent fallbacks.
+        DeepSpeed or accelerate swapped in for ours, readies ZeRO-3, warns about accelerate's silent fallbacks, and
+        hooks `_y_before_step` to an optimizer with modes.
         """
         if self.optimizer is None:
             return None
         if self._sf_resolved_for is not self.optimizer:
-            self._sf_base = resolve_optimizer(
-                self.optimizer, self.get_optimizer_cls_and_kwargs(self.args)[0], self.accelerator
-            )
-            self._sf_resolved_for = self.optimizer
+            base = resolve_optimizer(self.optimizer, self.get_optimizer_cls_and_kwargs(self.args)[0], self.accelerator)
+            if hasattr(base, "train_mode") and base is not self._sf_base:
+                base.register_step_pre_hook(self._y_before_step)
+            self._sf_base, self._sf_resolved_for = base, self.optimizer
         return self._sf_base
 
     # ------------------------------------------------------------------ the one place modes are decided
@@ -264,6 +265,13 @@ class ScheduleFreeMixin(HubPublishing):
         `sf_hf.distributed`: DeepSpeed's partitions and FSDP2's shards included; no-op without modes)."""
         if self._base_optimizer() is not None:
             switch_weights(self.optimizer, train=False, model=self.model_wrapped)
+
+    def _y_before_step(self, optimizer, args, kwargs) -> None:
+        """y back in the weights before the optimizer steps (a step hook; a no-op while they hold y): a save or an
+        evaluation between the last backward and the step put x there (a callback's `on_pre_optimizer_step`, such as
+        transformers' JIT checkpoint on SIGTERM), and Schedule-Free refuses to step at x."""
+        if not optimizer.train_mode:
+            self.use_training_weights()
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self.use_training_weights()

@@ -7,11 +7,13 @@ architectures most fine-tuned on the Hub).
 
 import pytest
 import torch
+from transformers import TrainerCallback
+from transformers.trainer_jit_checkpoint import JITCheckpointCallback
 
 from sf_hf import ScheduleFreeTrainer
 
 from .test_trainer import EVAL, TRAIN, StopAt
-from .trainer_utils import HUB_ARCHITECTURES, config, tiny_hub_model, tiny_model, weights
+from .trainer_utils import HUB_ARCHITECTURES, config, reshard, tiny_hub_model, tiny_model, weights
 
 STEPS = 6
 
@@ -80,6 +82,66 @@ def test_resume_is_bitwise_across_architectures(tmp_path, model_type, dtype):
         tiny_hub_model(model_type, seed=1).to(dtype),
         resume=str(tmp_path / "run" / "checkpoint-2"),
         **saved,
+    )
+    assert resumed.state.global_step == STEPS
+    assert_bitwise_equal(weights(resumed.model), weights(plain.model))
+
+
+@pytest.mark.parametrize(
+    "model_type, dtype",
+    [("llama", torch.float32), ("gpt2", torch.float32), ("llama", torch.bfloat16)],
+    ids=["llama", "gpt2", "llama-bf16"],
+)
+def test_a_checkpoint_resharded_after_the_save_resumes_bitwise(tmp_path, model_type, dtype):
+    """A checkpoint whose model.safetensors was re-sharded after the save (transformers loads either layout; its own
+    test_resume_training_with_shard_checkpoint does this) resumes, bitwise the run never interrupted: the manifest's
+    record of model.safetensors gives way to the new layout, judged by its own files."""
+    plain = run(tmp_path / "plain", tiny_hub_model(model_type).to(dtype))
+    saved = dict(save_strategy="steps", save_steps=2)
+    run(tmp_path / "run", tiny_hub_model(model_type).to(dtype), callbacks=[StopAt(4)], **saved)
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    assert len(reshard(checkpoint)) > 1
+    resumed = run(tmp_path / "run", tiny_hub_model(model_type, seed=1).to(dtype), resume=str(checkpoint), **saved)
+    assert resumed.state.global_step == STEPS
+    assert_bitwise_equal(weights(resumed.model), weights(plain.model))
+
+
+class SigtermBeforeTheStep(TrainerCallback):
+    """Asks transformers' JIT checkpoint for a save as SIGTERM does (its timer sets the request), once the backward of
+    the step after `step` has run: its callback saves checkpoint-`step` at on_pre_optimizer_step, between that
+    backward and the optimizer step, and stops training after the step."""
+
+    def __init__(self, step):
+        self.step, self.trainer = step, None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            jit = next(c for c in self.trainer.callback_handler.callbacks if isinstance(c, JITCheckpointCallback))
+            jit.jit_manager.is_checkpoint_requested = True
+
+
+@pytest.mark.parametrize(
+    "model_type, dtype",
+    [("llama", torch.float32), ("gpt_neox", torch.float32), ("llama", torch.bfloat16)],
+    ids=["llama", "gpt_neox", "llama-bf16"],
+)
+def test_a_jit_checkpoint_between_the_backward_and_the_step_resumes_bitwise(tmp_path, model_type, dtype):
+    """SIGTERM with enable_jit_checkpoint: the checkpoint is written (at x) after the step's backward, before its
+    optimizer step, which must then step from y again (Schedule-Free refuses to step at x). The step completes, training
+    stops, and a run resumed from the checkpoint ends bitwise the run never interrupted (models without dropout: the
+    checkpoint's RNG state is taken after the step's forward)."""
+    plain = run(tmp_path / "plain", tiny_hub_model(model_type).to(dtype))
+    sigterm = SigtermBeforeTheStep(2)
+    args = config(tmp_path / "run", max_steps=STEPS, enable_jit_checkpoint=True)
+    interrupted = ScheduleFreeTrainer(
+        model=tiny_hub_model(model_type).to(dtype), args=args, train_dataset=TRAIN, callbacks=[sigterm]
+    )
+    sigterm.trainer = interrupted
+    interrupted.train()
+    assert interrupted.state.global_step == 3
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-2"]
+    resumed = run(
+        tmp_path / "run", tiny_hub_model(model_type, seed=1).to(dtype), resume=str(tmp_path / "run" / "checkpoint-2")
     )
     assert resumed.state.global_step == STEPS
     assert_bitwise_equal(weights(resumed.model), weights(plain.model))

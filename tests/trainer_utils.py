@@ -1,6 +1,7 @@
 """A tiny Llama and a synthetic token dataset for Trainer tests (no downloads, seconds per run)."""
 
 import torch
+from huggingface_hub import save_torch_state_dict
 from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
 
@@ -77,6 +78,15 @@ def weights(model) -> dict:
 
 def saved_weights(folder) -> dict:
     return load_file(f"{folder}/model.safetensors")
+
+
+def reshard(checkpoint) -> list[str]:
+    """Lays `checkpoint`'s model.safetensors out anew as shards behind model.safetensors.index.json, as
+    `save_pretrained(max_shard_size=...)` writes them; returns the shard names."""
+    state_dict = load_file(checkpoint / "model.safetensors")
+    (checkpoint / "model.safetensors").unlink()
+    save_torch_state_dict(state_dict, checkpoint, max_shard_size=4000)
+    return sorted(p.name for p in checkpoint.glob("model-*-of-*.safetensors"))
 
 
 def max_abs_diff(a: dict, b: dict) -> float:

@@ -4,6 +4,7 @@ unsafe pickles), weights or optimizer state that do not fit the run, and the new
 """
 
 import logging
+import re
 from pathlib import Path
 
 import torch
@@ -21,6 +22,10 @@ logger = logging.getLogger(__name__)
 
 # State the Schedule-Free optimizers keep per parameter (sf_hf.optim.schedule_free).
 SCHEDULE_FREE_STATE = ("z", "exp_avg_sq")
+
+# The model weight files of a checkpoint in either layout transformers writes and loads: `model.safetensors`, or the
+# shards `model-00001-of-0000N.safetensors` named by `model.safetensors.index.json`.
+WEIGHTS_FILE_RE = re.compile(r"^model(-\d+-of-\d+)?\.safetensors(\.index\.json)?$")
 
 
 def checkpoint_folders(run_dir: PathLike) -> list[Path]:
@@ -73,7 +78,11 @@ def checkpoint_problems(
         ]
     if record is None and manifest:
         problems.append(f"{folder / MANIFEST_NAME}: missing: the save was interrupted before it completed")
-    for name, info in sorted((record or {}).get("files", {}).items() if sizes else ()):
+    listed = (record or {}).get("files", {}) if sizes else {}
+    relaid = _relaid_weights(folder, listed)
+    for name, info in sorted(listed.items()):
+        if name in relaid:
+            continue
         path = folder / name
         if not path.is_file():
             problems.append(f"{path}: missing (listed in {MANIFEST_NAME})")
@@ -112,6 +121,21 @@ def checkpoint_problems(
             except CheckpointCorruptError as err:
                 problems.append(str(err))
     return problems
+
+
+def _relaid_weights(folder: Path, listed: dict) -> set[str]:
+    """The model weight files `listed` in the manifest that are judged by the folder's own files instead: all of them
+    when the weights were laid out anew after the save (a `model.safetensors` re-sharded behind
+    `model.safetensors.index.json`, or shards consolidated, as `save_pretrained` and `save_torch_state_dict` write
+    them), none otherwise. The new layout is then checked by its structure: every `.safetensors` by safetensors, every
+    shard its index names present (see `checkpoint_problems`), and its tensors against the model at a resume
+    (`model_mismatch`). A listed weight file missing with no other layout in its place stays a problem."""
+    listed_weights = {name for name in listed if WEIGHTS_FILE_RE.match(name)}
+    present = {p.name for p in folder.iterdir() if WEIGHTS_FILE_RE.match(p.name)}
+    if listed_weights <= present or not model_weight_files(folder):
+        return set()
+    logger.info("sf_hf: %s holds its model weights in another layout than it was saved in: judged by its files", folder)
+    return listed_weights
 
 
 def _held(folder: Path) -> bool:

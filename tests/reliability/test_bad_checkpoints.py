@@ -26,7 +26,7 @@ from sf_hf.checkpoints import (
 )
 from sf_hf.cli import main as sf_hf_cli
 
-from ..trainer_utils import TokenDataset, config, tiny_model, weights
+from ..trainer_utils import TokenDataset, config, reshard, tiny_model, weights
 
 TRAIN = TokenDataset(64, seed=1)
 PAYLOAD_MARK = "sf_hf_payload_ran"
@@ -94,6 +94,14 @@ DAMAGES = {
     "trainer_state.json garbled": (
         lambda c: ((c / "trainer_state.json").write_text('{"global_step": 4,'), write_manifest(c, 4)),
         "checkpoint-4/trainer_state.json: truncated or corrupt JSON",
+    ),
+    "model.safetensors missing": (
+        lambda c: (c / "model.safetensors").unlink(),
+        "checkpoint-4/model.safetensors: missing (listed in checkpoint_manifest.json)",
+    ),
+    "re-sharded weights, a shard missing": (
+        lambda c: (c / reshard(c)[-1]).unlink(),
+        "checkpoint-4/model-00017-of-00017.safetensors: missing (listed in model.safetensors.index.json)",
     ),
     "manifest garbled": (
         lambda c: (c / "checkpoint_manifest.json").write_text("{not json"),
