@@ -6,7 +6,7 @@
 #   make gpu-check  on one CUDA GPU, < 8 min: tests on CUDA, step/switch benchmarks, the 124M recipe; one report
 #   make gpu-wheels the wheels a GPU machine without a package index needs for gpu-check, into .whl/
 #   make lint       ruff check and ruff format --check (CI runs it first)
-#   make test-oldest  the suite again in .venv-oldest, on the oldest transformers minor setup.cfg allows (CI runs both)
+#   make test-oldest  the suite again in .venv-oldest, on the oldest transformers and torch setup.cfg allow (CI runs both)
 #   make dist       the sdist and wheel in dist/ (python -m build), checked by twine
 #   make test-wheel the wheel installed into a fresh venv and run from outside the repository (CI runs it)
 VENV   ?= .venv
@@ -20,8 +20,10 @@ VENV_ARGS ?=
 STAMP  := $(VENV)/.installed
 # Pins added to the install (test-oldest sets the transformers floor).
 EXTRA_PIP ?=
-# The floor of setup.cfg's `transformers>=X.Y,<6`: the oldest minor version the project supports and CI tests.
+# The floors of setup.cfg's `transformers>=X.Y,<6` and `torch>=X.Y`: the oldest minor versions the project supports
+# and CI tests (together, in .venv-oldest; PyPI's torch 2.11 for Linux is a CUDA build: ~3.5 GB, it runs on CPU).
 TRANSFORMERS_FLOOR := $(shell sed -n 's/^ *transformers>=\([0-9.]*\),.*/\1/p' setup.cfg)
+TORCH_FLOOR := $(shell sed -n 's/^ *torch>=\([0-9.]*\)$$/\1/p' setup.cfg)
 
 .PHONY: install test test-oldest test-wheel dist pretrain bench gpu-check gpu-wheels paper paper-gpu lint clean
 
@@ -37,7 +39,7 @@ test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -ra
 
 test-oldest:
-	$(MAKE) test VENV=.venv-oldest EXTRA_PIP="transformers~=$(TRANSFORMERS_FLOOR).0"
+	$(MAKE) test VENV=.venv-oldest TORCH_SPEC="torch~=$(TORCH_FLOOR).0" EXTRA_PIP="transformers~=$(TRANSFORMERS_FLOOR).0"
 
 # The release files, as PyPI would get them: `twine check` reads their metadata and README.
 dist: install
