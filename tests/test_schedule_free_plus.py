@@ -221,6 +221,21 @@ def test_step_without_a_loss_is_a_clear_error():
     assert opt.step(closure=lambda: 2.0) == 2.0  # or a closure returns it
 
 
+def test_negative_loss_warns_once_and_a_non_positive_polyak_numerator_moves_nothing(caplog):
+    params = make_params(3, torch.float32)
+    before = [p.detach().clone() for p in params]
+    opt = ScheduleFreePlusAdamW(params)
+    opt.train()
+    with caplog.at_level(logging.WARNING, logger="sf_hf.optim.schedule_free_plus"):
+        for grads in list(gradient_stream(3, steps=2)):
+            set_grads(params, grads)
+            opt.set_loss(-0.5)  # GRPO's objective: F + <g, z - x> = -0.5 + 0 at the first step
+            opt.step()
+    assert caplog.text.count("negative loss") == 1
+    assert opt.param_groups[0]["polyak_numerator"] <= 0
+    assert all(torch.equal(a, b) for a, b in zip(params, before))
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 @pytest.mark.parametrize("where", ["loss", "gradient"])
 def test_non_finite_loss_or_gradient_skips_the_whole_step(bad, where, caplog):

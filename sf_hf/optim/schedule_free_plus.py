@@ -14,7 +14,10 @@
 ScheduleFree+ (Defazio 2026, arXiv:2605.19095), with the hyperparameter names and defaults of the authors' research code
 (`AdamCScheduleFreePlusPaper`, facebookresearch/schedule_free). The step size is a Polyak step,
 a_t = lr * max(0, F + I_t) / e_hat, from the loss F at y, I_t = b_t <g, z - x> and an EMA e of ||g||_1 sqrt(pi/2);
-`lr` is a multiplier (default 1). Weight decay is AdamC's (scaled by a_t^2: values like 20-50, not 0.1).
+`lr` is a multiplier (default 1). Weight decay is AdamC's (scaled by a_t^2: values like 20-50, not 0.1). The Polyak
+step takes F as the distance to the optimum (F* = 0), so the loss must be bounded below by 0, as a cross-entropy is: on
+an objective that is not (GRPO's, about 0 on policy) it takes no step while F + I_t <= 0, and warns once on the first
+negative loss.
 
 The EMA of ||g||_1 (`polyak_beta` > 0) follows the paper: e_t = pb e_{t-1} + (1 - pb) ||g_t||_1 sqrt(pi/2) and
 e_hat_t = e_t / (1 - pb^t), with e_t kept. The authors' code stores e_hat_t as the next e instead: the correction
@@ -152,6 +155,7 @@ class ScheduleFreePlusAdamW(ScheduleFreeAdamW):
             ip_term=0.0,
         )
         self._loss = None
+        self._warned_negative_loss = False
         self._partition_group = None
         self._all_groups = None  # set when the caller steps one group per call (DeepSpeed ZeRO-1/2)
         self._after_deferred_step = None
@@ -370,6 +374,20 @@ class ScheduleFreePlusAdamW(ScheduleFreeAdamW):
         if idle:
             _lerp_toward_(idle, [self.state[p]["z"] for p in idle], 1 - group["sf_beta1_y"] / beta_of_y, fused=False)
 
+    def _warn_negative_loss(self, f: float) -> None:
+        """Warns once: the Polyak step assumes a loss bounded below by 0 (F* = 0), as a cross-entropy is; an objective
+        that is not (GRPO's, about 0 on policy; a negated reward) takes no step whenever F + <g, z - x> <= 0."""
+        if self._warned_negative_loss:
+            return
+        self._warned_negative_loss = True
+        logger.warning(
+            "sf_hf: ScheduleFree+ got a negative loss (%g at step %d): its Polyak step lr * max(0, F + <g, z - x>) / e "
+            "assumes a loss bounded below by 0, so steps where F + <g, z - x> <= 0 move nothing. For an objective "
+            "that is not such a loss (GRPO's is about 0 on policy; a negated reward) use sf_adamw_refined or sf_adamw.",
+            f,
+            self.param_groups[0]["k"] + 1,
+        )
+
     def _skip(self, why: str) -> None:
         for group in self.param_groups:
             group["skipped_steps"] += 1
@@ -424,6 +442,8 @@ class ScheduleFreePlusAdamW(ScheduleFreeAdamW):
             self._skip(f"non-finite loss or gradient (loss {f}, ||g||_1 {l1}, <g, z - x> {ip})")
             return loss
 
+        if f < 0:
+            self._warn_negative_loss(f)
         first = self.param_groups[0]
         polyak_beta = first["polyak_beta"]
         ema = polyak_beta * first["grad_l1_ema"] + (1 - polyak_beta) * l1 * math.sqrt(math.pi / 2)
