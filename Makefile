@@ -38,8 +38,14 @@ $(STAMP): setup.cfg pyproject.toml
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -ra
 
+OLDEST := VENV=.venv-oldest TORCH_SPEC="torch~=$(TORCH_FLOOR).0" EXTRA_PIP="transformers~=$(TRANSFORMERS_FLOOR).0"
+# `make install` keeps an installed torch: a .venv-oldest made before the floor moved is named, not tested.
 test-oldest:
-	$(MAKE) test VENV=.venv-oldest TORCH_SPEC="torch~=$(TORCH_FLOOR).0" EXTRA_PIP="transformers~=$(TRANSFORMERS_FLOOR).0"
+	$(MAKE) install $(OLDEST)
+	.venv-oldest/bin/python -c "import torch, transformers as t; v = torch.__version__, t.__version__; \
+		assert v[0].startswith('$(TORCH_FLOOR).') and v[1].startswith('$(TRANSFORMERS_FLOOR).'), \
+		f'.venv-oldest has torch {v[0]} and transformers {v[1]}, not the floors: remove it to rebuild'"
+	$(MAKE) test $(OLDEST)
 
 # The release files, as PyPI would get them: `twine check` reads their metadata and README.
 dist: install
