@@ -77,6 +77,8 @@ def read_manifest(folder: PathLike) -> dict | None:
     try:
         with open(path) as f:
             record = json.load(f)
+        if not isinstance(record, dict):
+            raise ValueError(f"a {type(record).__name__}, not an object")
         if record.get("pending") is True:
             return record
         if not isinstance(record.get("files"), dict):

@@ -22,7 +22,7 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from .errors import CheckpointSaveError, _first_line
+from .errors import CheckpointCorruptError, CheckpointSaveError, _first_line
 from .layout import CHECKPOINT_RE, DELETED_PREFIX, HELD_PREFIX, LEGACY_PREFIXES, MANIFEST_NAME, PathLike
 from .manifest import _fsync, read_manifest, write_manifest, write_pending_manifest
 from .verification import checkpoint_folders, checkpoint_problems, last_complete_checkpoint
@@ -128,7 +128,7 @@ def _record(folder: Path) -> dict | None:
     """The folder's manifest; None when it has none or it is unreadable (`checkpoint_problems` names that)."""
     try:
         return read_manifest(folder)
-    except Exception:
+    except CheckpointCorruptError:
         return None
 
 

@@ -107,6 +107,10 @@ DAMAGES = {
         lambda c: (c / "checkpoint_manifest.json").write_text("{not json"),
         "checkpoint-4/checkpoint_manifest.json: unreadable manifest",
     ),
+    "manifest not an object": (
+        lambda c: (c / "checkpoint_manifest.json").write_text("[]"),
+        "checkpoint-4/checkpoint_manifest.json: unreadable manifest (ValueError: a list, not an object)",
+    ),
     # checkpoints without a manifest (a plain transformers.Trainer's) are judged by their files alone
     "no manifest, optimizer.pt cut short": (
         lambda c: (c / "checkpoint_manifest.json").unlink() or truncate(c / "optimizer.pt"),
