@@ -300,6 +300,10 @@ def count_reward(prompts, completions, **kwargs):
     return [float(len(c.split())) for c in completions]
 
 
+TINY_GRPO = dict(num_generations=2, steps_per_generation=2, max_completion_length=4, use_vllm=False)
+"""Two 4-token completions per prompt, one generation per 2 steps, no vLLM: GRPO at the tiny model's scale."""
+
+
 def test_grpo_generates_at_y_and_evaluates_checkpoints_and_saves_at_x(tmp_path):
     trainer = schedule_free_trainer(GRPOTrainer)(
         model=tiny_model(),
@@ -314,11 +318,8 @@ def test_grpo_generates_at_y_and_evaluates_checkpoints_and_saves_at_x(tmp_path):
             eval_steps=2,
             per_device_train_batch_size=4,
             per_device_eval_batch_size=4,
-            num_generations=2,
             num_generations_eval=2,
-            steps_per_generation=2,
-            max_completion_length=4,
-            use_vllm=False,
+            **TINY_GRPO,
         ),
         train_dataset=prompt_dataset(24),
         eval_dataset=prompt_dataset(4, seed=1),
@@ -372,10 +373,7 @@ def adaptive_entropy_grpo(out, callbacks=()):
             max_steps=4,
             save_strategy="steps",
             save_steps=2,
-            num_generations=2,
-            steps_per_generation=2,
-            max_completion_length=4,
-            use_vllm=False,
+            **TINY_GRPO,
             use_adaptive_entropy=True,
             entropy_coef=0.01,
             entropy_coef_delta=0.005,
